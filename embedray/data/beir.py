@@ -87,11 +87,12 @@ def iter_qrels(path: str | Path, on_error: OnError = "raise",
                report: SkipReport | None = None) -> Iterator[tuple[int, str, str, int]]:
     """Stream ``qrels/<split>.tsv`` rows as ``(line, query_id, doc_id, score)``."""
     path = Path(path)
-    with open(path, newline="", encoding="utf-8") as f:
+    with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: tolerate a BOM before the header
         rows = csv.reader(f, delimiter="\t")
         header = next(rows, None)
         if header is None or [h.strip() for h in header[:2]] != ["query-id", "corpus-id"]:
-            raise DataError(path, 1, None, "expected the header 'query-id<TAB>corpus-id<TAB>score'")
+            raise DataError(path, 1, "header", "expected the header 'query-id<TAB>corpus-id<TAB>score', "
+                            f"got {chr(9).join(header or [])!r}")
         for lineno, row in enumerate(rows, start=2):
             if not row or not "".join(row).strip():
                 continue
@@ -104,7 +105,7 @@ def iter_qrels(path: str | Path, on_error: OnError = "raise",
                         raise DataError(path, lineno, name, "empty id")
                 try:
                     rel = int(float(score))
-                except ValueError:
+                except (ValueError, OverflowError):  # "abc", "nan", "inf"
                     raise DataError(path, lineno, "score", f"expected a number, got {score!r}") from None
             except DataError as e:
                 handle(e, on_error, report)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +15,8 @@ log = logging.getLogger(__name__)
 class DataError(ValueError):
     """A bad input row: ``file:line: field: what is wrong (what to do)``."""
 
-    def __init__(self, path: str | Path, line: int | None, field_name: str | None, message: str):
+    def __init__(self, path: str | Path, line: int | str | None, field_name: str | None, message: str):
+        # ``line`` is a line number, or a label such as ``"row 12"`` for Parquet rows.
         self.path, self.line, self.field, self.reason = str(path), line, field_name, message
         where = self.path if line is None else f"{self.path}:{line}"
         what = f"field '{field_name}': {message}" if field_name else message
@@ -29,7 +31,7 @@ class SkipReport:
     examples: list[str] = field(default_factory=list)
 
     def add(self, err: DataError) -> None:
-        self.skipped[err.reason.split(" (")[0]] += 1
+        self.skipped[reason_key(err)] += 1
         if len(self.examples) < 5:
             self.examples.append(str(err))
 
@@ -44,6 +46,12 @@ class SkipReport:
         return f"skipped {self.total} bad rows ({parts}); first: {self.examples[0]}"
 
 
+def reason_key(err: DataError) -> str:
+    """The reason without details or quoted values, so that e.g. every duplicate id counts under
+    one ``duplicate id`` key rather than one key per id."""
+    return re.sub(r"\s*'[^']*'", "", err.reason.split(" (")[0]).strip()
+
+
 def handle(err: DataError, on_error: OnError, report: SkipReport | None) -> None:
     """Raise ``err`` in ``raise`` mode; count it (and log it once per reason) in ``skip`` mode."""
     if on_error == "raise":
@@ -51,7 +59,7 @@ def handle(err: DataError, on_error: OnError, report: SkipReport | None) -> None
     if on_error != "skip":
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
     if report is not None:
-        first = report.skipped[err.reason.split(" (")[0]] == 0
+        first = report.skipped[reason_key(err)] == 0
         report.add(err)
         if first:
             log.warning("skipping bad row: %s", err)

@@ -1,0 +1,212 @@
+"""Ray Serve wiring of the embedding server: deployments, ``@serve.batch``, ``serve.run``.
+
+Three deployments, so that Ray Serve's own back-pressure reaches the client in our error shape:
+
+* ``Ingress`` (FastAPI app of :mod:`embedray.serve.app`): validation, auth, metrics. It accepts
+  many concurrent requests and calls the model through deployment handles.
+* ``Embedder`` (N replicas): the model and the corpus index. ``@serve.batch`` with
+  ``batch_size_fn=batch_tokens`` turns ``max_batch_size`` into a token budget; the ingress
+  splits oversized requests into parts that fit. Its ``max_queued_requests`` is the queue
+  limit: beyond it the handle raises ``BackPressureError``, which the ingress answers with a
+  503 in the JSON error shape (the proxy's own 503 would be plain text).
+* ``Reranker`` (optional): the cross-encoder.
+
+Everything that is not wiring lives in ``embedray/serve/`` and runs without Ray.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import threading
+from typing import Any
+
+from ray import serve
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+from ray.serve.handle import DeploymentHandle
+
+from embedray.serve.app import build_app
+from embedray.serve.backend import Encoded, rerank_or_report
+from embedray.serve.batching import Part, batch_tokens
+from embedray.serve.config import ServeConfig
+from embedray.serve.corpus import Hit
+from embedray.serve.errors import ApiError
+
+log = logging.getLogger(__name__)
+APP_NAME = "embedray"
+
+
+class _DropBatchSizeWarning(logging.Filter):
+    """``@serve.batch`` warns when max_batch_size > max_ongoing_requests; with a token budget
+    as the batch size (``batch_size_fn``) that comparison is meaningless."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "is larger than `max_ongoing_requests`" not in record.getMessage()
+
+
+def _threads(cfg: ServeConfig) -> int:
+    return cfg.torch_threads or os.cpu_count() or 1
+
+
+@serve.deployment
+class Embedder:
+    """One model replica: encodes token-budgeted batches of parts and searches the corpus."""
+
+    def __init__(self, cfg: ServeConfig):
+        from embedray.serve.embedder import EmbedderCore
+
+        logging.getLogger("ray.serve").addFilter(_DropBatchSizeWarning())
+        self.core = EmbedderCore(cfg.model_dir, corpus=cfg.corpus, index=cfg.index,
+                                 max_batch_tokens=cfg.max_batch_tokens, torch_threads=_threads(cfg))
+        self.encode_batch.set_max_batch_size(self.core.max_batch_tokens)
+        self.encode_batch.set_batch_wait_timeout_s(cfg.batch_wait_timeout_s)
+
+    @serve.batch(max_batch_size=8192, batch_wait_timeout_s=0.005, batch_size_fn=batch_tokens)
+    async def encode_batch(self, parts: list[Part]) -> list[Encoded]:
+        # A worker thread keeps the replica's event loop free to queue the next batch meanwhile.
+        rows = await asyncio.to_thread(self.core.encode_parts, parts)
+        stats = {"texts": sum(len(p.texts) for p in parts), "tokens": batch_tokens(parts)}
+        return [Encoded(r, stats if i == 0 else None) for i, r in enumerate(rows)]
+
+    async def embed_part(self, part: Part) -> Encoded:
+        return await self.encode_batch(part)
+
+    async def search(self, part: Part, k: int) -> tuple[list[Hit], Encoded]:
+        enc = await self.encode_batch(part)
+        return self.core.search(enc.rows[0], k), enc
+
+    def describe(self) -> dict[str, Any]:
+        return self.core.describe()
+
+
+@serve.deployment
+class Reranker:
+    """The cross-encoder replica."""
+
+    def __init__(self, cfg: ServeConfig):
+        from embedray.serve.embedder import RerankerCore
+
+        self.core = RerankerCore(cfg.cross_encoder, torch_threads=_threads(cfg))
+
+    async def rerank(self, query: str, texts: list[str], truncate: bool) -> dict[str, Any]:
+        return await asyncio.to_thread(rerank_or_report, self.core, query, texts, truncate)
+
+    def max_length(self) -> int:
+        return self.core.max_length
+
+
+class RayBackend:
+    """:class:`~embedray.serve.backend.Backend` over deployment handles; maps Serve's
+    back-pressure and unavailability to 503 :class:`ApiError` s."""
+
+    def __init__(self, embedder: DeploymentHandle, reranker: DeploymentHandle | None,
+                 reranker_name: str | None, max_queued_requests: int):
+        self.embedder, self.reranker, self.reranker_name = embedder, reranker, reranker_name
+        self.max_queued = max_queued_requests
+
+    async def _call(self, response):
+        try:
+            return await response
+        except BackPressureError:
+            raise ApiError(503, f"server busy: the model queue is full (max_queued_requests="
+                                f"{self.max_queued}); retry later", "queue_full", {"Retry-After": "1"}) from None
+        except DeploymentUnavailableError:
+            raise ApiError(503, "the model replicas are unavailable; retry later", "unavailable",
+                           {"Retry-After": "5"}) from None
+
+    async def describe(self) -> dict[str, Any]:
+        info = await self._call(self.embedder.describe.remote())
+        info["reranker"] = self.reranker_name if self.reranker is not None else None
+        info["reranker_max_length"] = (await self._call(self.reranker.max_length.remote())
+                                       if self.reranker is not None else None)
+        return info
+
+    async def embed_part(self, part: Part) -> Encoded:
+        return await self._call(self.embedder.embed_part.remote(part))
+
+    async def search(self, part: Part, k: int) -> tuple[list[Hit], Encoded]:
+        return await self._call(self.embedder.search.remote(part, k))
+
+    async def rerank(self, query: str, texts: list[str], truncate: bool) -> dict[str, Any]:
+        if self.reranker is None:
+            raise ApiError(404, "no cross-encoder is served", "no_reranker")
+        return await self._call(self.reranker.rerank.remote(query, texts, truncate))
+
+
+@serve.deployment
+@serve.ingress()
+class Ingress:
+    """The HTTP entry: the FastAPI app of :mod:`embedray.serve.app` over a :class:`RayBackend`."""
+
+    def __init__(self, cfg: ServeConfig, embedder: DeploymentHandle, reranker: DeploymentHandle | None):
+        from pathlib import Path
+
+        name = Path(cfg.cross_encoder).name if cfg.cross_encoder else None
+        self.cfg = cfg
+        self.backend = RayBackend(embedder, reranker, name, cfg.max_queued_requests)
+
+    async def __serve_build_asgi_app__(self):
+        return await build_app(self.cfg, self.backend)
+
+
+def build_serve_app(cfg: ServeConfig):
+    """The Ray Serve application for ``cfg`` (pass it to ``serve.run``)."""
+    env = {"env_vars": {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}}
+    embedder = Embedder.options(
+        num_replicas=cfg.replicas, max_ongoing_requests=cfg.max_ongoing_requests,
+        max_queued_requests=cfg.max_queued_requests,
+        ray_actor_options={"num_cpus": cfg.cpus_per_replica, "runtime_env": env}).bind(cfg)
+    reranker = None
+    if cfg.cross_encoder:
+        reranker = Reranker.options(num_replicas=1, max_ongoing_requests=4, max_queued_requests=-1,
+                                    ray_actor_options={"num_cpus": cfg.reranker_cpus, "runtime_env": env}
+                                    ).bind(cfg)
+    # The ingress takes everything the proxy sends and lets the Embedder's queue decide: its
+    # BackPressureError is what becomes our JSON 503.
+    return Ingress.options(num_replicas=1, max_ongoing_requests=4096, max_queued_requests=-1,
+                           ray_actor_options={"num_cpus": cfg.ingress_cpus, "runtime_env": env}
+                           ).bind(cfg, embedder, reranker)
+
+
+def start_serve(cfg: ServeConfig, name: str = APP_NAME, route_prefix: str = "/") -> None:
+    """``serve.start`` on ``cfg.host:cfg.port`` (if Serve is not running yet) and ``serve.run``."""
+    warning = cfg.exposure_warning()
+    if warning:
+        log.warning(warning)
+    serve.start(http_options={"host": cfg.host, "port": cfg.port})
+    serve.run(build_serve_app(cfg), name=name, route_prefix=route_prefix, blocking=False)
+
+
+def serve_forever(cfg: ServeConfig) -> int:
+    """Start Ray (``RAY_ADDRESS`` or a local 127.0.0.1 instance), serve ``cfg``, block until
+    Ctrl-C / SIGTERM, then shut down what was started. Returns an exit code."""
+    import ray
+
+    from embedray.cluster.runtime import ensure_ray
+
+    own_ray = not ray.is_initialized() and not os.environ.get("RAY_ADDRESS")
+    ensure_ray()
+    stop = threading.Event()
+    previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        start_serve(cfg)
+        url = f"http://{cfg.host}:{cfg.port}"
+        print(f"embedray serving {cfg.model_name} at {url}  (OpenAPI docs: {url}/docs)", flush=True)
+        if cfg.api_key:
+            print("API key required: send 'Authorization: Bearer <key>' (all routes but /health)", flush=True)
+        print("Press Ctrl-C to stop.", flush=True)
+        stop.wait()
+        print("stopping…", flush=True)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        try:
+            if own_ray:
+                serve.shutdown()
+            else:
+                serve.delete(APP_NAME)
+        finally:
+            if own_ray:
+                ray.shutdown()
+    return 0

@@ -1,0 +1,120 @@
+"""Ray Train assembly: the only training code that imports ray.
+
+``TorchTrainer`` runs :func:`embedray.training.loop.train` on every worker with a
+``RayTrainSession``; training rows come from Ray Data (``read_json`` / ``read_parquet`` →
+``get_dataset_shard``); checkpoints go through ``ray.train.report`` so FailureConfig restarts and
+re-submitting the same run name both resume from the newest complete one.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import ray
+import ray.train
+import ray.train.torch
+import torch
+import torch.distributed as dist
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+
+from embedray.cluster.runtime import ensure_ray
+from embedray.training import checkpoint as ckpt
+from embedray.training.batches import Example
+from embedray.training.data import TrainingData, load_training_data, pair_rows, rows_to_examples
+
+
+class RayTrainSession:
+    """The loop's view of a Ray Train worker."""
+
+    def __init__(self, data: TrainingData, source: str):
+        ctx = ray.train.get_context()
+        self.rank, self.world_size = ctx.get_world_rank(), ctx.get_world_size()
+        self.device = ray.train.torch.get_device()
+        self.data, self.source = data, source
+        self._restored: Path | None = None
+
+    def prepare_model(self, model):
+        return ray.train.torch.prepare_model(model)
+
+    def training_examples(self) -> list[Example]:
+        rows = [dict(r) for r in ray.train.get_dataset_shard("train").iter_rows()]
+        # Ray Data may hand a worker different rows after a restart; exact resume needs one
+        # canonical order, so the workers pool their (small, id-only) shards and re-deal them.
+        if dist.is_initialized():
+            shards: list = [None] * self.world_size
+            dist.all_gather_object(shards, rows)
+            rows = [r for shard in shards for r in shard]
+        for r in rows:
+            r["neg_ids"] = list(r.get("neg_ids") or [])
+        return rows_to_examples(rows, self.data, self.source)
+
+    def latest_checkpoint(self) -> Path | None:
+        found = ray.train.get_checkpoint()
+        if found is None:
+            return None
+        local = Path(tempfile.mkdtemp(prefix="embedray-restore-"))
+        found.to_directory(str(local))
+        if not ckpt.is_complete(local):
+            raise RuntimeError(f"checkpoint {found.path} failed verification (manifest mismatch)")
+        self._restored = local
+        return local
+
+    def save_checkpoint(self, step: int, metrics: dict, **state) -> None:
+        staging = Path(tempfile.mkdtemp(prefix="embedray-ckpt-"))
+        try:
+            ckpt.write_state(staging, rank=self.rank, **state)
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(staging)),
+                             checkpoint_dir_name=f"checkpoint-{step:06d}")
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    def report(self, metrics: dict) -> None:
+        pass  # metrics travel with checkpoints; a per-step report would be a per-step sync
+
+
+def _worker(config: dict) -> None:
+    from embedray.config import TrainJobConfig, build_config
+    from embedray.training.loop import train
+
+    job = build_config(TrainJobConfig, config["job"], "train_loop_config")
+    data = load_training_data(job.data)
+    session = RayTrainSession(data, config["source"])
+    if job.train.num_threads is None:
+        torch.set_num_threads(max(1, int(job.cluster.cpus_per_worker)))
+    train(job, session, data, Path(config["run_dir"]), hooks=config.get("hooks_factory", lambda: None)())
+
+
+def training_dataset(job, pairs_path: Path | None):
+    """Training rows as a Ray Dataset (validated on the driver first, so errors name the line)."""
+    if pairs_path is not None:
+        suffix = pairs_path.suffix.lower()
+        return ray.data.read_parquet(str(pairs_path)) if suffix == ".parquet" else ray.data.read_json(str(pairs_path))
+    return ray.data.from_items(pair_rows(job.data))
+
+
+def run_training(job, hooks_factory=None) -> dict:
+    """Run (or resume) ``job`` on Ray Train; return the training summary."""
+    from embedray.config import to_dict
+
+    ensure_ray()
+    run_dir = (Path(job.cluster.storage_path).expanduser().resolve() / job.cluster.run_name)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    data = load_training_data(job.data)
+    pairs_path = Path(job.data.train_pairs).expanduser().resolve() if job.data.train_pairs else None
+    rows_to_examples(pair_rows(job.data), data, str(pairs_path or "train qrels"), job.data.on_error)
+    trainer = TorchTrainer(
+        train_loop_per_worker=_worker,
+        train_loop_config={"job": to_dict(job), "run_dir": str(run_dir), "source": str(pairs_path or "train qrels"),
+                           **({"hooks_factory": hooks_factory} if hooks_factory else {})},
+        scaling_config=ScalingConfig(num_workers=job.cluster.num_workers, use_gpu=job.cluster.use_gpu,
+                                     resources_per_worker={"CPU": job.cluster.cpus_per_worker}),
+        run_config=RunConfig(name=job.cluster.run_name, storage_path=str(run_dir.parent),
+                             checkpoint_config=CheckpointConfig(num_to_keep=job.cluster.num_to_keep),
+                             failure_config=FailureConfig(max_failures=job.cluster.max_failures)),
+        datasets={"train": training_dataset(job, pairs_path)},
+    )
+    trainer.fit()
+    return json.loads((run_dir / "training_summary_report.json").read_text())

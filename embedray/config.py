@@ -1,0 +1,127 @@
+"""Typed configuration: one dataclass per stage (each in its own package), YAML recipes,
+dotted command-line overrides (``train.lr=3e-5``).
+
+Validation is pydantic's (types, nested dataclasses, ``__post_init__`` checks); unknown keys are
+rejected with a suggestion, so a typo never silently falls back to a default.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pydantic
+import yaml
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A recipe or override that does not fit the config schema (names the file and key)."""
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    """Turn ``["train.lr=3e-5", "model.name_or_path=minilm-l6"]`` into a nested dict.
+
+    Values are parsed as YAML scalars/lists, so ``3e-5``, ``true``, ``[384,96]`` keep their types.
+    """
+    tree: dict[str, Any] = {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {item!r}: expected dotted.key=value")
+        value = yaml.safe_load(raw) if raw.strip() else None
+        node = tree
+        *parents, leaf = key.strip().split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {p!r} is a value, not a section")
+        node[leaf] = value
+    return tree
+
+
+def merge(base: dict, extra: dict) -> dict:
+    """Deep-merge ``extra`` into a copy of ``base``."""
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _check_keys(cls: type, data: Any, where: str, source: str) -> None:
+    if not (dataclasses.is_dataclass(cls) and isinstance(data, dict)):
+        return
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    for key, value in data.items():
+        if key not in fields:
+            close = difflib.get_close_matches(key, fields, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else f"; known keys: {', '.join(fields)}"
+            raise ConfigError(f"{source}: unknown key '{where}{key}'{hint}")
+        sub = hints.get(key)
+        for cand in (sub, *typing.get_args(sub)):
+            if dataclasses.is_dataclass(cand):
+                _check_keys(cand, value, f"{where}{key}.", source)
+
+
+def build_config(cls: type[T], data: dict, source: str = "<config>") -> T:
+    """Validate ``data`` against dataclass ``cls`` (nested), with errors naming ``source`` and key."""
+    _check_keys(cls, data, "", source)
+    try:
+        return pydantic.TypeAdapter(cls).validate_python(data)
+    except pydantic.ValidationError as e:
+        lines = []
+        for err in e.errors():
+            loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+            lines.append(f"  {loc}: {err['msg']}")
+        raise ConfigError(f"{source}: invalid config\n" + "\n".join(lines)) from None
+    except (ValueError, TypeError) as e:  # raised by a __post_init__ check
+        raise ConfigError(f"{source}: {e}") from None
+
+
+def load_config(cls: type[T], path: str | Path | None, overrides: list[str] | None = None) -> T:
+    """Load a YAML recipe (or none: defaults) into ``cls`` and apply dotted overrides."""
+    data: dict = {}
+    source = "<defaults>"
+    if path is not None:
+        path = Path(path).expanduser().resolve()
+        source = str(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: recipe not found")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML ({e})") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    if overrides:
+        data = merge(data, parse_overrides(overrides))
+        source += " + overrides"
+    return build_config(cls, data, source)
+
+
+def to_dict(cfg: Any) -> dict:
+    """A plain, YAML/JSON-serialisable dict of a config dataclass."""
+    return pydantic.TypeAdapter(type(cfg)).dump_python(cfg, mode="json")
+
+
+# ---- job configs: one section per stage, each defined in its own package -------------------
+from dataclasses import dataclass, field  # noqa: E402
+
+from embedray.losses.config import LossConfig  # noqa: E402
+from embedray.models.config import ModelConfig  # noqa: E402
+from embedray.training.config import ClusterConfig, DataConfig, TrainConfig  # noqa: E402
+
+
+@dataclass
+class TrainJobConfig:
+    """``embedray train`` / ``jobs/train.py``: data, model, loss, loop, and the Ray layout."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)

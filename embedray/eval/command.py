@@ -1,0 +1,122 @@
+"""``embedray eval``: score one or more models on a BEIR split and print a comparison table."""
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import asdict, fields
+from datetime import datetime, timezone
+from typing import Any
+
+from embedray.eval.config import EvalConfig
+
+DESCRIPTION = """\
+Evaluate embedding models on a BEIR folder (corpus.jsonl, queries.jsonl, qrels/<split>.tsv):
+encode every document (title + " " + text) and the split's queries, search exactly by cosine
+similarity, and report nDCG@10, Recall@10, Recall@100 and MRR@10 as BEIR/MTEB compute them.
+
+examples:
+  embedray eval --model minilm-l6 --data ../shared/datasets/scifact --split test
+  embedray eval --model minilm-l6 --model runs/x/student --data data/debian --output eval.json
+"""
+COLUMNS = ("ndcg@10", "recall@10", "recall@100", "mrr@10", "docs/s")
+
+
+def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Register the ``embedray eval`` flags on ``parser`` (a subcommand parser)."""
+    d = EvalConfig()
+    parser.description = DESCRIPTION
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.add_argument("--model", action="append", required=True, metavar="NAME_OR_PATH",
+                        help="bundled model (minilm-l6, mpnet-base, tiny-bert) or a local "
+                             "sentence-transformers folder; repeat to compare several")
+    parser.add_argument("--data", required=True, metavar="BEIR_DIR",
+                        help="BEIR folder with corpus.jsonl, queries.jsonl and qrels/<split>.tsv")
+    parser.add_argument("--split", default=d.split, help="qrels split to score (default: %(default)s)")
+    parser.add_argument("--k", type=int, default=d.k,
+                        help="documents retrieved per query (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=d.batch_size,
+                        help="texts per encoder batch (default: %(default)s)")
+    parser.add_argument("--max-seq-length", type=int, default=d.max_seq_length, metavar="N",
+                        help="tokens per text (default: the model folder's own, e.g. 256 for MiniLM)")
+    parser.add_argument("--query-prefix", default=d.query_prefix, metavar="STR",
+                        help="text prepended to every query, e.g. 'query: ' (default: none)")
+    parser.add_argument("--doc-prefix", default=d.doc_prefix, metavar="STR",
+                        help="text prepended to every document, e.g. 'passage: ' (default: none)")
+    parser.add_argument("--ignore-identical-ids", choices=("auto", "on", "off"),
+                        default=d.ignore_identical_ids,
+                        help="drop a query's own id from its ranking; auto = when every query id "
+                             "is also a corpus id, as in ArguAna (default: %(default)s)")
+    parser.add_argument("--missing-docs", choices=("keep", "skip", "raise"), default=d.missing_docs,
+                        help="judgements naming documents absent from the corpus: keep them as "
+                             "relevant-but-unretrievable like BEIR/MTEB, skip them (counted) or "
+                             "stop with an error (default: %(default)s)")
+    parser.add_argument("--truncate-dim", type=int, default=d.truncate_dim, metavar="N",
+                        help="evaluate only the first N embedding dimensions (Matryoshka)")
+    parser.add_argument("--device", default=d.device,
+                        help="cpu, cuda, cuda:N or auto (default: %(default)s)")
+    parser.add_argument("--output", metavar="JSON", help="also write all results to this JSON file")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    return parser
+
+
+def run_eval(args: argparse.Namespace | dict[str, Any]) -> int:
+    """Run ``embedray eval``; returns the process exit code (0 ok, 2 bad input).
+
+    Args:
+        args: the parsed namespace from :func:`add_eval_arguments`, or a dict with the same keys
+            (``model`` may be a string or a list).
+    """
+    from embedray.data.beir import load_beir
+    from embedray.data.errors import DataError
+    from embedray.eval.report import format_table, write_json_atomic
+    from embedray.eval.retrieval import evaluate_retrieval, load_encoder
+    from embedray.models.bundled import UnknownModelError
+
+    a = dict(vars(args)) if isinstance(args, argparse.Namespace) else dict(args)
+    try:
+        cfg = EvalConfig(**{f.name: a[f.name] for f in fields(EvalConfig) if a.get(f.name) is not None})
+        models = [a["model"]] if isinstance(a.get("model"), str) else list(a.get("model") or [])
+        if not models:
+            raise ValueError("give at least one --model")
+        data = load_beir(a["data"], cfg.split, on_error="raise", missing_docs=cfg.missing_docs)
+        _say(f"{data.path}: {len(data.corpus)} documents, {len(data.qrels)} {cfg.split} queries")
+        rows: dict[str, dict[str, Any]] = {}
+        results: dict[str, Any] = {}
+        for i, name in enumerate(models):
+            label = name if name not in rows else f"{name} #{i + 1}"
+            _say(f"[{i + 1}/{len(models)}] {name}: loading")
+            model = load_encoder(name, cfg.device, cfg.max_seq_length)
+            res = evaluate_retrieval(model, data, k=cfg.k, batch_size=cfg.batch_size,
+                                     query_prefix=cfg.query_prefix, doc_prefix=cfg.doc_prefix,
+                                     ignore_identical_ids=cfg.ignore_identical_ids,
+                                     show_progress=not a.get("no_progress", False),
+                                     truncate_dim=cfg.truncate_dim)
+            res.settings["max_seq_length"] = model.max_seq_length
+            rows[label] = {**res.metrics, "docs/s": res.timings.docs_per_s}
+            results[label] = {"model": name, **res.to_dict()}
+            _say(f"[{i + 1}/{len(models)}] {name}: nDCG@10 {res.metrics.get('ndcg@10', float('nan')):.4f}")
+    except (UnknownModelError, FileNotFoundError, DataError, ValueError) as e:
+        print(f"embedray eval: error: {e}", file=sys.stderr)
+        return 2
+    print(f"\n{data.path.name} ({cfg.split}, {len(data.qrels)} queries, {len(data.corpus)} docs)")
+    print(format_table(rows, [c for c in COLUMNS if any(c in r for r in rows.values())]))
+    if a.get("output"):
+        out = write_json_atomic({"data": str(data.path), "split": cfg.split,
+                                 "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                                 "config": asdict(cfg), "results": results}, a["output"])
+        _say(f"wrote {out}")
+    return 0
+
+
+def _say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Standalone entry (``python -m embedray.eval.command``) until the CLI wires it."""
+    parser = add_eval_arguments(argparse.ArgumentParser(prog="embedray eval"))
+    return run_eval(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,232 @@
+"""embedray's own cross-encoder: a bundled backbone with a fresh 1-logit head, trained on
+(query, positive) pairs and mined negatives, then used as a reranker and as a denoiser.
+
+No pretrained reranker can be had offline, so it is trained here. Training uses
+sentence-transformers' ``CrossEncoderTrainer`` with its ``BinaryCrossEntropyLoss`` (pointwise)
+or ``ListNetLoss`` / ``LambdaLoss`` (listwise): the trainer brings seeding, LR schedule,
+gradient clipping and a loadable model folder with a model card, for ~0.3 s of overhead on a
+tiny model — no reason for a hand-written loop.
+
+The saved folder is what ``sentence_transformers.CrossEncoder(path)`` loads (num_labels=1),
+plus ``embedray.json`` with the training settings (and reranker metrics once evaluated).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+from embedray.data.beir import Document, RetrievalData
+from embedray.mining.config import CrossEncoderConfig
+from embedray.mining.pool import NegativePool
+
+log = logging.getLogger(__name__)
+
+#: ``(query_id, query_text, positive_doc_id)``.
+TrainPair = tuple[str, str, str]
+
+
+def load_cross_encoder(name_or_path: str | os.PathLike, max_length: int | None = 256,
+                       device: str | None = None, num_labels: int | None = None):
+    """Load a cross-encoder folder (or put a fresh head on a bundled backbone), offline.
+
+    Args:
+        name_or_path: a folder saved by :func:`train_cross_encoder`, any CrossEncoder folder, or
+            a bundled name / bi-encoder folder (then the head is new and untrained).
+        max_length: max tokens of a (query, document) pair.
+        device: torch device; ``None`` lets sentence-transformers pick.
+        num_labels: force a head size (1 for a fresh scoring head).
+    """
+    from sentence_transformers import CrossEncoder
+
+    from embedray.models.bundled import resolve_model
+
+    path = resolve_model(name_or_path)
+    return CrossEncoder(str(path), num_labels=num_labels, max_length=max_length, device=device,
+                        trust_remote_code=False, local_files_only=True)
+
+
+def pairs_from_data(data: RetrievalData) -> list[TrainPair]:
+    """Every judged (query, positive document) of a split as :data:`TrainPair` rows."""
+    return [(q, data.queries[q], d) for q, docs in data.qrels.items() if q in data.queries
+            for d, rel in docs.items() if rel > 0 and d in data.corpus]
+
+
+def _text(doc: Document | str) -> str:
+    return doc.text_for_model if isinstance(doc, Document) else str(doc)
+
+
+def build_training_rows(train_pairs: Sequence[TrainPair], corpus: Mapping[str, Document | str],
+                        negatives: Mapping[str, Sequence[str]] | NegativePool,
+                        cfg: CrossEncoderConfig) -> dict[str, list]:
+    """Columns for the trainer: labelled pairs (``bce``) or labelled lists (listwise).
+
+    Each query contributes its positives and up to ``cfg.negatives_per_query`` of its mined
+    negatives (hardest first). Queries without negatives still give positive pairs (``bce``)
+    but are left out of listwise training, which needs a negative to rank against.
+    """
+    if isinstance(negatives, NegativePool):
+        negatives = {q: negatives.negative_ids(q) for q in negatives.negatives}
+    by_query: dict[str, tuple[str, list[str]]] = {}
+    for qid, qtext, did in train_pairs:
+        by_query.setdefault(qid, (qtext, []))[1].append(did)
+    if cfg.loss == "bce":
+        cols: dict[str, list] = {"query": [], "document": [], "label": []}
+        for qid, (qtext, pos) in by_query.items():
+            negs = [d for d in negatives.get(qid, ()) if d in corpus][:cfg.negatives_per_query]
+            for did, label in [(d, 1.0) for d in pos] + [(d, 0.0) for d in negs]:
+                cols["query"].append(qtext)
+                cols["document"].append(_text(corpus[did]))
+                cols["label"].append(label)
+        return cols
+    cols = {"query": [], "docs": [], "labels": []}
+    for qid, (qtext, pos) in by_query.items():
+        negs = [d for d in negatives.get(qid, ()) if d in corpus][:cfg.negatives_per_query]
+        if not negs:
+            continue
+        cols["query"].append(qtext)
+        cols["docs"].append([_text(corpus[d]) for d in pos + negs])
+        cols["labels"].append([1.0] * len(pos) + [0.0] * len(negs))
+    return cols
+
+
+def _loss(model, cfg: CrossEncoderConfig):
+    import torch
+    from sentence_transformers.cross_encoder import losses
+
+    if cfg.loss == "bce":
+        # Weight positives by the negatives per query, as sentence-transformers' MS MARCO BCE
+        # recipe does, so that the 1:N imbalance does not push every score down.
+        return losses.BinaryCrossEntropyLoss(model, pos_weight=torch.tensor(float(cfg.negatives_per_query)))
+    if cfg.loss == "listnet":
+        return losses.ListNetLoss(model)
+    return losses.LambdaLoss(model)
+
+
+def train_cross_encoder(train_pairs: Sequence[TrainPair], corpus: Mapping[str, Document | str],
+                        negatives: Mapping[str, Sequence[str]] | NegativePool,
+                        cfg: CrossEncoderConfig, out_dir: str | os.PathLike) -> Path:
+    """Train a cross-encoder (fresh head on ``cfg.base_model``) and save it to ``out_dir``.
+
+    Args:
+        train_pairs: ``(query_id, query_text, positive_doc_id)`` rows (:func:`pairs_from_data`).
+        corpus: doc id → :class:`Document` or text.
+        negatives: query id → mined negative doc ids (or a :class:`NegativePool`).
+        cfg: loss, steps, learning rate, seed, max length.
+        out_dir: destination folder; written aside and renamed into place (an existing folder
+            is replaced).
+
+    Returns:
+        The folder, loadable with ``CrossEncoder(path)``.
+    """
+    import torch
+    from datasets import Dataset
+    from sentence_transformers.cross_encoder import CrossEncoderTrainer, CrossEncoderTrainingArguments
+
+    rows = build_training_rows(train_pairs, corpus, negatives, cfg)
+    n_rows = len(rows["query"])
+    if n_rows == 0:
+        raise ValueError("no training rows: the cross-encoder needs (query, positive) pairs "
+                         "(and, for listwise losses, mined negatives)")
+    out = Path(out_dir).expanduser().resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)  # the fresh head is initialised in the constructor
+    model = load_cross_encoder(cfg.base_model, max_length=cfg.max_length, num_labels=1)
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.tmp-") as tmp:
+        args = CrossEncoderTrainingArguments(
+            output_dir=str(Path(tmp) / "trainer"), num_train_epochs=cfg.epochs,
+            max_steps=cfg.max_steps, per_device_train_batch_size=cfg.batch_size,
+            learning_rate=cfg.learning_rate, warmup_steps=cfg.warmup_ratio, seed=cfg.seed,
+            data_seed=cfg.seed, save_strategy="no", report_to="none", disable_tqdm=True,
+            logging_steps=max(1, cfg.max_steps // 10 if cfg.max_steps > 0 else 50))
+        trainer = CrossEncoderTrainer(model=model, args=args, train_dataset=Dataset.from_dict(rows),
+                                      loss=_loss(model, cfg))
+        result = trainer.train()
+        staged = Path(tmp) / "model"
+        model.save_pretrained(str(staged))
+        meta = {"kind": "cross-encoder", "base_model": cfg.base_model,
+                "training": {**asdict(cfg), "rows": n_rows, "queries": len({p[0] for p in train_pairs}),
+                             "steps": int(result.global_step),
+                             "train_loss": float(result.training_loss),
+                             "seconds": round(time.perf_counter() - start, 2)},
+                "metrics": {}}
+        (staged / "embedray.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
+        _replace_dir(staged, out)
+    log.info("trained cross-encoder on %d rows in %.1fs → %s", n_rows, time.perf_counter() - start, out)
+    return out
+
+
+def _replace_dir(new: Path, target: Path) -> None:
+    """Rename ``new`` to ``target``, swapping out an existing folder (never half-written)."""
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{os.getpid()}-{time.time_ns()}")
+        target.rename(old)
+        new.rename(target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        new.rename(target)
+
+
+def rerank(ce, queries: Mapping[str, str], doc_texts: Mapping[str, str],
+           run: Mapping[str, Mapping[str, float]], k: int = 100,
+           batch_size: int = 32) -> dict[str, dict[str, float]]:
+    """Rescore the top ``k`` documents of each query of ``run`` with the cross-encoder.
+
+    Returns:
+        query id → {doc id: cross-encoder score} over those top-``k`` documents.
+    """
+    from embedray.mining.rescore import rescore
+
+    keys, pairs = [], []
+    for qid, docs in run.items():
+        top = sorted(docs.items(), key=lambda kv: -kv[1])[:k]
+        for did, _ in top:
+            if did in doc_texts:
+                keys.append((qid, did))
+                pairs.append((queries[qid], doc_texts[did]))
+    scores = rescore(ce, pairs, batch_size=batch_size)
+    out: dict[str, dict[str, float]] = {}
+    for (qid, did), s in zip(keys, scores):
+        out.setdefault(qid, {})[did] = float(s)
+    return out
+
+
+def evaluate_reranker(ce, data: RetrievalData, first_stage_run: Mapping[str, Mapping[str, float]],
+                      k: int = 100, batch_size: int = 32) -> dict[str, dict[str, float]]:
+    """nDCG/Recall/MRR of the bi-encoder's top-``k`` before and after cross-encoder reranking.
+
+    Args:
+        ce: a loaded ``CrossEncoder`` or its folder (then its ``embedray.json`` gets the metrics).
+        data: the evaluation split (dev; never tune on test).
+        first_stage_run: query id → {doc id: bi-encoder score}, at least the top ``k``.
+        k: depth reranked; both runs are cut to it so that only the order differs.
+        batch_size: cross-encoder batch size.
+
+    Returns:
+        ``{"before": metrics, "after": metrics}`` from :func:`embedray.eval.metrics.compute_metrics`.
+    """
+    from embedray.eval.metrics import compute_metrics
+
+    folder = Path(ce) if isinstance(ce, (str, os.PathLike)) else None
+    model = load_cross_encoder(ce) if folder is not None else ce
+    queries = {q: data.queries[q] for q in data.qrels if q in data.queries and q in first_stage_run}
+    before = {q: dict(sorted(first_stage_run[q].items(), key=lambda kv: -kv[1])[:k]) for q in queries}
+    texts = {d: doc.text_for_model for d, doc in data.corpus.items()}
+    after = rerank(model, queries, texts, before, k=k, batch_size=batch_size)
+    ks = sorted({10, min(100, k), k})
+    result = {"before": compute_metrics(data.qrels, before, ks=ks),
+              "after": compute_metrics(data.qrels, after, ks=ks)}
+    if folder is not None and (folder / "embedray.json").is_file():
+        meta = json.loads((folder / "embedray.json").read_text(encoding="utf-8"))
+        meta.setdefault("metrics", {})[f"rerank_{data.split}"] = {**result, "k": k}
+        tmp = folder / ".embedray.json.tmp"
+        tmp.write_text(json.dumps(meta, indent=2), encoding="utf-8")
+        tmp.replace(folder / "embedray.json")
+    return result

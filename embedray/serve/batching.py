@@ -1,0 +1,134 @@
+"""Token-budget batching: split requests into parts, group texts of similar length.
+
+``@serve.batch`` (in ``embedray/cluster/serve_app.py``) groups *calls*; with
+``batch_size_fn=batch_tokens`` its ``max_batch_size`` becomes a token budget. This module is the
+part no library does for us (TEI and infinity do it in Rust / their own queue):
+
+* :func:`split_by_token_budget` cuts one request into :class:`Part` s that each fit the budget,
+  so an oversized request is split, never refused (TEI #378), and memory stays bounded
+  (infinity #517);
+* :func:`padded_chunks` sorts the texts of one batch by length and cuts them into forward
+  passes whose *padded* size (rows x longest row) fits the budget;
+* :func:`reassemble` puts the parts' results back in request order.
+
+Everything here is plain Python, testable without Ray or a model.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+@dataclass
+class Part:
+    """A slice of one request that fits the token budget.
+
+    Attributes:
+        texts: the texts of this part.
+        lengths: their token counts (special tokens included, after truncation).
+        index: positions of ``texts`` in the original request.
+    """
+
+    texts: list[str]
+    lengths: list[int]
+    index: list[int] = field(default_factory=list)
+
+    @property
+    def tokens(self) -> int:
+        return sum(self.lengths)
+
+
+def batch_tokens(parts: Sequence[Part]) -> int:
+    """The size of a batch of parts for ``@serve.batch(batch_size_fn=...)``: their total tokens."""
+    return sum(p.tokens for p in parts)
+
+
+def split_by_token_budget(texts: Sequence[str], lengths: Sequence[int], budget: int) -> list[Part]:
+    """Cut a request into parts of at most ``budget`` tokens each.
+
+    Texts are grouped by length (shortest first) so that each part pads little; the
+    original positions travel in ``Part.index``.
+
+    Args:
+        texts: the request's texts.
+        lengths: token count of each text; each must be ``<= budget``.
+        budget: most tokens in one part.
+
+    Returns:
+        Parts covering every text exactly once (empty list for no texts).
+
+    Raises:
+        ValueError: a single text longer than ``budget`` (the server makes the budget at least
+            the model's max sequence length, so this means a caller skipped truncation).
+    """
+    if len(texts) != len(lengths):
+        raise ValueError(f"{len(texts)} texts but {len(lengths)} lengths")
+    order = sorted(range(len(texts)), key=lambda i: lengths[i])
+    parts: list[Part] = []
+    current = Part([], [], [])
+    for i in order:
+        if lengths[i] > budget:
+            raise ValueError(f"text {i} has {lengths[i]} tokens, more than the batch budget {budget}")
+        if current.texts and current.tokens + lengths[i] > budget:
+            parts.append(current)
+            current = Part([], [], [])
+        current.texts.append(texts[i])
+        current.lengths.append(lengths[i])
+        current.index.append(i)
+    if current.texts:
+        parts.append(current)
+    return parts
+
+
+def padded_chunks(lengths: Sequence[int], budget: int) -> list[list[int]]:
+    """Sort positions by length and cut them into chunks whose padded size fits ``budget``.
+
+    A chunk's padded size is ``len(chunk) * max(length in chunk)``: what a forward pass costs
+    once the tokenizer pads every row to the longest one. A single row longer than the
+    budget still gets a chunk of its own.
+
+    Returns:
+        Lists of positions into ``lengths``; every position appears exactly once.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    chunks: list[list[int]] = []
+    current: list[int] = []
+    for i in order:
+        # Sorted ascending, so lengths[i] is the chunk's longest row once added.
+        if current and (len(current) + 1) * lengths[i] > budget:
+            chunks.append(current)
+            current = []
+        current.append(i)
+    if current:
+        chunks.append(current)
+    return chunks
+
+
+def reassemble(parts: Sequence[Part], results: Sequence[Any], n: int) -> np.ndarray:
+    """Put per-part result rows back in request order.
+
+    Args:
+        parts: the parts from :func:`split_by_token_budget`.
+        results: one ``(len(part.texts), dim)`` array per part.
+        n: number of texts in the request.
+
+    Returns:
+        ``(n, dim)`` array, row ``i`` for text ``i``.
+    """
+    if not parts:
+        return np.zeros((0, 0), dtype=np.float32)
+    dim = np.asarray(results[0]).shape[1]
+    out = np.empty((n, dim), dtype=np.float32)  # (n, dim)
+    filled = 0
+    for part, rows in zip(parts, results, strict=True):
+        rows = np.asarray(rows, dtype=np.float32)
+        if rows.shape[0] != len(part.index):
+            raise ValueError(f"a part of {len(part.index)} texts came back with {rows.shape[0]} rows")
+        out[part.index] = rows
+        filled += len(part.index)
+    if filled != n:
+        raise ValueError(f"parts cover {filled} texts, expected {n}")
+    return out

@@ -1,0 +1,131 @@
+"""Configuration of the serving stage: what is served, where, and the limits it enforces."""
+from __future__ import annotations
+
+import ipaddress
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+API_KEY_ENV = "EMBEDRAY_API_KEY"
+
+
+@dataclass
+class ServeConfig:
+    """Settings for ``embedray serve`` (the Ray Serve app) and its HTTP limits.
+
+    Attributes:
+        model_dir: sentence-transformers folder to serve (``embedray.json`` beside it gives the
+            Matryoshka dims and training metrics shown by ``/info``).
+        corpus: BEIR folder (its ``corpus.jsonl`` is read) or a JSONL file of ``{_id,title,text}``;
+            indexed with FAISS at start-up for ``/search``. ``None``: ``/search`` answers 404.
+        index: a saved index over ``corpus`` built with this model (a ``VectorIndex`` folder or an
+            ``IndexStore`` root with ``LATEST``, e.g. from a pipeline run); loaded instead of
+            encoding the corpus at start-up.
+        cross_encoder: folder that ``sentence_transformers.CrossEncoder`` loads; enables
+            ``/rerank`` and ``/search``'s ``rerank`` option. ``None``: those answer 404.
+        model_name: name reported in responses and accepted in the ``model`` field; defaults to
+            the model folder's name.
+        host: HTTP bind address. Loopback by default; binding elsewhere without an API key warns.
+        port: HTTP port.
+        api_key: if set, every route but ``/health`` needs ``Authorization: Bearer <key>``.
+            Falls back to the ``EMBEDRAY_API_KEY`` environment variable.
+        replicas: embedding-model replicas (each holds the model and the corpus index).
+        cpus_per_replica: Ray CPUs reserved per model replica (fractional on small machines).
+        torch_threads: intra-op threads per model replica; 0 means all cores of the machine.
+        max_ongoing_requests: batch parts one model replica accepts at once (they form batches).
+        max_queued_requests: batch parts waiting for a replica before new ones get a 503.
+            -1 means unlimited.
+        max_batch_tokens: token budget of one forward pass; larger requests are split into
+            parts that fit, never refused.
+        batch_wait_timeout_s: how long a batch waits to fill up before it runs.
+        max_items: most texts in one request (``input`` list, ``/rerank`` texts).
+        max_chars: most characters in one text.
+        max_body_bytes: largest request body accepted (larger ones get a 413).
+        max_top_k: largest ``top_k`` / ``rerank_top_n`` of ``/search``.
+        snippet_chars: length of the text snippets ``/search`` returns.
+        ingress_cpus: Ray CPUs reserved for the HTTP ingress replica.
+        reranker_cpus: Ray CPUs reserved for the cross-encoder replica.
+    """
+
+    model_dir: str
+    corpus: str | None = None
+    index: str | None = None
+    cross_encoder: str | None = None
+    model_name: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_key: str | None = None
+    replicas: int = 1
+    cpus_per_replica: float = 0.5
+    torch_threads: int = 0
+    max_ongoing_requests: int = 64
+    max_queued_requests: int = 256
+    max_batch_tokens: int = 8192
+    batch_wait_timeout_s: float = 0.005
+    max_items: int = 2048
+    max_chars: int = 32_768
+    max_body_bytes: int = 8 * 1024 * 1024
+    max_top_k: int = 100
+    snippet_chars: int = 240
+    ingress_cpus: float = 0.1
+    reranker_cpus: float = 0.5
+
+    def __post_init__(self) -> None:
+        model = Path(self.model_dir).expanduser()
+        if not model.is_dir():
+            raise ValueError(f"model_dir: {model} is not a folder (expected a sentence-transformers "
+                             "folder, e.g. the export of a pipeline run)")
+        self.model_dir = str(model.resolve())
+        if self.corpus is not None:
+            corpus = Path(self.corpus).expanduser()
+            if not corpus.exists():
+                raise ValueError(f"corpus: {corpus} does not exist (a BEIR folder or a JSONL file)")
+            self.corpus = str(corpus.resolve())
+        if self.index is not None:
+            if self.corpus is None:
+                raise ValueError("index: needs a corpus (--corpus) whose documents it indexes")
+            index = Path(self.index).expanduser()
+            if not index.is_dir():
+                raise ValueError(f"index: {index} is not a folder (a saved VectorIndex or an IndexStore)")
+            self.index = str(index.resolve())
+        if self.cross_encoder is not None:
+            ce = Path(self.cross_encoder).expanduser()
+            if not (ce / "config.json").is_file():
+                raise ValueError(f"cross_encoder: {ce} is not a model folder (no config.json)")
+            self.cross_encoder = str(ce.resolve())
+        if self.model_name is None:
+            self.model_name = Path(self.model_dir).name
+        if self.api_key is None:
+            self.api_key = os.environ.get(API_KEY_ENV) or None
+        if not 0 < self.port < 65536:
+            raise ValueError(f"port: {self.port} is not a TCP port (1..65535)")
+        positive = ("replicas", "max_ongoing_requests", "max_batch_tokens", "max_items", "max_chars",
+                    "max_body_bytes", "max_top_k", "snippet_chars")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
+        if self.max_queued_requests < -1 or self.max_queued_requests == 0:
+            raise ValueError("max_queued_requests: must be >= 1, or -1 for unlimited, "
+                             f"got {self.max_queued_requests}")
+        for name in ("cpus_per_replica", "ingress_cpus", "reranker_cpus", "batch_wait_timeout_s"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}: must be >= 0, got {getattr(self, name)}")
+        if self.torch_threads < 0:
+            raise ValueError(f"torch_threads: must be >= 0 (0 = all cores), got {self.torch_threads}")
+
+    @property
+    def binds_loopback(self) -> bool:
+        """Whether ``host`` is a loopback address (``localhost`` counts)."""
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+    def exposure_warning(self) -> str | None:
+        """A warning when the server is reachable from other machines without an API key."""
+        if self.binds_loopback or self.api_key:
+            return None
+        return (f"serving on {self.host}:{self.port} without an API key: anyone who can reach this "
+                f"address can use the server. Pass --api-key or set {API_KEY_ENV}.")

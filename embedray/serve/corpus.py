@@ -1,0 +1,151 @@
+"""The corpus behind ``/search``: loading it, its FAISS index, and highlighted snippets."""
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from embedray.data.beir import Document, iter_corpus
+
+log = logging.getLogger(__name__)
+
+# Words too common to be worth highlighting.
+_STOPWORDS = frozenset(
+    "a an and are as at be by for from has have how i in is it its of on or that the this to was "
+    "what when where which who why will with you your".split())
+_WORD = re.compile(r"\w+", re.UNICODE)
+
+
+def load_corpus(path: str | Path) -> list[Document]:
+    """Read a corpus: a BEIR folder (its ``corpus.jsonl``) or a JSONL file of ``{_id,title,text}``.
+
+    Raises:
+        DataError: a malformed row (file:line: field), including duplicate ids.
+        ValueError: the path holds no corpus or the corpus is empty.
+    """
+    path = Path(path).expanduser().resolve()
+    file = path / "corpus.jsonl" if path.is_dir() else path
+    if not file.is_file():
+        raise ValueError(f"{path}: no corpus here (expected a BEIR folder with corpus.jsonl, "
+                         "or a .jsonl file of {_id, title, text})")
+    docs = list(iter_corpus(file))
+    if not docs:
+        raise ValueError(f"{file}: the corpus is empty")
+    return docs
+
+
+def load_index(path: str | Path, docs: list[Document], dim: int):
+    """Load a saved index (a ``VectorIndex`` folder or an ``IndexStore`` root with ``LATEST``).
+
+    The index must have been built with the served model over this corpus: its ids must all be
+    corpus ids and its dimension the model's.
+    """
+    from embedray.mining.index import IndexStore, VectorIndex
+
+    path = Path(path).expanduser().resolve()
+    index = IndexStore(path).latest(use_gpu=False) if (path / "LATEST").is_file() \
+        else VectorIndex.load(path, use_gpu=False)
+    if index is None:
+        raise ValueError(f"{path}: no published index")
+    if index.dim != dim:
+        raise ValueError(f"{path}: index dimension {index.dim} != model dimension {dim}; "
+                         "was it built with another model?")
+    known = {d.id for d in docs}
+    unknown = [i for i in index.ids if i not in known]
+    if unknown:
+        raise ValueError(f"{path}: {len(unknown)} index ids are not in the corpus (e.g. {unknown[0]!r})")
+    return index
+
+
+@dataclass
+class Hit:
+    """One search result."""
+
+    id: str
+    score: float
+    title: str
+    text: str
+
+
+class CorpusIndex:
+    """Documents and their embeddings in an exact inner-product FAISS index.
+
+    Args:
+        docs: the corpus.
+        embeddings: ``(len(docs), dim)`` float32, normalized for cosine similarity.
+        index: an already built ``VectorIndex`` to use instead of building one.
+    """
+
+    def __init__(self, docs: list[Document], embeddings: np.ndarray | None = None, index=None):
+        from embedray.mining.index import VectorIndex
+
+        self.docs = {d.id: d for d in docs}
+        if index is None:
+            if embeddings is None:
+                raise ValueError("CorpusIndex needs embeddings or a built index")
+            index = VectorIndex.build(np.asarray(embeddings, dtype=np.float32), [d.id for d in docs],
+                                      factory="Flat", metric="ip", use_gpu=False)
+        self.index = index
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def search(self, query: np.ndarray, k: int) -> list[Hit]:
+        """Top-``k`` documents for one ``(dim,)`` query vector, best first."""
+        scores, ids = self.index.search(np.asarray(query, dtype=np.float32)[None, :], k)  # (1, k)
+        return [Hit(i, float(s), self.docs[i].title, self.docs[i].text) for i, s in zip(ids[0], scores[0])]
+
+
+def query_terms(query: str) -> list[str]:
+    """Lower-cased words of ``query`` worth highlighting (no stopwords, 2+ characters)."""
+    seen: dict[str, None] = {}
+    for w in _WORD.findall(query.lower()):
+        if len(w) >= 2 and w not in _STOPWORDS:
+            seen.setdefault(w, None)
+    return list(seen)
+
+
+def find_highlights(text: str, terms: list[str]) -> list[tuple[int, int]]:
+    """Character spans of whole words in ``text`` that start with one of ``terms``.
+
+    Prefix matching lets ``index`` highlight ``indexing``; spans are sorted and disjoint.
+    """
+    if not terms:
+        return []
+    spans = []
+    lowered = text.lower()
+    for m in _WORD.finditer(lowered):
+        word = m.group()
+        if any(word.startswith(t) for t in terms):
+            spans.append((m.start(), m.end()))
+    return spans
+
+
+def make_snippet(text: str, query: str, width: int) -> tuple[str, list[tuple[int, int]]]:
+    """A window of about ``width`` characters of ``text`` around the first query-term match.
+
+    Returns:
+        ``(snippet, spans)``: the snippet (with ``…`` where text was cut) and the character spans
+        within it to highlight.
+    """
+    terms = query_terms(query)
+    spans = find_highlights(text, terms)
+    if len(text) <= width:
+        return text, spans
+    start = max(0, spans[0][0] - width // 4) if spans else 0
+    if start > 0:  # begin at a word boundary
+        space = text.rfind(" ", 0, start)
+        start = space + 1 if space >= 0 and start - space < 20 else start
+    end = min(len(text), start + width)
+    if end < len(text):
+        space = text.rfind(" ", start, end)
+        end = space if space > start + width // 2 else end
+    prefix = "…" if start > 0 else ""
+    suffix = "…" if end < len(text) else ""
+    snippet = prefix + text[start:end] + suffix
+    shift = len(prefix) - start
+    inside = [(a + shift, b + shift) for a, b in spans if a >= start and b <= end]
+    return snippet, inside

@@ -1,0 +1,177 @@
+"""The model side of the server: token counting, batched encoding, the corpus index.
+
+:class:`EmbedderCore` is what one Ray Serve replica holds (see ``embedray/cluster/serve_app.py``)
+and also what the in-process backend of the unit tests uses; it never imports Ray.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from embedray.serve.batching import Part, padded_chunks
+from embedray.serve.corpus import CorpusIndex, Hit, load_corpus, load_index
+
+log = logging.getLogger(__name__)
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def load_tokenizer(model_dir: str | Path):
+    """The Hugging Face tokenizer of a sentence-transformers folder, without loading the model.
+
+    The transformer module's folder comes from ``modules.json`` (the model root in most
+    exports).
+    """
+    from transformers import AutoTokenizer
+
+    root = Path(model_dir)
+    sub = ""
+    modules = root / "modules.json"
+    if modules.is_file():
+        for m in json.loads(modules.read_text(encoding="utf-8")):
+            if str(m.get("type", "")).endswith("Transformer"):
+                sub = m.get("path", "") or ""
+                break
+    return AutoTokenizer.from_pretrained(str(root / sub), local_files_only=True, trust_remote_code=False)
+
+
+class TokenCounter:
+    """Counts tokens the way the model sees them (special tokens included, no truncation).
+
+    Args:
+        tokenizer: a Hugging Face tokenizer.
+        max_seq_length: the model's limit; longer texts are truncated to it when asked.
+    """
+
+    def __init__(self, tokenizer, max_seq_length: int):
+        self.tokenizer = tokenizer
+        self.max_seq_length = int(max_seq_length)
+
+    def count(self, texts: Sequence[str]) -> list[int]:
+        """Token count of each text before truncation."""
+        if not texts:
+            return []
+        enc = self.tokenizer(list(texts), add_special_tokens=True, truncation=False,
+                             return_attention_mask=False, return_token_type_ids=False, verbose=False)
+        return [len(ids) for ids in enc["input_ids"]]
+
+
+class EmbedderCore:
+    """A sentence-transformers model, encoding token-budgeted batches; optionally a corpus index.
+
+    Args:
+        model_dir: sentence-transformers folder.
+        corpus: BEIR folder or JSONL corpus to index at start-up (``None``: no search).
+        index: a saved index (``VectorIndex`` folder or ``IndexStore`` root) over ``corpus``
+            built with this model, loaded instead of encoding the corpus.
+        max_batch_tokens: padded-token budget of one forward pass.
+        torch_threads: intra-op threads; 0 keeps torch's default (all cores).
+    """
+
+    def __init__(self, model_dir: str | Path, corpus: str | Path | None = None,
+                 index: str | Path | None = None, max_batch_tokens: int = 8192, torch_threads: int = 0):
+        import torch
+        from sentence_transformers import SentenceTransformer
+
+        if torch_threads > 0:
+            torch.set_num_threads(torch_threads)
+        self.model = SentenceTransformer(str(model_dir), device="cpu", trust_remote_code=False,
+                                         local_files_only=True)
+        self.model.eval()
+        self.max_seq_length = int(self.model.max_seq_length or 512)
+        get_dim = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
+        self.dim = int(get_dim())
+        self.normalized = any(type(m).__name__ == "Normalize" for m in self.model)
+        self.max_batch_tokens = max(int(max_batch_tokens), self.max_seq_length)
+        self.counter = TokenCounter(self.model.tokenizer, self.max_seq_length)
+        self.corpus: CorpusIndex | None = None
+        if corpus is not None:
+            self.corpus = self._index_corpus(corpus, index)
+
+    def _index_corpus(self, corpus: str | Path, index: str | Path | None) -> CorpusIndex:
+        docs = load_corpus(corpus)
+        if index is not None:
+            loaded = load_index(index, docs, self.dim)
+            log.info("loaded index of %d documents from %s", len(loaded), index)
+            return CorpusIndex(docs, index=loaded)
+        texts = [d.text_for_model for d in docs]
+        lengths = [min(n, self.max_seq_length) for n in self.counter.count(texts)]
+        (emb,) = self.encode_parts([Part(texts, lengths, list(range(len(texts))))])  # (n_docs, dim)
+        log.info("indexed %d documents from %s", len(docs), corpus)
+        return CorpusIndex(docs, emb)
+
+    def encode_parts(self, parts: Sequence[Part]) -> list[np.ndarray]:
+        """Encode a batch of parts; returns one ``(len(part.texts), dim)`` float32 array per part.
+
+        All texts of the batch are sorted by length and run in forward passes whose padded size
+        fits ``max_batch_tokens``.
+        """
+        texts = [t for p in parts for t in p.texts]
+        lengths = [n for p in parts for n in p.lengths]
+        out = np.empty((len(texts), self.dim), dtype=np.float32)  # (n_texts, dim)
+        for chunk in padded_chunks(lengths, self.max_batch_tokens):
+            out[chunk] = self.model.encode([texts[i] for i in chunk], batch_size=len(chunk),
+                                           convert_to_numpy=True, show_progress_bar=False)
+        results, start = [], 0
+        for p in parts:
+            results.append(out[start:start + len(p.texts)])
+            start += len(p.texts)
+        return results
+
+    def search(self, query_vec: np.ndarray, k: int) -> list[Hit]:
+        """Top-``k`` corpus documents for a full-dimension query embedding."""
+        if self.corpus is None:
+            raise RuntimeError("no corpus is served")
+        return self.corpus.search(query_vec, k)
+
+    def describe(self) -> dict[str, Any]:
+        """Facts the HTTP layer needs: dims, max tokens, normalization, corpus size."""
+        return {"dim": self.dim, "max_seq_length": self.max_seq_length, "normalized": self.normalized,
+                "corpus_size": len(self.corpus) if self.corpus is not None else 0,
+                "max_batch_tokens": self.max_batch_tokens}
+
+
+class RerankerCore:
+    """A cross-encoder scoring (query, text) pairs.
+
+    Args:
+        model_dir: folder that ``sentence_transformers.CrossEncoder`` loads (one output label).
+        torch_threads: intra-op threads; 0 keeps torch's default.
+    """
+
+    def __init__(self, model_dir: str | Path, torch_threads: int = 0):
+        import torch
+        from sentence_transformers import CrossEncoder
+
+        if torch_threads > 0:
+            torch.set_num_threads(torch_threads)
+        self.model = CrossEncoder(str(model_dir), device="cpu", trust_remote_code=False,
+                                  local_files_only=True)
+        self.max_length = int(getattr(self.model, "max_seq_length", None) or 512)
+
+    def too_long(self, query: str, texts: Sequence[str]) -> list[int]:
+        """Positions of texts whose (query, text) pair exceeds the model's max tokens."""
+        if not texts:
+            return []
+        enc = self.model.tokenizer([query] * len(texts), list(texts), add_special_tokens=True,
+                                   truncation=False, return_attention_mask=False,
+                                   return_token_type_ids=False, verbose=False)
+        return [i for i, ids in enumerate(enc["input_ids"]) if len(ids) > self.max_length]
+
+    def score(self, query: str, texts: Sequence[str], batch_size: int = 32) -> list[float]:
+        """Relevance score of each text for ``query`` (the model's activation, e.g. a sigmoid).
+
+        Pairs longer than the model's max tokens are truncated by the cross-encoder.
+        """
+        if not texts:
+            return []
+        scores = self.model.predict([(query, t) for t in texts], batch_size=batch_size,
+                                    convert_to_numpy=True, show_progress_bar=False)
+        return [float(s) for s in np.asarray(scores).reshape(len(texts))]

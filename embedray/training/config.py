@@ -1,0 +1,131 @@
+"""Configuration of the per-worker training loop and of the Ray Train run around it."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+
+@dataclass
+class TrainConfig:
+    """The optimisation schedule and the loop's behaviour (per worker unless stated)."""
+
+    max_steps: int = 300
+    """Optimizer steps in the whole run (a resume continues up to this number)."""
+    batch_size: int = 32
+    """Queries per micro-batch on each worker (the global batch is this × workers × grad_accum)."""
+    num_negatives: int = 1
+    """Hard negatives per query, drawn from the negative pool or at random from the corpus."""
+    negatives: Literal["none", "random", "pool"] = "random"
+    """``none``: in-batch only; ``random``: random corpus documents; ``pool``: a mined pool."""
+    lr: float = 2e-5
+    """Peak learning rate of AdamW."""
+    weight_decay: float = 0.01
+    """AdamW weight decay (not applied to biases and LayerNorm weights)."""
+    warmup_ratio: float = 0.1
+    """Fraction of ``max_steps`` with a linear warm-up from 0 to ``lr``."""
+    schedule: Literal["linear", "cosine", "constant"] = "linear"
+    """Decay after warm-up."""
+    grad_accum: int = 1
+    """Micro-batches accumulated per optimizer step."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping by global norm (0 disables)."""
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    """``auto``: bf16 autocast on a GPU that supports it, fp32 otherwise."""
+    seed: int = 0
+    """Seeds the model head, batch order, negatives and dropout; same seed → same run."""
+    max_query_length: int = 64
+    """Tokens per query (truncated beyond)."""
+    max_doc_length: int = 128
+    """Tokens per document (truncated beyond)."""
+    length_bucketing: bool = True
+    """Group examples of similar document length into a batch to cut padding."""
+    bucket_batches: int = 16
+    """How many batches' worth of examples are length-sorted together (bigger: less padding, less randomness)."""
+    log_every: int = 10
+    """Steps between progress-bar/TensorBoard updates (every step goes to the JSON log)."""
+    eval_every: int = 0
+    """Steps between dev evaluations (nDCG@10); 0 = only before and after training."""
+    eval_max_queries: int | None = 500
+    """Dev queries used for evaluation during training (None = all)."""
+    early_stop_patience: int = 0
+    """Stop after this many dev evaluations without improvement (0 = never)."""
+    checkpoint_every: int = 100
+    """Steps between checkpoints (0 = only the final one)."""
+    num_threads: int | None = None
+    """torch intra-op threads per worker (None = the CPUs given to the worker)."""
+    debug_kill_at_step: int | None = None
+    """Fault injection for tests: the worker of rank ``debug_kill_rank`` SIGKILLs itself once at this step."""
+    debug_kill_rank: int = 1
+    """Which rank ``debug_kill_at_step`` kills."""
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.max_steps > 0, "train.max_steps must be > 0"),
+            (self.batch_size > 0, "train.batch_size must be > 0"),
+            (self.num_negatives >= 0, "train.num_negatives must be >= 0"),
+            (self.lr > 0, "train.lr must be > 0"),
+            (0 <= self.warmup_ratio < 1, "train.warmup_ratio must be in [0, 1)"),
+            (self.grad_accum >= 1, "train.grad_accum must be >= 1"),
+            (self.max_grad_norm >= 0, "train.max_grad_norm must be >= 0 (0 disables clipping)"),
+            (self.max_query_length > 0 and self.max_doc_length > 0, "train.max_*_length must be > 0"),
+            (self.bucket_batches >= 1, "train.bucket_batches must be >= 1"),
+            (self.log_every >= 1, "train.log_every must be >= 1"),
+            (self.eval_every >= 0 and self.checkpoint_every >= 0, "train.eval_every/checkpoint_every must be >= 0"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise ValueError(msg)
+        if self.negatives == "none":
+            self.num_negatives = 0
+
+
+@dataclass
+class DataConfig:
+    """Where the training and evaluation data live (see ``embedray data``)."""
+
+    path: str = "data/debian"
+    """A BEIR folder (corpus.jsonl, queries.jsonl, qrels/); ``train_pairs`` and eval splits refer to it."""
+    train_pairs: str | None = None
+    """JSONL of ``{"query_id", "pos_id", "neg_ids"?}``; None = built from ``qrels/<train_split>.tsv``."""
+    train_split: str = "train"
+    """Split whose judgements make the training pairs when ``train_pairs`` is not given."""
+    dev_split: str | None = "dev"
+    """Split evaluated during training (None = none). Never the test split."""
+    test_split: str = "test"
+    """Split reported after training."""
+    on_error: Literal["raise", "skip"] = "raise"
+    """Bad input rows: stop with file:line: field, or skip and count them."""
+    max_train_pairs: int | None = None
+    """Use only the first N training pairs (None = all)."""
+
+    def __post_init__(self) -> None:
+        if self.dev_split is not None and self.dev_split == self.test_split:
+            raise ValueError("data.dev_split must not be the test split: the test split is only reported")
+
+
+@dataclass
+class ClusterConfig:
+    """How the run is laid out on Ray (ignored by ``--local`` runs)."""
+
+    num_workers: int = 2
+    """Training workers (DDP processes)."""
+    cpus_per_worker: float = 1.0
+    """CPUs reserved per worker."""
+    use_gpu: bool = False
+    """One GPU per worker."""
+    storage_path: str = "runs"
+    """Root folder of runs; a run lives in ``storage_path/run_name``. Shared storage on a cluster."""
+    run_name: str = "embedray"
+    """Re-using a name resumes that run from its last complete checkpoint."""
+    max_failures: int = 2
+    """Worker-group restarts Ray Train may do after a worker dies."""
+    num_to_keep: int = 2
+    """Checkpoints kept (the newest ones)."""
+
+    def __post_init__(self) -> None:
+        if self.num_workers < 1:
+            raise ValueError("cluster.num_workers must be >= 1")
+        if self.cpus_per_worker <= 0:
+            raise ValueError("cluster.cpus_per_worker must be > 0")
+        if self.num_to_keep < 1:
+            raise ValueError("cluster.num_to_keep must be >= 1")

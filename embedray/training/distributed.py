@@ -1,0 +1,32 @@
+"""Small collective helpers for the loop; each is a no-op in a single process."""
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def mean_across_workers(value: float) -> float:
+    """Average a scalar over all workers (for logging the global loss)."""
+    if not is_distributed():
+        return value
+    t = torch.tensor([value], dtype=torch.float64)
+    dist.all_reduce(t)
+    return float(t.item()) / dist.get_world_size()
+
+
+def broadcast_flag(flag: bool) -> bool:
+    """Rank 0's decision (e.g. early stop) for everyone."""
+    if not is_distributed():
+        return flag
+    t = torch.tensor([int(flag)])
+    dist.broadcast(t, src=0)
+    return bool(t.item())
+
+
+def barrier() -> None:
+    if is_distributed():
+        dist.barrier()

@@ -1,0 +1,18 @@
+"""Run the training loop in this process, without Ray (debugging, small runs, tests)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from embedray.training.data import load_training_data, pair_rows, rows_to_examples
+from embedray.training.loop import Hooks, train
+from embedray.training.session import LocalSession
+
+
+def run_local(job, hooks: Hooks | None = None) -> dict:
+    """Train ``job`` in one process; same outputs and resume rules as the Ray run."""
+    run_dir = Path(job.cluster.storage_path).expanduser().resolve() / job.cluster.run_name
+    data = load_training_data(job.data)
+    examples = rows_to_examples(pair_rows(job.data), data, job.data.train_pairs or "train qrels",
+                                job.data.on_error)
+    session = LocalSession(run_dir, examples, job.cluster.num_to_keep)
+    return train(job, session, data, run_dir, hooks)

@@ -1,0 +1,261 @@
+"""The per-worker training loop: plain torch, read top to bottom.
+
+The same function runs in one local process (``LocalSession``) and on every Ray Train worker
+(``embedray.cluster.train``); only the session differs. Negative refreshes plug in through
+``hooks`` (newest pool at a step boundary; weight snapshots every K steps).
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from tqdm.auto import tqdm
+
+from embedray.training import checkpoint as ckpt
+from embedray.training.batches import BatchPlan, NegativeSampler, canonical_order
+from embedray.training.data import TrainingData
+from embedray.training.distributed import barrier, broadcast_flag, mean_across_workers
+from embedray.training.logs import RunLogger, write_json_atomic
+
+
+LOSS_PREFIX = "__loss__."  # trainable loss parameters (e.g. a distillation projection) in checkpoints
+
+
+@dataclass
+class Hooks:
+    """Optional callbacks for the negative-refresh loop (rank 0 calls ``snapshot``)."""
+
+    newest_pool: Callable[[int], tuple[dict[str, list[str]], int] | None] | None = None
+    snapshot_every: int = 0
+    snapshot: Callable[[int, dict[str, torch.Tensor]], None] | None = None
+    on_step: list[Callable[[int, RunLogger], None]] = field(default_factory=list)
+
+
+def _lr_lambda(cfg, total: int) -> Callable[[int], float]:
+    warm = int(cfg.warmup_ratio * total)
+
+    def f(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        if cfg.schedule == "constant":
+            return 1.0
+        progress = (step - warm) / max(1, total - warm)
+        return max(0.0, 1 - progress) if cfg.schedule == "linear" else 0.5 * (1 + math.cos(math.pi * progress))
+    return f
+
+
+def _param_groups(model: torch.nn.Module, extra: list, weight_decay: float) -> list[dict]:
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim < 2 or "LayerNorm" in name or "norm" in name else decay).append(p)
+    return [{"params": decay + [p for p in extra if p.requires_grad], "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _autocast(precision: str, device: torch.device):
+    bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda"
+                                   and torch.cuda.is_bf16_supported())
+    return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+
+
+def make_encode_fn(model, model_cfg, batch_size: int = 64) -> Callable[[list[str], str], Any]:
+    """``encode_fn(texts, kind)`` over the live model, with the configured prefixes."""
+    def encode(texts: list[str], kind: str):
+        prefix = model_cfg.query_prefix if kind == "query" else model_cfg.doc_prefix
+        return model.encode([prefix + t for t in texts], batch_size=batch_size)
+    return encode
+
+
+def evaluate_dev(model, job, data: TrainingData) -> dict[str, float]:
+    """nDCG@10 etc. of the live model on (a deterministic subset of) the dev split."""
+    from embedray.eval.retrieval import evaluate_retrieval
+    dev = data.dev
+    if job.train.eval_max_queries and len(dev.qrels) > job.train.eval_max_queries:
+        keep = sorted(dev.qrels)[: job.train.eval_max_queries]
+        dev = type(dev)(dev.corpus, dev.queries, {q: dev.qrels[q] for q in keep}, dev.split, dev.path)
+    was_training = model.training
+    result = evaluate_retrieval(make_encode_fn(model, job.model), dev, show_progress=False)
+    model.train(was_training)
+    return result.metrics
+
+
+def train(job, session, data: TrainingData, run_dir: Path, hooks: Hooks | None = None) -> dict:
+    """Train ``job.model`` with ``job.loss`` for ``job.train.max_steps`` steps; return the summary.
+
+    Resumes from ``session.latest_checkpoint()`` when there is one, exactly: same batches, same
+    negatives, same dropout masks as an uninterrupted run with the same seed.
+    """
+    from embedray.losses import build_objective
+    from embedray.models.encoder import BiEncoder
+    from embedray.training.gather import gather_fn_for_loss
+
+    tc, hooks, rank0 = job.train, hooks or Hooks(), session.rank == 0
+    run_dir = Path(run_dir)
+    torch.manual_seed(tc.seed)  # identical initialisation of any new head on every rank
+    if tc.num_threads:
+        torch.set_num_threads(tc.num_threads)
+
+    core = BiEncoder.from_config(job.model)
+    model = session.prepare_model(core)
+    gather = gather_fn_for_loss() if job.loss.gather_across_workers and session.world_size > 1 else None
+    loss_fn = build_objective(job.loss, gather_fn=gather, student_dim=core.embedding_dim)
+    optimizer = torch.optim.AdamW(_param_groups(core, list(loss_fn.parameters()), tc.weight_decay), lr=tc.lr)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(tc, tc.max_steps))
+
+    examples = canonical_order(session.training_examples())
+    tok_len = lambda did: len(data.doc_text(did))  # characters: a cheap, monotone proxy of tokens
+    plan = BatchPlan(examples, tok_len, batch_size=tc.batch_size, world_size=session.world_size,
+                     seed=tc.seed, bucket_batches=tc.bucket_batches if tc.length_bucketing else 1)
+    sampler = NegativeSampler(sorted(data.corpus), data.positives, num_negatives=tc.num_negatives,
+                              mode=tc.negatives, seed=tc.seed)
+
+    start_step, state = 0, {"best_dev": None, "evals_without_gain": 0, "pool_version": 0}
+    if (found := session.latest_checkpoint()) is not None:
+        saved = ckpt.read_state(found, session.rank)
+        core.load_state_dict({k: v for k, v in saved["model"].items() if not k.startswith(LOSS_PREFIX)})
+        loss_fn.load_state_dict({k[len(LOSS_PREFIX):]: v for k, v in saved["model"].items()
+                                 if k.startswith(LOSS_PREFIX)})
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        ckpt.restore_rng(saved["rng"])
+        state.update(saved["trainer_state"]["state"])
+        start_step = saved["trainer_state"]["step"]
+        if hooks.newest_pool and (pool := hooks.newest_pool(-state["pool_version"])):
+            sampler.set_pool(*pool)  # the very pool version the checkpoint was trained on
+    log = RunLogger(run_dir, start_step, enabled=rank0)
+    if rank0:
+        print(f"[embedray] {'resuming at step ' + str(start_step) if start_step else 'starting'}: "
+              f"{len(examples)} pairs, {plan.batches_per_epoch} global batches/epoch, "
+              f"{session.world_size} worker(s), {tc.max_steps} steps", flush=True)
+    if start_step == 0 and data.dev is not None and rank0:
+        log.event("dev", 0, evaluate_dev(core, job, data))
+
+    def checkpoint(step: int) -> None:
+        trainer_state = {"step": step, "state": state, "seed": tc.seed, "world_size": session.world_size}
+        weights = {**core.state_dict(), **{LOSS_PREFIX + k: v for k, v in loss_fn.state_dict().items()}}
+        session.save_checkpoint(step, {"step": step}, model_state=weights,
+                                optimizer_state=optimizer.state_dict(),
+                                scheduler_state=scheduler.state_dict(), trainer_state=trainer_state)
+
+    bar = tqdm(total=tc.max_steps, initial=start_step, disable=not rank0, desc="train", unit="step")
+    model.train()
+    step, t_start = start_step, time.perf_counter()
+    for step in range(start_step, tc.max_steps):
+        if hooks.newest_pool and (pool := hooks.newest_pool(step)) and pool[1] > sampler.pool_version:
+            sampler.set_pool(*pool)
+            state["pool_version"] = pool[1]
+        t0 = time.perf_counter()
+        total = 0.0
+        for micro in range(tc.grad_accum):
+            index = step * tc.grad_accum + micro
+            batch = [examples[i] for i in plan.rank_indices(index, session.rank)]
+            negs = [sampler.sample(ex, index, slot) for slot, ex in enumerate(batch)]
+            sync = micro == tc.grad_accum - 1 or not hasattr(model, "no_sync")
+            with (contextlib.nullcontext() if sync else model.no_sync()), _autocast(tc.precision, session.device):
+                loss = _batch_loss(model, core, loss_fn, job, data, batch, negs, session.device)
+                (loss / tc.grad_accum).backward()
+            total += loss.item() / tc.grad_accum
+        params = [p for g in optimizer.param_groups for p in g["params"]]
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, tc.max_grad_norm if tc.max_grad_norm > 0 else float("inf"))
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        done = step + 1
+        step_loss = mean_across_workers(total)
+        dt = time.perf_counter() - t0
+        log.step({"step": done, "epoch": plan.epoch_of(step * tc.grad_accum), "loss": step_loss,
+                  "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
+                  "pairs_per_s": plan.global_batch * tc.grad_accum / dt, "pool_version": sampler.pool_version})
+        bar.update(1)
+        if done % tc.log_every == 0:
+            bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
+        session.report({"step": done, "loss": step_loss})
+        if tc.debug_kill_at_step == done and session.rank == tc.debug_kill_rank:
+            _kill_once(run_dir, done)
+        if rank0 and hooks.snapshot and hooks.snapshot_every and done % hooks.snapshot_every == 0 and done < tc.max_steps:
+            hooks.snapshot(done, {k: v.detach().cpu().clone() for k, v in core.state_dict().items()})
+        for cb in hooks.on_step:
+            cb(done, log)
+        stop = False
+        if tc.eval_every and done % tc.eval_every == 0 and data.dev is not None and done < tc.max_steps:
+            if rank0:
+                stop = _dev_and_early_stop(core, job, data, log, state, done)
+            stop = broadcast_flag(stop)
+        if (tc.checkpoint_every and done % tc.checkpoint_every == 0) or done == tc.max_steps or stop:
+            log.flush()
+            checkpoint(done)
+        if stop:
+            break
+    bar.close()
+    wall = time.perf_counter() - t_start
+    summary = _finish(core, job, data, log, state, run_dir, step + 1 - start_step, wall, rank0)
+    barrier()
+    return summary
+
+
+def _batch_loss(model, core, loss_fn, job, data, batch, negs, device) -> torch.Tensor:
+    """Encode queries and all documents (positives + negatives in one forward pass), then the loss."""
+    from embedray.losses.infonce import ids_to_tensor
+    q_texts = [job.model.query_prefix + data.queries[ex.query_id] for ex in batch]
+    doc_ids = [ex.pos_id for ex in batch] + [d for n in negs for d in n]
+    d_texts = [job.model.doc_prefix + data.doc_text(d) for d in doc_ids]
+    q_tok = {k: v.to(device) for k, v in core.tokenize(q_texts, max_length=job.train.max_query_length).items()}
+    d_tok = {k: v.to(device) for k, v in core.tokenize(d_texts, max_length=job.train.max_doc_length).items()}
+    q = model(**q_tok)                                   # (B, dim)
+    d = model(**d_tok)                                   # (B + B*N, dim)
+    b, n = len(batch), job.train.num_negatives
+    d_pos, d_neg = d[:b], (d[b:].view(b, n, -1) if n else None)   # (B, dim), (B, N, dim)
+    pos_ids = ids_to_tensor(doc_ids[:b]).to(device)
+    neg_ids = ids_to_tensor(doc_ids[b:]).view(b, n).to(device) if n else None
+    q_ids = ids_to_tensor([ex.query_id for ex in batch]).to(device)
+    return loss_fn(q, d_pos, d_neg, q_ids=q_ids, pos_ids=pos_ids, neg_ids=neg_ids)
+
+
+def _dev_and_early_stop(core, job, data, log, state, step) -> bool:
+    metrics = evaluate_dev(core, job, data)
+    log.event("dev", step, metrics)
+    best = state["best_dev"]
+    if best is None or metrics["ndcg@10"] > best:
+        state["best_dev"], state["evals_without_gain"] = metrics["ndcg@10"], 0
+    else:
+        state["evals_without_gain"] += 1
+    patience = job.train.early_stop_patience
+    return bool(patience and state["evals_without_gain"] >= patience)
+
+
+def _kill_once(run_dir: Path, step: int) -> None:
+    marker = Path(run_dir) / f".killed-at-{step}"
+    if not marker.exists():
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(str(os.getpid()))
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _finish(core, job, data, log, state, run_dir, steps_run, wall, rank0) -> dict:
+    if not rank0:
+        return {}
+    from embedray.config import to_dict
+    dev = evaluate_dev(core, job, data) if data.dev is not None else {}
+    if dev:
+        log.event("dev", job.train.max_steps, dev)
+    final = run_dir / "final"
+    core.save_sentence_transformer(final, extra_card={"training": to_dict(job), "metrics": {"dev": dev}},
+                                   matryoshka_dims=job.loss.matryoshka_dims or None)
+    write_json_atomic(to_dict(job), final / "training_config.json")
+    dev_events = [e for e in log.events if e["kind"] == "dev"]
+    summary = {"final_model": str(final), "steps": log.steps[-1]["step"] if log.steps else 0,
+               "steps_this_session": steps_run, "wall_s": wall,
+               "pairs_per_s": sum(r["pairs_per_s"] for r in log.steps[-steps_run:]) / max(1, min(steps_run, len(log.steps))),
+               "dev_before": dev_events[0] if dev_events else None, "dev_after": dev or None,
+               "best_dev_ndcg@10": state["best_dev"], "final_loss": log.steps[-1]["loss"] if log.steps else None}
+    write_json_atomic(summary, run_dir / "training_summary_report.json")
+    log.close()
+    return summary

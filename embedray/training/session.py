@@ -1,0 +1,56 @@
+"""What the training loop needs from its runtime: rank, model preparation, checkpoints, data.
+
+``LocalSession`` runs the loop in one plain process (debugging, tests, a laptop without Ray).
+The Ray Train session (embedray/cluster/train.py) implements the same methods with
+``ray.train``; the loop cannot tell them apart.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+import torch
+from torch import nn
+
+from embedray.training import checkpoint as ckpt
+from embedray.training.batches import Example
+
+
+class Session(Protocol):
+    rank: int
+    world_size: int
+    device: torch.device
+
+    def prepare_model(self, model: nn.Module) -> nn.Module: ...
+    def training_examples(self) -> list[Example]: ...
+    def latest_checkpoint(self) -> Path | None: ...
+    def save_checkpoint(self, step: int, metrics: dict, **state) -> None: ...
+    def report(self, metrics: dict) -> None: ...
+
+
+class LocalSession:
+    """One process, no Ray: checkpoints go to ``run_dir/checkpoint-N`` (atomic, pruned)."""
+
+    rank = 0
+    world_size = 1
+
+    def __init__(self, run_dir: Path, examples: list[Example], num_to_keep: int = 2,
+                 device: str | None = None):
+        self.run_dir = Path(run_dir)
+        self.examples, self.num_to_keep = examples, num_to_keep
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+    def prepare_model(self, model: nn.Module) -> nn.Module:
+        return model.to(self.device)
+
+    def training_examples(self) -> list[Example]:
+        return self.examples
+
+    def latest_checkpoint(self) -> Path | None:
+        return ckpt.latest_complete(self.run_dir)
+
+    def save_checkpoint(self, step: int, metrics: dict, **state) -> None:
+        ckpt.save_local(self.run_dir, step, self.num_to_keep, rank=0, **state)
+
+    def report(self, metrics: dict) -> None:
+        pass

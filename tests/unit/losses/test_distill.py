@@ -1,0 +1,136 @@
+"""Score, margin, KL and embedding distillation, and the combined objective."""
+import math
+
+import pytest
+import torch
+
+from embedray.losses.combined import DistillationObjective
+from embedray.losses.embed_distill import EmbeddingDistillLoss
+from embedray.losses.infonce import InfoNCELoss
+from embedray.losses.kl_distill import KLDistillLoss
+from embedray.losses.margin_mse import MarginMSELoss
+from embedray.losses.score_mse import ScoreMSELoss
+
+B, N, D = 4, 3, 6
+
+
+def _rand(*shape, seed=0):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+def _batch():
+    return _rand(B, D, seed=1), _rand(B, D, seed=2), _rand(B, N, D, seed=3), _rand(B, 1 + N, seed=4) * 5
+
+
+def _scores_loop(q, pos, neg, kind="dot"):
+    rows = []
+    for i in range(B):
+        cands = [pos[i]] + [neg[i, k] for k in range(N)]
+        if kind == "dot":
+            rows.append([float(q[i] @ c) for c in cands])
+        else:
+            rows.append([float(q[i] @ c) / (float(q[i].norm()) * float(c.norm())) for c in cands])
+    return rows
+
+
+def test_score_mse_matches_loop():
+    q, pos, neg, teacher = _batch()
+    s = _scores_loop(q, pos, neg)
+    want = sum((2.0 * s[i][k] - float(teacher[i, k])) ** 2 for i in range(B) for k in range(1 + N)) / (B * (1 + N))
+    assert ScoreMSELoss(scale=2.0)(q, pos, neg, teacher).item() == pytest.approx(want, abs=1e-10)
+
+
+@pytest.mark.parametrize("kind", ["dot", "cosine"])
+def test_margin_mse_matches_loop(kind):
+    q, pos, neg, teacher = _batch()
+    s = _scores_loop(q, pos, neg, kind)
+    want = sum(((s[i][0] - s[i][k]) - float(teacher[i, 0] - teacher[i, k])) ** 2
+               for i in range(B) for k in range(1, 1 + N)) / (B * N)
+    assert MarginMSELoss(similarity=kind)(q, pos, neg, teacher).item() == pytest.approx(want, abs=1e-10)
+
+
+def test_margin_mse_ignores_a_shift_of_teacher_scores():
+    q, pos, neg, teacher = _batch()
+    loss = MarginMSELoss()
+    torch.testing.assert_close(loss(q, pos, neg, teacher), loss(q, pos, neg, teacher + 7.0))
+
+
+def test_kl_matches_loop_and_is_zero_when_student_equals_teacher():
+    q, pos, neg, teacher = _batch()
+    ts, tt = 0.5, 2.0
+    s = _scores_loop(q, pos, neg, "cosine")
+    want = 0.0
+    for i in range(B):
+        zs = [x / ts for x in s[i]]
+        zt = [float(x) / tt for x in teacher[i]]
+        ls = [z - math.log(sum(math.exp(y) for y in zs)) for z in zs]
+        lt = [z - math.log(sum(math.exp(y) for y in zt)) for z in zt]
+        want += sum(math.exp(b) * (b - a) for a, b in zip(ls, lt)) / B
+    loss = KLDistillLoss(student_temperature=ts, teacher_temperature=tt)
+    assert loss(q, pos, neg, teacher).item() == pytest.approx(want, abs=1e-10)
+    # The teacher is the student itself (same scores, same temperature): KL is 0, and so is the gradient.
+    q.requires_grad_(True)
+    student_scores = torch.tensor(s, dtype=torch.float64)
+    same = KLDistillLoss(student_temperature=ts, teacher_temperature=ts)(q, pos, neg, student_scores)
+    assert same.item() == pytest.approx(0.0, abs=1e-12)
+    same.backward()
+    assert q.grad.abs().max() < 1e-10
+
+
+def test_teacher_scores_shape_is_checked():
+    q, pos, neg, teacher = _batch()
+    with pytest.raises(ValueError, match="teacher_scores must be"):
+        KLDistillLoss()(q, pos, neg, teacher[:, :2])
+    with pytest.raises(ValueError, match="needs hard negatives"):
+        MarginMSELoss()(q, pos, None, teacher)
+
+
+def test_embedding_distill_projection_is_trained():
+    torch.manual_seed(0)
+    student, teacher = _rand(8, 4, seed=5).float(), _rand(8, 6, seed=6).float()
+    loss_fn = EmbeddingDistillLoss(student_dim=4, teacher_dim=6)
+    params = list(loss_fn.parameters())
+    assert len(params) == 1 and params[0].shape == (6, 4) and params[0].requires_grad
+    loss = loss_fn(student, teacher)
+    s = torch.nn.functional.normalize(student @ params[0].detach().T, dim=-1)
+    t = torch.nn.functional.normalize(teacher, dim=-1)
+    torch.testing.assert_close(loss, ((s - t) ** 2).sum(-1).mean())
+    torch.testing.assert_close(loss, (2 - 2 * (s * t).sum(-1)).mean())
+    loss.backward()
+    assert params[0].grad is not None and params[0].grad.abs().max() > 0
+    # A few optimizer steps on the projection alone reduce the loss.
+    opt = torch.optim.SGD(loss_fn.parameters(), lr=0.5)
+    for _ in range(20):
+        opt.zero_grad()
+        loss_fn(student, teacher).backward()
+        opt.step()
+    assert loss_fn(student, teacher).item() < loss.item()
+
+
+def test_embedding_distill_same_dims_has_no_parameters_and_no_teacher_grad():
+    s, t = _rand(5, 4, seed=7).requires_grad_(True), _rand(5, 4, seed=8).requires_grad_(True)
+    loss_fn = EmbeddingDistillLoss(4, 4)
+    assert list(loss_fn.parameters()) == []
+    loss_fn(s, t).backward()
+    assert t.grad is None and s.grad.abs().max() > 0
+    assert loss_fn(t.detach(), t).item() == pytest.approx(0.0, abs=1e-12)
+
+
+def test_distillation_objective_weights_and_parts():
+    q, pos, neg, teacher = _batch()
+    t_emb = _rand(2 * B, 8, seed=9)
+    task, score, embed = InfoNCELoss(0.1), MarginMSELoss(), EmbeddingDistillLoss(D, 8).double()
+    obj = DistillationObjective(task, score, embed, weights={"task": 1.0, "score": 0.5, "embed": 2.0})
+    pos_ids, neg_ids = torch.arange(B), 10 + torch.arange(B * N).view(B, N)
+    total, parts = obj(q, pos, neg, teacher_scores=teacher, teacher_emb=t_emb, pos_ids=pos_ids, neg_ids=neg_ids)
+    want = {"task": task(q, pos, neg, pos_ids=pos_ids, neg_ids=neg_ids), "score": score(q, pos, neg, teacher),
+            "embed": embed(torch.cat([q, pos]), t_emb)}
+    for k, v in want.items():
+        torch.testing.assert_close(parts[k], v)
+    torch.testing.assert_close(total, want["task"] + 0.5 * want["score"] + 2.0 * want["embed"])
+    torch.testing.assert_close(parts["total"], total.detach())
+    assert len(list(obj.parameters())) == 1  # the projection travels with the objective
+    with pytest.raises(ValueError, match="teacher_scores"):
+        obj(q, pos, neg, teacher_emb=t_emb)
+    with pytest.raises(ValueError, match="unknown weight"):
+        DistillationObjective(task, weights={"kd": 1.0})
