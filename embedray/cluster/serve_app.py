@@ -175,7 +175,8 @@ def start_serve(cfg: ServeConfig, name: str = APP_NAME, route_prefix: str = "/")
     if warning:
         log.warning(warning)
     serve.start(http_options={"host": cfg.host, "port": cfg.port})
-    serve.run(build_serve_app(cfg), name=name, route_prefix=route_prefix, blocking=False)
+    serve.run(build_serve_app(cfg), name=name, route_prefix=route_prefix, blocking=False,
+              logging_config={"enable_access_log": cfg.access_log})
 
 
 def serve_forever(cfg: ServeConfig) -> int:

@@ -90,12 +90,15 @@ class EvalResult:
         run: ``query id -> {doc id: score}``, the top-k ranking of each evaluated query.
         timings: encode and search times, corpus size, docs/s.
         settings: how the evaluation ran (k, prefixes, whether identical ids were dropped, …).
+        doc_embeddings: ``(num_docs, dim)`` in ``data.corpus`` order, when asked for with
+            ``return_embeddings=True`` (to reuse for mining or another evaluation).
     """
 
     metrics: dict[str, float]
     run: dict[str, dict[str, float]]
     timings: Timings
     settings: dict[str, Any] = field(default_factory=dict)
+    doc_embeddings: np.ndarray | None = field(default=None, repr=False)
 
     def to_dict(self, include_run: bool = False) -> dict[str, Any]:
         """JSON-ready view; the run is left out unless asked for (it is large)."""
@@ -176,7 +179,8 @@ def evaluate_retrieval(model_or_encode_fn: Encoder | EncodeFn, data: RetrievalDa
                        batch_size: int = 64, query_prefix: str = "", doc_prefix: str = "",
                        ignore_identical_ids: IgnoreIdentical = "auto", show_progress: bool = True,
                        corpus_embeddings: np.ndarray | None = None,
-                       truncate_dim: int | None = None) -> EvalResult:
+                       truncate_dim: int | None = None,
+                       return_embeddings: bool = False) -> EvalResult:
     """Encode the corpus and the split's queries, search exactly, and score the ranking.
 
     Args:
@@ -194,6 +198,7 @@ def evaluate_retrieval(model_or_encode_fn: Encoder | EncodeFn, data: RetrievalDa
         corpus_embeddings: precomputed ``(num_docs, dim)`` document embeddings in
             ``data.corpus`` order (skips encoding the corpus, e.g. to compare query prefixes).
         truncate_dim: keep the first ``truncate_dim`` dimensions (Matryoshka), renormalized.
+        return_embeddings: keep the document embeddings in :attr:`EvalResult.doc_embeddings`.
 
     Returns:
         An :class:`EvalResult`.
@@ -250,7 +255,7 @@ def evaluate_retrieval(model_or_encode_fn: Encoder | EncodeFn, data: RetrievalDa
                 "doc_prefix": doc_prefix, "ignore_identical_ids": drop_self,
                 "dim": int(doc_emb.shape[1]),
                 "missing_doc_judgements": data.missing_doc_judgements}
-    return EvalResult(metrics, run, timings, settings)
+    return EvalResult(metrics, run, timings, settings, doc_emb if return_embeddings else None)
 
 
 def _truncate(emb: np.ndarray, dim: int) -> np.ndarray:

@@ -128,6 +128,11 @@ def train_cross_encoder(train_pairs: Sequence[TrainPair], corpus: Mapping[str, D
     import torch
     from datasets import Dataset
     from sentence_transformers.cross_encoder import CrossEncoderTrainer, CrossEncoderTrainingArguments
+    from transformers import PrinterCallback, TrainerCallback
+
+    class _LogCallback(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            log.info("cross-encoder step %d: %s", state.global_step, logs)
 
     rows = build_training_rows(train_pairs, corpus, negatives, cfg)
     n_rows = len(rows["query"])
@@ -145,9 +150,14 @@ def train_cross_encoder(train_pairs: Sequence[TrainPair], corpus: Mapping[str, D
             max_steps=cfg.max_steps, per_device_train_batch_size=cfg.batch_size,
             learning_rate=cfg.learning_rate, warmup_steps=cfg.warmup_ratio, seed=cfg.seed,
             data_seed=cfg.seed, save_strategy="no", report_to="none", disable_tqdm=True,
+            dataloader_pin_memory=False,
             logging_steps=max(1, cfg.max_steps // 10 if cfg.max_steps > 0 else 50))
         trainer = CrossEncoderTrainer(model=model, args=args, train_dataset=Dataset.from_dict(rows),
                                       loss=_loss(model, cfg))
+        # The trainer prints its loss dicts to stdout; send them to logging (stdout belongs to
+        # the CLI's JSON summary).
+        trainer.remove_callback(PrinterCallback)
+        trainer.add_callback(_LogCallback)
         result = trainer.train()
         staged = Path(tmp) / "model"
         model.save_pretrained(str(staged))

@@ -233,6 +233,10 @@ class BiEncoder(nn.Module):
         Args:
             extra_card: Optional ``model_name`` and ``data`` (dataset names) for the model card.
             workdir: Folder for the intermediate Hugging Face save (a temp dir when ``None``).
+
+        Returns:
+            A ``SentenceTransformer`` (Transformer -> Pooling -> [Dense] -> [Normalize]) with
+            the query/document prefixes as its prompts.
         """
         from sentence_transformers import SentenceTransformer, SentenceTransformerModelCardData
 
@@ -268,10 +272,10 @@ class BiEncoder(nn.Module):
 
     def _st_dense(self) -> nn.Module:
         proj = self.projection
+        bias = None if proj.bias is None else _cpu_float32(proj.bias).clone()
         return _st_modules().Dense(proj.in_features, proj.out_features, bias=proj.bias is not None,
-                               activation_function=nn.Identity(),
-                               init_weight=proj.weight.detach().float().cpu().clone(),
-                               init_bias=None if proj.bias is None else proj.bias.detach().float().cpu().clone())
+                                   activation_function=nn.Identity(),
+                                   init_weight=_cpu_float32(proj.weight).clone(), init_bias=bias)
 
     def save_sentence_transformer(self, path: str | Path, extra_card: dict | None = None,
                                   matryoshka_dims: Sequence[int] | None = None) -> Path:
@@ -301,7 +305,7 @@ class BiEncoder(nn.Module):
             out = tmp / "model"
             st_model.save(str(out), safe_serialization=True)
             meta = self._embedray_meta(extra_card or {}, dims)
-            (out / "embedray.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+            (out / "embedray.json").write_text(json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n")
             with open(out / "README.md", "a", encoding="utf8") as f:
                 f.write(card_section(meta, self.config))
             replace_dir(out, path)

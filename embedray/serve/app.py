@@ -264,8 +264,9 @@ class _Service:
                                "top_k_too_large")
         self.check_texts([req.query], "query")
         lengths = self.token_lengths([req.query], req.truncate, "query")
-        n_candidates = (req.rerank_top_n or max(req.top_k, 20)) if req.rerank else req.top_k
-        n_candidates = min(max(n_candidates, req.top_k), self.cfg.max_top_k)
+        top_k = req.top_k or min(10, self.cfg.max_top_k)
+        n_candidates = (req.rerank_top_n or max(top_k, 20)) if req.rerank else top_k
+        n_candidates = min(max(n_candidates, top_k), self.cfg.max_top_k)
         self.metrics.queue_depth.inc()
         try:
             hits, enc = await self.backend.search(Part([req.query], lengths, [0]), n_candidates)
@@ -281,7 +282,7 @@ class _Service:
         order = sorted(range(len(hits)), key=lambda i: -(rerank_scores[i] if req.rerank else hits[i].score))
         terms = query_terms(req.query)
         results = []
-        for rank, i in enumerate(order[:req.top_k], start=1):
+        for rank, i in enumerate(order[:top_k], start=1):
             h = hits[i]
             snippet, spans = make_snippet(h.text, req.query, self.cfg.snippet_chars)
             final = rerank_scores[i] if req.rerank else h.score

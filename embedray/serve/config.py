@@ -45,6 +45,7 @@ class ServeConfig:
         snippet_chars: length of the text snippets ``/search`` returns.
         ingress_cpus: Ray CPUs reserved for the HTTP ingress replica.
         reranker_cpus: Ray CPUs reserved for the cross-encoder replica.
+        access_log: log every request in the replicas' logs (costs CPU under load).
     """
 
     model_dir: str
@@ -69,6 +70,7 @@ class ServeConfig:
     snippet_chars: int = 240
     ingress_cpus: float = 0.1
     reranker_cpus: float = 0.5
+    access_log: bool = False
 
     def __post_init__(self) -> None:
         model = Path(self.model_dir).expanduser()

@@ -51,7 +51,8 @@ class SearchRequest(_Request):
     """``POST /search``: query → top-k documents of the served corpus."""
 
     query: str = Field(description="The search query.")
-    top_k: int = Field(10, ge=1, description="Results to return (at most the server's max_top_k).")
+    top_k: int | None = Field(None, ge=1, description="Results to return (default 10; at most the "
+                                                      "server's max_top_k).")
     rerank: bool = Field(False, description="Rescore candidates with the served cross-encoder.")
     rerank_top_n: int | None = Field(None, ge=1, description="Candidates to rerank (default: "
                                                              "max(top_k, 20), at most max_top_k).")

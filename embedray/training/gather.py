@@ -26,6 +26,7 @@ import warnings
 
 import torch
 import torch.distributed as dist
+import torch.distributed.nn.functional as dist_autograd
 from torch import Tensor
 
 from embedray.losses.infonce import GatherFn
@@ -69,7 +70,7 @@ def gather_with_offset(tensor: Tensor) -> tuple[Tensor, int]:
         # works on every torch >= 2.4 this project supports, so only its warning is silenced.
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
-            parts = list(torch.distributed.nn.functional.all_gather(padded.contiguous()))
+            parts = list(dist_autograd.all_gather(padded.contiguous()))
     else:
         parts = [torch.empty_like(padded) for _ in range(world)]
         dist.all_gather(parts, padded.contiguous())

@@ -234,6 +234,9 @@ def _dev_and_early_stop(core, job, data, log, state, step) -> bool:
 def _kill_once(run_dir: Path, step: int) -> None:
     marker = Path(run_dir) / f".killed-at-{step}"
     if not marker.exists():
+        # Ray Train's controller collects reported checkpoints on a 2 s poll; wait past it so the
+        # kill exercises "resume from the last checkpoint" rather than "restart from scratch".
+        time.sleep(3)
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.write_text(str(os.getpid()))
         os.kill(os.getpid(), signal.SIGKILL)

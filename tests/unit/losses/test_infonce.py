@@ -22,6 +22,10 @@ def _ids(b=B, n=N):
     return torch.arange(b), 100 + torch.arange(b * n).view(b, n)
 
 
+def _lse(values):
+    return torch.logsumexp(torch.tensor(values, dtype=torch.float64), 0).item()
+
+
 def reference(q, pos, neg, temperature, q_ids, pos_ids, neg_ids, symmetric=False):
     """Loop-based InfoNCE written independently from the library (lists, sets, one query at a time)."""
     b = q.shape[0]
@@ -34,11 +38,11 @@ def reference(q, pos, neg, temperature, q_ids, pos_ids, neg_ids, symmetric=False
         positives = {int(pos_ids[j]) for j in range(b) if j == i or int(q_ids[j]) == int(q_ids[i])}
         logits = [cos(q[i], emb) / temperature for c, (emb, did) in enumerate(cands)
                   if c == i or did not in positives]
-        term = -(cos(q[i], pos[i]) / temperature - torch.logsumexp(torch.tensor(logits, dtype=torch.float64), 0).item())
+        term = -(cos(q[i], pos[i]) / temperature - _lse(logits))
         if symmetric:
             logits_dq = [cos(pos[i], q[j]) / temperature for j in range(b)
                          if j == i or (int(pos_ids[j]) != int(pos_ids[i]) and int(q_ids[j]) != int(q_ids[i]))]
-            term_dq = -(cos(pos[i], q[i]) / temperature - torch.logsumexp(torch.tensor(logits_dq, dtype=torch.float64), 0).item())
+            term_dq = -(cos(pos[i], q[i]) / temperature - _lse(logits_dq))
             term = (term + term_dq) / 2
         total += term
     return total / b

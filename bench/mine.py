@@ -1,0 +1,209 @@
+"""Offline hard-negative mining: embedray vs sentence-transformers' ``mine_hard_negatives``.
+
+Both mine with the same bi-encoder object (minilm-l6), the same corpus, the same k, the same
+FAISS exact inner-product search and the same cross-encoder object rescoring the candidates, in
+one process, one after the other:
+
+1. ``sentence_transformers.util.mine_hard_negatives`` (use_faiss, relative_margin, cross_encoder);
+2. ``embedray.mining.pipeline.mine`` with an empty cache (cold);
+3. ``embedray.mining.pipeline.mine`` again with the same weights (warm: embeddings and
+   cross-encoder scores come from the cache, as in a refresh where nothing changed);
+4. (``--warm-emb-only``) warm embeddings but an empty score cache: what a refresh costs after
+   the corpus embeddings were kept but the candidates changed.
+
+The work differs in one documented way: sentence-transformers sends every one of the k+1
+candidates of every query to the cross-encoder and applies its margin to the cross-encoder
+scores; embedray selects with the bi-encoder first (rank window + margin) and sends only
+``--rescore-candidates`` per query (plus positives) to the cross-encoder, which then drops
+likely false negatives (RocketQA-style denoising). The table prints how many pairs each
+scored, so the ratio can be read with that in mind.
+
+The cross-encoder is a fresh scoring head on minilm-l6 unless ``--cross-encoder DIR`` names a
+trained one: scoring time does not depend on the head's weights.
+
+Data: ``--data`` (a BEIR folder, ``--split``, never test); by default a Debian subset is built
+with ``embedray.data.debian.build_debian`` (``--max-docs``/``--max-queries``), or SciFact's
+train split with ``--scifact``. Default sizes finish in about 3-5 minutes on 2 CPU cores.
+
+Run:  .venv/bin/python bench/mine.py [--max-docs 2000 --max-queries 250] [--json out.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _load_data(a):
+    from embedray.data.beir import load_beir
+    from embedray.models.bundled import cache_dir
+
+    if a.data:
+        path, split = Path(a.data), a.split
+    elif a.scifact:
+        path, split = Path("/work/shared/datasets/scifact"), "train"
+    else:
+        from embedray.data.debian import build_debian
+
+        # max_queries is shared 80/10/10 over train/dev/test; mining uses the train split.
+        path = cache_dir() / "bench" / f"debian-{a.max_docs}-{a.max_queries}"
+        if not (path / "corpus.jsonl").is_file():
+            build_debian(path, max_docs=a.max_docs, max_queries=int(a.max_queries / 0.8) + 1)
+        split = "train"
+    if split == "test":
+        raise SystemExit("bench/mine.py: refusing to mine the test split")
+    data = load_beir(path, split)
+    if a.scifact or a.data:  # cap sizes the same way for any BEIR folder: queries first
+        import random
+
+        rng = random.Random(0)
+        qids = sorted(data.qrels)
+        rng.shuffle(qids)
+        data.qrels = {q: data.qrels[q] for q in qids[:a.max_queries]}
+        keep = {d for q in data.qrels for d in data.qrels[q]}
+        others = sorted(set(data.corpus) - keep)
+        rng.shuffle(others)
+        keep |= set(others[:max(0, a.max_docs - len(keep))])
+        data.corpus = {d: data.corpus[d] for d in sorted(keep)}
+    data.qrels = {q: r for q, r in list(data.qrels.items())[:a.max_queries]}
+    return path, data
+
+
+def run_st(data, model, ce, a) -> tuple[float, dict]:
+    """sentence-transformers' mine_hard_negatives over the same pairs and corpus."""
+    from datasets import Dataset
+    from sentence_transformers.util import mine_hard_negatives
+
+    anchors, positives = [], []
+    for q, docs in data.qrels.items():
+        for d, rel in docs.items():
+            if rel > 0 and d in data.corpus:
+                anchors.append(data.queries[q])
+                positives.append(data.corpus[d].text_for_model)
+    corpus = [doc.text_for_model for doc in data.corpus.values()]
+    t = time.perf_counter()
+    out = mine_hard_negatives(Dataset.from_dict({"query": anchors, "positive": positives}), model,
+                              corpus=corpus, cross_encoder=ce, range_max=a.k,
+                              relative_margin=a.relative_margin, num_negatives=a.num_negatives,
+                              sampling_strategy="top", batch_size=a.batch_size, use_faiss=True,
+                              output_format="labeled-list", output_scores=True, verbose=False)
+    secs = time.perf_counter() - t
+    max_pos = max(sum(1 for r in docs.values() if r > 0) for docs in data.qrels.values())
+    n_queries = len(set(anchors))
+    info = {"ce_pairs": n_queries * (a.k + max_pos) + len(anchors),
+            "negatives": sum(len(row) - 1 for row in out["positive"]),
+            "negatives_by_query": {row["query"]: row["positive"][1:] for row in out}}
+    return secs, info
+
+
+def run_embedray(data, model, ce, a, cache: Path | None, weights_fp: str) -> tuple[float, object]:
+    from embedray.mining.config import CrossEncoderConfig, MiningConfig
+    from embedray.mining.pipeline import mine
+
+    cfg = MiningConfig(k=a.k, num_negatives=a.num_negatives, relative_margin=a.relative_margin,
+                       rescore_candidates=a.rescore_candidates, batch_size=a.batch_size)
+    ce_cfg = CrossEncoderConfig(score_batch_size=a.batch_size, denoise_margin=a.denoise_margin)
+    t = time.perf_counter()
+    res = mine(data.corpus, data.queries, data.qrels, model, cfg, cross_encoder=ce, ce_cfg=ce_cfg,
+               cache_dir=cache, weights_fp=weights_fp)
+    return time.perf_counter() - t, res
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", help="BEIR folder (default: a Debian subset built here)")
+    p.add_argument("--split", default="train")
+    p.add_argument("--scifact", action="store_true", help="use SciFact's train split")
+    p.add_argument("--max-docs", type=int, default=2000, help="corpus size (default: %(default)s)")
+    p.add_argument("--max-queries", type=int, default=250, help="queries mined (default: %(default)s)")
+    p.add_argument("--k", type=int, default=20, help="candidates per query (range_max)")
+    p.add_argument("--num-negatives", type=int, default=5)
+    p.add_argument("--relative-margin", type=float, default=0.05)
+    p.add_argument("--rescore-candidates", type=int, default=8,
+                   help="embedray: candidates per query sent to the cross-encoder")
+    p.add_argument("--denoise-margin", type=float, default=0.05)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--cross-encoder", help="a trained cross-encoder folder (default: fresh head)")
+    p.add_argument("--ce-max-length", type=int, default=256)
+    p.add_argument("--warm-emb-only", action="store_true",
+                   help="also time a run with warm embeddings but no score cache")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--json", help="write the figures to this JSON file")
+    a = p.parse_args(argv)
+
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    from embedray.mining.cache import folder_fingerprint
+    from embedray.models.bundled import resolve_model
+    from embedray.models.cross_encoder import load_cross_encoder
+
+    torch.set_num_threads(a.threads)
+    path, data = _load_data(a)
+    model_dir = resolve_model("minilm-l6")
+    model = SentenceTransformer(str(model_dir), device="cpu", local_files_only=True)
+    torch.manual_seed(0)
+    ce = load_cross_encoder(a.cross_encoder or "minilm-l6", max_length=a.ce_max_length, device="cpu",
+                            num_labels=None if a.cross_encoder else 1)
+    weights_fp = folder_fingerprint(model_dir)
+    print(f"data: {path} ({data.split}): {len(data.corpus)} docs, {len(data.qrels)} queries; "
+          f"k={a.k}, num_negatives={a.num_negatives}, relative_margin={a.relative_margin}; "
+          f"torch threads={a.threads}", flush=True)
+
+    rows = {}
+    st_s, st = run_st(data, model, ce, a)
+    rows["sentence-transformers"] = {"seconds": st_s, "ce_pairs": st["ce_pairs"],
+                                     "negatives": st["negatives"]}
+    print(f"sentence-transformers mine_hard_negatives: {st_s:.1f} s", flush=True)
+    cache = Path(tempfile.mkdtemp(prefix="embedray-bench-cache-"))
+    try:
+        cold_s, cold = run_embedray(data, model, ce, a, cache, weights_fp)
+        print(f"embedray cold: {cold_s:.1f} s {cold.timings}", flush=True)
+        warm_s, warm = run_embedray(data, model, ce, a, cache, weights_fp)
+        print(f"embedray warm: {warm_s:.1f} s {warm.timings}", flush=True)
+        runs = [("embedray (cold cache)", cold_s, cold), ("embedray (warm cache)", warm_s, warm)]
+        if a.warm_emb_only:
+            shutil.rmtree(cache / "ce", ignore_errors=True)
+            emb_s, emb = run_embedray(data, model, ce, a, cache, weights_fp)
+            runs.append(("embedray (warm embeddings only)", emb_s, emb))
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
+    for name, secs, res in runs:
+        rows[name] = {"seconds": secs, "ce_pairs": res.counts["pairs_scored"],
+                      "negatives": res.counts["negatives_kept"],
+                      "removed_by_ce": res.counts["negatives_removed"],
+                      "docs_encoded": res.counts["docs_encoded"],
+                      "phases_s": {k: round(v, 2) for k, v in res.timings.items()}}
+    # how many of embedray's negatives sentence-transformers also picked (texts), cold run
+    texts = {d: doc.text_for_model for d, doc in data.corpus.items()}
+    both = sum(len({texts[d] for d, _ in negs} & set(st["negatives_by_query"].get(data.queries[q], [])))
+               for q, negs in cold.pool.negatives.items())
+    overlap = both / max(1, cold.pool.num_negatives)
+
+    print(f"\n{'run':34} {'seconds':>8} {'vs ST':>7} {'CE pairs':>9} {'negatives':>9} {'docs enc.':>9}")
+    for name, r in rows.items():
+        ratio = r["seconds"] / st_s
+        print(f"{name:34} {r['seconds']:8.1f} {ratio:7.2f} {r['ce_pairs']:9d} {r['negatives']:9d} "
+              f"{r.get('docs_encoded', len(data.corpus)):9d}")
+    print(f"\nspeed-up vs sentence-transformers: cold {st_s / cold_s:.2f}x, warm {st_s / warm_s:.2f}x")
+    print(f"embedray cold phases (s): {rows['embedray (cold cache)']['phases_s']}")
+    print(f"overlap of embedray's negatives with sentence-transformers': {overlap:.1%} "
+          "(different selection: bi-encoder margin + CE denoise vs CE margin)")
+    if a.json:
+        out = {"data": str(path), "split": data.split, "docs": len(data.corpus),
+               "queries": len(data.qrels), "args": vars(a), "runs": rows, "overlap": overlap,
+               "speedup_cold": st_s / cold_s, "speedup_warm": st_s / warm_s}
+        Path(a.json).write_text(json.dumps(out, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,135 @@
+"""``embedray serve`` and ``embedray ui``: flags and entry functions (wired by ``embedray/cli.py``)."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import inspect
+import re
+import sys
+from dataclasses import MISSING, fields
+from pathlib import Path
+
+from embedray.serve.config import API_KEY_ENV, ServeConfig
+
+SERVE_DESCRIPTION = f"""\
+Serve a sentence-transformers model over HTTP with Ray Serve (127.0.0.1:8000 by default):
+POST /v1/embeddings (OpenAI-compatible), POST /search (needs --corpus), POST /rerank (needs
+--cross-encoder), GET /health, /info, /metrics, /docs. Requests are batched dynamically under a
+token budget; oversized requests are split, not refused. Ctrl-C stops the server and the local
+Ray instance it started (set RAY_ADDRESS to use a running cluster instead).
+
+examples:
+  embedray serve minilm-l6
+  embedray serve runs/demo/student --corpus data/debian --cross-encoder runs/demo/cross-encoder
+  {API_KEY_ENV}=secret embedray serve minilm-l6 --host 0.0.0.0 --replicas 2
+"""
+
+UI_DESCRIPTION = """\
+The Gradio search demo (127.0.0.1:7860): a search box over the served corpus, a side-by-side
+comparison of two served models (e.g. the base model and the distilled student), and model info.
+It talks to 'embedray serve' over HTTP only; no share links.
+
+example:
+  embedray serve runs/demo/student --corpus data/debian &
+  embedray serve minilm-l6 --corpus data/debian --port 8001 &
+  embedray ui --api http://127.0.0.1:8000 --base-api http://127.0.0.1:8001
+"""
+
+# Fields set by their own flags (positional model, paths) rather than the generic loop below.
+_SPECIAL = {"model_dir"}
+
+
+def _field_docs(cls) -> dict[str, str]:
+    """``{field: help}`` from the ``Attributes:`` section of a dataclass docstring."""
+    doc = inspect.getdoc(cls) or ""
+    section = doc.split("Attributes:", 1)[-1]
+    docs, current = {}, None
+    for line in section.splitlines():
+        m = re.match(r"\s{4}(\w+): (.*)", line)
+        if m:
+            current = m.group(1)
+            docs[current] = m.group(2).strip()
+        elif current and line.strip():
+            docs[current] += " " + line.strip()
+    return docs
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Register the ``embedray serve`` flags on ``parser`` (one per :class:`ServeConfig` field)."""
+    parser.description = SERVE_DESCRIPTION
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.add_argument("model_dir", metavar="MODEL_DIR",
+                        help="sentence-transformers folder, or a bundled model name (minilm-l6, tiny-bert, ...)")
+    docs = _field_docs(ServeConfig)
+    for f in fields(ServeConfig):
+        if f.name in _SPECIAL:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        default = None if f.default is MISSING else f.default
+        help_text = docs.get(f.name, "").replace("``", "").replace("%", "%%")
+        if isinstance(default, bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_text)
+            continue
+        kind = {int: int, float: float}.get(type(default), str)
+        metavar = {"corpus": "PATH", "index": "DIR", "cross_encoder": "DIR", "api_key": "KEY",
+                   "model_name": "NAME", "host": "HOST"}.get(f.name, {int: "N", float: "X"}.get(kind))
+        parser.add_argument(flag, type=kind, default=default, metavar=metavar,
+                            help=help_text + (" (default: %(default)s)" if default is not None else ""))
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> ServeConfig:
+    """Build a :class:`ServeConfig` from parsed ``embedray serve`` flags (resolves bundled names)."""
+    from embedray.models.bundled import resolve_model
+
+    values = {f.name: getattr(args, f.name) for f in fields(ServeConfig)
+              if f.name not in _SPECIAL and hasattr(args, f.name)}
+    return ServeConfig(model_dir=str(resolve_model(args.model_dir)), **values)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    """``embedray serve``: start Ray Serve with the model and block until Ctrl-C. Returns 0."""
+    cfg = config_from_args(args)
+    from embedray.cluster.serve_app import serve_forever
+
+    return serve_forever(cfg)
+
+
+def add_ui_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Register the ``embedray ui`` flags on ``parser``."""
+    parser.description = UI_DESCRIPTION
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.add_argument("--api", default="http://127.0.0.1:8000", metavar="URL",
+                        help="the 'embedray serve' endpoint of the model to demo (default: %(default)s)")
+    parser.add_argument("--base-api", default=None, metavar="URL",
+                        help="a second endpoint (e.g. the base model) for the side-by-side comparison")
+    parser.add_argument("--api-key", default=None, metavar="KEY",
+                        help=f"API key for --api and --base-api (default: ${API_KEY_ENV})")
+    parser.add_argument("--host", default="127.0.0.1", help="bind address (default: %(default)s)")
+    parser.add_argument("--port", type=int, default=7860, help="port (default: %(default)s)")
+    return parser
+
+
+def load_ui_module():
+    """Import ``ui/app.py``: as the ``ui`` package when importable, else from the source tree."""
+    try:
+        return importlib.import_module("ui.app")
+    except ImportError:
+        path = Path(__file__).resolve().parents[2] / "ui" / "app.py"
+        if not path.is_file():
+            raise FileNotFoundError(f"the Gradio demo is not installed ({path} is missing)") from None
+        spec = importlib.util.spec_from_file_location("embedray_ui_app", path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module
+        spec.loader.exec_module(module)
+        return module
+
+
+def run_ui(args: argparse.Namespace) -> int:
+    """``embedray ui``: launch the Gradio demo and block until Ctrl-C. Returns 0."""
+    import os
+
+    ui = load_ui_module()
+    return ui.serve_ui(api=args.api, base_api=args.base_api,
+                       api_key=args.api_key or os.environ.get(API_KEY_ENV), host=args.host, port=args.port)

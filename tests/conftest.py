@@ -1,0 +1,50 @@
+"""Fixtures shared by unit and integration tests."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATASETS = REPO.parent / "shared" / "datasets"
+
+
+def make_topic_beir(root: Path, n_topics: int = 48, seed: int = 0) -> Path:
+    """A small synthetic BEIR folder with learnable structure: each query names a topic's rare
+    words; its document describes the topic in other words plus the same rare words."""
+    import random
+
+    from embedray.data.beir import Document, write_beir
+
+    rng = random.Random(seed)
+    vocab = ["alpha", "bravo", "cobalt", "delta", "ember", "fjord", "garnet", "harbor", "iris", "jasper",
+             "kelp", "lumen", "maple", "nickel", "onyx", "pecan", "quartz", "raven", "sable", "tundra",
+             "umber", "violet", "walnut", "xenon", "yarrow", "zephyr"]
+    docs, queries, qrels = [], [], {"train": {}, "dev": {}, "test": {}}
+    for i in range(n_topics):
+        a, b, c = rng.sample(vocab, 3)
+        docs.append(Document(f"d{i}", f"This package about {a} {b} handles {c} records number {i} "
+                                      f"with tools for {a} processing and {b} output."))
+        queries.append((f"q{i}", f"{a} {b} {c} tool"))
+        split = "train" if i % 6 < 4 else ("dev" if i % 6 == 4 else "test")
+        qrels[split][f"q{i}"] = {f"d{i}": 1}
+    for j in range(n_topics, n_topics + 40):  # distractors
+        docs.append(Document(f"x{j}", f"Unrelated {rng.choice(vocab)} utility number {j}."))
+    return write_beir(root, docs, queries, qrels)
+
+
+@pytest.fixture(scope="session")
+def topic_beir(tmp_path_factory) -> Path:
+    return make_topic_beir(tmp_path_factory.mktemp("topic_beir"))
+
+
+@pytest.fixture(scope="session")
+def shared_datasets() -> Path:
+    if not SHARED_DATASETS.is_dir():
+        raise RuntimeError(f"{SHARED_DATASETS} is missing: the public BEIR sets live in ../shared/datasets "
+                           "beside the repository")
+    return SHARED_DATASETS

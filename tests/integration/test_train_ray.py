@@ -1,0 +1,60 @@
+"""Ray Train: 2 DDP workers, a worker SIGKILLed mid-run, and a crashed run re-submitted."""
+import json
+
+import pytest
+import ray
+
+from embedray.config import TrainJobConfig, build_config
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
+             runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}})
+    yield
+    ray.shutdown()
+
+
+def _job(beir, storage, name, **over):
+    cfg = {
+        "data": {"path": str(beir)},
+        "model": {"name_or_path": "tiny-bert"},
+        "loss": {"name": "infonce", "temperature": 0.1, "gather_across_workers": True},
+        "train": {"max_steps": 9, "batch_size": 4, "num_negatives": 1, "lr": 1e-3, "checkpoint_every": 4,
+                  "eval_every": 0, "log_every": 1, "max_doc_length": 48, "num_threads": 1},
+        "cluster": {"num_workers": 2, "cpus_per_worker": 0.5, "storage_path": str(storage),
+                    "run_name": name, "max_failures": 2, "num_to_keep": 2},
+    }
+    for key, value in over.items():
+        section, field = key.split("__")
+        cfg[section][field] = value
+    return build_config(TrainJobConfig, cfg)
+
+
+def _steps(run_dir):
+    return json.loads((run_dir / "detailed_training_logs.json").read_text())["steps"]
+
+
+def test_worker_kill_and_resubmit_resume_exactly(local_ray, topic_beir, tmp_path):
+    from embedray.cluster.train import run_training
+
+    ref = run_training(_job(topic_beir, tmp_path, "ref"))
+    assert ref["steps"] == 9
+    reference = [r["loss"] for r in _steps(tmp_path / "ref")]
+
+    # 1) rank 1 SIGKILLs itself after step 6; FailureConfig restarts the group from checkpoint 4.
+    killed = run_training(_job(topic_beir, tmp_path, "killed", train__debug_kill_at_step=6))
+    assert (tmp_path / "killed" / ".killed-at-6").exists()  # the kill really happened
+    assert killed["steps"] == 9 and killed["steps_this_session"] == 5  # resumed at 4, ran 5..9
+    steps = _steps(tmp_path / "killed")
+    assert [r["step"] for r in steps] == list(range(1, 10))  # no repeated, no skipped steps
+    assert [r["loss"] for r in steps] == pytest.approx(reference, abs=1e-5)  # CPU fp32
+
+    # 2) no retries allowed: the run fails; re-submitting the same run name resumes it.
+    with pytest.raises(Exception):
+        run_training(_job(topic_beir, tmp_path, "crashed", train__debug_kill_at_step=6, cluster__max_failures=0))
+    again = run_training(_job(topic_beir, tmp_path, "crashed"))
+    assert again["steps_this_session"] == 5
+    assert [r["loss"] for r in _steps(tmp_path / "crashed")] == pytest.approx(reference, abs=1e-5)

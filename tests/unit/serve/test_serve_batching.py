@@ -1,0 +1,76 @@
+"""Token-budget splitting, length-sorted chunks and reassembly (no model, no Ray)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from embedray.serve.batching import Part, batch_tokens, padded_chunks, reassemble, split_by_token_budget
+
+lengths_st = st.lists(st.integers(1, 64), min_size=0, max_size=80)
+
+
+@settings(max_examples=200, deadline=None)
+@given(lengths=lengths_st, budget=st.integers(64, 400))
+def test_split_covers_every_text_once_within_budget(lengths, budget):
+    texts = [f"t{i}" for i in range(len(lengths))]
+    parts = split_by_token_budget(texts, lengths, budget)
+    covered = sorted(i for p in parts for i in p.index)
+    assert covered == list(range(len(texts)))
+    for p in parts:
+        assert p.tokens <= budget
+        assert p.texts == [texts[i] for i in p.index]
+        assert p.lengths == [lengths[i] for i in p.index]
+    # Greedy packing: no two consecutive parts could have been merged.
+    for a, b in zip(parts, parts[1:]):
+        assert a.tokens + b.lengths[0] > budget
+
+
+def test_split_groups_by_length_and_splits_oversized_requests():
+    lengths = [5, 100, 6, 90, 7, 95]
+    parts = split_by_token_budget([str(n) for n in lengths], lengths, budget=200)
+    assert len(parts) == 2  # 308 tokens do not fit one part of 200
+    assert parts[0].lengths == [5, 6, 7, 90]  # short texts together, longest last
+    assert parts[1].lengths == [95, 100]
+
+
+def test_split_rejects_a_text_longer_than_the_budget():
+    with pytest.raises(ValueError, match="more than the batch budget"):
+        split_by_token_budget(["a", "b"], [3, 300], budget=256)
+    with pytest.raises(ValueError, match="lengths"):
+        split_by_token_budget(["a"], [1, 2], budget=10)
+
+
+@settings(max_examples=200, deadline=None)
+@given(lengths=lengths_st, budget=st.integers(1, 300))
+def test_padded_chunks_sorted_and_within_padded_budget(lengths, budget):
+    chunks = padded_chunks(lengths, budget)
+    assert sorted(i for c in chunks for i in c) == list(range(len(lengths)))
+    flat = [lengths[i] for c in chunks for i in c]
+    assert flat == sorted(flat)  # length-sorted across the batch
+    for c in chunks:
+        padded = len(c) * max(lengths[i] for i in c)
+        assert padded <= budget or len(c) == 1
+
+
+def test_batch_tokens_sums_parts():
+    parts = [Part(["a", "b"], [3, 4], [0, 1]), Part(["c"], [10], [2])]
+    assert batch_tokens(parts) == 17
+
+
+def test_reassemble_restores_request_order():
+    lengths = [9, 1, 5, 3, 7]
+    texts = [str(i) for i in range(5)]
+    parts = split_by_token_budget(texts, lengths, budget=10)
+    results = [np.array([[float(t)] for t in p.texts]) for p in parts]
+    out = reassemble(parts, results, len(texts))
+    assert out[:, 0].tolist() == [0.0, 1.0, 2.0, 3.0, 4.0]
+
+
+def test_reassemble_checks_row_counts():
+    parts = [Part(["a", "b"], [1, 1], [0, 1])]
+    with pytest.raises(ValueError, match="came back with 1 rows"):
+        reassemble(parts, [np.zeros((1, 4))], 2)
+    with pytest.raises(ValueError, match="cover 2 texts, expected 3"):
+        reassemble(parts, [np.zeros((2, 4))], 3)

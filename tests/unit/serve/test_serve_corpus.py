@@ -1,0 +1,63 @@
+"""Corpus loading, the FAISS-backed corpus index, snippets and highlights."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from embedray.data.beir import Document
+from embedray.data.errors import DataError
+from embedray.serve.corpus import CorpusIndex, find_highlights, load_corpus, make_snippet, query_terms
+
+
+def test_load_corpus_from_jsonl_and_beir_folder(corpus_file, tmp_path):
+    docs = load_corpus(corpus_file)
+    assert [d.id for d in docs][:2] == ["py", "deb"]
+    folder = tmp_path / "beir"
+    folder.mkdir()
+    (folder / "corpus.jsonl").write_text(corpus_file.read_text())
+    assert [d.id for d in load_corpus(folder)] == [d.id for d in docs]
+
+
+def test_load_corpus_errors(tmp_path):
+    with pytest.raises(ValueError, match="no corpus here"):
+        load_corpus(tmp_path)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"_id": "a", "text": "x"}) + "\n" + json.dumps({"_id": "a", "text": "y"}) + "\n")
+    with pytest.raises(DataError, match=r"bad.jsonl:2: field '_id': duplicate id"):
+        load_corpus(bad)
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    with pytest.raises(ValueError, match="empty"):
+        load_corpus(empty)
+
+
+def test_corpus_index_ranks_by_inner_product():
+    docs = [Document("a", "alpha", "A"), Document("b", "beta"), Document("c", "gamma")]
+    emb = np.eye(3, dtype=np.float32)
+    index = CorpusIndex(docs, emb)
+    hits = index.search(np.array([0.1, 0.9, 0.3], dtype=np.float32), k=2)
+    assert [h.id for h in hits] == ["b", "c"]
+    assert hits[0].score == pytest.approx(0.9) and hits[0].text == "beta"
+    assert len(index.search(np.ones(3, dtype=np.float32), k=10)) == 3
+
+
+def test_query_terms_and_highlights():
+    assert query_terms("How to compress the FILES, fast?") == ["compress", "files", "fast"]
+    text = "Compressing files fast: a compressor for file archives."
+    spans = find_highlights(text, query_terms("compress files"))
+    assert [text[a:b] for a, b in spans] == ["Compressing", "files", "compressor"]
+    assert find_highlights(text, []) == []
+
+
+def test_snippet_window_around_the_first_match():
+    text = " ".join(f"filler{i}" for i in range(100)) + " the zstd compressor is fast " + "tail " * 50
+    snippet, spans = make_snippet(text, "zstd compressor", width=80)
+    assert snippet.startswith("…") and snippet.endswith("…")
+    assert len(snippet) <= 82
+    assert [snippet[a:b] for a, b in spans] == ["zstd", "compressor"]
+    short, spans = make_snippet("tiny zstd text", "zstd", width=80)
+    assert short == "tiny zstd text" and [short[a:b] for a, b in spans] == ["zstd"]
+    head, _ = make_snippet("no match here " * 20, "zzz", width=40)
+    assert head.startswith("no match") and head.endswith("…")
