@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $@
 
 demo: $(STAMP)
-	$(BIN)/python -m embedray.cluster.demo
+	bash scripts/demo.sh
 
 test: $(STAMP)
 	bash scripts/ensure-chromium.sh

@@ -112,16 +112,28 @@ def to_dict(cfg: Any) -> dict:
 from dataclasses import dataclass, field  # noqa: E402
 
 from embedray.losses.config import LossConfig  # noqa: E402
+from embedray.mining.config import CrossEncoderConfig, MiningConfig  # noqa: E402
+from embedray.mining.refresh_config import RefreshConfig  # noqa: E402
 from embedray.models.config import ModelConfig  # noqa: E402
 from embedray.training.config import ClusterConfig, DataConfig, TrainConfig  # noqa: E402
 
 
 @dataclass
 class TrainJobConfig:
-    """``embedray train`` / ``jobs/train.py``: data, model, loss, loop, and the Ray layout."""
+    """``embedray train`` / ``jobs/train.py``: data, model, loss, loop, negatives, and the Ray layout."""
 
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    mining: MiningConfig = field(default_factory=MiningConfig)
+    cross_encoder: CrossEncoderConfig = field(default_factory=CrossEncoderConfig)
+    refresh: RefreshConfig = field(default_factory=RefreshConfig)
+
+    def __post_init__(self) -> None:
+        if self.refresh.mode != "off":
+            if self.train.negatives == "none":
+                raise ValueError("refresh.mode is on but train.negatives is 'none': mined negatives "
+                                 "need train.negatives: pool (and train.num_negatives >= 1)")
+            self.train.negatives = "pool"  # refreshed pools feed the sampler

@@ -126,8 +126,9 @@ def render_info(info: dict[str, Any] | None, url: str, error: str | None = None)
     if info is None:
         return f"**{url}**: unavailable ({error})"
     corpus = info.get("corpus") or {}
-    lines = [f"**{info.get('model')}** at `{url}` · {info.get('dim')}-d"
-             f" (Matryoshka: {', '.join(str(d) for d in info.get('dimensions', []))})"
+    dims = info.get("dimensions") or []
+    mrl = f" (Matryoshka: {', '.join(str(d) for d in dims)})" if len(dims) > 1 else ""
+    lines = [f"**{info.get('model')}** at `{url}` · {info.get('dim')}-d{mrl}"
              f" · max {info.get('max_tokens')} tokens · corpus: {corpus.get('documents', 0)} docs"
              f" · reranker: {info.get('reranker') or 'none'} · embedray {info.get('version')}"]
     if info.get("base_model"):
@@ -144,14 +145,16 @@ def build_ui(api: str, base_api: str | None = None, api_key: str | None = None) 
     student = ApiClient(api, api_key)
     base = ApiClient(base_api, api_key) if base_api else None
 
-    def info_markdown() -> str:
-        parts = []
+    def load_info() -> tuple[str, gr.Checkbox]:
+        parts, has_reranker = [], False
         for client in [student] + ([base] if base else []):
             try:
-                parts.append(render_info(client.info(), client.url))
+                info = client.info()
+                parts.append(render_info(info, client.url))
+                has_reranker = has_reranker or (client is student and bool(info.get("reranker")))
             except ApiUnavailable as e:
                 parts.append(render_info(None, client.url, str(e)))
-        return "\n\n".join(parts)
+        return "\n\n".join(parts), gr.Checkbox(visible=has_reranker)
 
     def search(query: str, top_k: float, rerank: bool) -> str:
         if not query or not query.strip():
@@ -194,7 +197,7 @@ def build_ui(api: str, base_api: str | None = None, api_key: str | None = None) 
                 button = gr.Button("Search", variant="primary", scale=1, elem_id="search-btn")
             with gr.Row():
                 top_k = gr.Slider(1, 50, value=10, step=1, label="Results")
-                rerank = gr.Checkbox(label="Rerank with the cross-encoder", value=False)
+                rerank = gr.Checkbox(label="Rerank with the cross-encoder", value=False, visible=False)
             results = gr.HTML(elem_id="results")
             button.click(search, [query, top_k, rerank], results)
             query.submit(search, [query, top_k, rerank], results)
@@ -212,7 +215,7 @@ def build_ui(api: str, base_api: str | None = None, api_key: str | None = None) 
                     right = gr.HTML(elem_id="compare-student")
             cbutton.click(compare, [cquery, ck], [left, right])
             cquery.submit(compare, [cquery, ck], [left, right])
-        demo.load(info_markdown, None, info)
+        demo.load(load_info, None, [info, rerank])
     return demo
 
 

@@ -84,20 +84,29 @@ def _worker(config: dict) -> None:
     session = RayTrainSession(data, config["source"])
     if job.train.num_threads is None:
         torch.set_num_threads(max(1, int(job.cluster.cpus_per_worker)))
-    train(job, session, data, Path(config["run_dir"]), hooks=config.get("hooks_factory", lambda: None)())
+    factory = config.get("hooks_factory")
+    train(job, session, data, Path(config["run_dir"]), hooks=factory() if factory else None)
 
 
 def training_dataset(job, pairs_path: Path | None):
     """Training rows as a Ray Dataset (validated on the driver first, so errors name the line)."""
-    if pairs_path is not None:
-        suffix = pairs_path.suffix.lower()
-        return ray.data.read_parquet(str(pairs_path)) if suffix == ".parquet" else ray.data.read_json(str(pairs_path))
-    return ray.data.from_items(pair_rows(job.data))
+    if pairs_path is None:
+        return ray.data.from_items(pair_rows(job.data))
+    # Reading id rows is light; zero-CPU read tasks and materialising before the trainer starts
+    # keep the read from waiting on CPUs the training workers hold (2 workers × 1 CPU = a 2-core box).
+    read = ray.data.read_parquet if pairs_path.suffix.lower() == ".parquet" else ray.data.read_json
+    return read(str(pairs_path), num_cpus=0).materialize()
 
 
-def run_training(job, hooks_factory=None) -> dict:
-    """Run (or resume) ``job`` on Ray Train; return the training summary."""
+def run_training(job) -> dict:
+    """Run (or resume) ``job`` on Ray Train; return the training summary.
+
+    With ``refresh.mode`` on, the cross-encoder and pool v1 are prepared first (skipped when
+    already there), and an async/sync run gets a ``NegativeRefresher`` actor.
+    """
+    from embedray.cluster.refresh import hooks_factory as refresh_hooks, start_refresher
     from embedray.config import to_dict
+    from embedray.mining.refresher import prepare_negatives
 
     ensure_ray()
     run_dir = (Path(job.cluster.storage_path).expanduser().resolve() / job.cluster.run_name)
@@ -105,6 +114,11 @@ def run_training(job, hooks_factory=None) -> dict:
     data = load_training_data(job.data)
     pairs_path = Path(job.data.train_pairs).expanduser().resolve() if job.data.train_pairs else None
     rows_to_examples(pair_rows(job.data), data, str(pairs_path or "train qrels"), job.data.on_error)
+    hooks_factory = None
+    if job.refresh.mode != "off":
+        ce_path = prepare_negatives(job, data, run_dir)
+        actor = start_refresher(job, run_dir, ce_path) if job.refresh.mode in ("async", "sync") else None
+        hooks_factory = refresh_hooks(actor, run_dir, job)
     trainer = TorchTrainer(
         train_loop_per_worker=_worker,
         train_loop_config={"job": to_dict(job), "run_dir": str(run_dir), "source": str(pairs_path or "train qrels"),

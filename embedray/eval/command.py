@@ -18,7 +18,13 @@ examples:
   embedray eval --model minilm-l6 --data ../shared/datasets/scifact --split test
   embedray eval --model minilm-l6 --model runs/x/student --data data/debian --output eval.json
 """
-COLUMNS = ("ndcg@10", "recall@10", "recall@100", "mrr@10", "docs/s")
+
+
+def _columns(k: int) -> list[str]:
+    """nDCG@10, Recall@10, Recall@100, MRR@10 and docs/s; cutoffs above ``k`` shrink to ``k``."""
+    c10, c100 = min(10, k), min(100, k)
+    return list(dict.fromkeys([f"ndcg@{c10}", f"recall@{c10}", f"recall@{c100}", f"mrr@{c10}",
+                               "docs/s"]))
 
 
 def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -99,7 +105,7 @@ def run_eval(args: argparse.Namespace | dict[str, Any]) -> int:
         print(f"embedray eval: error: {e}", file=sys.stderr)
         return 2
     print(f"\n{data.path.name} ({cfg.split}, {len(data.qrels)} queries, {len(data.corpus)} docs)")
-    print(format_table(rows, [c for c in COLUMNS if any(c in r for r in rows.values())]))
+    print(format_table(rows, _columns(cfg.k)))
     if a.get("output"):
         out = write_json_atomic({"data": str(data.path), "split": cfg.split,
                                  "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),

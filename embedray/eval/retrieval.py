@@ -162,7 +162,11 @@ def _encode_with_fn(fn: EncodeFn, texts: list[str], kind: Kind, batch_size: int,
     for start in tqdm(range(0, len(texts), batch_size), desc=f"encode {kind}s",
                       disable=not show_progress):
         batch = [texts[i] for i in order[start:start + batch_size]]
-        chunks.append(np.asarray(_to_numpy(fn(batch, kind)), dtype=np.float32))
+        emb = np.asarray(_to_numpy(fn(batch, kind)), dtype=np.float32)
+        if emb.ndim != 2 or emb.shape[0] != len(batch):
+            raise ValueError(f"encode_fn returned shape {emb.shape} for {len(batch)} {kind} texts; "
+                             "expected (num_texts, dim)")
+        chunks.append(emb)
     emb = np.concatenate(chunks, axis=0)
     out = np.empty_like(emb)
     out[order] = emb
@@ -196,7 +200,8 @@ def evaluate_retrieval(model_or_encode_fn: Encoder | EncodeFn, data: RetrievalDa
             query id is a corpus id), ``True``/``"on"`` or ``False``/``"off"``.
         show_progress: progress bars while encoding.
         corpus_embeddings: precomputed ``(num_docs, dim)`` document embeddings in
-            ``data.corpus`` order (skips encoding the corpus, e.g. to compare query prefixes).
+            ``data.corpus`` order (skips encoding the corpus, e.g. to compare query prefixes);
+            normalized like encoded ones.
         truncate_dim: keep the first ``truncate_dim`` dimensions (Matryoshka), renormalized.
         return_embeddings: keep the document embeddings in :attr:`EvalResult.doc_embeddings`.
 
@@ -221,10 +226,11 @@ def evaluate_retrieval(model_or_encode_fn: Encoder | EncodeFn, data: RetrievalDa
         doc_texts = [doc_prefix + data.corpus[d].text_for_model for d in doc_ids]
         doc_emb = encode_texts(model_or_encode_fn, doc_texts, "doc", batch_size, show_progress)
     else:
-        doc_emb = np.asarray(corpus_embeddings, dtype=np.float32)
+        doc_emb = np.array(_to_numpy(corpus_embeddings), dtype=np.float32)  # a copy: normalized below
         if doc_emb.ndim != 2 or doc_emb.shape[0] != len(doc_ids):
             raise ValueError(f"corpus_embeddings has shape {doc_emb.shape}; expected "
                              f"({len(doc_ids)}, dim) in data.corpus order")
+        doc_emb /= np.maximum(np.linalg.norm(doc_emb, axis=1, keepdims=True), 1e-12)
     encode_docs_s = time.perf_counter() - t0
 
     t0 = time.perf_counter()

@@ -179,7 +179,7 @@ def _train_ce(a: dict[str, Any], data, common: dict, ce_cfg: CrossEncoderConfig)
 
 def _eval_reranker(a: dict[str, Any], ce_path: Path, common: dict) -> dict:
     from embedray.data.beir import load_beir
-    from embedray.mining.config import MiningConfig
+    from embedray.mining.index import VectorIndex
     from embedray.mining.pipeline import encode_queries_and_corpus, st_encode_fn
     from embedray.models.cross_encoder import evaluate_reranker
 
@@ -189,8 +189,6 @@ def _eval_reranker(a: dict[str, Any], ce_path: Path, common: dict) -> dict:
     enc = encode_queries_and_corpus(st_encode_fn(common["model"], cfg.batch_size, cfg.query_prompt,
                                                  cfg.corpus_prompt), qs, dev.corpus, cfg,
                                     common["weights_fp"], common["cache_dir"])
-    from embedray.mining.index import VectorIndex
-
     k = min(100, len(enc.doc_ids))
     scores, ids = VectorIndex.build(enc.doc_emb, enc.doc_ids).search(enc.query_emb, k)
     run = {q: dict(zip(ids[i], scores[i].tolist())) for i, q in enumerate(enc.query_ids)}

@@ -258,10 +258,8 @@ def mine(corpus: Mapping[str, Document | str], queries: Mapping[str, str], posit
     stats = {"negatives_removed": 0, "pairs_scored": 0, "pairs_total": 0, "rescore_s": 0.0}
     if cross_encoder is not None:
         ce = _load_ce(cross_encoder, ce_cfg)
-        cache = None
-        if cache_dir is not None:
-            cache = score_cache(cache_dir, cross_encoder_fingerprint(
-                cross_encoder if isinstance(cross_encoder, (str, os.PathLike)) else ce))
+        # The loaded model's fingerprint covers its weights and max length (a folder's does not).
+        cache = score_cache(cache_dir, cross_encoder_fingerprint(ce)) if cache_dir is not None else None
         texts = {d: doc_text(corpus[d]) for d in corpus}
         pool, stats = rescore_and_denoise(pool, ce, mined_queries, texts, pos, ce_cfg.denoise_margin,
                                           max_negatives=cfg.num_negatives,

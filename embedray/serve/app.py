@@ -70,6 +70,10 @@ class _Guard:
             rejection = self._check_headers(scope, path)
             if rejection is None and scope["method"] in ("POST", "PUT", "PATCH"):
                 body, rejection = await self._read_body(scope, receive)
+                if rejection is None and not body.strip():
+                    rejection = _error(400, "request body is empty: send a JSON object", "empty_body")
+                if rejection is None and not _is_utf8(body):
+                    rejection = _error(400, "request body is not valid UTF-8 (JSON must be UTF-8)", "invalid_utf8")
                 if rejection is None:
                     receive = _replay(body)
             if rejection is not None:
@@ -122,6 +126,15 @@ class _Guard:
                 return b"".join(chunks), None
 
 
+def _is_utf8(body: bytes) -> bool:
+    # Strict: json.loads(bytes) would let UTF-8-encoded surrogates through ('surrogatepass').
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 def _replay(body: bytes):
     sent = False
 
@@ -172,6 +185,12 @@ class _Service:
             if len(t) > self.cfg.max_chars:
                 raise ApiError(413, f"{field}[{i}]: {len(t)} characters is more than the limit of "
                                     f"{self.cfg.max_chars}", "input_too_long")
+            if not t.isascii():
+                try:
+                    t.encode("utf-8")
+                except UnicodeEncodeError:  # a lone surrogate escaped in the JSON (\ud800)
+                    raise ApiError(422, f"{field}[{i}]: contains a lone surrogate; send valid Unicode text",
+                                   "invalid_text") from None
 
     def token_lengths(self, texts: list[str], truncate: bool, field: str) -> list[int]:
         limit = self.counter.max_seq_length

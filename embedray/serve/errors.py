@@ -54,6 +54,8 @@ class ApiError(Exception):
 def error_body(status: int, message: str, code: str) -> dict[str, Any]:
     """The JSON error body for ``status``."""
     err_type = ERROR_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
+    # Messages may quote client input (field names); lone surrogates in it could not be encoded.
+    message = message.encode("utf-8", "backslashreplace").decode("utf-8")
     return {"error": {"message": message, "type": err_type, "code": code}}
 
 

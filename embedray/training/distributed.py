@@ -30,3 +30,12 @@ def broadcast_flag(flag: bool) -> bool:
 def barrier() -> None:
     if is_distributed():
         dist.barrier()
+
+
+def broadcast_int(value: int) -> int:
+    """Rank 0's integer (e.g. the negative-pool version to use from this step on) for everyone."""
+    if not is_distributed():
+        return value
+    t = torch.tensor([int(value)], dtype=torch.int64)
+    dist.broadcast(t, src=0)
+    return int(t.item())

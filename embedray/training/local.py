@@ -15,4 +15,20 @@ def run_local(job, hooks: Hooks | None = None) -> dict:
     examples = rows_to_examples(pair_rows(job.data), data, job.data.train_pairs or "train qrels",
                                 job.data.on_error)
     session = LocalSession(run_dir, examples, job.cluster.num_to_keep)
+    if hooks is None and job.refresh.mode != "off":
+        hooks = _local_refresh_hooks(job, data, run_dir)
     return train(job, session, data, run_dir, hooks)
+
+
+def _local_refresh_hooks(job, data, run_dir: Path) -> Hooks:
+    """In one process a refresh runs inline at the snapshot step (as ``sync`` would)."""
+    from embedray.mining.refresher import NegativeRefresher, RefreshDriver, prepare_negatives, reader_hooks
+    from embedray.mining.store import PoolStore
+
+    ce_path = prepare_negatives(job, data, run_dir)
+    store = PoolStore(run_dir / "pools")
+    if job.refresh.mode == "static":
+        return reader_hooks(store)
+    refresher = NegativeRefresher(job, data, run_dir, ce_path)
+    driver = RefreshDriver("sync", submit=refresher.refresh, ready=lambda r: True, result=lambda r: r)
+    return driver.hooks(store, job.refresh.every)

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from embedray.training import checkpoint as ckpt
 from embedray.training.batches import BatchPlan, NegativeSampler, canonical_order
 from embedray.training.data import TrainingData
-from embedray.training.distributed import barrier, broadcast_flag, mean_across_workers
+from embedray.training.distributed import barrier, broadcast_flag, broadcast_int, mean_across_workers
 from embedray.training.logs import RunLogger, write_json_atomic
 
 
@@ -30,9 +30,15 @@ LOSS_PREFIX = "__loss__."  # trainable loss parameters (e.g. a distillation proj
 
 @dataclass
 class Hooks:
-    """Optional callbacks for the negative-refresh loop (rank 0 calls ``snapshot``)."""
+    """Optional callbacks for the negative-refresh loop.
 
-    newest_pool: Callable[[int], tuple[dict[str, list[str]], int] | None] | None = None
+    Rank 0 asks ``pool_version()`` at every step boundary and broadcasts the answer, so all
+    workers switch pools at the same step; ``snapshot`` (rank 0) hands the weights to the
+    refresher every ``snapshot_every`` steps.
+    """
+
+    pool_version: Callable[[], int] | None = None
+    load_pool: Callable[[int], tuple[dict[str, list[str]], dict]] | None = None
     snapshot_every: int = 0
     snapshot: Callable[[int, dict[str, torch.Tensor]], None] | None = None
     on_step: list[Callable[[int, RunLogger], None]] = field(default_factory=list)
@@ -128,8 +134,8 @@ def train(job, session, data: TrainingData, run_dir: Path, hooks: Hooks | None =
         ckpt.restore_rng(saved["rng"])
         state.update(saved["trainer_state"]["state"])
         start_step = saved["trainer_state"]["step"]
-        if hooks.newest_pool and (pool := hooks.newest_pool(-state["pool_version"])):
-            sampler.set_pool(*pool)  # the very pool version the checkpoint was trained on
+        if hooks.load_pool and state["pool_version"]:  # the very pool the checkpoint trained on
+            sampler.set_pool(hooks.load_pool(state["pool_version"])[0], state["pool_version"])
     log = RunLogger(run_dir, start_step, enabled=rank0)
     if rank0:
         print(f"[embedray] {'resuming at step ' + str(start_step) if start_step else 'starting'}: "
@@ -149,9 +155,8 @@ def train(job, session, data: TrainingData, run_dir: Path, hooks: Hooks | None =
     model.train()
     step, t_start = start_step, time.perf_counter()
     for step in range(start_step, tc.max_steps):
-        if hooks.newest_pool and (pool := hooks.newest_pool(step)) and pool[1] > sampler.pool_version:
-            sampler.set_pool(*pool)
-            state["pool_version"] = pool[1]
+        if hooks.pool_version and hooks.load_pool:
+            _maybe_switch_pool(hooks, sampler, state, log, step, rank0)
         t0 = time.perf_counter()
         total = 0.0
         for micro in range(tc.grad_accum):
@@ -219,6 +224,18 @@ def _batch_loss(model, core, loss_fn, job, data, batch, negs, device) -> torch.T
     return loss_fn(q, d_pos, d_neg, q_ids=q_ids, pos_ids=pos_ids, neg_ids=neg_ids)
 
 
+def _maybe_switch_pool(hooks, sampler, state, log, step, rank0) -> None:
+    """Switch to the newest published pool at this step boundary (same version on every rank)."""
+    version = broadcast_int(hooks.pool_version() if rank0 else 0)
+    if version > sampler.pool_version:
+        negatives, meta = hooks.load_pool(version)
+        sampler.set_pool(negatives, version)
+        state["pool_version"] = version
+        snap = meta.get("snapshot_step")
+        log.event("pool", step, {"version": version, "queries": len(negatives),
+                                 "staleness_steps": None if snap is None else step - snap})
+
+
 def _dev_and_early_stop(core, job, data, log, state, step) -> bool:
     metrics = evaluate_dev(core, job, data)
     log.event("dev", step, metrics)
@@ -261,4 +278,6 @@ def _finish(core, job, data, log, state, run_dir, steps_run, wall, rank0) -> dic
                "best_dev_ndcg@10": state["best_dev"], "final_loss": log.steps[-1]["loss"] if log.steps else None}
     write_json_atomic(summary, run_dir / "training_summary_report.json")
     log.close()
+    from embedray.training.plots import plot_run
+    summary["plots"] = [str(p) for p in plot_run(run_dir)]
     return summary

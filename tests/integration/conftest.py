@@ -78,6 +78,7 @@ class ServeCluster:
 
     port: int
     apps: list[str] = field(default_factory=list)
+    free_port = staticmethod(free_port)
 
     def url(self, prefix: str = "") -> str:
         return f"http://127.0.0.1:{self.port}{prefix}"

@@ -147,7 +147,7 @@ def test_queue_full_gives_503_while_held_requests_complete(apps):
     assert set(statuses) <= {200, 503}, statuses
     rejected = [r for r in responses if r.status_code == 503]
     assert len(rejected) >= 4, statuses  # at most 2 running + 2 queued (+ timing slack) get through
-    assert statuses.count(200) >= 2, statuses  # the held requests finish normally
+    assert 2 <= statuses.count(200) <= 4, statuses  # the held requests finish normally
     for r in rejected:
         assert r.json()["error"]["code"] == "queue_full" and r.headers.get("retry-after") == "1"
     for r in responses:

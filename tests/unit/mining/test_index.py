@@ -50,8 +50,14 @@ def test_l2_metric_ranks_by_distance_higher_is_better(corpus):
 
 @pytest.mark.parametrize("factory,kwargs", [("IVF32,Flat", {"nprobe": 8}),
                                             ("HNSW16", {"hnsw_ef_search": 64})])
-def test_approximate_indexes_have_high_recall(corpus, factory, kwargs):
-    x, ids, q = corpus
+def test_approximate_indexes_have_high_recall(factory, kwargs):
+    # clustered random data, like real embeddings (uniform noise in 32-d is IVF's worst case)
+    rng = np.random.default_rng(1)
+    centers = _unit(rng, 64, 32)
+    x = centers[rng.integers(0, 64, 3000)] + 0.15 * rng.standard_normal((3000, 32)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    q = centers[rng.integers(0, 64, 50)] + 0.15 * rng.standard_normal((50, 32)).astype(np.float32)
+    ids = [f"doc-{i}" for i in range(len(x))]
     _, want = _brute_force(x, q, 10, ids)
     _, found = VectorIndex.build(x, ids, factory, **kwargs).search(q, 10)
     recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, want)])
@@ -166,3 +172,51 @@ def test_crash_during_publish_leaves_previous_version(corpus, tmp_path, monkeypa
     assert store.next_version() == (3 if crash_at == "pointer" else 2)
     store.publish(VectorIndex.build(x[:500], ids[:500]), version=store.next_version())
     assert len(store.latest()) == 500
+
+
+class FakeGpuFaiss:
+    """faiss with a pretend GPU: 'moving' an index clones it (HNSW refuses, as in faiss-gpu)."""
+
+    def __init__(self, real):
+        self._real, self.moved = real, []
+
+    def __getattr__(self, name):
+        return getattr(self._real, name)
+
+    def get_num_gpus(self):
+        return 1
+
+    def StandardGpuResources(self):  # noqa: N802 (faiss's name)
+        return object()
+
+    def index_cpu_to_gpu(self, res, device, index):
+        if "HNSW" in type(index).__name__:
+            raise RuntimeError("HNSW has no GPU implementation")
+        clone = self._real.clone_index(index)
+        self.moved.append(clone)
+        return clone
+
+    def index_gpu_to_cpu(self, index):
+        assert index in self.moved
+        return self._real.clone_index(index)
+
+    def GpuParameterSpace(self):  # noqa: N802
+        return self._real.ParameterSpace()
+
+
+def test_gpu_path_is_used_when_a_gpu_is_seen(corpus, tmp_path, monkeypatch):
+    x, ids, q = corpus
+    fake = FakeGpuFaiss(index_mod._faiss())
+    monkeypatch.setattr(index_mod, "_faiss", lambda: fake)
+    ivf = VectorIndex.build(x, ids, "IVF16,Flat", nprobe=16)
+    assert ivf._index is not ivf._cpu_index and ivf._index in fake.moved  # searched "on GPU"
+    assert len(fake.moved) == 2  # once to train, once to search
+    want = VectorIndex.build(x, ids, "IVF16,Flat", nprobe=16, use_gpu=False)
+    assert ivf.search(q, 5)[1] == want.search(q, 5)[1]
+    hnsw = VectorIndex.build(x, ids, "HNSW16")  # auto: falls back to CPU with a warning
+    assert hnsw._index is hnsw._cpu_index
+    with pytest.raises(RuntimeError, match="HNSW"):
+        VectorIndex.build(x, ids, "HNSW16", use_gpu=True)
+    cpu = VectorIndex.build(x, ids, use_gpu=False)
+    assert cpu._index is cpu._cpu_index
+    assert VectorIndex.load(ivf.save(tmp_path / "g"), use_gpu=False).search(q, 5)[1] == want.search(q, 5)[1]

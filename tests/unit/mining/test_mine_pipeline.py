@@ -105,3 +105,20 @@ def test_cross_encoder_rescoring_carries_scores(tiny_data, tiny_st, tmp_path):
 def test_nothing_to_mine_is_an_error(tiny_data, tiny_st):
     with pytest.raises(ValueError, match="nothing to mine"):
         mine(tiny_data.corpus, tiny_data.queries, {}, tiny_st, MiningConfig(k=5, num_negatives=2))
+
+
+def test_encode_corpus_hook_gets_only_cache_misses(tiny_data, tiny_st, tmp_path):
+    """The refresher plugs Ray Data in here: it must see only documents the cache lacks."""
+    enc = st_encode_fn(tiny_st)
+    seen: list[int] = []
+
+    def encode_corpus(texts):
+        seen.append(len(texts))
+        return enc(texts, "doc")
+
+    _mine(tiny_data, tiny_st, cache_dir=tmp_path, encode_corpus=encode_corpus)
+    corpus = dict(tiny_data.corpus)
+    corpus["new"] = type(corpus["d0"])("new", "A brand new package description.", "")
+    res = mine(corpus, tiny_data.queries, tiny_data.qrels, tiny_st, MiningConfig(k=20, num_negatives=3),
+               cache_dir=tmp_path, encode_corpus=encode_corpus)
+    assert seen == [32, 1] and res.counts["docs_encoded"] == 1

@@ -34,7 +34,8 @@ def test_render_info_and_errors():
     info = {"model": "student", "dim": 384, "dimensions": [384, 128], "max_tokens": 256, "version": "0.1.0",
             "corpus": {"documents": 12}, "reranker": None, "metrics": {"ndcg@10": 0.51234}, "base_model": "minilm"}
     md = ui.render_info(info, "http://x")
-    assert "384-d" in md and "384, 128" in md and "12 docs" in md and "ndcg@10 = 0.5123" in md
+    assert "384-d (Matryoshka: 384, 128)" in md and "12 docs" in md and "ndcg@10 = 0.5123" in md
+    assert "Matryoshka" not in ui.render_info(dict(info, dimensions=[384]), "http://x")
     assert "unavailable (boom)" in ui.render_info(None, "http://x", "boom")
     assert ui.render_error("<x>") == '<div class="er-error">&lt;x&gt;</div>'
 

@@ -54,6 +54,8 @@ def _grads_by_part(e_grad, b):
 
 def _worker(rank, port, out_dir):
     # DDP itself is replaced by its gradient averaging below: constructing DDP costs seconds.
+    # A forked child must not use the parent's OpenMP pool (it would hang); DataLoader workers do the same.
+    torch.set_num_threads(1)
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD,
                             timeout=timedelta(seconds=60))

@@ -1,0 +1,114 @@
+"""Training pairs/s: embedray on Ray Train vs sentence-transformers' SentenceTransformerTrainer.
+
+Same model (minilm-l6), data (Debian train pairs), max length 128, batch 32 (global), one hard
+negative per pair (random), same 2-CPU budget, measured in one run. Steady-state throughput:
+the first WARMUP steps of each run are not timed.
+
+    .venv/bin/python bench/train_throughput.py --data data/debian --steps 40
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+WARMUP = 3
+
+
+def sentence_transformers_run(data, pairs, steps, batch, max_len, threads) -> float:
+    import torch
+    from datasets import Dataset
+    from sentence_transformers import (SentenceTransformer, SentenceTransformerTrainer,
+                                       SentenceTransformerTrainingArguments)
+    from sentence_transformers.losses import MultipleNegativesRankingLoss
+    from transformers import TrainerCallback
+
+    from embedray.models import resolve_model
+
+    torch.set_num_threads(threads)
+    rng = random.Random(0)
+    doc_ids = sorted(data.corpus)
+    rows = {"anchor": [], "positive": [], "negative": []}
+    for p in pairs[: steps * batch]:
+        neg = rng.choice(doc_ids)
+        while neg == p["pos_id"]:
+            neg = rng.choice(doc_ids)
+        rows["anchor"].append(data.queries[p["query_id"]])
+        rows["positive"].append(data.doc_text(p["pos_id"]))
+        rows["negative"].append(data.doc_text(neg))
+    model = SentenceTransformer(str(resolve_model("minilm-l6")), device="cpu")
+    model.max_seq_length = max_len
+    stamps: list[float] = []
+
+    class Clock(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            stamps.append(time.perf_counter())
+
+    with tempfile.TemporaryDirectory() as out:
+        args = SentenceTransformerTrainingArguments(
+            output_dir=out, max_steps=steps, per_device_train_batch_size=batch, learning_rate=3e-5,
+            warmup_ratio=0.1, save_strategy="no", report_to="none", logging_steps=10_000,
+            use_cpu=True, dataloader_num_workers=0, seed=0)
+        trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=Dataset.from_dict(rows),
+                                             loss=MultipleNegativesRankingLoss(model), callbacks=[Clock()])
+        trainer.train()
+    timed = stamps[WARMUP:]
+    return batch * (len(timed) - 1) / (timed[-1] - timed[0])
+
+
+def embedray_run(data_dir, steps, batch, max_len, workers, storage) -> float:
+    from embedray.cluster.train import run_training
+    from embedray.config import TrainJobConfig, build_config
+
+    job = build_config(TrainJobConfig, {
+        "data": {"path": str(data_dir), "train_pairs": str(Path(data_dir) / "train_pairs.jsonl"), "dev_split": None},
+        "model": {"name_or_path": "minilm-l6"},
+        "loss": {"name": "infonce", "temperature": 0.05, "gather_across_workers": workers > 1},
+        "train": {"max_steps": steps, "batch_size": batch // workers, "num_negatives": 1, "lr": 3e-5,
+                  "max_query_length": max_len, "max_doc_length": max_len, "checkpoint_every": 0,
+                  "num_threads": 2 // workers},
+        "cluster": {"num_workers": workers, "cpus_per_worker": 2 / workers, "storage_path": str(storage),
+                    "run_name": f"bench-{workers}w-{time.time_ns()}"},
+    })
+    run_training(job)
+    log = json.loads((Path(storage) / job.cluster.run_name / "detailed_training_logs.json").read_text())
+    secs = [batch / r["pairs_per_s"] for r in log["steps"][WARMUP:]]
+    return batch * len(secs) / sum(secs)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default="data/debian", help="BEIR folder from `embedray data debian`")
+    ap.add_argument("--steps", type=int, default=40)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--max-len", type=int, default=128)
+    ap.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="embedray worker counts to try")
+    a = ap.parse_args()
+
+    from embedray.training.config import DataConfig
+    from embedray.training.data import load_training_data, pair_rows
+
+    cfg = DataConfig(path=a.data, train_pairs=str(Path(a.data) / "train_pairs.jsonl"), dev_split=None)
+    data, pairs = load_training_data(cfg), pair_rows(cfg)
+    results = {"sentence-transformers (1 process, 2 threads)": sentence_transformers_run(
+        data, pairs, a.steps, a.batch, a.max_len, threads=2)}
+    with tempfile.TemporaryDirectory() as storage:
+        for w in a.workers:
+            results[f"embedray Ray Train ({w} worker{'s' * (w > 1)} × {2 // w} thread{'s' * (w == 1)})"] = \
+                embedray_run(a.data, a.steps, a.batch, a.max_len, w, storage)
+    base = next(iter(results.values()))
+    print(f"\ntraining throughput, minilm-l6, batch {a.batch}, max_len {a.max_len}, 1 hard negative, "
+          f"{a.steps} steps ({WARMUP} warm-up steps not timed)")
+    print(f"{'run':55s} {'pairs/s':>9s} {'ratio':>7s}")
+    for name, v in results.items():
+        print(f"{name:55s} {v:9.1f} {v / base:7.2f}x")
+
+
+if __name__ == "__main__":
+    main()

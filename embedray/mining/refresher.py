@@ -1,0 +1,209 @@
+"""One negative refresh: weights snapshot → encode (cache-aware) → FAISS → mine → cross-encoder
+rescore/denoise → publish pool v(N+1). Plain Python; embedray/cluster/refresh.py runs it as a
+Ray actor, and a local run calls it in-process."""
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+from embedray.mining.cache import state_dict_fingerprint
+from embedray.mining.index import IndexStore
+from embedray.mining.pipeline import mine
+from embedray.mining.pool import NegativePool
+from embedray.mining.store import PoolStore
+
+
+def train_positives(data) -> dict[str, set[str]]:
+    """Positives of the queries that are mined: every query with a known positive."""
+    return {q: p for q, p in data.positives.items() if q in data.queries}
+
+
+def overlap_at_k(new: NegativePool, old: NegativePool | None, k: int = 10) -> float | None:
+    """Mean fraction of a query's top-k negatives that were already in the previous pool's top-k."""
+    if old is None:
+        return None
+    fracs = []
+    for q, negs in new.negatives.items():
+        a = {d for d, _ in negs[:k]}
+        b = {d for d, _ in old.negatives.get(q, [])[:k]}
+        if a:
+            fracs.append(len(a & b) / len(a))
+    return sum(fracs) / len(fracs) if fracs else None
+
+
+class NegativeRefresher:
+    """Holds the corpus, a bi-encoder and the cross-encoder; each :meth:`refresh` publishes a pool."""
+
+    def __init__(self, job, data, run_dir: str | Path, cross_encoder: str | None,
+                 encode_corpus_factory=None):
+        from embedray.models.encoder import BiEncoder
+
+        self.job, self.data, self.run_dir = job, data, Path(run_dir)
+        self.pools = PoolStore(self.run_dir / "pools")
+        self.indexes = IndexStore(self.run_dir / "indexes")
+        self.cross_encoder = None
+        if cross_encoder and job.refresh.denoise:
+            from embedray.models.cross_encoder import load_cross_encoder
+            self.cross_encoder = load_cross_encoder(cross_encoder, max_length=job.cross_encoder.max_length)
+        self.model = BiEncoder.from_config(job.model).eval()
+        # factory(live BiEncoder) -> texts → embeddings for cache misses (e.g. a Ray Data actor pool)
+        self.encode_corpus_factory = encode_corpus_factory
+
+    def refresh(self, step: int, weights: dict | None = None) -> dict:
+        """Mine with ``weights`` (None: the base model) and publish the next pool version."""
+        from embedray.training.loop import make_encode_fn
+
+        t0 = time.perf_counter()
+        if weights is not None:
+            self.model.load_state_dict({k: v for k, v in weights.items() if not k.startswith("__loss__.")})
+        fp = state_dict_fingerprint(self.model.state_dict())
+        version = max(self.pools.next_version(), self.indexes.next_version())
+        result = mine(self.data.corpus, self.data.queries, train_positives(self.data),
+                      make_encode_fn(self.model, self.job.model), self.job.mining,
+                      cross_encoder=self.cross_encoder, ce_cfg=self.job.cross_encoder,
+                      cache_dir=self.run_dir / "cache", weights_fp=fp, version=version,
+                      encode_corpus=self.encode_corpus_factory(self.model) if self.encode_corpus_factory else None)
+        previous = self.pools.load(self.pools.latest_version()) if self.pools.latest_version() else None
+        self._maybe_die(step, version)
+        if result.index is not None:
+            self.indexes.publish(result.index, version)  # aside + rename: never seen half-built
+            self.indexes.prune(self.job.refresh.keep_indexes)
+        result.pool.meta["snapshot_step"] = step
+        self.pools.publish(result.pool)
+        c, t = result.counts, result.timings
+        mined = c["negatives_kept"] + c["negatives_removed"]
+        return {"version": version, "snapshot_step": step, "queries_mined": c["queries_mined"],
+                "negatives_kept": c["negatives_kept"], "negatives_removed": c["negatives_removed"],
+                "false_negative_rate": c["negatives_removed"] / mined if mined else 0.0,
+                "overlap@10": overlap_at_k(result.pool, previous), "docs_encoded": c.get("docs_encoded"),
+                "docs_cached": c.get("docs_cached"), "encode_s": t.get("encode_s"), "index_s": t.get("index_s"),
+                "search_s": t.get("search_s"), "rescore_s": t.get("rescore_s"),
+                "wall_s": time.perf_counter() - t0}
+
+
+    def _maybe_die(self, step: int, version: int) -> None:
+        """Fault injection (``refresh.debug_kill_at_refresh``): die mid-write, once."""
+        nth = self.job.refresh.debug_kill_at_refresh
+        if nth is None or step == 0:
+            return
+        counter = self.run_dir / ".refreshes"
+        count = int(counter.read_text()) + 1 if counter.exists() else 1
+        counter.write_text(str(count))
+        marker = self.run_dir / f".refresher-killed-{nth}"
+        if count == nth and not marker.exists():
+            marker.write_text(str(version))
+            partial = self.indexes.root / f".v{version}.tmp-killed"
+            partial.mkdir(parents=True, exist_ok=True)
+            (partial / "index.faiss").write_bytes(b"half an index")  # what a crash leaves aside
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+class RefreshDriver:
+    """Rank 0's side of the loop: hands snapshots to a refresher (an actor or a local object),
+    never waits in ``async`` mode, and logs each finished refresh (or failure) as telemetry.
+
+    ``submit(step, weights) -> handle``; ``ready(handle) -> bool``; ``result(handle) -> dict``
+    (raises if the refresher died: training carries on with the last good pool).
+    """
+
+    def __init__(self, mode: str, submit, ready, result):
+        self.mode, self.submit, self.ready, self.result = mode, submit, ready, result
+        self.pending = None
+        self.skipped = 0
+        self.failures = 0
+        self.history: list[dict] = []
+
+    def snapshot(self, step: int, weights: dict) -> None:
+        if self.pending is not None and not self.ready(self.pending[1]):
+            self.skipped += 1  # the previous refresh is still running: never queue a backlog
+            return
+        self.pending = (step, self.submit(step, weights))
+        while self.mode == "sync" and not self.ready(self.pending[1]):
+            time.sleep(0.2)  # sync: training waits; on_step then logs the result at this step
+
+    def on_step(self, step: int, log) -> None:
+        if self.pending is not None and self.ready(self.pending[1]):
+            self._collect(step, log)
+
+    def _collect(self, step: int, log) -> None:
+        snap, handle = self.pending
+        self.pending = None
+        try:
+            record = {**self.result(handle), "finished_step": step, "skipped_snapshots": self.skipped}
+        except Exception as e:  # noqa: BLE001 - an actor death must not stop training; it is logged
+            self.failures += 1
+            record = {"failed": True, "error": f"{type(e).__name__}: {e}"[:500], "snapshot_step": snap,
+                      "finished_step": step, "failures": self.failures}
+        self.history.append(record)
+        if log is not None:
+            log.event("refresh", step, record)
+
+    def hooks(self, store: PoolStore, every: int):
+        """Loop hooks for rank 0 (snapshots + telemetry) — other ranks use :func:`reader_hooks`."""
+        h = reader_hooks(store)
+        h.snapshot, h.snapshot_every = self.snapshot, every
+        h.on_step.append(self.on_step)
+        return h
+
+
+def reader_hooks(store: PoolStore):
+    """Hooks that only read published pools (every rank)."""
+    from embedray.training.loop import Hooks
+
+    def load(version: int):
+        pool = store.load(version)
+        return {q: [d for d, _ in negs] for q, negs in pool.negatives.items()}, pool.meta
+
+    return Hooks(pool_version=store.latest_version, load_pool=load)
+
+
+def prepare_negatives(job, data, run_dir: str | Path) -> str | None:
+    """Before training: train the cross-encoder if none is given (on base-model negatives,
+    reported as a reranker on dev), then publish pool v1 mined by the base model.
+
+    Idempotent: a finished cross-encoder or a published pool is reused (resumable).
+    Returns the cross-encoder folder (None without denoising).
+    """
+    import json
+
+    from embedray.training.logs import write_json_atomic
+
+    run_dir = Path(run_dir)
+    ce_path = job.refresh.cross_encoder
+    if job.refresh.denoise and ce_path is None:
+        ce_dir = run_dir / "cross-encoder"
+        if not (ce_dir / "config.json").exists():
+            _train_cross_encoder(job, data, ce_dir, run_dir)
+        ce_path = str(ce_dir)
+    store = PoolStore(run_dir / "pools")
+    if store.latest_version() == 0:
+        telemetry = NegativeRefresher(job, data, run_dir, ce_path).refresh(step=0)
+        write_json_atomic(telemetry, run_dir / "initial_pool.json")
+        print(f"[embedray] pool v{telemetry['version']}: {telemetry['negatives_kept']} negatives kept, "
+              f"{telemetry['negatives_removed']} removed by the cross-encoder", flush=True)
+    return ce_path
+
+
+def _train_cross_encoder(job, data, ce_dir: Path, run_dir: Path) -> None:
+    from embedray.eval.retrieval import evaluate_retrieval
+    from embedray.models.cross_encoder import evaluate_reranker, train_cross_encoder
+    from embedray.training.data import pair_rows
+    from embedray.training.logs import write_json_atomic
+    from embedray.training.loop import make_encode_fn
+    from embedray.models.encoder import BiEncoder
+
+    model = BiEncoder.from_config(job.model).eval()
+    encode = make_encode_fn(model, job.model)
+    base = mine(data.corpus, data.queries, train_positives(data), encode, job.mining,
+                cache_dir=run_dir / "cache", weights_fp=state_dict_fingerprint(model.state_dict()))
+    pairs = [(r["query_id"], data.queries[r["query_id"]], r["pos_id"]) for r in pair_rows(job.data)]
+    print(f"[embedray] training the cross-encoder on {len(pairs)} pairs + mined negatives", flush=True)
+    train_cross_encoder(pairs, data.corpus, base.pool, job.cross_encoder, ce_dir)
+    if data.dev is not None:
+        first = evaluate_retrieval(encode, data.dev, k=100, show_progress=False)
+        report = evaluate_reranker(str(ce_dir), data.dev, first.run, k=100)
+        write_json_atomic(report, run_dir / "cross_encoder_dev.json")
+        print(f"[embedray] cross-encoder reranking dev top-100: nDCG@10 {report['before']['ndcg@10']:.4f} "
+              f"→ {report['after']['ndcg@10']:.4f}", flush=True)

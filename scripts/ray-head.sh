@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Start or stop a local Ray head on 127.0.0.1 with token auth, for `ray job submit`.
+#   scripts/ray-head.sh start   -> prints the export lines for RAY_ADDRESS / RAY_API_SERVER_ADDRESS
+#   scripts/ray-head.sh stop
+# Ports are chosen free so a second Ray on the machine (a test, another user) does not collide.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIN=${BIN:-.venv/bin}
+STATE=${EMBEDRAY_RAY_STATE:-$PWD/.ray-head}
+free_port() { "$BIN/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+case "${1:-}" in
+start)
+  mkdir -p "$STATE"
+  gcs=$(free_port); dash=$(free_port); agent=$(free_port); metrics=$(free_port)
+  export RAY_AUTH_MODE=token HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+  export PATH="$PWD/$BIN:$PATH"   # jobs run `python` from this virtualenv
+  "$BIN/ray" start --head --node-ip-address 127.0.0.1 --port "$gcs" \
+    --dashboard-host 127.0.0.1 --dashboard-port "$dash" --dashboard-agent-listen-port "$agent" \
+    --metrics-export-port "$metrics" --num-cpus "${EMBEDRAY_NUM_CPUS:-2}" \
+    --temp-dir "${EMBEDRAY_RAY_TMP:-/tmp/embedray-ray}" --disable-usage-stats >"$STATE/start.log" 2>&1 \
+    || { cat "$STATE/start.log" >&2; exit 1; }
+  printf 'export RAY_ADDRESS=127.0.0.1:%s RAY_API_SERVER_ADDRESS=http://127.0.0.1:%s RAY_AUTH_MODE=token\n' "$gcs" "$dash" | tee "$STATE/env"
+  # the job server needs a moment after `ray start` returns
+  for _ in $(seq 60); do
+    RAY_AUTH_MODE=token RAY_API_SERVER_ADDRESS="http://127.0.0.1:$dash" "$BIN/ray" job list >/dev/null 2>&1 && exit 0
+    sleep 1
+  done
+  echo "Ray head started but its job server did not answer on 127.0.0.1:$dash" >&2; exit 1
+  ;;
+stop)
+  "$BIN/ray" stop --force >/dev/null 2>&1 || true
+  rm -rf "$STATE"
+  ;;
+*) echo "usage: $0 start|stop" >&2; exit 2 ;;
+esac
