@@ -115,7 +115,7 @@ from embedray.losses.config import LossConfig  # noqa: E402
 from embedray.mining.config import CrossEncoderConfig, MiningConfig  # noqa: E402
 from embedray.mining.refresh_config import RefreshConfig  # noqa: E402
 from embedray.models.config import ModelConfig  # noqa: E402
-from embedray.training.config import ClusterConfig, DataConfig, TrainConfig  # noqa: E402
+from embedray.training.config import ClusterConfig, DataConfig, DistillConfig, TrainConfig  # noqa: E402
 
 
 @dataclass
@@ -130,8 +130,14 @@ class TrainJobConfig:
     mining: MiningConfig = field(default_factory=MiningConfig)
     cross_encoder: CrossEncoderConfig = field(default_factory=CrossEncoderConfig)
     refresh: RefreshConfig = field(default_factory=RefreshConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
 
     def __post_init__(self) -> None:
+        if self.loss.distilling and not self.distill.teacher:
+            raise ValueError("loss.distill_score / loss.distill_embed need distill.teacher (a model folder)")
+        if self.distill.score_source == "cross_encoder" and self.refresh.mode == "off":
+            raise ValueError("distill.score_source: cross_encoder needs cross-encoder-scored pools "
+                             "(refresh.mode: static, async or sync)")
         if self.refresh.mode != "off":
             if self.train.negatives == "none":
                 raise ValueError("refresh.mode is on but train.negatives is 'none': mined negatives "

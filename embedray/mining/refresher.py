@@ -154,7 +154,10 @@ def reader_hooks(store: PoolStore):
 
     def load(version: int):
         pool = store.load(version)
-        return {q: [d for d, _ in negs] for q, negs in pool.negatives.items()}, pool.meta
+        scores = {q: dict(pool.positive_scores.get(q, {})) for q in pool.negatives}
+        for q, negs in pool.negatives.items():
+            scores[q].update({d: s for d, s in negs if s is not None})
+        return {q: [d for d, _ in negs] for q, negs in pool.negatives.items()}, pool.meta, scores
 
     return Hooks(pool_version=store.latest_version, load_pool=load)
 

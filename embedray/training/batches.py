@@ -92,11 +92,14 @@ class NegativeSampler:
         self.doc_ids = list(doc_ids)
         self.positives, self.k, self.mode, self.seed = positives, num_negatives, mode, seed
         self.pool: dict[str, list[str]] = {}
+        self.scores: dict[str, dict[str, float]] = {}
         self.pool_version = 0
 
-    def set_pool(self, negatives: dict[str, list[str]], version: int) -> None:
-        """Switch to a newer pool (called at a step boundary)."""
-        self.pool, self.pool_version = negatives, version
+    def set_pool(self, negatives: dict[str, list[str]], version: int,
+                 scores: dict[str, dict[str, float]] | None = None) -> None:
+        """Switch to a newer pool (called at a step boundary); ``scores`` are its cross-encoder
+        scores by query and document (positives included), for distillation."""
+        self.pool, self.pool_version, self.scores = negatives, version, scores or {}
 
     def sample(self, ex: Example, index: int, slot: int) -> list[str]:
         if self.k == 0 or self.mode == "none":

@@ -129,3 +129,14 @@ class ClusterConfig:
             raise ValueError("cluster.cpus_per_worker must be > 0")
         if self.num_to_keep < 1:
             raise ValueError("cluster.num_to_keep must be >= 1")
+
+
+@dataclass
+class DistillConfig:
+    """Teacher signals for a student run (the loss terms are chosen in ``loss.distill_*``)."""
+
+    teacher: str | None = None
+    """The teacher bi-encoder (bundled name or folder); required when ``loss.distill_*`` is on."""
+    score_source: Literal["teacher", "cross_encoder"] = "teacher"
+    """Teacher scores over each query's candidates: the teacher bi-encoder's (cosine / temperature),
+    or the cross-encoder scores carried by the negative pool (needs ``train.negatives: pool``)."""

@@ -38,7 +38,7 @@ class Hooks:
     """
 
     pool_version: Callable[[], int] | None = None
-    load_pool: Callable[[int], tuple[dict[str, list[str]], dict]] | None = None
+    load_pool: Callable[[int], tuple[dict[str, list[str]], dict, dict]] | None = None
     snapshot_every: int = 0
     snapshot: Callable[[int, dict[str, torch.Tensor]], None] | None = None
     on_step: list[Callable[[int, RunLogger], None]] = field(default_factory=list)
@@ -101,6 +101,7 @@ def train(job, session, data: TrainingData, run_dir: Path, hooks: Hooks | None =
     """
     from embedray.losses import build_objective
     from embedray.models.encoder import BiEncoder
+    from embedray.training.distill import Teacher
     from embedray.training.gather import gather_fn_for_loss
 
     tc, hooks, rank0 = job.train, hooks or Hooks(), session.rank == 0
@@ -111,8 +112,10 @@ def train(job, session, data: TrainingData, run_dir: Path, hooks: Hooks | None =
 
     core = BiEncoder.from_config(job.model)
     model = session.prepare_model(core)
+    teacher = Teacher(job.distill.teacher, job.model, session.device) if job.loss.distilling else None
     gather = gather_fn_for_loss() if job.loss.gather_across_workers and session.world_size > 1 else None
-    loss_fn = build_objective(job.loss, gather_fn=gather, student_dim=core.embedding_dim)
+    loss_fn = build_objective(job.loss, gather_fn=gather, student_dim=core.embedding_dim,
+                              teacher_dim=teacher.dim if teacher else None)
     optimizer = torch.optim.AdamW(_param_groups(core, list(loss_fn.parameters()), tc.weight_decay), lr=tc.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(tc, tc.max_steps))
 
@@ -135,7 +138,8 @@ def train(job, session, data: TrainingData, run_dir: Path, hooks: Hooks | None =
         state.update(saved["trainer_state"]["state"])
         start_step = saved["trainer_state"]["step"]
         if hooks.load_pool and state["pool_version"]:  # the very pool the checkpoint trained on
-            sampler.set_pool(hooks.load_pool(state["pool_version"])[0], state["pool_version"])
+            negatives, _, scores = hooks.load_pool(state["pool_version"])
+            sampler.set_pool(negatives, state["pool_version"], scores)
     log = RunLogger(run_dir, start_step, enabled=rank0)
     if rank0:
         print(f"[embedray] {'resuming at step ' + str(start_step) if start_step else 'starting'}: "
@@ -165,7 +169,8 @@ def train(job, session, data: TrainingData, run_dir: Path, hooks: Hooks | None =
             negs = [sampler.sample(ex, index, slot) for slot, ex in enumerate(batch)]
             sync = micro == tc.grad_accum - 1 or not hasattr(model, "no_sync")
             with (contextlib.nullcontext() if sync else model.no_sync()), _autocast(tc.precision, session.device):
-                loss = _batch_loss(model, core, loss_fn, job, data, batch, negs, session.device)
+                loss = _batch_loss(model, core, loss_fn, job, data, batch, negs, session.device,
+                                   teacher, sampler.scores)
                 (loss / tc.grad_accum).backward()
             total += loss.item() / tc.grad_accum
         params = [p for g in optimizer.param_groups for p in g["params"]]
@@ -206,8 +211,9 @@ def train(job, session, data: TrainingData, run_dir: Path, hooks: Hooks | None =
     return summary
 
 
-def _batch_loss(model, core, loss_fn, job, data, batch, negs, device) -> torch.Tensor:
-    """Encode queries and all documents (positives + negatives in one forward pass), then the loss."""
+def _batch_loss(model, core, loss_fn, job, data, batch, negs, device, teacher=None, ce_scores=None) -> torch.Tensor:
+    """Encode queries and all documents (positives + negatives in one forward pass), then the loss
+    (plus the distillation terms when a teacher is given)."""
     from embedray.losses.infonce import ids_to_tensor
     q_texts = [job.model.query_prefix + data.queries[ex.query_id] for ex in batch]
     doc_ids = [ex.pos_id for ex in batch] + [d for n in negs for d in n]
@@ -221,15 +227,28 @@ def _batch_loss(model, core, loss_fn, job, data, batch, negs, device) -> torch.T
     pos_ids = ids_to_tensor(doc_ids[:b]).to(device)
     neg_ids = ids_to_tensor(doc_ids[b:]).view(b, n).to(device) if n else None
     q_ids = ids_to_tensor([ex.query_id for ex in batch]).to(device)
-    return loss_fn(q, d_pos, d_neg, q_ids=q_ids, pos_ids=pos_ids, neg_ids=neg_ids)
+    ids = {"q_ids": q_ids, "pos_ids": pos_ids, "neg_ids": neg_ids}
+    if teacher is None:
+        return loss_fn(q, d_pos, d_neg, **ids)
+    from embedray.training.distill import candidate_scores, pool_scores
+    tq = teacher.encode(q_texts, job.train.max_query_length)           # (B, D_t)
+    td = teacher.encode(d_texts, job.train.max_doc_length)             # (B + B*N, D_t)
+    if job.distill.score_source == "cross_encoder":
+        t_scores = pool_scores([ex.query_id for ex in batch], doc_ids[:b],
+                               [doc_ids[b + i * n: b + (i + 1) * n] for i in range(b)], ce_scores).to(device)
+    else:
+        t_scores = candidate_scores(tq, td, b, n, job.loss.temperature)  # (B, 1+N)
+    total, _parts = loss_fn(q, d_pos, d_neg, teacher_scores=t_scores,
+                            teacher_emb=torch.cat([tq, td[:b]]), **ids)
+    return total
 
 
 def _maybe_switch_pool(hooks, sampler, state, log, step, rank0) -> None:
     """Switch to the newest published pool at this step boundary (same version on every rank)."""
     version = broadcast_int(hooks.pool_version() if rank0 else 0)
     if version > sampler.pool_version:
-        negatives, meta = hooks.load_pool(version)
-        sampler.set_pool(negatives, version)
+        negatives, meta, scores = hooks.load_pool(version)
+        sampler.set_pool(negatives, version, scores)
         state["pool_version"] = version
         snap = meta.get("snapshot_step")
         log.event("pool", step, {"version": version, "queries": len(negatives),

@@ -1,0 +1,209 @@
+"""Serving benchmark: embedray (Ray Serve, token-budget dynamic batching) vs a plain
+sentence-transformers model behind a minimal FastAPI/uvicorn app, same model, same machine,
+same run.
+
+For each server in turn (the baseline first, then embedray; never both at once), a closed-loop
+load generator keeps ``c`` requests in flight (c = 1, 8, 32), each request embedding one text
+from a fixed, seeded mix of short and long texts, and records embeddings/s and the p50/p99
+request latency. It prints one table and the embedray/baseline ratios.
+
+    .venv/bin/python bench/serve.py                        # minilm-l6, ~2-3 min on 2 CPU cores
+    .venv/bin/python bench/serve.py --requests 200 --json out.json
+
+Target (issue 6): >= 1.5x the baseline's throughput at c=32 with a p99 no worse.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import httpx  # noqa: E402
+
+WORDS = ("package library daemon python gtk font kernel module music image viewer mail server client "
+         "network tool compress archive editor terminal database driver firmware graphics audio video "
+         "backup secure shell web proxy cache index search text document utility desktop").split()
+
+
+def make_texts(n: int, seed: int = 0) -> list[str]:
+    """Seeded texts of 4-60 words (mostly short, some long), like queries and package descriptions."""
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(WORDS) for _ in range(rng.choice([4, 6, 8, 12, 20, 40, 60]))) for _ in range(n)]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# -- the baseline server (run in a subprocess: `bench/serve.py --baseline-server PORT MODEL`) --------
+
+def run_baseline_server(port: int, model_dir: str) -> None:
+    """The minimal way to serve sentence-transformers: FastAPI + uvicorn, ``encode`` per request."""
+    import uvicorn
+    from fastapi import FastAPI
+    from pydantic import BaseModel
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(model_dir, device="cpu")
+    app = FastAPI()
+
+    class Req(BaseModel):
+        input: str | list[str]
+
+    @app.post("/v1/embeddings")
+    def embed(req: Req):  # sync: FastAPI runs it in its thread pool
+        texts = [req.input] if isinstance(req.input, str) else req.input
+        emb = model.encode(texts)
+        return {"object": "list", "data": [{"object": "embedding", "index": i, "embedding": e.tolist()}
+                                           for i, e in enumerate(emb)]}
+
+    @app.get("/health")
+    def health():
+        return {"status": "ok"}
+
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+
+
+# -- load generation -----------------------------------------------------------------------------
+
+async def load(url: str, texts: list[str], concurrency: int, n_requests: int) -> dict[str, float]:
+    """Closed loop: ``concurrency`` workers send ``n_requests`` single-text requests in total."""
+    latencies: list[float] = []
+    errors = 0
+    next_i = 0
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(timeout=120, limits=limits) as client:
+        async def worker():
+            nonlocal next_i, errors
+            while next_i < n_requests:
+                i = next_i
+                next_i += 1
+                t0 = time.perf_counter()
+                r = await client.post(url, json={"input": texts[i % len(texts)]})
+                latencies.append(time.perf_counter() - t0)
+                if r.status_code != 200 or not r.json()["data"]:
+                    errors += 1
+
+        start = time.perf_counter()
+        await asyncio.gather(*[worker() for _ in range(concurrency)])
+        wall = time.perf_counter() - start
+    latencies.sort()
+    return {"embeddings_per_s": len(latencies) / wall, "p50_ms": 1000 * statistics.median(latencies),
+            "p99_ms": 1000 * latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))],
+            "requests": len(latencies), "errors": errors, "wall_s": wall}
+
+
+def wait_healthy(url: str, timeout_s: float = 300) -> None:
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        try:
+            if httpx.get(url + "/health", timeout=5).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"{url} not healthy after {timeout_s}s")
+
+
+def measure(name: str, url: str, texts: list[str], levels: list[int], requests: dict[int, int],
+            warmup: int) -> dict[int, dict[str, float]]:
+    asyncio.run(load(url + "/v1/embeddings", texts, 8, warmup))
+    out = {}
+    for c in levels:
+        out[c] = asyncio.run(load(url + "/v1/embeddings", texts, c, requests[c]))
+        r = out[c]
+        print(f"  {name:9s} c={c:<3d} {r['embeddings_per_s']:8.1f} emb/s  p50 {r['p50_ms']:7.1f} ms  "
+              f"p99 {r['p99_ms']:7.1f} ms  ({r['requests']} req, {r['errors']} errors)", flush=True)
+    return out
+
+
+def bench_baseline(model_dir: str, texts, levels, requests, warmup) -> dict:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, __file__, "--baseline-server", str(port), model_dir])
+    try:
+        wait_healthy(f"http://127.0.0.1:{port}")
+        return measure("baseline", f"http://127.0.0.1:{port}", texts, levels, requests, warmup)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def bench_embedray(model_dir: str, texts, levels, requests, warmup, args) -> dict:
+    import ray
+    from ray import serve
+
+    from embedray.cluster.serve_app import start_serve
+    from embedray.serve.config import ServeConfig
+
+    port = free_port()
+    env = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    ray.init(address="local", num_cpus=2, include_dashboard=False, runtime_env={"env_vars": env},
+             log_to_driver=False)
+    try:
+        cfg = ServeConfig(model_dir, port=port, replicas=1, cpus_per_replica=1.0,
+                          max_batch_tokens=args.max_batch_tokens, batch_wait_timeout_s=args.batch_wait_s)
+        start_serve(cfg)
+        wait_healthy(f"http://127.0.0.1:{port}")
+        return measure("embedray", f"http://127.0.0.1:{port}", texts, levels, requests, warmup)
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+def main(argv: list[str] | None = None) -> int:
+    if argv is None and len(sys.argv) > 1 and sys.argv[1] == "--baseline-server":
+        run_baseline_server(int(sys.argv[2]), sys.argv[3])
+        return 0
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="minilm-l6", help="bundled name or folder (default: %(default)s)")
+    p.add_argument("--levels", default="1,8,32", help="concurrency levels (default: %(default)s)")
+    p.add_argument("--requests", type=int, default=400,
+                   help="requests per level at c>=8; c=1 sends a quarter (default: %(default)s)")
+    p.add_argument("--warmup", type=int, default=40, help="warm-up requests per server (default: %(default)s)")
+    p.add_argument("--max-batch-tokens", type=int, default=8192)
+    p.add_argument("--batch-wait-s", type=float, default=0.005)
+    p.add_argument("--json", type=Path, help="also write the results here")
+    args = p.parse_args(argv)
+
+    from embedray.models.bundled import resolve_model
+
+    model_dir = str(resolve_model(args.model))
+    levels = [int(c) for c in args.levels.split(",")]
+    requests = {c: max(20, args.requests // 4) if c == 1 else args.requests for c in levels}
+    texts = make_texts(512)
+    print(f"model {args.model} ({model_dir}); {os.cpu_count()} CPUs; one text per request", flush=True)
+    results = {"baseline": bench_baseline(model_dir, texts, levels, requests, args.warmup),
+               "embedray": bench_embedray(model_dir, texts, levels, requests, args.warmup, args)}
+    print("\n| concurrency | baseline emb/s | embedray emb/s | throughput ratio | baseline p50/p99 ms "
+          "| embedray p50/p99 ms | p99 ratio |")
+    print("|---|---|---|---|---|---|---|")
+    for c in levels:
+        b, e = results["baseline"][c], results["embedray"][c]
+        print(f"| {c} | {b['embeddings_per_s']:.1f} | {e['embeddings_per_s']:.1f} "
+              f"| {e['embeddings_per_s'] / b['embeddings_per_s']:.2f}x "
+              f"| {b['p50_ms']:.0f} / {b['p99_ms']:.0f} | {e['p50_ms']:.0f} / {e['p99_ms']:.0f} "
+              f"| {e['p99_ms'] / b['p99_ms']:.2f} |")
+    top = max(levels)
+    b, e = results["baseline"][top], results["embedray"][top]
+    ok = e["embeddings_per_s"] >= 1.5 * b["embeddings_per_s"] and e["p99_ms"] <= b["p99_ms"]
+    print(f"\ntarget at c={top} (>= 1.5x throughput, p99 no worse): {'met' if ok else 'NOT met'}")
+    if args.json:
+        args.json.write_text(json.dumps({"model": args.model, "results": results}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
