@@ -30,6 +30,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import httpx  # noqa: E402
+from pydantic import BaseModel  # noqa: E402
 
 WORDS = ("package library daemon python gtk font kernel module music image viewer mail server client "
          "network tool compress archive editor terminal database driver firmware graphics audio video "
@@ -48,23 +49,23 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+class BaselineRequest(BaseModel):
+    input: str | list[str]
+
+
 # -- the baseline server (run in a subprocess: `bench/serve.py --baseline-server PORT MODEL`) --------
 
 def run_baseline_server(port: int, model_dir: str) -> None:
     """The minimal way to serve sentence-transformers: FastAPI + uvicorn, ``encode`` per request."""
     import uvicorn
     from fastapi import FastAPI
-    from pydantic import BaseModel
     from sentence_transformers import SentenceTransformer
 
     model = SentenceTransformer(model_dir, device="cpu")
     app = FastAPI()
 
-    class Req(BaseModel):
-        input: str | list[str]
-
     @app.post("/v1/embeddings")
-    def embed(req: Req):  # sync: FastAPI runs it in its thread pool
+    def embed(req: BaselineRequest):  # sync: FastAPI runs it in its thread pool
         texts = [req.input] if isinstance(req.input, str) else req.input
         emb = model.encode(texts)
         return {"object": "list", "data": [{"object": "embedding", "index": i, "embedding": e.tolist()}
@@ -130,12 +131,15 @@ def measure(name: str, url: str, texts: list[str], levels: list[int], requests: 
     return out
 
 
-def bench_baseline(model_dir: str, texts, levels, requests, warmup) -> dict:
+def bench_baseline(model_dir: str, texts, levels, requests, warmup, threads: int | None = None) -> dict:
+    """The baseline with torch's default threads (all cores), or ``threads`` via OMP_NUM_THREADS."""
     port = free_port()
-    proc = subprocess.Popen([sys.executable, __file__, "--baseline-server", str(port), model_dir])
+    env = dict(os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {}))
+    proc = subprocess.Popen([sys.executable, __file__, "--baseline-server", str(port), model_dir], env=env)
     try:
         wait_healthy(f"http://127.0.0.1:{port}")
-        return measure("baseline", f"http://127.0.0.1:{port}", texts, levels, requests, warmup)
+        name = f"base-{threads}t" if threads else "baseline"
+        return measure(name, f"http://127.0.0.1:{port}", texts, levels, requests, warmup)
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -153,7 +157,9 @@ def bench_embedray(model_dir: str, texts, levels, requests, warmup, args) -> dic
     ray.init(address="local", num_cpus=2, include_dashboard=False, runtime_env={"env_vars": env},
              log_to_driver=False)
     try:
-        cfg = ServeConfig(model_dir, port=port, replicas=1, cpus_per_replica=1.0,
+        # Ray's convention: a replica gets as many torch threads as CPUs it reserves (1 here);
+        # the cores are used by running replicas side by side.
+        cfg = ServeConfig(model_dir, port=port, replicas=args.replicas, cpus_per_replica=args.cpus_per_replica,
                           max_batch_tokens=args.max_batch_tokens, batch_wait_timeout_s=args.batch_wait_s)
         start_serve(cfg)
         wait_healthy(f"http://127.0.0.1:{port}")
@@ -173,6 +179,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--requests", type=int, default=400,
                    help="requests per level at c>=8; c=1 sends a quarter (default: %(default)s)")
     p.add_argument("--warmup", type=int, default=40, help="warm-up requests per server (default: %(default)s)")
+    p.add_argument("--replicas", type=int, default=2, help="embedray model replicas (default: %(default)s)")
+    p.add_argument("--cpus-per-replica", type=float, default=0.9, help="(default: %(default)s)")
+    p.add_argument("--baseline-1t", action="store_true",
+                   help="also run the baseline with OMP_NUM_THREADS=1 (one torch thread)")
     p.add_argument("--max-batch-tokens", type=int, default=8192)
     p.add_argument("--batch-wait-s", type=float, default=0.005)
     p.add_argument("--json", type=Path, help="also write the results here")
@@ -184,18 +194,22 @@ def main(argv: list[str] | None = None) -> int:
     levels = [int(c) for c in args.levels.split(",")]
     requests = {c: max(20, args.requests // 4) if c == 1 else args.requests for c in levels}
     texts = make_texts(512)
-    print(f"model {args.model} ({model_dir}); {os.cpu_count()} CPUs; one text per request", flush=True)
-    results = {"baseline": bench_baseline(model_dir, texts, levels, requests, args.warmup),
-               "embedray": bench_embedray(model_dir, texts, levels, requests, args.warmup, args)}
-    print("\n| concurrency | baseline emb/s | embedray emb/s | throughput ratio | baseline p50/p99 ms "
-          "| embedray p50/p99 ms | p99 ratio |")
-    print("|---|---|---|---|---|---|---|")
-    for c in levels:
-        b, e = results["baseline"][c], results["embedray"][c]
-        print(f"| {c} | {b['embeddings_per_s']:.1f} | {e['embeddings_per_s']:.1f} "
-              f"| {e['embeddings_per_s'] / b['embeddings_per_s']:.2f}x "
-              f"| {b['p50_ms']:.0f} / {b['p99_ms']:.0f} | {e['p50_ms']:.0f} / {e['p99_ms']:.0f} "
-              f"| {e['p99_ms'] / b['p99_ms']:.2f} |")
+    print(f"model {args.model} ({model_dir}); {os.cpu_count()} CPUs; one text per request; "
+          f"load average {os.getloadavg()[0]:.1f}", flush=True)
+    results = {"baseline": bench_baseline(model_dir, texts, levels, requests, args.warmup)}
+    if args.baseline_1t:
+        results["base-1t"] = bench_baseline(model_dir, texts, levels, requests, args.warmup, threads=1)
+    results["embedray"] = bench_embedray(model_dir, texts, levels, requests, args.warmup, args)
+    for base in [k for k in results if k != "embedray"]:
+        print(f"\n| concurrency | {base} emb/s | embedray emb/s | throughput ratio | {base} p50/p99 ms "
+              "| embedray p50/p99 ms | p99 ratio |")
+        print("|---|---|---|---|---|---|---|")
+        for c in levels:
+            b, e = results[base][c], results["embedray"][c]
+            print(f"| {c} | {b['embeddings_per_s']:.1f} | {e['embeddings_per_s']:.1f} "
+                  f"| {e['embeddings_per_s'] / b['embeddings_per_s']:.2f}x "
+                  f"| {b['p50_ms']:.0f} / {b['p99_ms']:.0f} | {e['p50_ms']:.0f} / {e['p99_ms']:.0f} "
+                  f"| {e['p99_ms'] / b['p99_ms']:.2f} |")
     top = max(levels)
     b, e = results["baseline"][top], results["embedray"][top]
     ok = e["embeddings_per_s"] >= 1.5 * b["embeddings_per_s"] and e["p99_ms"] <= b["p99_ms"]

@@ -51,6 +51,8 @@ class EncoderActor:
             device = "cuda" if torch.cuda.is_available() and ray.get_gpu_ids() else "cpu"
         self.model = SentenceTransformer(model_dir, device=device, trust_remote_code=False,
                                          local_files_only=True)
+        if isinstance(state_dict, ray.ObjectRef):  # Ray Data pickles constructor kwargs as is
+            state_dict = ray.get(state_dict)
         if state_dict is not None:
             self.model.load_state_dict(state_dict)
         self.batch_size, self.prompt = batch_size, prompt

@@ -45,8 +45,9 @@ class _DropBatchSizeWarning(logging.Filter):
         return "is larger than `max_ongoing_requests`" not in record.getMessage()
 
 
-def _threads(cfg: ServeConfig) -> int:
-    return cfg.torch_threads or os.cpu_count() or 1
+def _threads(cfg: ServeConfig, cpus: float) -> int:
+    """Torch threads of a replica: as configured, else its Ray CPU reservation (at least 1)."""
+    return cfg.torch_threads or max(1, round(cpus))
 
 
 @serve.deployment
@@ -58,7 +59,8 @@ class Embedder:
 
         logging.getLogger("ray.serve").addFilter(_DropBatchSizeWarning())
         self.core = EmbedderCore(cfg.model_dir, corpus=cfg.corpus, index=cfg.index,
-                                 max_batch_tokens=cfg.max_batch_tokens, torch_threads=_threads(cfg))
+                                 max_batch_tokens=cfg.max_batch_tokens,
+                                 torch_threads=_threads(cfg, cfg.cpus_per_replica))
         self.encode_batch.set_max_batch_size(self.core.max_batch_tokens)
         self.encode_batch.set_batch_wait_timeout_s(cfg.batch_wait_timeout_s)
 
@@ -87,7 +89,7 @@ class Reranker:
     def __init__(self, cfg: ServeConfig):
         from embedray.serve.embedder import RerankerCore
 
-        self.core = RerankerCore(cfg.cross_encoder, torch_threads=_threads(cfg))
+        self.core = RerankerCore(cfg.cross_encoder, torch_threads=_threads(cfg, cfg.reranker_cpus))
 
     async def rerank(self, query: str, texts: list[str], truncate: bool) -> dict[str, Any]:
         return await asyncio.to_thread(rerank_or_report, self.core, query, texts, truncate)

@@ -31,7 +31,9 @@ class ServeConfig:
             Falls back to the ``EMBEDRAY_API_KEY`` environment variable.
         replicas: embedding-model replicas (each holds the model and the corpus index).
         cpus_per_replica: Ray CPUs reserved per model replica (fractional on small machines).
-        torch_threads: intra-op threads per model replica; 0 means all cores of the machine.
+        torch_threads: intra-op threads per model replica; 0 follows the replica's Ray CPU
+            reservation (at least 1), Ray's own OMP_NUM_THREADS convention. More threads than
+            reserved cores thrash badly when the machine is busy.
         max_ongoing_requests: batch parts one model replica accepts at once (they form batches).
         max_queued_requests: batch parts waiting for a replica before new ones get a 503.
             -1 means unlimited.
@@ -113,7 +115,7 @@ class ServeConfig:
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}: must be >= 0, got {getattr(self, name)}")
         if self.torch_threads < 0:
-            raise ValueError(f"torch_threads: must be >= 0 (0 = all cores), got {self.torch_threads}")
+            raise ValueError(f"torch_threads: must be >= 0 (0 = the Ray CPU reservation), got {self.torch_threads}")
 
     @property
     def binds_loopback(self) -> bool:

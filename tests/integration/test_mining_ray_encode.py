@@ -78,3 +78,22 @@ def test_ray_encoding_reads_a_beir_corpus_file(local_ray, tmp_path):
         [d.text_for_model for d in docs], normalize_embeddings=True)
     assert sorted(ids) == sorted(d.id for d in docs)
     np.testing.assert_allclose(np.stack([by_id[d.id] for d in docs]), want, atol=1e-5)
+
+
+def test_ray_encoding_with_a_weights_snapshot_from_the_object_store(local_ray, tmp_path):
+    """The refresher's path: base folder + a state_dict snapshot put in the object store."""
+    from sentence_transformers import SentenceTransformer
+
+    from embedray.cluster.encode import encode_corpus_ray
+    from embedray.mining.cache import state_dict_fingerprint
+    from embedray.models.bundled import resolve_model
+
+    other = SentenceTransformer(str(resolve_model("tiny-bert@1")), device="cpu")
+    snapshot = {k: v.clone() for k, v in other.state_dict().items()}
+    docs = _docs(24)
+    _, emb = encode_corpus_ray(docs, "tiny-bert", num_actors=1, state_dict=local_ray.put(snapshot),
+                               cache_dir=tmp_path)
+    want = other.encode_document([d.text_for_model for d in docs], normalize_embeddings=True)
+    np.testing.assert_allclose(emb, want, atol=1e-5)
+    # cached under the snapshot's fingerprint, not the base folder's
+    assert (tmp_path / "emb" / state_dict_fingerprint(snapshot)).is_dir()

@@ -1,0 +1,251 @@
+"""The end-to-end job: one ``ray job submit`` from data to a served-ready student and a report.
+
+Stages run in order and each leaves an artifact; re-submitting the same ``name`` skips the
+stages whose artifact exists and resumes the interrupted one (training from its checkpoint).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import shutil
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from embedray.cluster.pipeline_config import PipelineConfig
+from embedray.training.logs import write_json_atomic
+
+STAGES = ["prepare", "baseline", "teacher", "student", "evaluate", "export", "report"]
+
+
+def _say(msg: str) -> None:
+    print(f"[embedray pipeline] {msg}", flush=True)
+
+
+class Pipeline:
+    """Runs the stages of :class:`PipelineConfig` in ``output_dir/name``."""
+
+    def __init__(self, cfg: PipelineConfig):
+        self.cfg = cfg
+        self.run = Path(cfg.output_dir).expanduser().resolve() / cfg.name
+        self.run.mkdir(parents=True, exist_ok=True)
+        self.data_dir = Path(cfg.data.path).expanduser().resolve() if cfg.prepare.source == "beir" \
+            else self.run / "data"
+
+    # -- bookkeeping ---------------------------------------------------------------------
+    def _done(self, stage: str) -> Path:
+        return self.run / "stages" / f"{stage}.json"
+
+    def run_all(self) -> dict:
+        from embedray.config import to_dict
+        write_json_atomic(to_dict(self.cfg), self.run / "pipeline_config.json")
+        for stage in STAGES:
+            marker = self._done(stage)
+            if marker.exists():
+                _say(f"{stage}: done earlier, skipped ({marker})")
+                continue
+            t0 = time.perf_counter()
+            _say(f"{stage}: running")
+            result = getattr(self, f"stage_{stage}")() or {}
+            write_json_atomic({"stage": stage, "seconds": time.perf_counter() - t0, **result}, marker)
+            _say(f"{stage}: finished in {time.perf_counter() - t0:.0f} s")
+        return json.loads((self.run / "report.json").read_text())
+
+    # -- stages --------------------------------------------------------------------------
+    def stage_prepare(self) -> dict:
+        p = self.cfg.prepare
+        if p.source == "debian":
+            from embedray.data.debian import build_debian
+            stats = build_debian(self.data_dir, max_docs=p.debian_max_docs, max_queries=p.debian_max_queries)
+            return {"data": str(self.data_dir), "summary": stats.summary()}
+        if p.source == "flag":
+            return {"data": str(_flag_to_beir_folder(p, self.data_dir))}
+        from embedray.data.beir import load_beir
+        load_beir(self.data_dir, self.cfg.data.test_split, missing_docs="keep")  # validate early
+        return {"data": str(self.data_dir)}
+
+    def stage_baseline(self) -> dict:
+        rows = {"base student": self._evaluate_model(self._base_student()),
+                "base teacher": self._evaluate_model(self.cfg.teacher.name_or_path)}
+        write_json_atomic(rows, self.run / "baseline.json")
+        return rows
+
+    def stage_teacher(self) -> dict:
+        from embedray.cluster.train import run_training
+        return run_training(self._teacher_job())
+
+    def stage_student(self) -> dict:
+        from embedray.cluster.train import run_training
+        return run_training(self._student_job())
+
+    def stage_evaluate(self) -> dict:
+        from embedray.models.student import model_size
+        c = self.cfg
+        rows = json.loads((self.run / "baseline.json").read_text())
+        teacher = self.run / "teacher" / "final"
+        student = self.run / "student" / "final"
+        rows["trained teacher"] = self._evaluate_model(teacher)
+        ce = self.run / "teacher" / "cross-encoder"
+        if ce.exists():
+            rows["teacher + cross-encoder rerank"] = self._rerank_row(teacher, ce)
+        dims = c.student.matryoshka_dims or [None]
+        for dim in dims:
+            label = "distilled student" + (f" @{dim}" if dim and dim != dims[0] else "")
+            rows[label] = self._evaluate_model(student, truncate_dim=dim if dim != dims[0] else None)
+        for label, path in [("base teacher", c.teacher.name_or_path), ("trained teacher", teacher),
+                            ("base student", self._base_student())]:
+            rows[label]["size"] = model_size(path)
+        for label in rows:
+            if label.startswith("distilled student"):
+                rows[label]["size"] = model_size(student)
+        write_json_atomic(rows, self.run / "test_results.json")
+        return {"rows": list(rows)}
+
+    def stage_export(self) -> dict:
+        student = self.run / "student" / "final"
+        results = json.loads((self.run / "test_results.json").read_text())
+        staging = self.run / ".model.tmp"
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.copytree(student, staging)
+        meta_path = staging / "embedray.json"
+        meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+        meta.setdefault("metrics", {})["test"] = {k: v for k, v in results.items() if k.startswith("distilled")}
+        meta["data"] = {"path": str(self.data_dir), "test_split": self.cfg.data.test_split}
+        meta["teacher"] = str(self.run / "teacher" / "final")
+        meta_path.write_text(json.dumps(meta, indent=2))
+        target = self.run / "model"
+        if target.exists():
+            shutil.rmtree(target)
+        staging.rename(target)
+        return {"model": str(target)}
+
+    def stage_report(self) -> dict:
+        from embedray.eval.pipeline_report import write_report
+        return write_report(self.run, self.cfg)
+
+    # -- helpers -------------------------------------------------------------------------
+    def _base_student(self) -> str:
+        s = self.cfg.student
+        if s.keep_layers is None:
+            return s.model.name_or_path if s.model else self.cfg.teacher.name_or_path
+        from embedray.models.bundled import resolve_model
+        from embedray.models.student import layer_reduced_student
+        out = self.run / "base-student"
+        if not (out / "modules.json").exists():
+            layer_reduced_student(resolve_model(self.cfg.teacher.name_or_path), s.keep_layers, out)
+        return str(out)
+
+    def _test_data(self):
+        from embedray.data.beir import load_beir
+        if not hasattr(self, "_test"):
+            self._test = load_beir(self.data_dir, self.cfg.data.test_split, missing_docs="keep")
+        return self._test
+
+    def _evaluate_model(self, name_or_path, truncate_dim=None) -> dict:
+        from embedray.eval.retrieval import evaluate_retrieval, load_encoder
+        model = load_encoder(str(name_or_path))
+        res = evaluate_retrieval(model, self._test_data(), k=100, batch_size=self.cfg.eval.batch_size,
+                                 query_prefix=self.cfg.teacher.query_prefix, doc_prefix=self.cfg.teacher.doc_prefix,
+                                 show_progress=False, truncate_dim=truncate_dim)
+        dim = truncate_dim or model.get_sentence_embedding_dimension()
+        speed = self._encode_speed(model)
+        _say(f"  {Path(str(name_or_path)).name} (dim {dim}): nDCG@10 {res.metrics['ndcg@10']:.4f}, "
+             f"{speed:.0f} docs/s")
+        return {**res.metrics, "docs_per_s": speed, "dim": dim}
+
+    def _encode_speed(self, model, n: int = 512) -> float:
+        """Docs/s on the same first ``n`` test-corpus documents for every model, after a warm-up,
+        best of two passes (the eval's own timing includes loading and cold caches)."""
+        docs = [d.text_for_model for d in list(self._test_data().corpus.values())[:n]]
+        model.encode(docs[:32], batch_size=self.cfg.eval.batch_size)
+        best = float("inf")
+        for _ in range(2):
+            t0 = time.perf_counter()
+            model.encode(docs, batch_size=self.cfg.eval.batch_size)
+            best = min(best, time.perf_counter() - t0)
+        return len(docs) / best
+
+    def _rerank_row(self, teacher: Path, ce: Path) -> dict:
+        from embedray.eval.retrieval import evaluate_retrieval, load_encoder
+        from embedray.models.cross_encoder import evaluate_reranker
+        test = self._test_data()
+        first = evaluate_retrieval(load_encoder(str(teacher)), test, k=100, show_progress=False)
+        report = evaluate_reranker(str(ce), test, first.run, k=self.cfg.eval.rerank_depth)
+        return {**report["after"], "rerank_depth": self.cfg.eval.rerank_depth,
+                "before_rerank_ndcg@10": report["before"]["ndcg@10"]}
+
+    def _cluster(self, stage: str):
+        return replace(self.cfg.cluster, storage_path=str(self.run), run_name=stage)
+
+    def _data(self):
+        pairs = self.data_dir / "train_pairs.jsonl"
+        return replace(self.cfg.data, path=str(self.data_dir),
+                       train_pairs=str(pairs) if pairs.exists() else self.cfg.data.train_pairs)
+
+    def _teacher_job(self):
+        from embedray.config import TrainJobConfig
+        c = self.cfg
+        return TrainJobConfig(data=self._data(), model=copy.deepcopy(c.teacher), loss=copy.deepcopy(c.teacher_loss),
+                              train=copy.deepcopy(c.teacher_train), cluster=self._cluster("teacher"),
+                              mining=copy.deepcopy(c.mining), cross_encoder=copy.deepcopy(c.cross_encoder),
+                              refresh=copy.deepcopy(c.refresh))
+
+    def _student_job(self):
+        from embedray.config import TrainJobConfig
+        from embedray.models.config import ModelConfig
+        from embedray.models.student import layer_reduced_student
+        from embedray.training.config import DistillConfig
+        c, s = self.cfg, self.cfg.student
+        teacher = self.run / "teacher" / "final"
+        if s.keep_layers is not None:
+            init = self.run / "student-init"
+            if not (init / "modules.json").exists():
+                layer_reduced_student(teacher, s.keep_layers, init)
+            model = replace(c.teacher, name_or_path=str(init))
+        else:
+            model = copy.deepcopy(s.model) if s.model else ModelConfig()
+        loss = replace(s.loss, matryoshka_dims=s.matryoshka_dims)
+        uses_pool = s.score_source == "cross_encoder"
+        refresh = replace(c.refresh, mode="static", cross_encoder=str(teacher.parent / "cross-encoder")) \
+            if uses_pool else replace(c.refresh, mode="off")
+        train = copy.deepcopy(s.train)
+        if not uses_pool and train.negatives == "pool":
+            train.negatives = "random"
+        return TrainJobConfig(data=self._data(), model=model, loss=loss, train=train,
+                              cluster=self._cluster("student"), mining=copy.deepcopy(c.mining),
+                              cross_encoder=copy.deepcopy(c.cross_encoder), refresh=refresh,
+                              distill=DistillConfig(teacher=str(teacher), score_source=s.score_source))
+
+
+def _flag_to_beir_folder(p, out: Path) -> Path:
+    """FlagEmbedding JSONL (train/dev/test files) → one BEIR folder + train_pairs.jsonl."""
+    from embedray.data.beir import write_beir
+    from embedray.data.flag import flag_to_beir, iter_flag_jsonl
+    from embedray.data.jsonl import write_jsonl_atomic
+    corpus, queries, qrels = {}, {}, {}
+    for split, path in (("train", p.flag_train), ("dev", p.flag_dev), ("test", p.flag_test)):
+        if not path:
+            continue
+        docs, qs, judged = flag_to_beir(iter_flag_jsonl(path))
+        corpus.update({d.id: d for d in docs})
+        queries.update(dict(qs))
+        qrels[split] = judged
+    write_beir(out, corpus.values(), queries.items(), qrels)
+    write_jsonl_atomic(({"query_id": q, "pos_id": d} for q, docs in qrels["train"].items() for d in docs),
+                       out / "train_pairs.jsonl")
+    return out
+
+
+def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", help="pipeline recipe (jobs/configs/*.yaml)")
+    parser.add_argument("overrides", nargs="*", metavar="key.path=value", help="dotted overrides")
+
+
+def run_pipeline(args: argparse.Namespace) -> int:
+    from embedray.config import load_config
+    cfg = load_config(PipelineConfig, args.config, args.overrides)
+    report = Pipeline(cfg).run_all()
+    _say(f"report: {report['paths']['report_md']}")
+    _say(f"model:  {report['paths']['model']}   (embedray serve {report['paths']['model']})")
+    return 0

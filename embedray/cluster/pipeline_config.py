@@ -1,0 +1,83 @@
+"""Configuration of the end-to-end pipeline (``jobs/pipeline.py`` / ``embedray pipeline``)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from embedray.losses.config import LossConfig
+from embedray.mining.config import CrossEncoderConfig, MiningConfig
+from embedray.mining.refresh_config import RefreshConfig
+from embedray.models.config import ModelConfig
+from embedray.training.config import ClusterConfig, DataConfig, TrainConfig
+
+
+@dataclass
+class PrepareConfig:
+    """Where the data comes from; the prepare stage writes a BEIR folder into the run."""
+
+    source: Literal["debian", "beir", "flag"] = "debian"
+    """``debian``: build the built-in dataset; ``beir``: use ``data.path`` as is; ``flag``: convert
+    FlagEmbedding JSONL (``flag_train``, optional ``flag_dev`` / ``flag_test``) into BEIR."""
+    debian_max_docs: int | None = 1500
+    """Corpus size of the Debian build (None = all ~58k)."""
+    debian_max_queries: int | None = 1000
+    """Queries of the Debian build, split 80/10/10 (None = all)."""
+    flag_train: str | None = None
+    """FlagEmbedding JSONL for training (``source: flag``)."""
+    flag_dev: str | None = None
+    """FlagEmbedding JSONL held out for dev evaluation (``source: flag``)."""
+    flag_test: str | None = None
+    """FlagEmbedding JSONL held out for the report (``source: flag``)."""
+
+    def __post_init__(self) -> None:
+        if self.source == "flag" and not (self.flag_train and self.flag_test):
+            raise ValueError("prepare.source: flag needs prepare.flag_train and prepare.flag_test")
+
+
+@dataclass
+class StudentConfig:
+    """The small model distilled from the trained teacher."""
+
+    keep_layers: list[int] | int | None = 3
+    """Layer-reduced copy of the trained teacher (e.g. 3 of 6 layers); None = use ``model``."""
+    model: ModelConfig | None = None
+    """Any bundled/local model as the student instead of a layer-reduced teacher."""
+    matryoshka_dims: list[int] | None = field(default_factory=lambda: [384, 192, 96, 48])
+    """Dimensions trained and evaluated (the first must be the full size)."""
+    loss: LossConfig = field(default_factory=lambda: LossConfig(distill_score="kl", distill_embed=True))
+    """Task + distillation loss of the student (``matryoshka_dims`` above is applied to it)."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """Loop settings of the student run."""
+    score_source: Literal["teacher", "cross_encoder"] = "teacher"
+    """Teacher scores for score distillation: the trained teacher bi-encoder or the cross-encoder."""
+
+
+@dataclass
+class EvalStageConfig:
+    """The final evaluation."""
+
+    rerank_depth: int = 20
+    """Bi-encoder candidates per test query the cross-encoder reranks in the report."""
+    batch_size: int = 64
+    """Encoder batch size."""
+
+
+@dataclass
+class PipelineConfig:
+    """prepare → baseline → cross-encoder → teacher (refreshed negatives) → student → eval → export → report."""
+
+    name: str = "pipeline"
+    """Run name: the run folder is ``output_dir/name``; re-submitting it resumes."""
+    output_dir: str = "runs"
+    """Root folder of pipeline runs (shared storage on a cluster)."""
+    prepare: PrepareConfig = field(default_factory=PrepareConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    teacher: ModelConfig = field(default_factory=ModelConfig)
+    teacher_loss: LossConfig = field(default_factory=LossConfig)
+    teacher_train: TrainConfig = field(default_factory=TrainConfig)
+    mining: MiningConfig = field(default_factory=MiningConfig)
+    cross_encoder: CrossEncoderConfig = field(default_factory=CrossEncoderConfig)
+    refresh: RefreshConfig = field(default_factory=lambda: RefreshConfig(mode="async"))
+    student: StudentConfig = field(default_factory=StudentConfig)
+    eval: EvalStageConfig = field(default_factory=EvalStageConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)

@@ -1,0 +1,118 @@
+"""The pipeline's report: ``report.json`` + ``report.md`` + PNG plots, readable in ten seconds."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from embedray.training.logs import write_json_atomic
+
+
+def _checks(rows: dict) -> dict:
+    """The headline questions: did the student keep the teacher's quality at a fraction of the cost?"""
+    teacher, student = rows.get("trained teacher"), rows.get("distilled student")
+    out = {}
+    if teacher and student:
+        out["student_vs_teacher_ndcg"] = student["ndcg@10"] / max(teacher["ndcg@10"], 1e-9)
+        out["student_encode_speedup"] = student["docs_per_s"] / max(teacher["docs_per_s"], 1e-9)
+    dims = sorted((r["dim"], r) for k, r in rows.items() if k.startswith("distilled student"))
+    if len(dims) > 1 and student:
+        quarter = [r for d, r in dims if d <= student["dim"] // 4]
+        if quarter:
+            out["quarter_dim"] = quarter[-1]["dim"]
+            out["quarter_dim_vs_full_ndcg"] = quarter[-1]["ndcg@10"] / max(student["ndcg@10"], 1e-9)
+    base = rows.get("base student")
+    if base and student:
+        out["student_vs_base_student_ndcg"] = student["ndcg@10"] / max(base["ndcg@10"], 1e-9)
+    return out
+
+
+def _plots(run: Path, rows: dict) -> list[str]:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = run / "plots"
+    out.mkdir(exist_ok=True)
+    written = []
+    dims = sorted((r["dim"], r["ndcg@10"]) for k, r in rows.items() if k.startswith("distilled student"))
+    fig, ax = plt.subplots(1, 2, figsize=(11, 3.8))
+    if dims:
+        ax[0].plot([d for d, _ in dims], [v for _, v in dims], "o-", label="distilled student")
+        if "trained teacher" in rows:
+            ax[0].axhline(rows["trained teacher"]["ndcg@10"], color="grey", ls="--", label="trained teacher")
+        ax[0].set(xscale="log", xlabel="embedding dimensions", ylabel="test nDCG@10", title="quality vs dimension")
+        ax[0].legend(fontsize=8)
+    for label, r in rows.items():
+        if "docs_per_s" in r and "@" not in label:
+            ax[1].scatter(r["docs_per_s"], r["ndcg@10"])
+            ax[1].annotate(label, (r["docs_per_s"], r["ndcg@10"]), fontsize=7, xytext=(4, 2),
+                           textcoords="offset points")
+    ax[1].set(xlabel="encode speed (docs/s)", ylabel="test nDCG@10", title="quality vs speed")
+    fig.tight_layout()
+    fig.savefig(out / "quality.png", dpi=110)
+    plt.close(fig)
+    written.append("plots/quality.png")
+    for stage in ("teacher", "student"):
+        for name in ("training.png", "refresh.png"):
+            src = run / stage / "plots" / name
+            if src.exists():
+                dst = out / f"{stage}_{name}"
+                dst.write_bytes(src.read_bytes())
+                written.append(f"plots/{dst.name}")
+    return written
+
+
+def _table(rows: dict) -> str:
+    head = "| model | dim | nDCG@10 | Recall@100 | MRR@10 | docs/s | params |\n|---|---:|---:|---:|---:|---:|---:|"
+    lines = [head]
+    for label, r in rows.items():
+        params = r.get("size", {}).get("params")
+        lines.append(f"| {label} | {r.get('dim', '')} | {r['ndcg@10']:.4f} | {r.get('recall@100', float('nan')):.4f} "
+                     f"| {r['mrr@10']:.4f} | {r['docs_per_s']:.0f} | "
+                     f"{'' if params is None else f'{params / 1e6:.1f}M'} |" if "docs_per_s" in r else
+                     f"| {label} | | {r['ndcg@10']:.4f} | {r.get('recall@100', float('nan')):.4f} | {r['mrr@10']:.4f} "
+                     f"| (reranks top-{r.get('rerank_depth')}) | |")
+    return "\n".join(lines)
+
+
+def write_report(run: Path, cfg) -> dict:
+    """Write the report of a finished pipeline run and return its JSON."""
+    run = Path(run)
+    rows = json.loads((run / "test_results.json").read_text())
+    checks = _checks(rows)
+    extra = {}
+    for name in ("teacher/cross_encoder_dev.json", "teacher/training_summary_report.json",
+                 "student/training_summary_report.json"):
+        if (run / name).exists():
+            extra[name.split(".")[0]] = json.loads((run / name).read_text())
+    stages = {p.stem: json.loads(p.read_text()).get("seconds") for p in sorted((run / "stages").glob("*.json"))}
+    plots = _plots(run, rows)
+    report = {"name": cfg.name, "test_split": cfg.data.test_split, "rows": rows, "checks": checks,
+              "stage_seconds": stages, "details": extra,
+              "paths": {"run": str(run), "model": str(run / "model"), "report_md": str(run / "report.md"),
+                        "plots": plots}}
+    write_json_atomic(report, run / "report.json")
+    verdict = []
+    if "student_vs_teacher_ndcg" in checks:
+        verdict.append(f"- Distilled student keeps **{checks['student_vs_teacher_ndcg']:.1%}** of the trained "
+                       f"teacher's test nDCG@10 while encoding **{checks['student_encode_speedup']:.2f}×** faster.")
+    if "quarter_dim_vs_full_ndcg" in checks:
+        verdict.append(f"- At {checks['quarter_dim']} dims (¼) the student keeps "
+                       f"**{checks['quarter_dim_vs_full_ndcg']:.1%}** of its full-dimension nDCG@10.")
+    if "base teacher" in rows and "trained teacher" in rows:
+        verdict.append(f"- Teacher training: nDCG@10 {rows['base teacher']['ndcg@10']:.4f} → "
+                       f"{rows['trained teacher']['ndcg@10']:.4f}.")
+    ce = extra.get("teacher/cross_encoder_dev")
+    if ce:
+        verdict.append(f"- Cross-encoder reranking on dev: nDCG@10 {ce['before']['ndcg@10']:.4f} → "
+                       f"{ce['after']['ndcg@10']:.4f}.")
+    md = [f"# embedray report: {cfg.name}", "", *verdict, "",
+          f"## Test split ({cfg.data.test_split})", "", _table(rows), "",
+          "docs/s: corpus encoding speed on this machine, same batch size for every model.", "",
+          "## Plots", "", *[f"![{p}]({p})" for p in plots], "",
+          "## Stages (seconds)", "", *[f"- {k}: {v:.0f}" for k, v in stages.items() if v is not None], "",
+          f"Model: `{run / 'model'}` — `SentenceTransformer(path)` loads it; `embedray serve {run / 'model'}` serves it."]
+    tmp = run / ".report.md.tmp"
+    tmp.write_text("\n".join(md) + "\n")
+    tmp.replace(run / "report.md")
+    return {"report": str(run / "report.md"), "checks": checks}
