@@ -1,36 +1,28 @@
 #!/usr/bin/env bash
-# `make demo`: the built-in Debian dataset → baseline table (minilm-l6, mpnet-base) → a local
-# Ray head on 127.0.0.1 → `ray job submit` of a 2-worker training run → the trained model's table.
-# Sizes are set for a 2-core machine; override with DEMO_DOCS / DEMO_QUERIES / DEMO_STEPS.
+# `make demo`: a local Ray head on 127.0.0.1 (token auth) → `ray job submit` of the whole
+# pipeline on the built-in Debian dataset → the report's table and where the model is.
+# Re-running resumes (finished stages are skipped). DEMO_NAME / DEMO_OUT / DEMO_ARGS override.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-BIN=.venv/bin
-OUT=${DEMO_OUT:-$PWD/demo-out}
-DATA=$OUT/debian
-RUN_NAME=${DEMO_RUN_NAME:-demo-minilm}
+OUT=${DEMO_OUT:-$PWD/runs}
+NAME=${DEMO_NAME:-demo-cpu}
 mkdir -p "$OUT"
 
-echo "== 1/4 building the Debian dataset (${DEMO_DOCS:=1500} docs, ${DEMO_QUERIES:=1000} queries)"
-"$BIN/embedray" data debian "$DATA" --max-docs "$DEMO_DOCS" --max-queries "$DEMO_QUERIES"
-
-echo "== 2/4 baseline: bundled models on the test split"
-"$BIN/embedray" eval --model minilm-l6 --model mpnet-base --data "$DATA" --split test \
-  --output "$OUT/baseline.json"
-
-echo "== 3/4 training minilm-l6 on Ray Train (2 workers × 1 CPU) via ray job submit"
+echo "== starting a local Ray head on 127.0.0.1"
 scripts/ray-head.sh start >/dev/null
-trap 'scripts/ray-head.sh stop' EXIT INT TERM
+trap 'echo "== stopping the Ray head"; scripts/ray-head.sh stop' EXIT INT TERM
 # shellcheck disable=SC1091
 source .ray-head/env
-"$BIN/ray" job submit --working-dir . -- python jobs/train.py jobs/configs/train-debian-cpu.yaml \
-  "data.path=$DATA" "data.train_pairs=$DATA/train_pairs.jsonl" "cluster.storage_path=$OUT/runs" \
-  "cluster.run_name=$RUN_NAME" "train.max_steps=${DEMO_STEPS:=120}" train.eval_every=0 train.checkpoint_every=60
+echo "   $RAY_API_SERVER_ADDRESS (token auth on; token in ~/.ray/auth_token)"
 
-echo "== 4/4 trained model vs. its base on the test split"
-"$BIN/embedray" eval --model minilm-l6 --model "$OUT/runs/$RUN_NAME/final" --data "$DATA" --split test \
-  --output "$OUT/trained.json"
+echo "== ray job submit: jobs/pipeline.py jobs/configs/demo-cpu.yaml"
+.venv/bin/ray job submit --working-dir . -- python jobs/pipeline.py jobs/configs/demo-cpu.yaml \
+  "name=$NAME" "output_dir=$OUT" ${DEMO_ARGS:-}
+
+RUN="$OUT/$NAME"
 echo
-echo "trained model:   $OUT/runs/$RUN_NAME/final   (SentenceTransformer(path) loads it)"
-echo "training logs:   $OUT/runs/$RUN_NAME/detailed_training_logs.json, TensorBoard: $OUT/runs/$RUN_NAME/runs"
-echo "tables (JSON):   $OUT/baseline.json $OUT/trained.json"
+sed -n '/^- /p;/^| /p' "$RUN/report.md"
+echo
+echo "report: $RUN/report.md  (+ report.json, plots/)"
+echo "model:  $RUN/model  (SentenceTransformer(path) loads it)"

@@ -226,13 +226,23 @@ def launch_kwargs(host: str, port: int) -> dict[str, Any]:
             "show_error": False, "quiet": True}
 
 
-def serve_ui(api: str, base_api: str | None = None, api_key: str | None = None,
-             host: str = "127.0.0.1", port: int = 7860) -> int:
-    """Launch the demo and block until Ctrl-C / SIGTERM. Returns 0."""
+def start_ui(api: str, base_api: str | None = None, api_key: str | None = None,
+             host: str = "127.0.0.1", port: int = 7860):
+    """Launch the demo in a background thread; returns a function that stops it."""
+    import logging
+
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per API call otherwise
     demo = build_ui(api, base_api, api_key)
     demo.launch(prevent_thread_lock=True, **launch_kwargs(host, port))
     print(f"embedray UI at http://{host}:{port}  (API: {api}{', base: ' + base_api if base_api else ''})",
           flush=True)
+    return demo.close
+
+
+def serve_ui(api: str, base_api: str | None = None, api_key: str | None = None,
+             host: str = "127.0.0.1", port: int = 7860) -> int:
+    """Launch the demo and block until Ctrl-C / SIGTERM. Returns 0."""
+    stop_ui = start_ui(api, base_api, api_key, host, port)
     stop = threading.Event()
     previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -240,7 +250,7 @@ def serve_ui(api: str, base_api: str | None = None, api_key: str | None = None,
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
-        demo.close()
+        stop_ui()
     return 0
 
 

@@ -68,6 +68,8 @@ class Pipeline:
     def stage_baseline(self) -> dict:
         rows = {"base student": self._evaluate_model(self._base_student()),
                 "base teacher": self._evaluate_model(self.cfg.teacher.name_or_path)}
+        for name in self.cfg.eval.extra_models:
+            rows[f"{name} (untrained)"] = self._evaluate_model(name)
         write_json_atomic(rows, self.run / "baseline.json")
         return rows
 

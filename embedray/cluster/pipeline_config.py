@@ -60,6 +60,8 @@ class EvalStageConfig:
     """Bi-encoder candidates per test query the cross-encoder reranks in the report."""
     batch_size: int = 64
     """Encoder batch size."""
+    extra_models: list[str] = field(default_factory=list)
+    """More bundled/local models for the baseline rows (e.g. ``mpnet-base``)."""
 
 
 @dataclass

@@ -20,6 +20,7 @@ import logging
 import os
 import signal
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from ray import serve
@@ -171,19 +172,45 @@ def build_serve_app(cfg: ServeConfig):
                            ).bind(cfg, embedder, reranker)
 
 
-def start_serve(cfg: ServeConfig, name: str = APP_NAME, route_prefix: str = "/") -> None:
-    """``serve.start`` on ``cfg.host:cfg.port`` (if Serve is not running yet) and ``serve.run``."""
+BASE_APP_NAME = "embedray-base"
+BASE_PREFIX = "/base"
+
+
+def start_serve(cfg: ServeConfig, base: ServeConfig | None = None) -> dict[str, str]:
+    """``serve.start`` on ``cfg.host:cfg.port`` and run the app at ``/``; with ``base``, a second
+    model (e.g. the base model, for the UI's comparison) at ``/base`` on the same port.
+
+    Returns:
+        ``{"api": url, "base_api": url or None}``.
+    """
     warning = cfg.exposure_warning()
     if warning:
         log.warning(warning)
     serve.start(http_options={"host": cfg.host, "port": cfg.port})
-    serve.run(build_serve_app(cfg), name=name, route_prefix=route_prefix, blocking=False,
-              logging_config={"enable_access_log": cfg.access_log})
+    targets = [serve.RunTarget(build_serve_app(cfg), name=APP_NAME, route_prefix="/",
+                               logging_config={"enable_access_log": cfg.access_log})]
+    if base is not None:
+        targets.append(serve.RunTarget(build_serve_app(base), name=BASE_APP_NAME, route_prefix=BASE_PREFIX,
+                                       logging_config={"enable_access_log": base.access_log}))
+    serve.run_many(targets)
+    url = f"http://{cfg.host}:{cfg.port}"
+    return {"api": url, "base_api": url + BASE_PREFIX if base is not None else None}
 
 
-def serve_forever(cfg: ServeConfig) -> int:
-    """Start Ray (``RAY_ADDRESS`` or a local 127.0.0.1 instance), serve ``cfg``, block until
-    Ctrl-C / SIGTERM, then shut down what was started. Returns an exit code."""
+def serve_forever(cfg: ServeConfig, base: ServeConfig | None = None,
+                  on_ready: Callable[[dict[str, str]], Callable[[], None] | None] | None = None) -> int:
+    """Start Ray (``RAY_ADDRESS`` or a local 127.0.0.1 instance), serve ``cfg`` (and ``base`` at
+    ``/base``), block until Ctrl-C / SIGTERM, then shut down what was started.
+
+    Args:
+        cfg: the model to serve at ``/``.
+        base: optional second model served at ``/base``.
+        on_ready: called with the URLs once serving (e.g. to launch the UI); may return a
+            function that stops what it started.
+
+    Returns:
+        The exit code, 0.
+    """
     import ray
 
     from embedray.cluster.runtime import ensure_ray
@@ -192,12 +219,16 @@ def serve_forever(cfg: ServeConfig) -> int:
     ensure_ray()
     stop = threading.Event()
     previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
+    cleanup = None
     try:
-        start_serve(cfg)
-        url = f"http://{cfg.host}:{cfg.port}"
-        print(f"embedray serving {cfg.model_name} at {url}  (OpenAPI docs: {url}/docs)", flush=True)
+        urls = start_serve(cfg, base)
+        print(f"embedray serving {cfg.model_name} at {urls['api']}  (OpenAPI docs: {urls['api']}/docs)", flush=True)
+        if base is not None:
+            print(f"embedray serving {base.model_name} at {urls['base_api']}", flush=True)
         if cfg.api_key:
             print("API key required: send 'Authorization: Bearer <key>' (all routes but /health)", flush=True)
+        if on_ready is not None:
+            cleanup = on_ready(urls)
         print("Press Ctrl-C to stop.", flush=True)
         stop.wait()
         print("stopping…", flush=True)
@@ -205,11 +236,16 @@ def serve_forever(cfg: ServeConfig) -> int:
         for s, handler in previous.items():
             signal.signal(s, handler)
         try:
-            if own_ray:
-                serve.shutdown()
-            else:
-                serve.delete(APP_NAME)
+            if cleanup is not None:
+                cleanup()
         finally:
-            if own_ray:
-                ray.shutdown()
+            try:
+                if own_ray:
+                    serve.shutdown()
+                else:
+                    for name in [APP_NAME] + ([BASE_APP_NAME] if base is not None else []):
+                        serve.delete(name)
+            finally:
+                if own_ray:
+                    ray.shutdown()
     return 0

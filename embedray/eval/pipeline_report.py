@@ -70,7 +70,7 @@ def _table(rows: dict) -> str:
         lines.append(f"| {label} | {r.get('dim', '')} | {r['ndcg@10']:.4f} | {r.get('recall@100', float('nan')):.4f} "
                      f"| {r['mrr@10']:.4f} | {r['docs_per_s']:.0f} | "
                      f"{'' if params is None else f'{params / 1e6:.1f}M'} |" if "docs_per_s" in r else
-                     f"| {label} | | {r['ndcg@10']:.4f} | {r.get('recall@100', float('nan')):.4f} | {r['mrr@10']:.4f} "
+                     f"| {label} | | {r['ndcg@10']:.4f} | — | {r['mrr@10']:.4f} "
                      f"| (reranks top-{r.get('rerank_depth')}) | |")
     return "\n".join(lines)
 

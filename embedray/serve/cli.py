@@ -61,6 +61,13 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("model_dir", metavar="MODEL_DIR",
                         help="sentence-transformers folder, or a bundled model name (minilm-l6, tiny-bert, ...)")
+    parser.add_argument("--base-model", metavar="MODEL_DIR", default=None,
+                        help="also serve this model (e.g. the base model the student was distilled from) "
+                             "at /base on the same port, with the same corpus and limits, for the UI's "
+                             "side-by-side comparison")
+    parser.add_argument("--ui", action="store_true",
+                        help="also launch the Gradio demo on 127.0.0.1 (port --ui-port)")
+    parser.add_argument("--ui-port", type=int, default=7860, metavar="N", help="(default: %(default)s)")
     docs = _field_docs(ServeConfig)
     for f in fields(ServeConfig):
         if f.name in _SPECIAL:
@@ -85,15 +92,39 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
 
     values = {f.name: getattr(args, f.name) for f in fields(ServeConfig)
               if f.name not in _SPECIAL and hasattr(args, f.name)}
+    if values.get("model_name") is None:
+        values["model_name"] = _display_name(args.model_dir)
     return ServeConfig(model_dir=str(resolve_model(args.model_dir)), **values)
 
 
+def _display_name(model: str) -> str:
+    """A bundled model keeps its short name (its folder is called ``model``); a folder its name."""
+    from embedray.models.bundled import BUNDLED
+
+    return model if model in BUNDLED or model.startswith("tiny-bert@") else Path(model).expanduser().resolve().name
+
+
 def run_serve(args: argparse.Namespace) -> int:
-    """``embedray serve``: start Ray Serve with the model and block until Ctrl-C. Returns 0."""
+    """``embedray serve``: start Ray Serve with the model (and ``--base-model`` at ``/base``,
+    and the UI with ``--ui``), print the URLs and block until Ctrl-C. Returns 0."""
+    import dataclasses
+
+    from embedray.models.bundled import resolve_model
+
     cfg = config_from_args(args)
+    base = None
+    if getattr(args, "base_model", None):
+        base = dataclasses.replace(cfg, model_dir=str(resolve_model(args.base_model)),
+                                   model_name=_display_name(args.base_model), cross_encoder=None, replicas=1)
+    on_ready = None
+    if getattr(args, "ui", False):
+        def on_ready(urls: dict[str, str]):
+            ui = load_ui_module()
+            return ui.start_ui(urls["api"], urls["base_api"], cfg.api_key, "127.0.0.1", args.ui_port)
+
     from embedray.cluster.serve_app import serve_forever
 
-    return serve_forever(cfg)
+    return serve_forever(cfg, base=base, on_ready=on_ready)
 
 
 def add_ui_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:

@@ -29,7 +29,8 @@ class ServeConfig:
         port: HTTP port.
         api_key: if set, every route but ``/health`` needs ``Authorization: Bearer <key>``.
             Falls back to the ``EMBEDRAY_API_KEY`` environment variable.
-        replicas: embedding-model replicas (each holds the model and the corpus index).
+        replicas: embedding-model replicas (each holds the model and the corpus index); one per
+            core to use, e.g. 2 with ``cpus_per_replica`` 0.9 on a 2-core machine.
         cpus_per_replica: Ray CPUs reserved per model replica (fractional on small machines).
         torch_threads: intra-op threads per model replica; 0 follows the replica's Ray CPU
             reservation (at least 1), Ray's own OMP_NUM_THREADS convention. More threads than
@@ -59,7 +60,7 @@ class ServeConfig:
     port: int = 8000
     api_key: str | None = None
     replicas: int = 1
-    cpus_per_replica: float = 0.5
+    cpus_per_replica: float = 1.0
     torch_threads: int = 0
     max_ongoing_requests: int = 64
     max_queued_requests: int = 256

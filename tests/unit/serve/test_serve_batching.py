@@ -11,7 +11,7 @@ from embedray.serve.batching import Part, batch_tokens, padded_chunks, reassembl
 lengths_st = st.lists(st.integers(1, 64), min_size=0, max_size=80)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200, deadline=None, database=None)
 @given(lengths=lengths_st, budget=st.integers(64, 400))
 def test_split_covers_every_text_once_within_budget(lengths, budget):
     texts = [f"t{i}" for i in range(len(lengths))]
@@ -42,16 +42,28 @@ def test_split_rejects_a_text_longer_than_the_budget():
         split_by_token_budget(["a"], [1, 2], budget=10)
 
 
-@settings(max_examples=200, deadline=None)
-@given(lengths=lengths_st, budget=st.integers(1, 300))
-def test_padded_chunks_sorted_and_within_padded_budget(lengths, budget):
-    chunks = padded_chunks(lengths, budget)
+@settings(max_examples=200, deadline=None, database=None)
+@given(lengths=lengths_st, budget=st.integers(1, 300), overhead=st.integers(0, 100))
+def test_padded_chunks_sorted_within_budget_and_little_padding(lengths, budget, overhead):
+    chunks = padded_chunks(lengths, budget, overhead)
     assert sorted(i for c in chunks for i in c) == list(range(len(lengths)))
     flat = [lengths[i] for c in chunks for i in c]
     assert flat == sorted(flat)  # length-sorted across the batch
     for c in chunks:
-        padded = len(c) * max(lengths[i] for i in c)
-        assert padded <= budget or len(c) == 1
+        ls = [lengths[i] for i in c]
+        assert len(c) * max(ls) <= budget or len(c) == 1
+        for k in range(1, len(ls)):  # each row, when added, padded the earlier ones by <= overhead
+            assert k * (ls[k] - ls[k - 1]) <= overhead
+    for a, b in zip(chunks, chunks[1:]):  # and every cut was needed
+        la, first = [lengths[i] for i in a], lengths[b[0]]
+        assert (len(a) + 1) * first > budget or len(a) * (first - la[-1]) > overhead
+
+
+def test_padded_chunks_keeps_short_texts_apart_from_long_ones():
+    lengths = [8] * 31 + [200]
+    chunks = padded_chunks(lengths, budget=8192)
+    assert [len(c) for c in chunks] == [31, 1]
+    assert padded_chunks([10, 12, 14, 15], budget=8192) == [[0, 1, 2, 3]]
 
 
 def test_batch_tokens_sums_parts():

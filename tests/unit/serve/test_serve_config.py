@@ -74,7 +74,10 @@ def test_serve_flags_build_the_config(tiny_model, corpus_file, monkeypatch):
     assert cfg.model_dir == str(tiny_model)
     assert (cfg.port, cfg.replicas, cfg.max_batch_tokens, cfg.cpus_per_replica) == (8123, 2, 4096, 0.25)
     assert cfg.corpus == str(corpus_file.resolve()) and cfg.access_log is True
-    assert cfg.host == "127.0.0.1" and cfg.api_key is None
+    assert cfg.host == "127.0.0.1" and cfg.api_key is None and cfg.model_name == "tiny-bert"
+    named = config_from_args(parser.parse_args([str(tiny_model), "--model-name", "student"]))
+    assert named.model_name == "student"
+    assert config_from_args(parser.parse_args([str(tiny_model)])).model_name == tiny_model.name
     help_text = parser.format_help()
     assert "--max-queued-requests" in help_text and "token budget" in help_text
 

@@ -1,0 +1,64 @@
+"""The pipeline as a user submits it: `ray job submit` to a real local Ray head on 127.0.0.1."""
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def ray_head(tmp_path_factory):
+    state = tmp_path_factory.mktemp("ray-head")
+    # Ray's socket paths must stay under ~107 characters: a short temp root, not pytest's
+    short = tempfile.mkdtemp(prefix="er-", dir="/tmp")
+    env = {**os.environ, "EMBEDRAY_RAY_STATE": str(state), "EMBEDRAY_RAY_TMP": short}
+    subprocess.run(["scripts/ray-head.sh", "start"], cwd=REPO, env=env, check=True, capture_output=True)
+    exports = (state / "env").read_text().split()[1:]
+    env.update(dict(kv.split("=", 1) for kv in exports))
+    yield env
+    subprocess.run(["scripts/ray-head.sh", "stop"], cwd=REPO, env=env, check=False)
+    shutil.rmtree(short, ignore_errors=True)
+
+
+def _submit(env, *args):
+    cmd = [str(REPO / ".venv/bin/ray"), "job", "submit", "--working-dir", ".", "--",
+           "python", "jobs/pipeline.py", "jobs/configs/tiny-test.yaml", *args]
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+
+
+def test_pipeline_artifacts_and_resume_after_kill(ray_head, topic_beir, tmp_path):
+    common = [f"data.path={topic_beir}", f"output_dir={tmp_path}"]
+    # 1) the job dies mid-teacher (a worker killed, no retries left): the submission fails
+    first = _submit(ray_head, *common, "teacher_train.debug_kill_at_step=6", "cluster.max_failures=0")
+    assert first.returncode != 0, first.stdout[-2000:]
+    run = tmp_path / "tiny"
+    assert (run / "stages" / "baseline.json").exists() and not (run / "stages" / "teacher.json").exists()
+    assert (run / "teacher" / "checkpoint-000004" / "manifest.json").exists()
+
+    # 2) re-submitting the same name skips finished stages and resumes the teacher at step 4
+    second = _submit(ray_head, *common)
+    assert second.returncode == 0, second.stdout[-3000:]
+    assert "prepare: done earlier, skipped" in second.stdout
+    assert "baseline: done earlier, skipped" in second.stdout
+    teacher = json.loads((run / "teacher" / "training_summary_report.json").read_text())
+    assert teacher["steps"] == 8 and teacher["steps_this_session"] == 4
+
+    for artifact in ["report.md", "report.json", "plots/quality.png", "model/modules.json",
+                     "model/embedray.json", "teacher/final/modules.json", "teacher/cross-encoder/config.json",
+                     "teacher/pools/LATEST", "teacher/indexes/LATEST", "student/final/modules.json",
+                     "test_results.json", "baseline.json"]:
+        assert (run / artifact).exists(), artifact
+    report = json.loads((run / "report.json").read_text())
+    rows = report["rows"]
+    assert {"base student", "base teacher", "trained teacher", "teacher + cross-encoder rerank",
+            "distilled student", "distilled student @16", "distilled student @8"} <= set(rows)
+    meta = json.loads((run / "model" / "embedray.json").read_text())
+    assert meta["matryoshka_dims"][:3] == [32, 16, 8] and "test" in meta["metrics"]
+    from sentence_transformers import SentenceTransformer
+    assert SentenceTransformer(str(run / "model")).encode(["hello"]).shape == (1, 32)
