@@ -44,6 +44,10 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+# A high learning rate: the bench's cross-encoder gets only ~40 steps, and at 2e-5..5e-5 a fresh
+# head barely leaves 0.5 (every margin then drops every negative).
+CE_LR = 2e-4
+
 
 def _load_data(a):
     from embedray.data.beir import load_beir
@@ -103,7 +107,7 @@ def _bench_cross_encoder(path: Path, data, a) -> Path:
     from embedray.models.cross_encoder import pairs_from_data, train_cross_encoder
 
     key = hashlib.sha1(f"{path}|{data.split}|{sorted(data.qrels)}|{len(data.corpus)}|"
-                       f"{a.ce_train_steps}|{a.ce_max_length}".encode()).hexdigest()[:12]
+                       f"{a.ce_train_steps}|{a.ce_max_length}|{CE_LR}".encode()).hexdigest()[:12]
     out = cache_dir() / "bench" / f"cross-encoder-{key}"
     if (out / "embedray.json").is_file():
         return out
@@ -111,7 +115,7 @@ def _bench_cross_encoder(path: Path, data, a) -> Path:
     ids = sorted(data.corpus)
     negatives = {q: [d for d in rng.sample(ids, 4) if d not in docs][:3] for q, docs in data.qrels.items()}
     cfg = CrossEncoderConfig(base_model="minilm-l6", max_steps=a.ce_train_steps, batch_size=16,
-                             learning_rate=5e-5, negatives_per_query=3, max_length=a.ce_max_length)
+                             learning_rate=CE_LR, negatives_per_query=3, max_length=a.ce_max_length)
     t = time.perf_counter()
     train_cross_encoder(pairs_from_data(data), data.corpus, negatives, cfg, out)
     print(f"trained the bench cross-encoder in {time.perf_counter() - t:.0f} s (not timed below)",

@@ -76,10 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("serve", "embedray.serve.cli", "serve a model over HTTP (OpenAI /v1/embeddings, /search, /rerank)"),
         ("ui", "embedray.serve.cli", "the Gradio search demo (talks HTTP to 'embedray serve')"),
     ]:
-        try:
-            mod = __import__(module, fromlist=["_"])
-        except ImportError:
-            continue
+        mod = __import__(module, fromlist=["_"])
         p = sub.add_parser(name, help=helptext, description=helptext)
         getattr(mod, f"add_{name}_arguments")(p)
         p.set_defaults(func=getattr(mod, f"run_{name}"))

@@ -29,7 +29,7 @@ from ray.serve.handle import DeploymentHandle
 
 from embedray.serve.app import build_app
 from embedray.serve.backend import Encoded, rerank_or_report
-from embedray.serve.batching import Part, batch_tokens
+from embedray.serve.batching import ModelRunQueue, Part, batch_tokens
 from embedray.serve.config import ServeConfig
 from embedray.serve.corpus import Hit
 from embedray.serve.errors import ApiError
@@ -64,12 +64,14 @@ class Embedder:
                                  torch_threads=_threads(cfg, cfg.cpus_per_replica))
         self.encode_batch.set_max_batch_size(self.core.max_batch_tokens)
         self.encode_batch.set_batch_wait_timeout_s(cfg.batch_wait_timeout_s)
+        self.runs = ModelRunQueue(self.core.encode_parts, self.core.max_batch_tokens)
 
-    @serve.batch(max_batch_size=8192, batch_wait_timeout_s=0.005, batch_size_fn=batch_tokens)
+    # Batches are handed to a ModelRunQueue, which runs the model one merged batch at a time
+    # in a worker thread; hence many concurrent batches here (see ModelRunQueue for why).
+    @serve.batch(max_batch_size=8192, batch_wait_timeout_s=0.005, batch_size_fn=batch_tokens,
+                 max_concurrent_batches=64)
     async def encode_batch(self, parts: list[Part]) -> list[Encoded]:
-        # A worker thread keeps the replica's event loop free to queue the next batch meanwhile.
-        rows = await asyncio.to_thread(self.core.encode_parts, parts)
-        stats = {"texts": sum(len(p.texts) for p in parts), "tokens": batch_tokens(parts)}
+        rows, stats = await self.runs.submit(parts)
         return [Encoded(r, stats if i == 0 else None) for i, r in enumerate(rows)]
 
     async def embed_part(self, part: Part) -> Encoded:

@@ -50,8 +50,8 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
                         help="text prepended to every document, e.g. 'passage: ' (default: none)")
     parser.add_argument("--ignore-identical-ids", choices=("auto", "on", "off"),
                         default=d.ignore_identical_ids,
-                        help="drop a query's own id from its ranking; auto = when every query id "
-                             "is also a corpus id, as in ArguAna (default: %(default)s)")
+                        help="drop a query's own id from its ranking; auto = when at least half "
+                             "of the query ids are corpus ids, as in ArguAna (default: %(default)s)")
     parser.add_argument("--missing-docs", choices=("keep", "skip", "raise"), default=d.missing_docs,
                         help="judgements naming documents absent from the corpus: keep them as "
                              "relevant-but-unretrievable like BEIR/MTEB, skip them (counted) or "

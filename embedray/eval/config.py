@@ -19,8 +19,9 @@ class EvalConfig:
             all-MiniLM-L6-v2, which published figures use).
         query_prefix: prepended to every query (``"query: "`` for E5-style models).
         doc_prefix: prepended to every document.
-        ignore_identical_ids: drop a query's own id from its ranking: ``auto`` (on when every query
-            id is a corpus id, as in ArguAna), ``on`` or ``off``.
+        ignore_identical_ids: drop a query's own id from its ranking: ``auto`` (on when at least half
+            of the split's query ids are corpus ids: queries are documents, as in ArguAna, where
+            1,298 of 1,406 are), ``on`` or ``off``.
         missing_docs: judgements naming documents absent from the corpus: ``keep`` them as
             relevant-but-unretrievable (BEIR/MTEB convention), ``skip`` them (counted), or ``raise``.
         truncate_dim: evaluate the first N embedding dimensions only (Matryoshka); ``None`` = all.

@@ -48,6 +48,17 @@ class NegativePool:
         """The negative doc ids of one query (empty if it has none)."""
         return [d for d, _ in self.negatives.get(query_id, [])]
 
+    def overlap(self, previous: "NegativePool") -> float:
+        """Fraction of this pool's negatives that ``previous`` also had for the same query.
+
+        1.0 means a refresh changed nothing; queries absent from ``previous`` count as new.
+        """
+        total = self.num_negatives
+        if not total:
+            return 1.0
+        same = sum(len(set(self.negative_ids(q)) & set(previous.negative_ids(q))) for q in self.negatives)
+        return same / total
+
     def to_dict(self) -> dict:
         """JSON-ready form (tuples become 2-lists)."""
         return {"format": POOL_FORMAT, "version": self.version,

@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from embedray.serve.batching import Part
+from embedray.serve.batching import ModelRunQueue, Part
 from embedray.serve.corpus import Hit
 
 
@@ -58,11 +58,13 @@ def rerank_or_report(core, query: str, texts: list[str], truncate: bool) -> dict
 
 
 class LocalBackend:
-    """In-process backend: an ``EmbedderCore`` (and optional ``RerankerCore``), no batching across
-    requests. Calls run in a worker thread, one at a time."""
+    """In-process backend: an ``EmbedderCore`` (and optional ``RerankerCore``). Parts that arrive
+    while the model is busy are merged into its next run (:class:`ModelRunQueue`); the model
+    runs in a worker thread, one run at a time."""
 
     def __init__(self, embedder, reranker=None, reranker_name: str | None = None):
         self.embedder, self.reranker, self.reranker_name = embedder, reranker, reranker_name
+        self.runs = ModelRunQueue(embedder.encode_parts, embedder.max_batch_tokens)
         self._lock = asyncio.Lock()
 
     async def describe(self) -> dict[str, Any]:
@@ -72,9 +74,8 @@ class LocalBackend:
         return info
 
     async def embed_part(self, part: Part) -> Encoded:
-        async with self._lock:
-            (rows,) = await asyncio.to_thread(self.embedder.encode_parts, [part])
-        return Encoded(rows, {"texts": len(part.texts), "tokens": part.tokens})
+        (rows,), stats = await self.runs.submit([part])
+        return Encoded(rows, stats)
 
     async def search(self, part: Part, k: int) -> tuple[list[Hit], Encoded]:
         enc = await self.embed_part(part)

@@ -9,13 +9,16 @@ part no library does for us (TEI and infinity do it in Rust / their own queue):
   (infinity #517);
 * :func:`padded_chunks` sorts the texts of one batch by length and cuts them into forward
   passes whose *padded* size (rows x longest row) fits the budget and wastes little on padding;
-* :func:`reassemble` puts the parts' results back in request order.
+* :func:`reassemble` puts the parts' results back in request order;
+* :class:`ModelRunQueue` merges batches that wait for the model into one run.
 
 Everything here is plain Python, testable without Ray or a model.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -141,3 +144,60 @@ def reassemble(parts: Sequence[Part], results: Sequence[Any], n: int) -> np.ndar
     if filled != n:
         raise ValueError(f"parts cover {filled} texts, expected {n}")
     return out
+
+
+class ModelRunQueue:
+    """Runs the model on batches of parts one run at a time, merging the batches that queue up.
+
+    ``@serve.batch`` closes a batch on its timer (``batch_wait_timeout_s``), not when the model
+    becomes free: while one forward pass runs for 100 ms, it keeps forming 5 ms batches of one
+    or two texts that then wait their turn. Submitting every batch here instead (with
+    ``max_concurrent_batches`` > 1) lets the next run take everything that has queued up, up to
+    ``max_tokens``: at low load a request waits only the batch timer, under load the model runs
+    full batches.
+
+    Args:
+        fn: ``fn(parts) -> list of per-part results``; called in a worker thread.
+        max_tokens: most tokens merged into one run (a single larger batch still runs alone).
+    """
+
+    def __init__(self, fn: Callable[[list[Part]], list[Any]], max_tokens: int):
+        self.fn, self.max_tokens = fn, max_tokens
+        self._queue: deque[tuple[list[Part], asyncio.Future]] = deque()
+        self._worker: asyncio.Task | None = None
+
+    async def submit(self, parts: list[Part]) -> tuple[list[Any], dict[str, int] | None]:
+        """Run ``parts`` (in a merged run); returns their results and, for exactly one submitter
+        of each run, the run's size ``{"texts", "tokens"}`` (``None`` for the others)."""
+        future = asyncio.get_running_loop().create_future()
+        self._queue.append((list(parts), future))
+        if self._worker is None or self._worker.done():
+            self._worker = asyncio.create_task(self._drain())
+        return await future
+
+    async def _drain(self) -> None:
+        while self._queue:
+            taken, tokens = [], 0
+            while self._queue and (not taken or tokens + batch_tokens(self._queue[0][0]) <= self.max_tokens):
+                parts, future = self._queue.popleft()
+                if future.done():  # the caller went away
+                    continue
+                taken.append((parts, future))
+                tokens += batch_tokens(parts)
+            if not taken:
+                continue
+            merged = [p for parts, _ in taken for p in parts]
+            try:
+                results = await asyncio.to_thread(self.fn, merged)
+            except Exception as e:  # every caller of this run gets the error
+                for _, future in taken:
+                    if not future.done():
+                        future.set_exception(e)
+                continue
+            stats = {"texts": sum(len(p.texts) for p in merged), "tokens": tokens}
+            start = 0
+            for parts, future in taken:
+                if not future.done():
+                    future.set_result((results[start:start + len(parts)], stats))
+                    stats = None  # reported once per run
+                start += len(parts)

@@ -29,9 +29,11 @@ ROUTES = {  # route -> a valid body, to mutate
 REQUIRED = {"/v1/embeddings": ["input"], "/search": ["query"], "/rerank": ["query", "texts"]}
 route_st = st.sampled_from(sorted(ROUTES))
 
-json_leaf = st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=False) | st.text(max_size=20)
-json_value = st.recursive(json_leaf, lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=8), c, max_size=4),
-                          max_leaves=12)
+json_leaf = (st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=False)
+             | st.text(max_size=20))
+json_value = st.recursive(
+    json_leaf, lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=8), c, max_size=4),
+    max_leaves=12)
 not_a_string = json_value.filter(lambda v: not isinstance(v, str))
 not_text_list = json_value.filter(lambda v: not isinstance(v, str)
                                   and not (isinstance(v, list) and v and all(isinstance(x, str) for x in v)))
@@ -140,7 +142,8 @@ def test_non_json_bytes(client, route, raw):
 
 
 @FUZZ
-@given(route=route_st, text=st.text(max_size=30), bad=st.sampled_from([b"\xff", b"\xc3\x28", b"\xed\xa0\x80", b"\x80abc"]))
+@given(route=route_st, text=st.text(max_size=30),
+       bad=st.sampled_from([b"\xff", b"\xc3\x28", b"\xed\xa0\x80", b"\x80abc"]))
 def test_invalid_utf8(client, route, text, bad):
     field = REQUIRED[route][0]
     raw = b'{"' + field.encode() + b'": "' + json.dumps(text)[1:-1].encode() + bad + b'"}'
@@ -148,7 +151,8 @@ def test_invalid_utf8(client, route, text, bad):
 
 
 @FUZZ
-@given(route=route_st, surrogate=st.text(st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF), min_size=1, max_size=3),
+@given(route=route_st,
+       surrogate=st.text(st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF), min_size=1, max_size=3),
        where=st.sampled_from(["text", "key", "model"]))
 def test_lone_surrogates(client, route, surrogate, where):
     body = dict(ROUTES[route])

@@ -130,6 +130,11 @@ def test_ignore_identical_ids(self_match_dir):
 def test_auto_is_off_when_queries_are_not_documents(beir_dir):
     data = load_beir(beir_dir, "test")
     assert resolve_ignore_identical("auto", list(data.qrels), data.corpus) is False
+    corpus = {"a", "b", "c", "x"}
+    assert resolve_ignore_identical("auto", ["a", "b", "c", "q"], corpus) is True  # mostly shared
+    assert resolve_ignore_identical("auto", ["a", "q", "r", "s"], corpus) is False  # coincidence
+    assert resolve_ignore_identical("on", ["q"], corpus) is True
+    assert resolve_ignore_identical("off", ["a"], corpus) is False
 
 
 def test_corpus_embeddings_and_truncate_dim(beir_dir):

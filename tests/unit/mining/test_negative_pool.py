@@ -48,3 +48,11 @@ def test_counts():
     pool = _pool()
     assert len(pool) == 2 and pool.num_negatives == 2
     assert pool.negative_ids("q1") == ["d2", "d3"] and pool.negative_ids("nope") == []
+
+
+def test_overlap_with_the_previous_pool():
+    prev = _pool()
+    new = _pool(negatives={"q1": [("d2", 0.1), ("d9", 0.2)], "q2": [("d4", None)]})
+    assert new.overlap(prev) == 1 / 3
+    assert prev.overlap(prev) == 1.0
+    assert NegativePool(0, {}).overlap(prev) == 1.0

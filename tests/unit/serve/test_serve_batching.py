@@ -1,12 +1,17 @@
 """Token-budget splitting, length-sorted chunks and reassembly (no model, no Ray)."""
 from __future__ import annotations
 
+import asyncio
+import threading
+import time
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from embedray.serve.batching import Part, batch_tokens, padded_chunks, reassemble, split_by_token_budget
+from embedray.serve.batching import (ModelRunQueue, Part, batch_tokens, padded_chunks, reassemble,
+                                     split_by_token_budget)
 
 lengths_st = st.lists(st.integers(1, 64), min_size=0, max_size=80)
 
@@ -86,3 +91,55 @@ def test_reassemble_checks_row_counts():
         reassemble(parts, [np.zeros((1, 4))], 2)
     with pytest.raises(ValueError, match="cover 2 texts, expected 3"):
         reassemble(parts, [np.zeros((2, 4))], 3)
+
+
+def _part(name: str, tokens: int = 10) -> Part:
+    return Part([name], [tokens], [0])
+
+
+def test_model_run_queue_merges_batches_that_wait():
+    runs: list[list[str]] = []
+    gate = threading.Event()
+
+    def fn(parts):
+        runs.append([p.texts[0] for p in parts])
+        if len(runs) == 1:
+            gate.wait(5)  # the first run is slow: the next submissions queue up meanwhile
+        return [p.texts[0].upper() for p in parts]
+
+    async def main():
+        q = ModelRunQueue(fn, max_tokens=1000)
+        first = asyncio.create_task(q.submit([_part("a")]))
+        await asyncio.sleep(0.05)
+        rest = [asyncio.create_task(q.submit([_part(x), _part(x + "2")])) for x in "bcd"]
+        await asyncio.sleep(0.05)
+        gate.set()
+        return await first, await asyncio.gather(*rest)
+
+    first, rest = asyncio.run(main())
+    assert runs == [["a"], ["b", "b2", "c", "c2", "d", "d2"]]  # one merged run after the slow one
+    assert first == (["A"], {"texts": 1, "tokens": 10})
+    assert [r[0] for r in rest] == [["B", "B2"], ["C", "C2"], ["D", "D2"]]
+    assert [r[1] for r in rest] == [{"texts": 6, "tokens": 60}, None, None]  # size reported once per run
+
+
+def test_model_run_queue_respects_the_token_cap_and_errors():
+    runs: list[int] = []
+
+    def fn(parts):
+        runs.append(sum(p.tokens for p in parts))
+        time.sleep(0.02)
+        if any(p.texts[0] == "boom" for p in parts):
+            raise RuntimeError("model failed")
+        return [0] * len(parts)
+
+    async def main():
+        q = ModelRunQueue(fn, max_tokens=25)
+        ok = await asyncio.gather(*[q.submit([_part(str(i))]) for i in range(6)])
+        with pytest.raises(RuntimeError, match="model failed"):
+            await q.submit([_part("boom")])
+        return ok, await q.submit([_part("after")])
+
+    ok, after = asyncio.run(main())
+    assert all(r[0] == [0] for r in ok) and after[0] == [0]
+    assert max(runs) <= 25 and sum(runs[:-2]) == 60  # 6 x 10 tokens in runs of <= 25
