@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # `make demo`: a local Ray head on 127.0.0.1 (token auth) → `ray job submit` of the whole
 # pipeline on the built-in Debian dataset → the report's table and where the model is.
+# Then serves the student on 127.0.0.1:8000 and the Gradio demo on 127.0.0.1:7860 (DEMO_SERVE=0 skips).
 # Re-running resumes (finished stages are skipped). DEMO_NAME / DEMO_OUT / DEMO_ARGS override.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,3 +27,10 @@ sed -n '/^- /p;/^| /p' "$RUN/report.md"
 echo
 echo "report: $RUN/report.md  (+ report.json, plots/)"
 echo "model:  $RUN/model  (SentenceTransformer(path) loads it)"
+
+if [ "${DEMO_SERVE:-1}" = 1 ]; then
+  echo
+  echo "== serving the student (API) and the search demo (UI); Ctrl-C stops everything"
+  .venv/bin/embedray serve "$RUN/model" --corpus "$RUN/data" --base-model minilm-l6 \
+    --cross-encoder "$RUN/teacher/cross-encoder" --ui
+fi

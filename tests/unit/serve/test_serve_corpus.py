@@ -61,3 +61,28 @@ def test_snippet_window_around_the_first_match():
     assert short == "tiny zstd text" and [short[a:b] for a, b in spans] == ["zstd"]
     head, _ = make_snippet("no match here " * 20, "zzz", width=40)
     assert head.startswith("no match") and head.endswith("…")
+
+
+def test_saved_index_is_loaded_instead_of_encoding(tiny_model, corpus_file, tmp_path):
+    from embedray.mining.index import IndexStore, VectorIndex
+    from embedray.serve.batching import Part
+    from embedray.serve.corpus import load_index
+    from embedray.serve.embedder import EmbedderCore
+
+    def part(core, texts):
+        return Part(texts, core.counter.count(texts), list(range(len(texts))))
+
+    built = EmbedderCore(tiny_model, corpus=corpus_file)
+    docs = load_corpus(corpus_file)
+    (emb,) = built.encode_parts([part(built, [d.text_for_model for d in docs])])
+    store = IndexStore(tmp_path / "store")  # what a pipeline run publishes
+    store.publish(VectorIndex.build(emb, [d.id for d in docs], use_gpu=False, version=1))
+    served = EmbedderCore(tiny_model, corpus=corpus_file, index=tmp_path / "store")
+    ((query,),) = built.encode_parts([part(built, ["zstd compression"])])
+    assert [h.id for h in served.search(query, 3)] == [h.id for h in built.search(query, 3)]
+    VectorIndex.build(np.eye(2, dtype=np.float32), ["py", "deb"], use_gpu=False).save(tmp_path / "two")
+    with pytest.raises(ValueError, match="dimension 2 != model dimension 32"):
+        load_index(tmp_path / "two", docs, 32)
+    VectorIndex.build(np.ones((1, 32), dtype=np.float32), ["nope"], use_gpu=False).save(tmp_path / "alien")
+    with pytest.raises(ValueError, match="not in the corpus"):
+        load_index(tmp_path / "alien", docs, 32)
