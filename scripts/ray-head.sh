@@ -11,6 +11,7 @@ free_port() { "$BIN/python" -c 'import socket; s=socket.socket(); s.bind(("127.0
 case "${1:-}" in
 start)
   mkdir -p "$STATE"
+  echo "${EMBEDRAY_RAY_TMP:-/tmp/embedray-ray}" > "$STATE/tmp"
   gcs=$(free_port); dash=$(free_port); agent=$(free_port); metrics=$(free_port)
   export RAY_AUTH_MODE=token HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
   export PATH="$PWD/$BIN:$PATH"   # jobs run `python` from this virtualenv
@@ -28,7 +29,19 @@ start)
   echo "Ray head started but its job server did not answer on 127.0.0.1:$dash" >&2; exit 1
   ;;
 stop)
-  "$BIN/ray" stop --force >/dev/null 2>&1 || true
+  # Stop only this head: the processes under its temp dir and all their descendants (`ray stop`
+  # would take down every Ray on the machine, a test's or another user's included).
+  TMP=$(cat "$STATE/tmp" 2>/dev/null || echo "${EMBEDRAY_RAY_TMP:-/tmp/embedray-ray}")
+  roots=$(pgrep -f -- "$TMP/session_" || true)
+  tree() { for p in "$@"; do echo "$p"; tree $(pgrep -P "$p" || true); done; }
+  pids=$(tree $roots | sort -u)
+  [ -n "$pids" ] && kill $pids 2>/dev/null || true
+  for _ in $(seq 20); do
+    alive=$(for p in $pids; do kill -0 "$p" 2>/dev/null && echo "$p"; done)
+    [ -z "$alive" ] && break
+    sleep 0.5
+  done
+  [ -n "${alive:-}" ] && kill -9 $alive 2>/dev/null || true
   rm -rf "$STATE"
   ;;
 *) echo "usage: $0 start|stop" >&2; exit 2 ;;
