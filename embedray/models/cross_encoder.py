@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
@@ -25,6 +24,7 @@ from pathlib import Path
 from embedray.data.beir import Document, RetrievalData
 from embedray.mining.config import CrossEncoderConfig
 from embedray.mining.pool import NegativePool
+from embedray.models.encoder import replace_dir
 
 log = logging.getLogger(__name__)
 
@@ -168,20 +168,9 @@ def train_cross_encoder(train_pairs: Sequence[TrainPair], corpus: Mapping[str, D
                              "seconds": round(time.perf_counter() - start, 2)},
                 "metrics": {}}
         (staged / "embedray.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
-        _replace_dir(staged, out)
+        replace_dir(staged, out)
     log.info("trained cross-encoder on %d rows in %.1fs → %s", n_rows, time.perf_counter() - start, out)
     return out
-
-
-def _replace_dir(new: Path, target: Path) -> None:
-    """Rename ``new`` to ``target``, swapping out an existing folder (never half-written)."""
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{os.getpid()}-{time.time_ns()}")
-        target.rename(old)
-        new.rename(target)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        new.rename(target)
 
 
 def rerank(ce, queries: Mapping[str, str], doc_texts: Mapping[str, str],

@@ -133,3 +133,16 @@ def serve_ray():
             serve.shutdown()
         finally:
             ray.shutdown()
+
+
+# -- training ---------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """A local Ray (2 CPUs, 127.0.0.1, offline models) for one test module."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
+             runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}})
+    yield
+    ray.shutdown()

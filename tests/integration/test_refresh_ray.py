@@ -2,7 +2,6 @@
 import json
 
 import pytest
-import ray
 
 from embedray.config import TrainJobConfig, build_config
 from embedray.mining.index import IndexStore
@@ -11,12 +10,6 @@ from embedray.mining.store import PoolStore
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
-             runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}})
-    yield
-    ray.shutdown()
 
 
 def test_refresher_killed_mid_rebuild(local_ray, topic_beir, tmp_path):

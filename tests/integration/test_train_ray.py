@@ -2,19 +2,12 @@
 import json
 
 import pytest
-import ray
 
 from embedray.config import TrainJobConfig, build_config
 
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
-             runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}})
-    yield
-    ray.shutdown()
 
 
 def _job(beir, storage, name, **over):
