@@ -86,12 +86,13 @@ def test_scifact_subset_matches_sentence_transformers(minilm):
 
     # (1) an independent evaluator, on the same document embeddings
     import torch
+    from sentence_transformers.util import cos_sim
 
     oracle = InformationRetrievalEvaluator(
         queries={q: data.queries[q] for q in data.qrels}, corpus=raw,
         relevant_docs={q: {d for d, r in docs.items() if r > 0} for q, docs in data.qrels.items()},
         mrr_at_k=[10], ndcg_at_k=[10], precision_recall_at_k=[10, 100], accuracy_at_k=[1],
-        map_at_k=[10], show_progress_bar=False)
+        map_at_k=[10], show_progress_bar=False, score_functions={"cosine": cos_sim})
     assert list(raw) == doc_ids  # same order as the embeddings we pass
     st = oracle.compute_all_metrics(minilm, corpus_embeddings=torch.from_numpy(res.doc_embeddings))
     st = st["cosine"]
