@@ -98,6 +98,26 @@ def training_dataset(job, pairs_path: Path | None):
     return read(str(pairs_path), num_cpus=0).materialize()
 
 
+def absolute_paths(job):
+    """Resolve relative paths against the driver's working directory: Ray workers (and a
+    ``ray job submit`` working_dir copy) run elsewhere."""
+    import copy
+
+    job = copy.deepcopy(job)
+
+    def resolve(value: str | None) -> str | None:
+        return str(Path(value).expanduser().resolve()) if value and Path(value).expanduser().exists() else value
+
+    job.data.path = str(Path(job.data.path).expanduser().resolve())
+    job.data.train_pairs = resolve(job.data.train_pairs)
+    job.cluster.storage_path = str(Path(job.cluster.storage_path).expanduser().resolve())
+    job.model.name_or_path = resolve(job.model.name_or_path)
+    job.distill.teacher = resolve(job.distill.teacher)
+    job.refresh.cross_encoder = resolve(job.refresh.cross_encoder)
+    job.cross_encoder.base_model = resolve(job.cross_encoder.base_model)
+    return job
+
+
 def run_training(job) -> dict:
     """Run (or resume) ``job`` on Ray Train; return the training summary.
 
@@ -109,6 +129,7 @@ def run_training(job) -> dict:
     from embedray.mining.refresher import prepare_negatives
 
     ensure_ray()
+    job = absolute_paths(job)
     run_dir = (Path(job.cluster.storage_path).expanduser().resolve() / job.cluster.run_name)
     run_dir.mkdir(parents=True, exist_ok=True)
     data = load_training_data(job.data)
