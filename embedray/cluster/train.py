@@ -118,6 +118,21 @@ def absolute_paths(job):
     return job
 
 
+def _check_resources(job) -> None:
+    """Fail at once, with the numbers, when the workers and the refresher cannot all be placed
+    (otherwise Ray Train waits for its worker group forever)."""
+    need = job.cluster.num_workers * job.cluster.cpus_per_worker
+    if job.refresh.mode in ("async", "sync"):
+        need += job.refresh.num_cpus
+    have = ray.cluster_resources().get("CPU", 0)
+    if need > have + 1e-9:
+        raise ValueError(
+            f"this run needs {need:g} CPUs (cluster.num_workers {job.cluster.num_workers} × "
+            f"cluster.cpus_per_worker {job.cluster.cpus_per_worker:g}"
+            + (f" + refresh.num_cpus {job.refresh.num_cpus:g}" if job.refresh.mode in ("async", "sync") else "")
+            + f") but the Ray cluster has {have:g}; lower cluster.cpus_per_worker (fractions work) or add nodes")
+
+
 def run_training(job) -> dict:
     """Run (or resume) ``job`` on Ray Train; return the training summary.
 
@@ -135,6 +150,7 @@ def run_training(job) -> dict:
     data = load_training_data(job.data)
     pairs_path = Path(job.data.train_pairs).expanduser().resolve() if job.data.train_pairs else None
     rows_to_examples(pair_rows(job.data), data, str(pairs_path or "train qrels"), job.data.on_error)
+    _check_resources(job)
     hooks_factory = None
     if job.refresh.mode != "off":
         ce_path = prepare_negatives(job, data, run_dir)
