@@ -32,5 +32,6 @@ if [ "${DEMO_SERVE:-1}" = 1 ]; then
   echo
   echo "== serving the student (API) and the search demo (UI); Ctrl-C stops everything"
   .venv/bin/embedray serve "$RUN/model" --corpus "$RUN/data" --base-model minilm-l6 \
-    --cross-encoder "$RUN/teacher/cross-encoder" --ui
+    --cross-encoder "$RUN/teacher/cross-encoder" --ui \
+    --cpus-per-replica 0.5 --reranker-cpus 0.3   # student + base model fit a 2-CPU head
 fi
