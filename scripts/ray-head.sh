@@ -42,6 +42,9 @@ stop)
     sleep 0.5
   done
   [ -n "${alive:-}" ] && kill -9 $alive 2>/dev/null || true
+  # a process Ray (re)spawned while we were stopping it: one more sweep
+  late=$(pgrep -f -- "$TMP/session_" || true)
+  [ -n "$late" ] && kill -9 $late 2>/dev/null || true
   rm -rf "$STATE"
   ;;
 *) echo "usage: $0 start|stop" >&2; exit 2 ;;
