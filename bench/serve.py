@@ -160,7 +160,8 @@ def bench_embedray(model_dir: str, texts, levels, requests, warmup, args) -> dic
         # Ray's convention: a replica gets as many torch threads as CPUs it reserves (1 here);
         # the cores are used by running replicas side by side.
         cfg = ServeConfig(model_dir, port=port, replicas=args.replicas, cpus_per_replica=args.cpus_per_replica,
-                          max_batch_tokens=args.max_batch_tokens, batch_wait_timeout_s=args.batch_wait_s)
+                          max_batch_tokens=args.max_batch_tokens, batch_wait_timeout_s=args.batch_wait_s,
+                          colocate=args.colocate)
         start_serve(cfg)
         wait_healthy(f"http://127.0.0.1:{port}")
         return measure("embedray", f"http://127.0.0.1:{port}", texts, levels, requests, warmup)
@@ -183,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cpus-per-replica", type=float, default=0.9, help="(default: %(default)s)")
     p.add_argument("--baseline-1t", action="store_true",
                    help="also run the baseline with OMP_NUM_THREADS=1 (one torch thread)")
+    p.add_argument("--colocate", action=argparse.BooleanOptionalAction, default=True,
+                   help="model inside the HTTP replicas (default) or a separate Embedder deployment")
     p.add_argument("--max-batch-tokens", type=int, default=8192)
     p.add_argument("--batch-wait-s", type=float, default=0.005)
     p.add_argument("--json", type=Path, help="also write the results here")

@@ -87,14 +87,18 @@ class Pipeline:
         rows = json.loads((self.run / "baseline.json").read_text())
         teacher = self.run / "teacher" / "final"
         student = self.run / "student" / "final"
-        rows["trained teacher"] = self._evaluate_model(teacher)
+        rows["trained teacher"], first = self._evaluate_model(teacher, keep=True)
         ce = self.run / "teacher" / "cross-encoder"
         if ce.exists():
-            rows["teacher + cross-encoder rerank"] = self._rerank_row(teacher, ce)
+            rows["teacher + cross-encoder rerank"] = self._rerank_row(first.run, ce)
+        # The student is encoded once: each Matryoshka row truncates the same document
+        # embeddings (only the queries are re-encoded), and the encode speed is the model's.
         dims = c.student.matryoshka_dims or [None]
-        for dim in dims:
-            label = "distilled student" + (f" @{dim}" if dim and dim != dims[0] else "")
-            rows[label] = self._evaluate_model(student, truncate_dim=dim if dim != dims[0] else None)
+        full, res = self._evaluate_model(student, keep=True)
+        rows["distilled student"] = full
+        for dim in dims[1:]:
+            rows[f"distilled student @{dim}"] = self._evaluate_model(
+                student, truncate_dim=dim, corpus_embeddings=res.doc_embeddings, docs_per_s=full["docs_per_s"])
         for label, path in [("base teacher", c.teacher.name_or_path), ("trained teacher", teacher),
                             ("base student", self._base_student())]:
             rows[label]["size"] = model_size(path)
@@ -144,17 +148,22 @@ class Pipeline:
             self._test = load_beir(self.data_dir, self.cfg.data.test_split, missing_docs="keep")
         return self._test
 
-    def _evaluate_model(self, name_or_path, truncate_dim=None) -> dict:
+    def _evaluate_model(self, name_or_path, truncate_dim=None, corpus_embeddings=None, docs_per_s=None,
+                        keep: bool = False):
+        """Test-split metrics + encode speed of one model; with ``keep``, also its
+        :class:`EvalResult` (run and document embeddings) for reuse."""
         from embedray.eval.retrieval import evaluate_retrieval, load_encoder
         model = load_encoder(str(name_or_path))
         res = evaluate_retrieval(model, self._test_data(), k=100, batch_size=self.cfg.eval.batch_size,
                                  query_prefix=self.cfg.teacher.query_prefix, doc_prefix=self.cfg.teacher.doc_prefix,
-                                 show_progress=False, truncate_dim=truncate_dim)
+                                 show_progress=False, truncate_dim=truncate_dim, corpus_embeddings=corpus_embeddings,
+                                 return_embeddings=keep)
         dim = truncate_dim or model.get_sentence_embedding_dimension()
-        speed = self._encode_speed(model)
+        speed = docs_per_s if docs_per_s is not None else self._encode_speed(model)
         _say(f"  {Path(str(name_or_path)).name} (dim {dim}): nDCG@10 {res.metrics['ndcg@10']:.4f}, "
              f"{speed:.0f} docs/s")
-        return {**res.metrics, "docs_per_s": speed, "dim": dim}
+        row = {**res.metrics, "docs_per_s": speed, "dim": dim}
+        return (row, res) if keep else row
 
     def _encode_speed(self, model, n: int = 512) -> float:
         """Docs/s on the same first ``n`` test-corpus documents for every model, after a warm-up,
@@ -168,12 +177,9 @@ class Pipeline:
             best = min(best, time.perf_counter() - t0)
         return len(docs) / best
 
-    def _rerank_row(self, teacher: Path, ce: Path) -> dict:
-        from embedray.eval.retrieval import evaluate_retrieval, load_encoder
+    def _rerank_row(self, first_stage_run: dict, ce: Path) -> dict:
         from embedray.models.cross_encoder import evaluate_reranker
-        test = self._test_data()
-        first = evaluate_retrieval(load_encoder(str(teacher)), test, k=100, show_progress=False)
-        report = evaluate_reranker(str(ce), test, first.run, k=self.cfg.eval.rerank_depth)
+        report = evaluate_reranker(str(ce), self._test_data(), first_stage_run, k=self.cfg.eval.rerank_depth)
         return {**report["after"], "rerank_depth": self.cfg.eval.rerank_depth,
                 "before_rerank_ndcg@10": report["before"]["ndcg@10"]}
 

@@ -1,15 +1,19 @@
 """Ray Serve wiring of the embedding server: deployments, ``@serve.batch``, ``serve.run``.
 
-Three deployments, so that Ray Serve's own back-pressure reaches the client in our error shape:
+Two layouts (``ServeConfig.colocate``):
 
-* ``Ingress`` (FastAPI app of :mod:`embedray.serve.app`): validation, auth, metrics. It accepts
-  many concurrent requests and calls the model through deployment handles.
-* ``Embedder`` (N replicas): the model and the corpus index. ``@serve.batch`` with
-  ``batch_size_fn=batch_tokens`` turns ``max_batch_size`` into a token budget; the ingress
-  splits oversized requests into parts that fit. Its ``max_queued_requests`` is the queue
-  limit: beyond it the handle raises ``BackPressureError``, which the ingress answers with a
-  503 in the JSON error shape (the proxy's own 503 would be plain text).
-* ``Reranker`` (optional): the cross-encoder.
+* colocated (default): ``Ingress`` replicas (FastAPI app of :mod:`embedray.serve.app`:
+  validation, auth, metrics) each hold the model and the corpus index, so a request makes no
+  hop after the proxy. ``@serve.batch`` with ``batch_size_fn=batch_tokens`` turns
+  ``max_batch_size`` into a token budget; the app splits oversized requests into parts that
+  fit. The queue limit (``max_ongoing_requests + max_queued_requests`` parts per replica) is
+  counted in the replica, and a part beyond it gets a 503 in the JSON error shape.
+* split: one ``Ingress`` replica calls an ``Embedder`` deployment (N replicas, the same
+  ``@serve.batch``) through a handle; the Embedder's ``max_queued_requests`` is the queue
+  limit, whose ``BackPressureError`` the ingress answers with the JSON 503 (the proxy's own
+  503 would be plain text).
+
+``Reranker`` (optional) is the cross-encoder, a deployment of its own in both layouts.
 
 Everything that is not wiring lives in ``embedray/serve/`` and runs without Ray.
 """
@@ -51,11 +55,10 @@ def _threads(cfg: ServeConfig, cpus: float) -> int:
     return cfg.torch_threads or max(1, round(cpus))
 
 
-@serve.deployment
-class Embedder:
-    """One model replica: encodes token-budgeted batches of parts and searches the corpus."""
+class _BatchedModel:
+    """The model in a replica: ``@serve.batch`` batches of parts → :class:`ModelRunQueue`."""
 
-    def __init__(self, cfg: ServeConfig):
+    def _load_model(self, cfg: ServeConfig) -> None:
         from embedray.serve.embedder import EmbedderCore
 
         logging.getLogger("ray.serve").addFilter(_DropBatchSizeWarning())
@@ -83,6 +86,14 @@ class Embedder:
 
     def describe(self) -> dict[str, Any]:
         return self.core.describe()
+
+
+@serve.deployment
+class Embedder(_BatchedModel):
+    """One model replica of the split layout: encodes batches of parts, searches the corpus."""
+
+    def __init__(self, cfg: ServeConfig):
+        self._load_model(cfg)
 
 
 @serve.deployment
@@ -139,17 +150,54 @@ class RayBackend:
         return await self._call(self.reranker.rerank.remote(query, texts, truncate))
 
 
+class ColocatedBackend(RayBackend):
+    """The model in this replica (:class:`_BatchedModel`), the cross-encoder through a handle.
+    Counts the parts in the replica and answers the JSON 503 beyond ``limit``."""
+
+    def __init__(self, model: _BatchedModel, reranker: DeploymentHandle | None, reranker_name: str | None,
+                 limit: int | None, max_queued_requests: int):
+        super().__init__(None, reranker, reranker_name, max_queued_requests)
+        self.model, self.limit, self.inflight = model, limit, 0
+
+    async def describe(self) -> dict[str, Any]:
+        info = self.model.describe()
+        info["reranker"] = self.reranker_name if self.reranker is not None else None
+        info["reranker_max_length"] = (await self._call(self.reranker.max_length.remote())
+                                       if self.reranker is not None else None)
+        return info
+
+    async def embed_part(self, part: Part) -> Encoded:
+        if self.limit is not None and self.inflight >= self.limit:
+            raise ApiError(503, f"server busy: the model queue is full (max_queued_requests="
+                                f"{self.max_queued}); retry later", "queue_full", {"Retry-After": "1"})
+        self.inflight += 1
+        try:
+            return await self.model.embed_part(part)
+        finally:
+            self.inflight -= 1
+
+    async def search(self, part: Part, k: int) -> tuple[list[Hit], Encoded]:
+        enc = await self.embed_part(part)
+        return self.model.core.search(enc.rows[0], k), enc
+
+
 @serve.deployment
 @serve.ingress()
-class Ingress:
-    """The HTTP entry: the FastAPI app of :mod:`embedray.serve.app` over a :class:`RayBackend`."""
+class Ingress(_BatchedModel):
+    """The HTTP entry: the FastAPI app of :mod:`embedray.serve.app`, over the model in this
+    replica (colocated) or over an ``Embedder`` deployment (split)."""
 
-    def __init__(self, cfg: ServeConfig, embedder: DeploymentHandle, reranker: DeploymentHandle | None):
+    def __init__(self, cfg: ServeConfig, embedder: DeploymentHandle | None, reranker: DeploymentHandle | None):
         from pathlib import Path
 
         name = Path(cfg.cross_encoder).name if cfg.cross_encoder else None
         self.cfg = cfg
-        self.backend = RayBackend(embedder, reranker, name, cfg.max_queued_requests)
+        if embedder is None:
+            self._load_model(cfg)
+            limit = None if cfg.max_queued_requests == -1 else cfg.max_ongoing_requests + cfg.max_queued_requests
+            self.backend = ColocatedBackend(self, reranker, name, limit, cfg.max_queued_requests)
+        else:
+            self.backend = RayBackend(embedder, reranker, name, cfg.max_queued_requests)
 
     async def __serve_build_asgi_app__(self):
         return await build_app(self.cfg, self.backend)
@@ -158,15 +206,20 @@ class Ingress:
 def build_serve_app(cfg: ServeConfig):
     """The Ray Serve application for ``cfg`` (pass it to ``serve.run``)."""
     env = {"env_vars": {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}}
-    embedder = Embedder.options(
-        num_replicas=cfg.replicas, max_ongoing_requests=cfg.max_ongoing_requests,
-        max_queued_requests=cfg.max_queued_requests,
-        ray_actor_options={"num_cpus": cfg.cpus_per_replica, "runtime_env": env}).bind(cfg)
     reranker = None
     if cfg.cross_encoder:
         reranker = Reranker.options(num_replicas=1, max_ongoing_requests=4, max_queued_requests=-1,
                                     ray_actor_options={"num_cpus": cfg.reranker_cpus, "runtime_env": env}
                                     ).bind(cfg)
+    if cfg.colocate:
+        # The replicas count their own queue (ColocatedBackend); the proxy passes everything on.
+        return Ingress.options(num_replicas=cfg.replicas, max_ongoing_requests=4096, max_queued_requests=-1,
+                               ray_actor_options={"num_cpus": cfg.cpus_per_replica, "runtime_env": env}
+                               ).bind(cfg, None, reranker)
+    embedder = Embedder.options(
+        num_replicas=cfg.replicas, max_ongoing_requests=cfg.max_ongoing_requests,
+        max_queued_requests=cfg.max_queued_requests,
+        ray_actor_options={"num_cpus": cfg.cpus_per_replica, "runtime_env": env}).bind(cfg)
     # The ingress takes everything the proxy sends and lets the Embedder's queue decide: its
     # BackPressureError is what becomes our JSON 503.
     return Ingress.options(num_replicas=1, max_ongoing_requests=4096, max_queued_requests=-1,

@@ -178,7 +178,7 @@ def prepare_negatives(job, data, run_dir: str | Path) -> str | None:
     if job.refresh.denoise and ce_path is None:
         ce_dir = run_dir / "cross-encoder"
         if not (ce_dir / "config.json").exists():
-            _train_cross_encoder(job, data, ce_dir, run_dir)
+            train_base_cross_encoder(job, data, ce_dir, run_dir)
         ce_path = str(ce_dir)
     store = PoolStore(run_dir / "pools")
     if store.latest_version() == 0:
@@ -189,7 +189,7 @@ def prepare_negatives(job, data, run_dir: str | Path) -> str | None:
     return ce_path
 
 
-def _train_cross_encoder(job, data, ce_dir: Path, run_dir: Path) -> None:
+def train_base_cross_encoder(job, data, ce_dir: Path, run_dir: Path) -> None:
     from embedray.eval.retrieval import evaluate_retrieval
     from embedray.models.cross_encoder import evaluate_reranker, train_cross_encoder
     from embedray.training.data import pair_rows

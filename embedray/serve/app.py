@@ -20,6 +20,7 @@ import time
 from typing import Any
 
 import numpy as np
+import orjson
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
 
@@ -366,8 +367,10 @@ def create_app(config: ServeConfig, backend: Backend, info: dict[str, Any], coun
     app.state.service = svc
 
     @app.post("/v1/embeddings", response_model=EmbeddingResponse, responses=ERROR_RESPONSES)
-    async def embeddings(req: EmbeddingRequest) -> dict[str, Any]:
-        return await svc.embeddings(req)
+    async def embeddings(req: EmbeddingRequest) -> Response:
+        # Serialized here with orjson: the body is built from numpy rows and needs no second
+        # validation pass through the response model (which stays for the OpenAPI schema).
+        return Response(orjson.dumps(await svc.embeddings(req)), media_type="application/json")
 
     @app.post("/search", response_model=SearchResponse, responses=ERROR_RESPONSES)
     async def search(req: SearchRequest) -> dict[str, Any]:
