@@ -154,7 +154,8 @@ def bench_embedray(model_dir: str, texts, levels, requests, warmup, args) -> dic
 
     port = free_port()
     env = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    ray.init(address="local", num_cpus=2, include_dashboard=False, runtime_env={"env_vars": env},
+    ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
+             runtime_env={"env_vars": env},
              log_to_driver=False)
     try:
         # Ray's convention: a replica gets as many torch threads as CPUs it reserves (1 here);

@@ -12,12 +12,13 @@ case "${1:-}" in
 start)
   mkdir -p "$STATE"
   echo "${EMBEDRAY_RAY_TMP:-/tmp/embedray-ray}" > "$STATE/tmp"
-  gcs=$(free_port); dash=$(free_port); agent=$(free_port); metrics=$(free_port)
+  gcs=$(free_port); dash=$(free_port); agent=$(free_port); metrics=$(free_port); client=$(free_port)
+  echo "$client" > "$STATE/client-port"
   export RAY_AUTH_MODE=token HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
   export PATH="$PWD/$BIN:$PATH"   # jobs run `python` from this virtualenv
   "$BIN/ray" start --head --node-ip-address 127.0.0.1 --port "$gcs" \
     --dashboard-host 127.0.0.1 --dashboard-port "$dash" --dashboard-agent-listen-port "$agent" \
-    --metrics-export-port "$metrics" --num-cpus "${EMBEDRAY_NUM_CPUS:-2}" \
+    --metrics-export-port "$metrics" --ray-client-server-port "$client" --num-cpus "${EMBEDRAY_NUM_CPUS:-2}" \
     --temp-dir "${EMBEDRAY_RAY_TMP:-/tmp/embedray-ray}" --disable-usage-stats >"$STATE/start.log" 2>&1 \
     || { cat "$STATE/start.log" >&2; exit 1; }
   printf 'export RAY_ADDRESS=127.0.0.1:%s RAY_API_SERVER_ADDRESS=http://127.0.0.1:%s RAY_AUTH_MODE=token\n' "$gcs" "$dash" | tee "$STATE/env"
@@ -37,13 +38,15 @@ stop)
   pids=$(tree $roots | sort -u)
   [ -n "$pids" ] && kill $pids 2>/dev/null || true
   for _ in $(seq 20); do
-    alive=$(for p in $pids; do kill -0 "$p" 2>/dev/null && echo "$p"; done)
+    alive=$(for p in $pids; do kill -0 "$p" 2>/dev/null && echo "$p"; done || true)
     [ -z "$alive" ] && break
     sleep 0.5
   done
   [ -n "${alive:-}" ] && kill -9 $alive 2>/dev/null || true
   # a process Ray (re)spawned while we were stopping it: one more sweep
-  late=$(pgrep -f -- "$TMP/session_" || true)
+  # (the Ray client server's command line names its port, not the temp dir)
+  client=$(cat "$STATE/client-port" 2>/dev/null || true)
+  late=$( (pgrep -f -- "$TMP/session_"; [ -n "$client" ] && pgrep -f -- "ray.util.client.server.*--port=$client") || true)
   [ -n "$late" ] && kill -9 $late 2>/dev/null || true
   rm -rf "$STATE"
   ;;

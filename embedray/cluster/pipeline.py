@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import shutil
 import time
 from dataclasses import replace
@@ -38,7 +39,13 @@ class Pipeline:
         return self.run / "stages" / f"{stage}.json"
 
     def run_all(self) -> dict:
+        import torch
+
         from embedray.config import to_dict
+        # The driver encodes (baselines, evaluation, pool v1, the cross-encoder) while no training
+        # runs. Under `ray job submit` it inherits OMP_NUM_THREADS=1 from Ray's job supervisor,
+        # which would leave all but one core idle.
+        torch.set_num_threads(len(os.sched_getaffinity(0)))
         write_json_atomic(to_dict(self.cfg), self.run / "pipeline_config.json")
         for stage in STAGES:
             marker = self._done(stage)
@@ -165,7 +172,7 @@ class Pipeline:
         row = {**res.metrics, "docs_per_s": speed, "dim": dim}
         return (row, res) if keep else row
 
-    def _encode_speed(self, model, n: int = 512) -> float:
+    def _encode_speed(self, model, n: int = 256) -> float:
         """Docs/s on the same first ``n`` test-corpus documents for every model, after a warm-up,
         best of two passes (the eval's own timing includes loading and cold caches)."""
         docs = [d.text_for_model for d in list(self._test_data().corpus.values())[:n]]

@@ -123,7 +123,8 @@ def serve_ray():
     for k, v in env.items():
         os.environ.setdefault(k, v)
     port = free_port()
-    ray.init(address="local", num_cpus=2, include_dashboard=False, runtime_env={"env_vars": env},
+    ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
+             runtime_env={"env_vars": env},
              log_to_driver=False)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
