@@ -131,8 +131,11 @@ class RayBackend:
             raise ApiError(503, "the model replicas are unavailable; retry later", "unavailable",
                            {"Retry-After": "5"}) from None
 
+    async def _describe_model(self) -> dict[str, Any]:
+        return await self._call(self.embedder.describe.remote())
+
     async def describe(self) -> dict[str, Any]:
-        info = await self._call(self.embedder.describe.remote())
+        info = await self._describe_model()
         info["reranker"] = self.reranker_name if self.reranker is not None else None
         info["reranker_max_length"] = (await self._call(self.reranker.max_length.remote())
                                        if self.reranker is not None else None)
@@ -159,12 +162,8 @@ class ColocatedBackend(RayBackend):
         super().__init__(None, reranker, reranker_name, max_queued_requests)
         self.model, self.limit, self.inflight = model, limit, 0
 
-    async def describe(self) -> dict[str, Any]:
-        info = self.model.describe()
-        info["reranker"] = self.reranker_name if self.reranker is not None else None
-        info["reranker_max_length"] = (await self._call(self.reranker.max_length.remote())
-                                       if self.reranker is not None else None)
-        return info
+    async def _describe_model(self) -> dict[str, Any]:
+        return self.model.describe()
 
     async def embed_part(self, part: Part) -> Encoded:
         if self.limit is not None and self.inflight >= self.limit:

@@ -46,7 +46,8 @@ class ServeConfig:
         max_body_bytes: largest request body accepted (larger ones get a 413).
         max_top_k: largest ``top_k`` / ``rerank_top_n`` of ``/search``.
         snippet_chars: length of the text snippets ``/search`` returns.
-        ingress_cpus: Ray CPUs reserved for the HTTP ingress replica.
+        ingress_cpus: Ray CPUs reserved for the HTTP ingress replica (split layout only; colocated
+            replicas reserve ``cpus_per_replica``).
         reranker_cpus: Ray CPUs reserved for the cross-encoder replica.
         access_log: log every request in the replicas' logs (costs CPU under load).
         colocate: run the model inside the HTTP replicas (one hop less per request: the fastest
