@@ -2,13 +2,14 @@
 sentence-transformers model behind a minimal FastAPI/uvicorn app, same model, same machine,
 same run.
 
-For each server in turn (the baseline first, then embedray; never both at once), a closed-loop
+For each server in turn (the baseline first, then embedray through Ray Serve's proxy, then
+embedray on the replicas' own ports with ``--direct-port``; never two at once), a closed-loop
 load generator keeps ``c`` requests in flight (c = 1, 8, 32), each request embedding one text
 from a fixed, seeded mix of short and long texts, and records embeddings/s and the p50/p99
-request latency. It prints one table and the embedray/baseline ratios.
+request latency. It prints a table per embedray layout with the embedray/baseline ratios.
 
-    .venv/bin/python bench/serve.py                        # minilm-l6, ~2-3 min on 2 CPU cores
-    .venv/bin/python bench/serve.py --requests 200 --json out.json
+    .venv/bin/python bench/serve.py                        # minilm-l6, ~4-5 min on 2 CPU cores
+    .venv/bin/python bench/serve.py --layout direct --requests 200 --json out.json
 
 Target (issue 6): >= 1.5x the baseline's throughput at c=32 with a p99 no worse.
 """
@@ -80,14 +81,16 @@ def run_baseline_server(port: int, model_dir: str) -> None:
 
 # -- load generation -----------------------------------------------------------------------------
 
-async def load(url: str, texts: list[str], concurrency: int, n_requests: int) -> dict[str, float]:
-    """Closed loop: ``concurrency`` workers send ``n_requests`` single-text requests in total."""
+async def load(urls: str | list[str], texts: list[str], concurrency: int, n_requests: int) -> dict[str, float]:
+    """Closed loop: ``concurrency`` workers send ``n_requests`` single-text requests in total
+    (worker i to ``urls[i % len(urls)]``: client-side balancing over several replica ports)."""
+    urls = [urls] if isinstance(urls, str) else urls
     latencies: list[float] = []
     errors = 0
     next_i = 0
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(timeout=120, limits=limits) as client:
-        async def worker():
+        async def worker(url: str):
             nonlocal next_i, errors
             while next_i < n_requests:
                 i = next_i
@@ -99,7 +102,7 @@ async def load(url: str, texts: list[str], concurrency: int, n_requests: int) ->
                     errors += 1
 
         start = time.perf_counter()
-        await asyncio.gather(*[worker() for _ in range(concurrency)])
+        await asyncio.gather(*[worker(urls[w % len(urls)]) for w in range(concurrency)])
         wall = time.perf_counter() - start
     latencies.sort()
     return {"embeddings_per_s": len(latencies) / wall, "p50_ms": 1000 * statistics.median(latencies),
@@ -119,12 +122,13 @@ def wait_healthy(url: str, timeout_s: float = 300) -> None:
     raise TimeoutError(f"{url} not healthy after {timeout_s}s")
 
 
-def measure(name: str, url: str, texts: list[str], levels: list[int], requests: dict[int, int],
+def measure(name: str, url: str | list[str], texts: list[str], levels: list[int], requests: dict[int, int],
             warmup: int) -> dict[int, dict[str, float]]:
-    asyncio.run(load(url + "/v1/embeddings", texts, 8, warmup))
+    routes = [u + "/v1/embeddings" for u in ([url] if isinstance(url, str) else url)]
+    asyncio.run(load(routes, texts, 8, warmup))
     out = {}
     for c in levels:
-        out[c] = asyncio.run(load(url + "/v1/embeddings", texts, c, requests[c]))
+        out[c] = asyncio.run(load(routes, texts, c, requests[c]))
         r = out[c]
         print(f"  {name:9s} c={c:<3d} {r['embeddings_per_s']:8.1f} emb/s  p50 {r['p50_ms']:7.1f} ms  "
               f"p99 {r['p99_ms']:7.1f} ms  ({r['requests']} req, {r['errors']} errors)", flush=True)
@@ -145,30 +149,53 @@ def bench_baseline(model_dir: str, texts, levels, requests, warmup, threads: int
         proc.wait(timeout=30)
 
 
-def bench_embedray(model_dir: str, texts, levels, requests, warmup, args) -> dict:
+def bench_embedray(model_dir: str, texts, levels, requests, warmup, args, direct: bool = False) -> dict:
+    """embedray through Ray Serve's proxy, or (``direct``) on the replicas' own ports."""
     import ray
     from ray import serve
 
-    from embedray.cluster.serve_app import start_serve
+    from embedray.cluster.serve_app import direct_ingress_env, start_serve
     from embedray.serve.config import ServeConfig
 
     port = free_port()
+    # Ray's convention: a replica gets as many torch threads as CPUs it reserves (1 here);
+    # the cores are used by running replicas side by side.
+    cfg = ServeConfig(model_dir, port=port, replicas=args.replicas, cpus_per_replica=args.cpus_per_replica,
+                      max_batch_tokens=args.max_batch_tokens, batch_wait_timeout_s=args.batch_wait_s,
+                      colocate=args.colocate, direct_port=free_port_range(port, args.replicas) if direct else 0)
+    saved = dict(os.environ)
+    os.environ.update(direct_ingress_env(cfg))  # read by the Serve processes this ray.init starts
     env = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
              runtime_env={"env_vars": env},
              log_to_driver=False)
     try:
-        # Ray's convention: a replica gets as many torch threads as CPUs it reserves (1 here);
-        # the cores are used by running replicas side by side.
-        cfg = ServeConfig(model_dir, port=port, replicas=args.replicas, cpus_per_replica=args.cpus_per_replica,
-                          max_batch_tokens=args.max_batch_tokens, batch_wait_timeout_s=args.batch_wait_s,
-                          colocate=args.colocate)
-        start_serve(cfg)
+        urls = start_serve(cfg)
         wait_healthy(f"http://127.0.0.1:{port}")
-        return measure("embedray", f"http://127.0.0.1:{port}", texts, levels, requests, warmup)
+        name = "direct" if direct else "embedray"
+        return measure(name, urls["direct"] if direct else urls["api"], texts, levels, requests, warmup)
     finally:
         serve.shutdown()
         ray.shutdown()
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def free_port_range(avoid: int, n: int) -> int:
+    """The first of ``n`` consecutive free 127.0.0.1 ports (none of them ``avoid``)."""
+    for _ in range(100):
+        first = free_port()
+        ports = range(first, first + n)
+        if avoid in ports or first + n > 65535:
+            continue
+        try:
+            socks = [socket.create_server(("127.0.0.1", p)) for p in ports]
+        except OSError:
+            continue
+        for sock in socks:
+            sock.close()
+        return first
+    raise RuntimeError(f"no {n} consecutive free ports")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -187,6 +214,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="also run the baseline with OMP_NUM_THREADS=1 (one torch thread)")
     p.add_argument("--colocate", action=argparse.BooleanOptionalAction, default=True,
                    help="model inside the HTTP replicas (default) or a separate Embedder deployment")
+    p.add_argument("--layout", choices=["proxy", "direct", "both"], default="both",
+                   help="embedray through Ray Serve's proxy, on the replicas' own ports (--direct-port), "
+                        "or both, one after the other (default: %(default)s)")
     p.add_argument("--max-batch-tokens", type=int, default=8192)
     p.add_argument("--batch-wait-s", type=float, default=0.005)
     p.add_argument("--json", type=Path, help="also write the results here")
@@ -203,21 +233,32 @@ def main(argv: list[str] | None = None) -> int:
     results = {"baseline": bench_baseline(model_dir, texts, levels, requests, args.warmup)}
     if args.baseline_1t:
         results["base-1t"] = bench_baseline(model_dir, texts, levels, requests, args.warmup, threads=1)
-    results["embedray"] = bench_embedray(model_dir, texts, levels, requests, args.warmup, args)
-    for base in [k for k in results if k != "embedray"]:
-        print(f"\n| concurrency | {base} emb/s | embedray emb/s | throughput ratio | {base} p50/p99 ms "
-              "| embedray p50/p99 ms | p99 ratio |")
-        print("|---|---|---|---|---|---|---|")
-        for c in levels:
-            b, e = results[base][c], results["embedray"][c]
-            print(f"| {c} | {b['embeddings_per_s']:.1f} | {e['embeddings_per_s']:.1f} "
-                  f"| {e['embeddings_per_s'] / b['embeddings_per_s']:.2f}x "
-                  f"| {b['p50_ms']:.0f} / {b['p99_ms']:.0f} | {e['p50_ms']:.0f} / {e['p99_ms']:.0f} "
-                  f"| {e['p99_ms'] / b['p99_ms']:.2f} |")
+    ours = []
+    if args.layout in ("proxy", "both"):
+        results["embedray"] = bench_embedray(model_dir, texts, levels, requests, args.warmup, args)
+        ours.append("embedray")
+    if args.layout in ("direct", "both"):
+        results["direct"] = bench_embedray(model_dir, texts, levels, requests, args.warmup, args, direct=True)
+        ours.append("direct")
+    print("\nembedray = through Ray Serve's proxy (the default); direct = --direct-port (replica ports)")
+    for base in [k for k in results if k not in ours]:
+        for mine in ours:
+            print(f"\n| concurrency | {base} emb/s | {mine} emb/s | throughput ratio | {base} p50/p99 ms "
+                  f"| {mine} p50/p99 ms | p99 ratio |")
+            print("|---|---|---|---|---|---|---|")
+            for c in levels:
+                b, e = results[base][c], results[mine][c]
+                print(f"| {c} | {b['embeddings_per_s']:.1f} | {e['embeddings_per_s']:.1f} "
+                      f"| {e['embeddings_per_s'] / b['embeddings_per_s']:.2f}x "
+                      f"| {b['p50_ms']:.0f} / {b['p99_ms']:.0f} | {e['p50_ms']:.0f} / {e['p99_ms']:.0f} "
+                      f"| {e['p99_ms'] / b['p99_ms']:.2f} |")
     top = max(levels)
-    b, e = results["baseline"][top], results["embedray"][top]
-    ok = e["embeddings_per_s"] >= 1.5 * b["embeddings_per_s"] and e["p99_ms"] <= b["p99_ms"]
-    print(f"\ntarget at c={top} (>= 1.5x throughput, p99 no worse): {'met' if ok else 'NOT met'}")
+    print()
+    for mine in ours:
+        b, e = results["baseline"][top], results[mine][top]
+        ok = e["embeddings_per_s"] >= 1.5 * b["embeddings_per_s"] and e["p99_ms"] <= b["p99_ms"]
+        print(f"target at c={top} (>= 1.5x throughput, p99 no worse), {mine}: {'met' if ok else 'NOT met'} "
+              f"({e['embeddings_per_s'] / b['embeddings_per_s']:.2f}x, p99 {e['p99_ms']:.0f} vs {b['p99_ms']:.0f} ms)")
     if args.json:
         args.json.write_text(json.dumps({"model": args.model, "results": results}, indent=2))
     return 0

@@ -73,8 +73,12 @@ class Pipeline:
         return {"data": str(self.data_dir)}
 
     def stage_baseline(self) -> dict:
-        rows = {"base student": self._evaluate_model(self._base_student()),
-                "base teacher": self._evaluate_model(self.cfg.teacher.name_or_path)}
+        from embedray.models.bundled import resolve_model
+        student, teacher = self._base_student(), self.cfg.teacher.name_or_path
+        rows = {"base student": self._evaluate_model(student)}
+        # A student that starts as the teacher's own base model is evaluated once.
+        rows["base teacher"] = dict(rows["base student"]) if resolve_model(student) == resolve_model(teacher) \
+            else self._evaluate_model(teacher)
         for name in self.cfg.eval.extra_models:
             rows[f"{name} (untrained)"] = self._evaluate_model(name)
         write_json_atomic(rows, self.run / "baseline.json")
@@ -143,7 +147,9 @@ class Pipeline:
         if s.keep_layers is None:
             return s.model.name_or_path if s.model else self.cfg.teacher.name_or_path
         from embedray.models.bundled import resolve_model
-        from embedray.models.student import layer_reduced_student
+        from embedray.models.student import keeps_every_layer, layer_reduced_student
+        if keeps_every_layer(self.cfg.teacher.name_or_path, s.keep_layers):
+            return self.cfg.teacher.name_or_path  # before training, the student is the base teacher
         out = self.run / "base-student"
         if not (out / "modules.json").exists():
             layer_reduced_student(resolve_model(self.cfg.teacher.name_or_path), s.keep_layers, out)

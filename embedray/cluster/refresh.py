@@ -1,6 +1,7 @@
 """The ``NegativeRefresher`` as a Ray actor, and the per-worker hooks that talk to it."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import ray
@@ -17,11 +18,21 @@ class RefresherActor:
         from embedray.training.data import load_training_data
 
         job = build_config(TrainJobConfig, job_dict, "refresher")
+        _set_threads(job.refresh)
         factory = _ray_data_encoder(job) if job.refresh.ray_data_encode else None
         self.refresher = NegativeRefresher(job, load_training_data(job.data), run_dir, cross_encoder, factory)
 
     def refresh(self, step: int, weights: dict) -> dict:
         return self.refresher.refresh(step, weights)
+
+
+def _set_threads(refresh) -> None:
+    """Torch threads of the refresher: its CPU share in ``async`` mode; every core of its node in
+    ``sync`` mode, where training waits for the refresh and leaves the cores idle."""
+    import torch
+
+    cores = len(os.sched_getaffinity(0))
+    torch.set_num_threads(cores if refresh.mode == "sync" else max(1, min(cores, round(refresh.num_cpus))))
 
 
 def _ray_data_encoder(job):

@@ -24,6 +24,7 @@ import logging
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -230,16 +231,55 @@ BASE_APP_NAME = "embedray-base"
 BASE_PREFIX = "/base"
 
 
-def start_serve(cfg: ServeConfig, base: ServeConfig | None = None) -> dict[str, str]:
+def direct_ingress_env(cfg: ServeConfig) -> dict[str, str]:
+    """The environment that turns on Ray Serve's direct ingress on ``cfg.direct_port``.
+
+    The Serve controller and the replicas read it when they start, so it must be in the
+    environment of the process that starts Ray (``serve_forever`` sets it before a local
+    ``ray.init``; for a cluster, export it before ``ray start``). The port range holds exactly one
+    port per HTTP replica, so replica i answers on ``direct_port + i``.
+    """
+    if not cfg.direct_port:
+        return {}
+    return {"RAY_SERVE_ENABLE_DIRECT_INGRESS": "1",
+            "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(cfg.direct_port),
+            "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(cfg.direct_port + cfg.http_replicas),
+            # A stopped replica drains for this long (Ray's default, 30 s, is for cloud load balancers).
+            "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1"}
+
+
+def _wait_direct(cfg: ServeConfig, timeout_s: float = 60) -> None:
+    """Raise, naming the fix, when a replica's own port does not answer ``/health``."""
+    import httpx
+
+    for url in cfg.direct_urls:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                if httpx.get(url + "/health", timeout=5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                env = " ".join(f"{k}={v}" for k, v in direct_ingress_env(cfg).items())
+                raise RuntimeError(f"direct_port: {url} does not answer: Ray Serve's direct ingress is off "
+                                   f"in this Ray cluster (start it with {env}) or the port is taken")
+            time.sleep(0.5)
+
+
+def start_serve(cfg: ServeConfig, base: ServeConfig | None = None) -> dict[str, Any]:
     """``serve.start`` on ``cfg.host:cfg.port`` and run the app at ``/``; with ``base``, a second
     model (e.g. the base model, for the UI's comparison) at ``/base`` on the same port.
 
     Returns:
-        ``{"api": url, "base_api": url or None}``.
+        ``{"api": url, "base_api": url or None, "direct": [replica URLs with cfg.direct_port]}``.
     """
     warning = cfg.exposure_warning()
     if warning:
         log.warning(warning)
+    if cfg.direct_port and base is not None:
+        raise ValueError("direct_port: serves one app; the second model (--base-model) would take "
+                         "replica ports too. Serve it separately, or drop --direct-port")
     serve.start(http_options={"host": cfg.host, "port": cfg.port})
     targets = [serve.RunTarget(build_serve_app(cfg), name=APP_NAME, route_prefix="/",
                                logging_config={"enable_access_log": cfg.access_log})]
@@ -247,8 +287,9 @@ def start_serve(cfg: ServeConfig, base: ServeConfig | None = None) -> dict[str, 
         targets.append(serve.RunTarget(build_serve_app(base), name=BASE_APP_NAME, route_prefix=BASE_PREFIX,
                                        logging_config={"enable_access_log": base.access_log}))
     serve.run_many(targets)
+    _wait_direct(cfg)
     url = f"http://{cfg.host}:{cfg.port}"
-    return {"api": url, "base_api": url + BASE_PREFIX if base is not None else None}
+    return {"api": url, "base_api": url + BASE_PREFIX if base is not None else None, "direct": cfg.direct_urls}
 
 
 def serve_forever(cfg: ServeConfig, base: ServeConfig | None = None,
@@ -270,6 +311,8 @@ def serve_forever(cfg: ServeConfig, base: ServeConfig | None = None,
     from embedray.cluster.runtime import ensure_ray
 
     own_ray = not ray.is_initialized() and not os.environ.get("RAY_ADDRESS")
+    if own_ray:
+        os.environ.update(direct_ingress_env(cfg))  # read by the Serve processes Ray starts
     ensure_ray()
     stop = threading.Event()
     previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -279,6 +322,8 @@ def serve_forever(cfg: ServeConfig, base: ServeConfig | None = None,
         print(f"embedray serving {cfg.model_name} at {urls['api']}  (OpenAPI docs: {urls['api']}/docs)", flush=True)
         if base is not None:
             print(f"embedray serving {base.model_name} at {urls['base_api']}", flush=True)
+        if urls["direct"]:
+            print(f"replica ports (no proxy hop): {', '.join(urls['direct'])}", flush=True)
         if cfg.api_key:
             print("API key required: send 'Authorization: Bearer <key>' (all routes but /health)", flush=True)
         if on_ready is not None:

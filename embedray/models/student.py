@@ -52,6 +52,16 @@ def pick_layers(keep_layers: list[int] | int, num_layers: int) -> list[int]:
     return sorted({i % num_layers for i in chosen})
 
 
+def keeps_every_layer(teacher_path_or_name: str | Path, keep_layers: list[int] | int) -> bool:
+    """Whether ``keep_layers`` selects all of the teacher's layers (the student is then a copy)."""
+    root = resolve_model(teacher_path_or_name)
+    config = next((p for p in (root / "config.json", root / "0_Transformer" / "config.json") if p.exists()), None)
+    if config is None:
+        return False
+    n = json.loads(config.read_text()).get("num_hidden_layers")
+    return isinstance(n, int) and pick_layers(keep_layers, n) == list(range(n))
+
+
 def encoder_layers(backbone: nn.Module) -> nn.ModuleList:
     """The transformer layer list of a BERT/MPNet/RoBERTa-style encoder (``encoder.layer``)."""
     layers = getattr(getattr(backbone, "encoder", None), "layer", None)

@@ -53,6 +53,10 @@ class ServeConfig:
         colocate: run the model inside the HTTP replicas (one hop less per request: the fastest
             layout on a few cores); ``replicas`` then counts HTTP+model replicas. Off: a separate
             ``Embedder`` deployment behind one ingress replica (scale the model on its own).
+        direct_port: 0 (default): requests reach the replicas through Ray Serve's HTTP proxy on
+            ``port``. N: each HTTP replica also serves the whole app itself on N, N+1, …
+            (Ray Serve's direct ingress: no proxy hop, the fastest path on one node; put a load
+            balancer over the ports for several replicas). The proxy on ``port`` stays up.
     """
 
     model_dir: str
@@ -79,6 +83,7 @@ class ServeConfig:
     reranker_cpus: float = 0.5
     access_log: bool = False
     colocate: bool = True
+    direct_port: int = 0
 
     def __post_init__(self) -> None:
         model = Path(self.model_dir).expanduser()
@@ -109,6 +114,12 @@ class ServeConfig:
             self.api_key = os.environ.get(API_KEY_ENV) or None
         if not 0 < self.port < 65536:
             raise ValueError(f"port: {self.port} is not a TCP port (1..65535)")
+        if self.direct_port and not (0 < self.direct_port and self.direct_port + self.http_replicas <= 65536):
+            raise ValueError(f"direct_port: {self.direct_port} is not a TCP port (1..65535) with room for "
+                             f"{self.http_replicas} replica port(s)")
+        if self.direct_port and self.direct_port <= self.port < self.direct_port + self.http_replicas:
+            raise ValueError(f"direct_port: the replica ports {self.direct_port}..."
+                             f"{self.direct_port + self.http_replicas - 1} include the proxy's port {self.port}")
         positive = ("replicas", "max_ongoing_requests", "max_batch_tokens", "max_items", "max_chars",
                     "max_body_bytes", "max_top_k", "snippet_chars")
         for name in positive:
@@ -122,6 +133,17 @@ class ServeConfig:
                 raise ValueError(f"{name}: must be >= 0, got {getattr(self, name)}")
         if self.torch_threads < 0:
             raise ValueError(f"torch_threads: must be >= 0 (0 = the Ray CPU reservation), got {self.torch_threads}")
+
+    @property
+    def http_replicas(self) -> int:
+        """Replicas that answer HTTP: every model replica colocated, the one ingress when split."""
+        return self.replicas if self.colocate else 1
+
+    @property
+    def direct_urls(self) -> list[str]:
+        """The replicas' own URLs with ``direct_port`` (none without)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return [f"http://{host}:{self.direct_port + i}" for i in range(self.http_replicas)] if self.direct_port else []
 
     @property
     def binds_loopback(self) -> bool:

@@ -12,7 +12,7 @@ from transformers import AutoModel, AutoTokenizer
 
 from embedray.models.config import ModelConfig
 from embedray.models.encoder import BiEncoder
-from embedray.models.student import layer_reduced_student, model_size, pick_layers
+from embedray.models.student import keeps_every_layer, layer_reduced_student, model_size, pick_layers
 
 from .conftest import TEXTS, sgd_steps
 
@@ -29,6 +29,16 @@ def test_pick_layers(keep, n, expected):
 def test_pick_layers_rejects(keep):
     with pytest.raises(ValueError, match="keep_layers"):
         pick_layers(keep, 6)
+
+
+@pytest.mark.parametrize("keep, expected", [(2, True), ([0, 1], True), ([1, 0, -1], True), (1, False), ([1], False)])
+def test_keeps_every_layer_of_tiny_bert(tiny_bert_dir, keep, expected):
+    assert keeps_every_layer("tiny-bert", keep) is expected
+
+
+def test_keeps_every_layer_reads_the_student_folder(tmp_path):
+    path = layer_reduced_student("tiny-bert", [1], out_dir=tmp_path / "student")
+    assert keeps_every_layer(path, 1) and not keeps_every_layer("tiny-bert", 1)
 
 
 def manual_single_layer_embedding(folder, layer: int, text: str) -> np.ndarray:
