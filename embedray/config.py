@@ -135,6 +135,9 @@ class TrainJobConfig:
     def __post_init__(self) -> None:
         if self.loss.distilling and not self.distill.teacher:
             raise ValueError("loss.distill_score / loss.distill_embed need distill.teacher (a model folder)")
+        if self.distill.score_source == "cross_encoder" and self.loss.distill_in_batch:
+            raise ValueError("loss.distill_in_batch needs distill.score_source: teacher (the pool holds "
+                             "cross-encoder scores only for each query's own candidates)")
         if self.distill.score_source == "cross_encoder" and self.refresh.mode == "off":
             raise ValueError("distill.score_source: cross_encoder needs cross-encoder-scored pools "
                              "(refresh.mode: static, async or sync)")

@@ -142,6 +142,21 @@ class Pipeline:
         return write_report(self.run, self.cfg)
 
     # -- helpers -------------------------------------------------------------------------
+    def _seed_student_pool(self) -> None:
+        """Publish the teacher's newest negative pool as the student's (once; a resumed student
+        keeps the pool it trained on)."""
+        from embedray.mining.store import PoolStore
+        src_root, dst_root = self.run / "teacher" / "pools", self.run / "student" / "pools"
+        if (dst_root / "LATEST").exists():
+            return
+        if not (src_root / "LATEST").exists():
+            raise ValueError(f"student.train.negatives: pool needs the teacher's mined pool, but "
+                             f"{src_root} has none (teacher refresh.mode: off?); use negatives: random")
+        src, dst = PoolStore(src_root), PoolStore(dst_root)
+        version = src.latest_version()
+        _copy_atomic(src.path(version), dst.path(version))
+        _copy_atomic(src.root / "LATEST", dst.root / "LATEST")
+
     def _base_student(self) -> str:
         s = self.cfg.student
         if s.keep_layers is None:
@@ -227,16 +242,26 @@ class Pipeline:
         else:
             model = copy.deepcopy(s.model) if s.model else ModelConfig()
         loss = replace(s.loss, matryoshka_dims=s.matryoshka_dims)
-        uses_pool = s.score_source == "cross_encoder"
-        refresh = replace(c.refresh, mode="static", cross_encoder=str(teacher.parent / "cross-encoder")) \
-            if uses_pool else replace(c.refresh, mode="off")
         train = copy.deepcopy(s.train)
-        if not uses_pool and train.negatives == "pool":
-            train.negatives = "random"
+        ce = teacher.parent / "cross-encoder"
+        if s.score_source == "teacher" and train.negatives == "pool":
+            # The student trains on the teacher's last (refreshed, denoised) pool, scored by the teacher.
+            self._seed_student_pool()
+            refresh = replace(c.refresh, mode="static", cross_encoder=str(ce) if ce.exists() else None)
+        elif s.score_source == "cross_encoder":
+            refresh = replace(c.refresh, mode="static", cross_encoder=str(ce))
+        else:
+            refresh = replace(c.refresh, mode="off")
         return TrainJobConfig(data=self._data(), model=model, loss=loss, train=train,
                               cluster=self._cluster("student"), mining=copy.deepcopy(c.mining),
                               cross_encoder=copy.deepcopy(c.cross_encoder), refresh=refresh,
                               distill=DistillConfig(teacher=str(teacher), score_source=s.score_source))
+
+
+def _copy_atomic(src: Path, dst: Path) -> None:
+    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
 
 
 def _flag_to_beir_folder(p, out: Path) -> Path:

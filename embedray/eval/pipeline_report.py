@@ -104,7 +104,8 @@ def write_report(run: Path, cfg) -> dict:
                        f"{rows['trained teacher']['ndcg@10']:.4f}.")
     ce = extra.get("teacher/cross_encoder_dev")
     if ce:
-        verdict.append(f"- Cross-encoder reranking on dev: nDCG@10 {ce['before']['ndcg@10']:.4f} → "
+        depth = f" (top-{ce['depth']})" if ce.get("depth") else ""
+        verdict.append(f"- Cross-encoder reranking on dev{depth}: nDCG@10 {ce['before']['ndcg@10']:.4f} → "
                        f"{ce['after']['ndcg@10']:.4f}.")
     md = [f"# embedray report: {cfg.name}", "", *verdict, "",
           f"## Test split ({cfg.data.test_split})", "", _table(rows), "",

@@ -78,7 +78,8 @@ def build_objective(cfg: LossConfig, *, gather_fn: GatherFn | None = None, stude
         None: None,
         "mse": ScoreMSELoss(similarity="cosine", scale=1.0 / cfg.temperature),
         "margin_mse": MarginMSELoss(similarity="cosine", scale=1.0 / cfg.temperature),
-        "kl": KLDistillLoss(student_temperature=cfg.temperature, teacher_temperature=cfg.teacher_temperature),
+        "kl": KLDistillLoss(student_temperature=cfg.temperature, teacher_temperature=cfg.teacher_temperature,
+                            in_batch=cfg.distill_in_batch),
     }[cfg.distill_score]
     embed = None
     if cfg.distill_embed:

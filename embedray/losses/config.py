@@ -35,6 +35,10 @@ class LossConfig:
     distill_score: str | None = None
     #: Embedding distillation from teacher embeddings (learned projection if sizes differ).
     distill_embed: bool = False
+    #: KL distillation over every document of the worker's batch (each query's softmax over all
+    #: B * (1 + N) positives and negatives of the batch) instead of its own [positive, negatives]:
+    #: more of the teacher's ranking per step at no extra encoding. Needs distill_score "kl".
+    distill_in_batch: bool = False
     #: Temperature of the teacher's softmax in KL distillation.
     teacher_temperature: float = 1.0
     #: Weights of the parts when distilling: keys "task", "score", "embed" (missing = 1).
@@ -79,6 +83,8 @@ class LossConfig:
             raise bad("distill_score", f"choose one of {list(SCORE_DISTILL)} or null, got {self.distill_score!r}")
         if (self.distill_score or self.distill_embed) and self.name in ("contrastive", "simcse"):
             raise bad("name", f"distillation needs (query, positive, negatives) batches; {self.name!r} has none")
+        if self.distill_in_batch and self.distill_score != "kl":
+            raise bad("distill_in_batch", f"needs distill_score: kl, got {self.distill_score!r}")
         if not self.teacher_temperature > 0:
             raise bad("teacher_temperature", f"must be > 0, got {self.teacher_temperature}")
         unknown = set(self.weights) - {"task", "score", "embed"}

@@ -133,6 +133,8 @@ class CrossEncoderConfig:
         score_batch_size: batch size when scoring pairs.
         denoise_margin: a mined negative with ``ce_score >= pos_ce_score - denoise_margin`` is
             dropped as a likely false negative (scores are sigmoid probabilities in [0, 1]).
+        dev_rerank_depth: after training, rerank the base bi-encoder's top-``dev_rerank_depth``
+            of the dev split and report nDCG@10 before/after (``0`` skips that check).
     """
 
     base_model: str = "minilm-l6"
@@ -147,6 +149,7 @@ class CrossEncoderConfig:
     seed: int = 0
     score_batch_size: int = 32
     denoise_margin: float = 0.05
+    dev_rerank_depth: int = 100
 
     def __post_init__(self) -> None:
         def check(ok: bool, field: str, message: str) -> None:
@@ -168,3 +171,5 @@ class CrossEncoderConfig:
               f"must be >= 1, got {self.score_batch_size}")
         check(-1 <= self.denoise_margin <= 1, "denoise_margin",
               f"must be in [-1, 1] (sigmoid-score units), got {self.denoise_margin}")
+        check(self.dev_rerank_depth >= 0, "dev_rerank_depth",
+              f"must be >= 0 (0 skips the dev check), got {self.dev_rerank_depth}")

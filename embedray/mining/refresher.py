@@ -8,9 +8,9 @@ import signal
 import time
 from pathlib import Path
 
-from embedray.mining.cache import state_dict_fingerprint
+from embedray.mining.cache import encode_with_cache, state_dict_fingerprint
 from embedray.mining.index import IndexStore
-from embedray.mining.pipeline import mine
+from embedray.mining.pipeline import doc_text, mine
 from embedray.mining.pool import NegativePool
 from embedray.mining.store import PoolStore
 
@@ -199,14 +199,21 @@ def train_base_cross_encoder(job, data, ce_dir: Path, run_dir: Path) -> None:
 
     model = BiEncoder.from_config(job.model).eval()
     encode = make_encode_fn(model, job.model)
+    weights_fp = state_dict_fingerprint(model.state_dict())
     base = mine(data.corpus, data.queries, train_positives(data), encode, job.mining,
-                cache_dir=run_dir / "cache", weights_fp=state_dict_fingerprint(model.state_dict()))
+                cache_dir=run_dir / "cache", weights_fp=weights_fp)
     pairs = [(r["query_id"], data.queries[r["query_id"]], r["pos_id"]) for r in pair_rows(job.data)]
     print(f"[embedray] training the cross-encoder on {len(pairs)} pairs + mined negatives", flush=True)
     train_cross_encoder(pairs, data.corpus, base.pool, job.cross_encoder, ce_dir)
-    if data.dev is not None:
-        first = evaluate_retrieval(encode, data.dev, k=100, show_progress=False)
-        report = evaluate_reranker(str(ce_dir), data.dev, first.run, k=100)
-        write_json_atomic(report, run_dir / "cross_encoder_dev.json")
-        print(f"[embedray] cross-encoder reranking dev top-100: nDCG@10 {report['before']['ndcg@10']:.4f} "
+    depth = job.cross_encoder.dev_rerank_depth
+    if data.dev is not None and depth:
+        # The documents were just encoded for mining by the same weights: read them from the cache.
+        docs = encode_with_cache([doc_text(d) for d in data.dev.corpus.values()],
+                                 lambda texts: encode(texts, "doc"), weights_fp, run_dir / "cache",
+                                 prompt=f"d|{job.mining.corpus_prompt}")
+        first = evaluate_retrieval(encode, data.dev, k=depth, show_progress=False,
+                                   corpus_embeddings=docs.embeddings)
+        report = evaluate_reranker(str(ce_dir), data.dev, first.run, k=depth)
+        write_json_atomic({**report, "depth": depth}, run_dir / "cross_encoder_dev.json")
+        print(f"[embedray] cross-encoder reranking dev top-{depth}: nDCG@10 {report['before']['ndcg@10']:.4f} "
               f"→ {report['after']['ndcg@10']:.4f}", flush=True)

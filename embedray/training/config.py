@@ -52,7 +52,8 @@ class TrainConfig:
     checkpoint_every: int = 100
     """Steps between checkpoints (0 = only the final one)."""
     num_threads: int | None = None
-    """torch intra-op threads per worker (None = the CPUs given to the worker)."""
+    """torch intra-op threads per worker (None = the CPUs given to the worker). Dev evaluation,
+    which rank 0 runs while the other workers wait, uses every core of its node."""
     debug_kill_at_step: int | None = None
     """Fault injection for tests: the worker of rank ``debug_kill_rank`` SIGKILLs itself once at this step."""
     debug_kill_rank: int = 1

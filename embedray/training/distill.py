@@ -38,6 +38,12 @@ def candidate_scores(q: torch.Tensor, d: torch.Tensor, b: int, n: int, temperatu
     return torch.cat([pos, neg], dim=1) / temperature
 
 
+def in_batch_scores(q: torch.Tensor, d: torch.Tensor, temperature: float) -> torch.Tensor:
+    """(B, B + B*N) teacher scores: cosine / temperature of each query with every document of the
+    batch, in the batch's document order (positives, then each query's negatives)."""
+    return q @ d.T / temperature
+
+
 def pool_scores(query_ids: list[str], pos_ids: list[str], neg_ids: list[list[str]],
                 scores: dict[str, dict[str, float]]) -> torch.Tensor:
     """(B, 1+N) cross-encoder scores from the pool; a missing score is an error (not a silent 0)."""

@@ -88,9 +88,22 @@ def evaluate_dev(model, job, data: TrainingData) -> dict[str, float]:
         keep = sorted(dev.qrels)[: job.train.eval_max_queries]
         dev = type(dev)(dev.corpus, dev.queries, {q: dev.qrels[q] for q in keep}, dev.split, dev.path)
     was_training = model.training
-    result = evaluate_retrieval(make_encode_fn(model, job.model), dev, show_progress=False)
+    with _every_core():
+        result = evaluate_retrieval(make_encode_fn(model, job.model), dev, show_progress=False)
     model.train(was_training)
     return result.metrics
+
+
+@contextlib.contextmanager
+def _every_core():
+    """torch threads = the node's cores for a while: rank 0 evaluates dev alone while the other
+    workers wait for it, so their cores would otherwise sit idle."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(threads, len(os.sched_getaffinity(0))))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def train(job, session, data: TrainingData, run_dir: Path, hooks: Hooks | None = None) -> dict:
@@ -230,12 +243,14 @@ def _batch_loss(model, core, loss_fn, job, data, batch, negs, device, teacher=No
     ids = {"q_ids": q_ids, "pos_ids": pos_ids, "neg_ids": neg_ids}
     if teacher is None:
         return loss_fn(q, d_pos, d_neg, **ids)
-    from embedray.training.distill import candidate_scores, pool_scores
+    from embedray.training.distill import candidate_scores, in_batch_scores, pool_scores
     tq = teacher.encode(q_texts, job.train.max_query_length)           # (B, D_t)
     td = teacher.encode(d_texts, job.train.max_doc_length)             # (B + B*N, D_t)
     if job.distill.score_source == "cross_encoder":
         t_scores = pool_scores([ex.query_id for ex in batch], doc_ids[:b],
                                [doc_ids[b + i * n: b + (i + 1) * n] for i in range(b)], ce_scores).to(device)
+    elif job.loss.distill_in_batch:
+        t_scores = in_batch_scores(tq, td, job.loss.temperature)         # (B, B + B*N)
     else:
         t_scores = candidate_scores(tq, td, b, n, job.loss.temperature)  # (B, 1+N)
     total, _parts = loss_fn(q, d_pos, d_neg, teacher_scores=t_scores,

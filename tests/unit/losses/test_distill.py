@@ -77,6 +77,49 @@ def test_kl_matches_loop_and_is_zero_when_student_equals_teacher():
     assert q.grad.abs().max() < 1e-10
 
 
+def test_kl_in_batch_ranks_every_document_of_the_batch():
+    import torch.nn.functional as F
+
+    from embedray.training.distill import in_batch_scores
+
+    q, pos, neg, _ = _batch()
+    docs = [pos[j] for j in range(B)] + [neg[i, k] for i in range(B) for k in range(N)]  # batch order
+    teacher = _rand(B, B * (1 + N), seed=5) * 5
+    ts, tt = 0.5, 2.0
+    want = 0.0
+    for i in range(B):
+        zs = [float(F.cosine_similarity(q[i], d, dim=0)) / ts for d in docs]
+        zt = [float(x) / tt for x in teacher[i]]
+        ls = [z - math.log(sum(math.exp(y) for y in zs)) for z in zs]
+        lt = [z - math.log(sum(math.exp(y) for y in zt)) for z in zt]
+        want += sum(math.exp(b) * (b - a) for a, b in zip(ls, lt)) / B
+    loss = KLDistillLoss(student_temperature=ts, teacher_temperature=tt, in_batch=True)
+    assert loss(q, pos, neg, teacher).item() == pytest.approx(want, abs=1e-10)
+    # The loop's teacher scores come in the same order: a teacher equal to the student gives 0.
+    flat = torch.cat([pos, neg.reshape(-1, D)])
+    t_scores = in_batch_scores(F.normalize(q, dim=-1), F.normalize(flat, dim=-1), ts)
+    same = KLDistillLoss(student_temperature=ts, teacher_temperature=1.0, in_batch=True)(q, pos, neg, t_scores)
+    assert same.item() == pytest.approx(0.0, abs=1e-12)
+    with pytest.raises(ValueError, match="teacher_scores must be"):
+        loss(q, pos, neg, teacher[:, : 1 + N])  # per-query lists are not in-batch scores
+    # Without negatives the candidates are the batch's positives.
+    assert loss(q, pos, None, teacher[:, :B]).item() > 0
+
+
+def test_distill_in_batch_config_checks():
+    from embedray.config import TrainJobConfig, build_config
+    from embedray.losses.config import LossConfig
+
+    assert LossConfig(distill_score="kl", distill_in_batch=True).distill_in_batch
+    with pytest.raises(ValueError, match="distill_in_batch"):
+        LossConfig(distill_score="margin_mse", distill_in_batch=True)
+    with pytest.raises(ValueError, match="distill_in_batch"):
+        build_config(TrainJobConfig, {"data": {"path": "data"},
+                                      "loss": {"distill_score": "kl", "distill_in_batch": True},
+                                      "distill": {"teacher": "minilm-l6", "score_source": "cross_encoder"},
+                                      "refresh": {"mode": "static"}})
+
+
 def test_teacher_scores_shape_is_checked():
     q, pos, neg, teacher = _batch()
     with pytest.raises(ValueError, match="teacher_scores must be"):

@@ -51,3 +51,40 @@ def test_outputs_and_exact_resume_after_crash(topic_beir, tmp_path):
 def test_training_improves_dev_on_learnable_data(topic_beir, tmp_path):
     summary = run_local(_job(topic_beir, tmp_path, "learn", max_steps=40, lr=3e-3, eval_every=0))
     assert summary["dev_after"]["ndcg@10"] > summary["dev_before"]["ndcg@10"] + 0.05
+
+
+@pytest.mark.parametrize("in_batch", [False, True])
+def test_distilling_from_a_teacher_runs_per_query_and_in_batch(topic_beir, tmp_path, in_batch):
+    job = _job(topic_beir, tmp_path, f"distill-{in_batch}", max_steps=3, eval_every=0, checkpoint_every=0)
+    job = build_config(TrainJobConfig, {
+        **_as_dict(job),
+        "loss": {"name": "infonce", "temperature": 0.1, "distill_score": "kl", "distill_embed": True,
+                 "distill_in_batch": in_batch},
+        "distill": {"teacher": "tiny-bert"},
+    })
+    summary = run_local(job)
+    losses = _losses(tmp_path / f"distill-{in_batch}")
+    assert summary["steps"] == 3 and len(losses) == 3
+    assert all(loss == loss and loss > 0 for loss in losses)  # finite, task + distillation terms
+
+
+def _as_dict(job):
+    from embedray.config import to_dict
+    return to_dict(job)
+
+
+def test_dev_evaluation_borrows_every_core_and_gives_them_back():
+    import os
+
+    import torch
+
+    from embedray.training.loop import _every_core
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with _every_core():
+            assert torch.get_num_threads() == len(os.sched_getaffinity(0))
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

@@ -1,0 +1,53 @@
+"""The student can train on the teacher's last negative pool (student.train.negatives: pool)."""
+from pathlib import Path
+
+import pytest
+
+from embedray.cluster.pipeline import Pipeline
+from embedray.cluster.pipeline_config import PipelineConfig
+from embedray.config import build_config
+
+
+def _pipeline(tmp_path: Path, negatives: str) -> Pipeline:
+    cfg = build_config(PipelineConfig, {
+        "name": "t", "output_dir": str(tmp_path), "prepare": {"source": "debian"},
+        "teacher": {"name_or_path": "tiny-bert"},
+        "refresh": {"mode": "async"},
+        "student": {"keep_layers": None, "model": {"name_or_path": "tiny-bert"},
+                    "train": {"negatives": negatives, "num_negatives": 1}}}, "test")
+    return Pipeline(cfg)
+
+
+def _teacher_pools(run: Path, versions=(1, 2)) -> Path:
+    pools = run / "teacher" / "pools"
+    pools.mkdir(parents=True)
+    for v in versions:
+        (pools / f"pool-v{v}.json").write_text(f'{{"version": {v}}}')
+    (pools / "LATEST").write_text(f"{versions[-1]}\n")
+    return pools
+
+
+def test_student_on_the_teachers_newest_pool(tmp_path):
+    p = _pipeline(tmp_path, "pool")
+    with pytest.raises(ValueError, match="teacher's mined pool"):
+        p._student_job()
+    _teacher_pools(p.run)
+    job = p._student_job()
+    assert job.refresh.mode == "static" and job.train.negatives == "pool"
+    assert job.distill.score_source == "teacher"
+    student_pools = p.run / "student" / "pools"
+    assert (student_pools / "LATEST").read_text().strip() == "2"
+    assert (student_pools / "pool-v2.json").read_text() == '{"version": 2}'
+    assert not (student_pools / "pool-v1.json").exists()
+    # A resumed student keeps the pool it trained on.
+    (student_pools / "pool-v2.json").write_text('{"version": 2, "kept": true}')
+    p._student_job()
+    assert "kept" in (student_pools / "pool-v2.json").read_text()
+
+
+def test_student_without_pool_uses_random_negatives_and_no_refresh(tmp_path):
+    p = _pipeline(tmp_path, "random")
+    _teacher_pools(p.run)
+    job = p._student_job()
+    assert job.refresh.mode == "off" and job.train.negatives == "random"
+    assert not (p.run / "student" / "pools").exists()
