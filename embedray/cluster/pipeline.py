@@ -152,10 +152,8 @@ class Pipeline:
         if not (src_root / "LATEST").exists():
             raise ValueError(f"student.train.negatives: pool needs the teacher's mined pool, but "
                              f"{src_root} has none (teacher refresh.mode: off?); use negatives: random")
-        src, dst = PoolStore(src_root), PoolStore(dst_root)
-        version = src.latest_version()
-        _copy_atomic(src.path(version), dst.path(version))
-        _copy_atomic(src.root / "LATEST", dst.root / "LATEST")
+        src = PoolStore(src_root)
+        PoolStore(dst_root).publish(src.load(src.latest_version()))
 
     def _base_student(self) -> str:
         s = self.cfg.student
@@ -256,12 +254,6 @@ class Pipeline:
                               cluster=self._cluster("student"), mining=copy.deepcopy(c.mining),
                               cross_encoder=copy.deepcopy(c.cross_encoder), refresh=refresh,
                               distill=DistillConfig(teacher=str(teacher), score_source=s.score_source))
-
-
-def _copy_atomic(src: Path, dst: Path) -> None:
-    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
 
 
 def _flag_to_beir_folder(p, out: Path) -> Path:

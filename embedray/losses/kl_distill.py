@@ -83,14 +83,12 @@ class KLDistillLoss(nn.Module):
             student = similarity_matrix(q, docs, self.similarity)  # (B, B * (1 + N))
             if teacher_scores.shape != student.shape:
                 raise ValueError(f"teacher_scores must be (batch, batch * (1 + N)) = {tuple(student.shape)} "
-                                 f"for in-batch KL (every query against every document of the batch), "
-                                 f"got {tuple(teacher_scores.shape)}")
-            return kl_distill(student, teacher_scores.to(student.dtype), self.student_temperature,
-                              self.teacher_temperature)
-        if d_neg is None:
-            raise ValueError("KLDistillLoss needs hard negatives (d_neg): one candidate has nothing to rank")
-        student = candidate_scores(q, d_pos, d_neg, self.similarity)  # (B, 1 + N)
-        check_teacher_scores(student, teacher_scores)
+                                 f"for in-batch KL, got {tuple(teacher_scores.shape)}")
+        else:
+            if d_neg is None:
+                raise ValueError("KLDistillLoss needs hard negatives (d_neg): one candidate has nothing to rank")
+            student = candidate_scores(q, d_pos, d_neg, self.similarity)  # (B, 1 + N)
+            check_teacher_scores(student, teacher_scores)
         return kl_distill(student, teacher_scores.to(student.dtype), self.student_temperature,
                           self.teacher_temperature)
 

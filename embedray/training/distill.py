@@ -41,7 +41,8 @@ def candidate_scores(q: torch.Tensor, d: torch.Tensor, b: int, n: int, temperatu
 def in_batch_scores(q: torch.Tensor, d: torch.Tensor, temperature: float) -> torch.Tensor:
     """(B, B + B*N) teacher scores: cosine / temperature of each query with every document of the
     batch, in the batch's document order (positives, then each query's negatives)."""
-    return q @ d.T / temperature
+    from embedray.losses.similarity import similarity_matrix
+    return similarity_matrix(q, d, "dot") / temperature
 
 
 def pool_scores(query_ids: list[str], pos_ids: list[str], neg_ids: list[list[str]],

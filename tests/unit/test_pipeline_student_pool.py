@@ -19,25 +19,26 @@ def _pipeline(tmp_path: Path, negatives: str) -> Pipeline:
 
 
 def _teacher_pools(run: Path, versions=(1, 2)) -> Path:
-    pools = run / "teacher" / "pools"
-    pools.mkdir(parents=True)
+    from embedray.mining.pool import NegativePool
+    from embedray.mining.store import PoolStore
+
+    store = PoolStore(run / "teacher" / "pools")
     for v in versions:
-        (pools / f"pool-v{v}.json").write_text(f'{{"version": {v}}}')
-    (pools / "LATEST").write_text(f"{versions[-1]}\n")
-    return pools
+        store.publish(NegativePool(v, {"q1": [(f"d{v}", None)]}))
+    return store.root
 
 
 def test_student_on_the_teachers_newest_pool(tmp_path):
     p = _pipeline(tmp_path, "pool")
     with pytest.raises(ValueError, match="teacher's mined pool"):
         p._student_job()
-    _teacher_pools(p.run)
+    teacher_pools = _teacher_pools(p.run)
     job = p._student_job()
     assert job.refresh.mode == "static" and job.train.negatives == "pool"
     assert job.distill.score_source == "teacher"
     student_pools = p.run / "student" / "pools"
     assert (student_pools / "LATEST").read_text().strip() == "2"
-    assert (student_pools / "pool-v2.json").read_text() == '{"version": 2}'
+    assert (student_pools / "pool-v2.json").read_text() == (teacher_pools / "pool-v2.json").read_text()
     assert not (student_pools / "pool-v1.json").exists()
     # A resumed student keeps the pool it trained on.
     (student_pools / "pool-v2.json").write_text('{"version": 2, "kept": true}')
