@@ -64,7 +64,8 @@ class Pipeline:
         p = self.cfg.prepare
         if p.source == "debian":
             from embedray.data.debian import build_debian
-            stats = build_debian(self.data_dir, max_docs=p.debian_max_docs, max_queries=p.debian_max_queries)
+            stats = build_debian(self.data_dir, max_docs=p.debian_max_docs, max_queries=p.debian_max_queries,
+                                 split_queries=p.debian_split_queries)
             return {"data": str(self.data_dir), "summary": stats.summary()}
         if p.source == "flag":
             return {"data": str(_flag_to_beir_folder(p, self.data_dir))}

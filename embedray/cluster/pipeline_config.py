@@ -22,6 +22,9 @@ class PrepareConfig:
     """Corpus size of the Debian build (None = all ~58k)."""
     debian_max_queries: int | None = 1000
     """Queries of the Debian build, split 80/10/10 (None = all)."""
+    debian_split_queries: dict[str, int] | None = None
+    """Queries of the splits it names instead of their share, e.g. ``{test: 300}``: a larger
+    test split measures the report's ratios more precisely."""
     flag_train: str | None = None
     """FlagEmbedding JSONL for training (``source: flag``)."""
     flag_dev: str | None = None

@@ -34,7 +34,6 @@ class RayTrainSession:
         self.rank, self.world_size = ctx.get_world_rank(), ctx.get_world_size()
         self.device = ray.train.torch.get_device()
         self.data, self.source = data, source
-        self._restored: Path | None = None
 
     def prepare_model(self, model):
         return ray.train.torch.prepare_model(model)
@@ -51,16 +50,18 @@ class RayTrainSession:
             r["neg_ids"] = list(r.get("neg_ids") or [])
         return rows_to_examples(rows, self.data, self.source)
 
-    def latest_checkpoint(self) -> Path | None:
+    def restore(self) -> dict | None:
         found = ray.train.get_checkpoint()
         if found is None:
             return None
         local = Path(tempfile.mkdtemp(prefix="embedray-restore-"))
-        found.to_directory(str(local))
-        if not ckpt.is_complete(local):
-            raise RuntimeError(f"checkpoint {found.path} failed verification (manifest mismatch)")
-        self._restored = local
-        return local
+        try:
+            found.to_directory(str(local))
+            if not ckpt.is_complete(local):
+                raise RuntimeError(f"checkpoint {found.path} failed verification (manifest mismatch)")
+            return ckpt.read_state(local, self.rank)
+        finally:
+            shutil.rmtree(local, ignore_errors=True)  # the state is in memory now
 
     def save_checkpoint(self, step: int, metrics: dict, **state) -> None:
         staging = Path(tempfile.mkdtemp(prefix="embedray-ckpt-"))

@@ -21,7 +21,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -39,7 +39,8 @@ APT_HELPER = "/usr/lib/apt/apt-helper"
 SPLITS = (("train", 0.8), ("dev", 0.1), ("test", 0.1))
 SPLIT_RULE = ("split by the first 32 bits of sha1(package name) / 2^32: < 0.8 train, < 0.9 dev, "
               "else test (independent of the seed)")
-SELECT_RULE = ("under --max-queries/--max-docs, queries (per split, 80/10/10 of the cap) and "
+SELECT_RULE = ("under --max-queries/--split-queries/--max-docs, queries (per split: its own cap, "
+               "else 80/10/10 of --max-queries) and "
                "distractor documents are taken in ascending order of sha1(f'{seed}:{package}')")
 # Translation-en plus apt's compressed variants; not Translation-en_GB etc.
 _TRANSLATION_RE = re.compile(r"Translation-en(\.(gz|xz|lz4|bz2|zst))?$")
@@ -298,8 +299,22 @@ def _quotas(max_queries: int) -> dict[str, int]:
     return {"train": max_queries - dev - test, "dev": dev, "test": test}
 
 
+def _split_caps(max_queries: int | None, split_queries: Mapping[str, int] | None) -> dict[str, int | None]:
+    """Queries per split: ``split_queries`` where it names the split, else the split's share of
+    ``max_queries`` (None: no cap)."""
+    named = dict(split_queries or {})
+    unknown = sorted(set(named) - {s for s, _ in SPLITS})
+    if unknown:
+        raise ValueError(f"split_queries: unknown split(s) {unknown}; expected train, dev, test")
+    for split, value in named.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"split_queries.{split} must be a positive integer, got {value!r}")
+    share = _quotas(max_queries) if max_queries is not None else {}
+    return {s: named.get(s, share.get(s)) for s, _ in SPLITS}
+
+
 def build_debian(out_dir: str | Path, max_docs: int | None = None, max_queries: int | None = None,
-                 seed: int = 0, lists_dir: str | Path = DEFAULT_LISTS_DIR,
+                 split_queries: Mapping[str, int] | None = None, seed: int = 0, lists_dir: str | Path = DEFAULT_LISTS_DIR,
                  sources: Sequence[str | Path] | None = None, progress: bool = False) -> DebianStats:
     """Build the Debian descriptions dataset as a BEIR folder.
 
@@ -310,6 +325,9 @@ def build_debian(out_dir: str | Path, max_docs: int | None = None, max_queries: 
         max_docs: corpus size cap. The corpus always holds every selected query's document, then
             other packages' descriptions as distractors up to ``max_docs``. None: all packages.
         max_queries: total queries over all splits, shared 80/10/10. None: every usable package.
+        split_queries: queries of the splits it names, e.g. ``{"test": 300}``, instead of their
+            share of ``max_queries`` (a larger test split measures a report more precisely; which
+            split a package belongs to never changes).
         seed: picks which queries and distractors a cap keeps; the split of a package never
             depends on it.
         lists_dir: apt's lists folder, searched for ``*Translation-en*`` files. If it has none,
@@ -329,6 +347,7 @@ def build_debian(out_dir: str | Path, max_docs: int | None = None, max_queries: 
     for name, value in (("max_docs", max_docs), ("max_queries", max_queries)):
         if value is not None and (not isinstance(value, int) or value < 1):
             raise ValueError(f"{name} must be a positive integer or None, got {value!r}")
+    caps = _split_caps(max_queries, split_queries)
     start = time.perf_counter()
     files = ([Path(s) for s in sources] if sources is not None
              else _ensure_translation_files(Path(lists_dir)))
@@ -341,8 +360,7 @@ def build_debian(out_dir: str | Path, max_docs: int | None = None, max_queries: 
     by_split: dict[str, list[str]] = {s: [] for s, _ in SPLITS}
     for name in sorted(kept, key=rank.__getitem__):
         by_split[split_of(name)].append(name)
-    if max_queries is not None:
-        by_split = {s: names[:_quotas(max_queries)[s]] for s, names in by_split.items()}
+    by_split = {s: names if caps[s] is None else names[:caps[s]] for s, names in by_split.items()}
     positives = {name for names in by_split.values() for name in names}
     doc_names = set(kept)
     if max_docs is not None:
@@ -367,6 +385,7 @@ def build_debian(out_dir: str | Path, max_docs: int | None = None, max_queries: 
     meta = {"name": "debian-package-descriptions", "query": "package summary (Description-en first line)",
             "document": "long description, Debian formatting undone; title empty",
             "seed": seed, "max_docs": max_docs, "max_queries": max_queries,
+            "split_queries": dict(split_queries) if split_queries else None,
             "split_rule": SPLIT_RULE, "selection_rule": SELECT_RULE,
             **{k: v for k, v in asdict(stats).items() if k not in ("out_dir", "seconds")}}
     tmp = out / ".dataset.json.tmp"
@@ -386,16 +405,30 @@ def add_data_debian_arguments(parser: argparse.ArgumentParser) -> None:
                         help="corpus size (positives of the chosen queries + distractors); default all")
     parser.add_argument("--max-queries", type=int, default=None,
                         help="total queries, split 80/10/10 over train/dev/test; default all")
+    parser.add_argument("--split-queries", type=_split_counts, default=None, metavar="SPLIT=N,...",
+                        help="queries of named splits instead of their share, e.g. test=300,dev=60")
     parser.add_argument("--lists-dir", type=Path, default=Path(DEFAULT_LISTS_DIR),
                         help=f"apt lists folder with *Translation-en* files (default {DEFAULT_LISTS_DIR})")
     parser.add_argument("--seed", type=int, default=0,
                         help="which queries/distractors the caps keep (splits never change)")
 
 
+def _split_counts(text: str) -> dict[str, int]:
+    """``train=480,test=300`` → ``{"train": 480, "test": 300}`` (argparse type)."""
+    counts = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        split, eq, value = part.partition("=")
+        if not eq or not value.strip().isdigit():
+            raise argparse.ArgumentTypeError(f"expected SPLIT=N[,SPLIT=N...], got {part!r}")
+        counts[split.strip()] = int(value)
+    return counts
+
+
 def run_data_debian(args: argparse.Namespace) -> int:
     """``embedray data debian``: build the dataset, print the counts; 0 on success, 1 on error."""
     try:
         stats = build_debian(args.out_dir, max_docs=args.max_docs, max_queries=args.max_queries,
+                             split_queries=getattr(args, "split_queries", None),
                              seed=getattr(args, "seed", 0), lists_dir=args.lists_dir, progress=True)
     except (FileNotFoundError, ValueError, RuntimeError, subprocess.CalledProcessError) as e:
         print(f"error: {e}", file=sys.stderr)

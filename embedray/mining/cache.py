@@ -195,6 +195,20 @@ def embedding_cache(cache_dir: str | os.PathLike, weights_fp: str) -> ShardedCac
     return ShardedCache(Path(cache_dir) / "emb" / weights_fp)
 
 
+def cached_embeddings(texts: Sequence[str], weights_fp: str, cache_dir: str | os.PathLike,
+                      prompt: str = "") -> np.ndarray | None:
+    """``texts``' embeddings when the cache holds every one of them, else ``None``; reads only.
+
+    For a caller that would encode the same texts with the same weights but should not grow the
+    cache with its own results (e.g. a dev evaluation, whose weights are rarely mined again).
+    """
+    keys = [text_hash(t, prompt) for t in texts]
+    if not keys or not (Path(cache_dir) / "emb" / weights_fp).is_dir():
+        return None
+    cache = embedding_cache(cache_dir, weights_fp)
+    return None if cache.missing(keys) else cache.get(keys)
+
+
 def encode_with_cache(texts: Sequence[str], encode_fn: Callable[[list[str]], np.ndarray],
                       weights_fp: str, cache_dir: str | os.PathLike | None,
                       prompt: str = "") -> EncodeResult:

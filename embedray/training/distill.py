@@ -8,9 +8,15 @@ from embedray.models.config import ModelConfig
 
 
 class Teacher:
-    """A frozen bi-encoder: embeddings and candidate scores for a batch, no gradients."""
+    """A frozen bi-encoder: embeddings and candidate scores for a batch, no gradients.
 
-    def __init__(self, name_or_path: str, student_cfg: ModelConfig, device: torch.device):
+    Its embeddings never change, and training sees each query, positive and sampled negative
+    several times (every epoch, every worker), so each text is encoded once and remembered, up
+    to ``max_cached`` texts (then the rest is encoded every time it comes up).
+    """
+
+    def __init__(self, name_or_path: str, student_cfg: ModelConfig, device: torch.device,
+                 max_cached: int = 200_000):
         from embedray.models.encoder import BiEncoder
 
         cfg = ModelConfig(name_or_path=name_or_path, query_prefix=student_cfg.query_prefix,
@@ -19,6 +25,9 @@ class Teacher:
         for p in self.model.parameters():
             p.requires_grad_(False)
         self.device = device
+        self.max_cached = max_cached
+        self._seen: dict[tuple[int, str], torch.Tensor] = {}  # (max_length, text) → (teacher_dim,)
+        self.encoded = 0  # texts run through the teacher (the rest came from memory)
 
     @property
     def dim(self) -> int:
@@ -26,8 +35,19 @@ class Teacher:
 
     @torch.no_grad()
     def encode(self, texts: list[str], max_length: int) -> torch.Tensor:
-        tok = {k: v.to(self.device) for k, v in self.model.tokenize(texts, max_length=max_length).items()}
-        return self.model(**tok)  # (n, teacher_dim)
+        keys = [(max_length, t) for t in texts]
+        todo = list(dict.fromkeys(k for k in keys if k not in self._seen))
+        fresh = {}
+        if todo:
+            tok = self.model.tokenize([t for _, t in todo], max_length=max_length)
+            out = self.model(**{k: v.to(self.device) for k, v in tok.items()})  # (m, teacher_dim)
+            fresh = dict(zip(todo, out))
+            self.encoded += len(todo)
+            for key, row in fresh.items():
+                if len(self._seen) >= self.max_cached:
+                    break
+                self._seen[key] = row
+        return torch.stack([fresh[k] if k in fresh else self._seen[k] for k in keys])  # (n, teacher_dim)
 
 
 def candidate_scores(q: torch.Tensor, d: torch.Tensor, b: int, n: int, temperature: float) -> torch.Tensor:

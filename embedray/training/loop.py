@@ -80,18 +80,33 @@ def make_encode_fn(model, model_cfg, batch_size: int = 64) -> Callable[[list[str
     return encode
 
 
-def evaluate_dev(model, job, data: TrainingData) -> dict[str, float]:
-    """nDCG@10 etc. of the live model on (a deterministic subset of) the dev split."""
+def evaluate_dev(model, job, data: TrainingData, cache_dir: Path | None = None) -> dict[str, float]:
+    """nDCG@10 etc. of the live model on (a deterministic subset of) the dev split.
+
+    With ``cache_dir`` (the run's embedding cache), documents that a mining round already
+    encoded with these exact weights are read from it: the teacher's first evaluation reuses
+    the corpus its base weights were mined with.
+    """
     from embedray.eval.retrieval import evaluate_retrieval
     dev = data.dev
     if job.train.eval_max_queries and len(dev.qrels) > job.train.eval_max_queries:
         keep = sorted(dev.qrels)[: job.train.eval_max_queries]
         dev = type(dev)(dev.corpus, dev.queries, {q: dev.qrels[q] for q in keep}, dev.split, dev.path)
     was_training = model.training
+    docs = _mined_doc_embeddings(model, job, dev, cache_dir) if cache_dir is not None else None
     with _every_core():
-        result = evaluate_retrieval(make_encode_fn(model, job.model), dev, show_progress=False)
+        result = evaluate_retrieval(make_encode_fn(model, job.model), dev, show_progress=False,
+                                    corpus_embeddings=docs)
     model.train(was_training)
     return result.metrics
+
+
+def _mined_doc_embeddings(model, job, dev, cache_dir: Path):
+    """The dev corpus as mining encoded it with these weights (same encoder, same key), or None."""
+    from embedray.mining.cache import cached_embeddings, state_dict_fingerprint
+    from embedray.mining.pipeline import doc_text
+    return cached_embeddings([doc_text(d) for d in dev.corpus.values()], state_dict_fingerprint(model.state_dict()),
+                             cache_dir, prompt=f"d|{job.mining.corpus_prompt}")
 
 
 @contextlib.contextmanager
@@ -109,8 +124,9 @@ def _every_core():
 def train(job, session, data: TrainingData, run_dir: Path, hooks: Hooks | None = None) -> dict:
     """Train ``job.model`` with ``job.loss`` for ``job.train.max_steps`` steps; return the summary.
 
-    Resumes from ``session.latest_checkpoint()`` when there is one, exactly: same batches, same
-    negatives, same dropout masks as an uninterrupted run with the same seed.
+    Resumes from ``session.restore()`` (the newest complete checkpoint) when there is one,
+    exactly: same batches, same negatives, same dropout masks as an uninterrupted run with the
+    same seed.
     """
     from embedray.losses import build_objective
     from embedray.models.encoder import BiEncoder
@@ -140,8 +156,7 @@ def train(job, session, data: TrainingData, run_dir: Path, hooks: Hooks | None =
                               mode=tc.negatives, seed=tc.seed)
 
     start_step, state = 0, {"best_dev": None, "evals_without_gain": 0, "pool_version": 0}
-    if (found := session.latest_checkpoint()) is not None:
-        saved = ckpt.read_state(found, session.rank)
+    if (saved := session.restore()) is not None:
         core.load_state_dict({k: v for k, v in saved["model"].items() if not k.startswith(LOSS_PREFIX)})
         loss_fn.load_state_dict({k[len(LOSS_PREFIX):]: v for k, v in saved["model"].items()
                                  if k.startswith(LOSS_PREFIX)})
@@ -159,7 +174,7 @@ def train(job, session, data: TrainingData, run_dir: Path, hooks: Hooks | None =
               f"{len(examples)} pairs, {plan.batches_per_epoch} global batches/epoch, "
               f"{session.world_size} worker(s), {tc.max_steps} steps", flush=True)
     if start_step == 0 and data.dev is not None and rank0:
-        log.event("dev", 0, evaluate_dev(core, job, data))
+        log.event("dev", 0, evaluate_dev(core, job, data, cache_dir=run_dir / "cache"))
 
     def checkpoint(step: int) -> None:
         trainer_state = {"step": step, "state": state, "seed": tc.seed, "world_size": session.world_size}

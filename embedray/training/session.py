@@ -23,7 +23,7 @@ class Session(Protocol):
 
     def prepare_model(self, model: nn.Module) -> nn.Module: ...
     def training_examples(self) -> list[Example]: ...
-    def latest_checkpoint(self) -> Path | None: ...
+    def restore(self) -> dict | None: ...
     def save_checkpoint(self, step: int, metrics: dict, **state) -> None: ...
     def report(self, metrics: dict) -> None: ...
 
@@ -46,8 +46,9 @@ class LocalSession:
     def training_examples(self) -> list[Example]:
         return self.examples
 
-    def latest_checkpoint(self) -> Path | None:
-        return ckpt.latest_complete(self.run_dir)
+    def restore(self) -> dict | None:
+        found = ckpt.latest_complete(self.run_dir)
+        return ckpt.read_state(found, self.rank) if found is not None else None
 
     def save_checkpoint(self, step: int, metrics: dict, **state) -> None:
         ckpt.save_local(self.run_dir, step, self.num_to_keep, rank=0, **state)

@@ -166,3 +166,30 @@ def test_cli(tmp_path, capsys):
                               "--lists-dir", str(LISTS)])
     assert run_data_debian(args) == 1
     assert "error: max_docs=2" in capsys.readouterr().err
+
+
+def test_split_queries_sets_the_size_of_named_splits(tmp_path):
+    base = build_debian(tmp_path / "a", max_docs=15, max_queries=10, lists_dir=LISTS)
+    bigger = build_debian(tmp_path / "b", max_docs=15, max_queries=10, split_queries={"test": 3},
+                          lists_dir=LISTS)
+    assert bigger.queries == {"train": 8, "dev": 1, "test": 3}
+    a, b = _load(tmp_path / "a"), _load(tmp_path / "b")
+    assert set(a["test"].qrels) < set(b["test"].qrels)  # the same first test queries, and more
+    assert a["train"].qrels == b["train"].qrels and a["dev"].qrels == b["dev"].qrels
+    assert all(split_of(q.removeprefix("q:")) == "test" for q in b["test"].qrels)
+    assert json.loads((tmp_path / "b" / "dataset.json").read_text())["split_queries"] == {"test": 3}
+    only = build_debian(tmp_path / "c", split_queries={"train": 4, "dev": 2, "test": 2}, lists_dir=LISTS)
+    assert only.queries == {"train": 4, "dev": 2, "test": 2} and base.queries["train"] == 8
+    with pytest.raises(ValueError, match="unknown split"):
+        build_debian(tmp_path / "d", split_queries={"validation": 3}, lists_dir=LISTS)
+    with pytest.raises(ValueError, match="split_queries.test must be a positive integer"):
+        build_debian(tmp_path / "d", split_queries={"test": 0}, lists_dir=LISTS)
+
+
+def test_cli_split_queries(tmp_path, capsys):
+    from embedray.cli import main
+    assert main(["data", "debian", str(tmp_path / "out"), "--max-docs", "15", "--max-queries", "10",
+                 "--split-queries", "test=3,dev=2", "--lists-dir", str(LISTS)]) == 0
+    assert "test 3" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["data", "debian", str(tmp_path / "x"), "--split-queries", "test:3"])

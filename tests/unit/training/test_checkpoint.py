@@ -49,3 +49,27 @@ def test_corrupt_file_is_detected(tmp_path):
     assert ckpt.latest_complete(tmp_path) == folder
     with pytest.raises(ValueError, match="incomplete or corrupt"):
         ckpt.read_state(tmp_path / "checkpoint-000006")
+
+
+def test_ray_session_restore_loads_and_leaves_no_copy(tmp_path, monkeypatch):
+    """Ray Train hands the loop a checkpoint it copies locally; the copy goes once loaded."""
+    import ray.train
+
+    from embedray.cluster.train import RayTrainSession
+
+    folder = ckpt.save_local(tmp_path / "saved", 7, num_to_keep=2, **_state(7))
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr("tempfile.tempdir", str(scratch))
+    monkeypatch.setattr(ray.train, "get_checkpoint", lambda: ray.train.Checkpoint.from_directory(str(folder)))
+    session = object.__new__(RayTrainSession)
+    session.rank = 0
+    assert session.restore()["trainer_state"]["step"] == 7
+    assert list(scratch.iterdir()) == []
+
+    (folder / "model.safetensors").write_bytes(b"torn")
+    with pytest.raises(RuntimeError, match="failed verification"):
+        session.restore()
+    assert list(scratch.iterdir()) == []
+    monkeypatch.setattr(ray.train, "get_checkpoint", lambda: None)
+    assert session.restore() is None

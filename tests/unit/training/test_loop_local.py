@@ -2,6 +2,7 @@
 import json
 
 import pytest
+import torch
 
 from embedray.config import TrainJobConfig, build_config
 from embedray.training.local import run_local
@@ -76,8 +77,6 @@ def _as_dict(job):
 def test_dev_evaluation_borrows_every_core_and_gives_them_back():
     import os
 
-    import torch
-
     from embedray.training.loop import _every_core
 
     before = torch.get_num_threads()
@@ -88,3 +87,37 @@ def test_dev_evaluation_borrows_every_core_and_gives_them_back():
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_dev_evaluation_reads_documents_mining_encoded_with_the_same_weights(topic_beir, tmp_path):
+    from embedray.mining.cache import encode_with_cache, state_dict_fingerprint
+    from embedray.mining.pipeline import doc_text
+    from embedray.models.encoder import BiEncoder
+    from embedray.training.data import load_training_data
+    from embedray.training.loop import evaluate_dev, make_encode_fn
+
+    job = _job(topic_beir, tmp_path, "cache")
+    data = load_training_data(job.data)
+    model = BiEncoder.from_config(job.model)
+    encoded = []
+    real_encode = model.encode
+    model.encode = lambda texts, **kw: (encoded.extend(texts), real_encode(texts, **kw))[1]
+    cache = tmp_path / "cache"
+
+    plain = evaluate_dev(model, job, data, cache_dir=cache)  # nothing mined yet: encodes everything
+    n_docs, n_queries = len(data.dev.corpus), len(data.dev.qrels)
+    assert len(encoded) == n_docs + n_queries and not cache.exists()  # and writes no cache
+
+    encode = make_encode_fn(model, job.model)  # what a mining round of these weights leaves behind
+    encode_with_cache([doc_text(d) for d in data.dev.corpus.values()], lambda t: encode(t, "doc"),
+                      state_dict_fingerprint(model.state_dict()), cache, prompt=f"d|{job.mining.corpus_prompt}")
+    encoded.clear()
+    reused = evaluate_dev(model, job, data, cache_dir=cache)
+    assert len(encoded) == n_queries  # documents came from the cache
+    assert reused["ndcg@10"] == pytest.approx(plain["ndcg@10"], abs=1e-6)
+
+    with torch.no_grad():  # other weights: other fingerprint, the cache does not apply
+        next(model.parameters()).add_(0.01)
+    encoded.clear()
+    evaluate_dev(model, job, data, cache_dir=cache)
+    assert len(encoded) == n_docs + n_queries
