@@ -76,10 +76,16 @@ class Pipeline:
     def stage_baseline(self) -> dict:
         from embedray.models.bundled import resolve_model
         student, teacher = self._base_student(), self.cfg.teacher.name_or_path
-        rows = {"base student": self._evaluate_model(student)}
-        # A student that starts as the teacher's own base model is evaluated once.
-        rows["base teacher"] = dict(rows["base student"]) if resolve_model(student) == resolve_model(teacher) \
-            else self._evaluate_model(teacher)
+        if resolve_model(student) == resolve_model(teacher):
+            # A student that starts as the teacher's own base model is evaluated once.
+            rows = {"base student": self._evaluate_model(student)}
+            rows["base teacher"] = dict(rows["base student"])
+        else:
+            rows = {"base student": self._evaluate_model(student, speed=False),
+                    "base teacher": self._evaluate_model(teacher, speed=False)}
+            speeds = self._encode_speeds({"base student": student, "base teacher": teacher})
+            for label in speeds:
+                rows[label]["docs_per_s"] = speeds[label]
         for name in self.cfg.eval.extra_models:
             rows[f"{name} (untrained)"] = self._evaluate_model(name)
         write_json_atomic(rows, self.run / "baseline.json")
@@ -99,18 +105,23 @@ class Pipeline:
         rows = json.loads((self.run / "baseline.json").read_text())
         teacher = self.run / "teacher" / "final"
         student = self.run / "student" / "final"
-        rows["trained teacher"], first = self._evaluate_model(teacher, keep=True)
+        rows["trained teacher"], first = self._evaluate_model(teacher, keep=True, speed=False)
         ce = self.run / "teacher" / "cross-encoder"
         if ce.exists():
             rows["teacher + cross-encoder rerank"] = self._rerank_row(first.run, ce)
         # The student is encoded once: each Matryoshka row truncates the same document
         # embeddings (only the queries are re-encoded), and the encode speed is the model's.
         dims = c.student.matryoshka_dims or [None]
-        full, res = self._evaluate_model(student, keep=True)
+        full, res = self._evaluate_model(student, keep=True, speed=False)
         rows["distilled student"] = full
         for dim in dims[1:]:
             rows[f"distilled student @{dim}"] = self._evaluate_model(
-                student, truncate_dim=dim, corpus_embeddings=res.doc_embeddings, docs_per_s=full["docs_per_s"])
+                student, truncate_dim=dim, corpus_embeddings=res.doc_embeddings, speed=False)
+        # The speed-up in the verdict compares these two: timed in turns, in the same minute.
+        speeds = self._encode_speeds({"trained teacher": teacher, "distilled student": student})
+        for label, row in rows.items():
+            if label == "trained teacher" or label.startswith("distilled student"):
+                row["docs_per_s"] = speeds["distilled student" if label.startswith("distilled") else label]
         for label, path in [("base teacher", c.teacher.name_or_path), ("trained teacher", teacher),
                             ("base student", self._base_student())]:
             rows[label]["size"] = model_size(path)
@@ -175,10 +186,10 @@ class Pipeline:
             self._test = load_beir(self.data_dir, self.cfg.data.test_split, missing_docs="keep")
         return self._test
 
-    def _evaluate_model(self, name_or_path, truncate_dim=None, corpus_embeddings=None, docs_per_s=None,
-                        keep: bool = False):
-        """Test-split metrics + encode speed of one model; with ``keep``, also its
-        :class:`EvalResult` (run and document embeddings) for reuse."""
+    def _evaluate_model(self, name_or_path, truncate_dim=None, corpus_embeddings=None, keep: bool = False,
+                        speed: bool = True):
+        """Test-split metrics + encode speed of one model (``speed=False``: measured by the
+        caller); with ``keep``, also its :class:`EvalResult` (run and document embeddings)."""
         from embedray.eval.retrieval import evaluate_retrieval, load_encoder
         model = load_encoder(str(name_or_path))
         res = evaluate_retrieval(model, self._test_data(), k=100, batch_size=self.cfg.eval.batch_size,
@@ -186,23 +197,31 @@ class Pipeline:
                                  show_progress=False, truncate_dim=truncate_dim, corpus_embeddings=corpus_embeddings,
                                  return_embeddings=keep)
         dim = truncate_dim or model.get_sentence_embedding_dimension()
-        speed = docs_per_s if docs_per_s is not None else self._encode_speed(model)
-        _say(f"  {Path(str(name_or_path)).name} (dim {dim}): nDCG@10 {res.metrics['ndcg@10']:.4f}, "
-             f"{speed:.0f} docs/s")
-        row = {**res.metrics, "docs_per_s": speed, "dim": dim}
+        docs_per_s = self._encode_speeds({"model": model})["model"] if speed else None
+        _say(f"  {Path(str(name_or_path)).name} (dim {dim}): nDCG@10 {res.metrics['ndcg@10']:.4f}"
+             + (f", {docs_per_s:.0f} docs/s" if speed else ""))
+        row = {**res.metrics, "docs_per_s": docs_per_s, "dim": dim}
         return (row, res) if keep else row
 
-    def _encode_speed(self, model, n: int = 256) -> float:
-        """Docs/s on the same first ``n`` test-corpus documents for every model, after a warm-up,
-        best of two passes (the eval's own timing includes loading and cold caches)."""
+    def _encode_speeds(self, models: dict, n: int = 256, rounds: int = 2) -> dict[str, float]:
+        """Docs/s of each model (a loaded encoder or a path) on the same first ``n`` test-corpus
+        documents: a warm-up each, then ``rounds`` timed passes taken in turns (model A, B, A, B:
+        a slower minute of the machine slows all of them), best pass per model."""
+        from embedray.eval.retrieval import load_encoder
         docs = [d.text_for_model for d in list(self._test_data().corpus.values())[:n]]
-        model.encode(docs[:32], batch_size=self.cfg.eval.batch_size)
-        best = float("inf")
-        for _ in range(2):
-            t0 = time.perf_counter()
-            model.encode(docs, batch_size=self.cfg.eval.batch_size)
-            best = min(best, time.perf_counter() - t0)
-        return len(docs) / best
+        loaded = {k: load_encoder(str(m)) if isinstance(m, (str, Path)) else m for k, m in models.items()}
+        for model in loaded.values():
+            model.encode(docs[:32], batch_size=self.cfg.eval.batch_size)
+        best = dict.fromkeys(loaded, float("inf"))
+        for _ in range(rounds):
+            for label, model in loaded.items():
+                t0 = time.perf_counter()
+                model.encode(docs, batch_size=self.cfg.eval.batch_size)
+                best[label] = min(best[label], time.perf_counter() - t0)
+        speeds = {label: len(docs) / s for label, s in best.items()}
+        if len(speeds) > 1:
+            _say("  encode speed, timed in turns: " + ", ".join(f"{k} {v:.0f} docs/s" for k, v in speeds.items()))
+        return speeds
 
     def _rerank_row(self, first_stage_run: dict, ce: Path) -> dict:
         from embedray.models.cross_encoder import evaluate_reranker

@@ -14,7 +14,7 @@ from embedray.losses.embed_distill import EmbeddingDistillLoss
 from embedray.losses.infonce import GatherFn, InfoNCELoss, ids_to_tensor, info_nce
 from embedray.losses.kl_distill import KLDistillLoss
 from embedray.losses.margin_mse import MarginMSELoss
-from embedray.losses.matryoshka import MatryoshkaLoss
+from embedray.losses.matryoshka import MatryoshkaEmbedDistillLoss, MatryoshkaLoss, MatryoshkaScoreLoss
 from embedray.losses.score_mse import ScoreMSELoss
 from embedray.losses.simcse import SimCSELoss, set_dropout
 from embedray.losses.triplet import TripletLoss
@@ -81,16 +81,22 @@ def build_objective(cfg: LossConfig, *, gather_fn: GatherFn | None = None, stude
         "kl": KLDistillLoss(student_temperature=cfg.temperature, teacher_temperature=cfg.teacher_temperature,
                             in_batch=cfg.distill_in_batch),
     }[cfg.distill_score]
+    if cfg.distill_matryoshka:
+        if not (cfg.matryoshka_dims and score is not None):
+            raise ValueError("loss.distill_matryoshka needs loss.distill_score and matryoshka dims "
+                             "(student.matryoshka_dims in a pipeline)")
+        score = MatryoshkaScoreLoss(score, cfg.matryoshka_dims, cfg.matryoshka_weights)
     embed = None
     if cfg.distill_embed:
         if student_dim is None or teacher_dim is None:
             raise ValueError("loss.distill_embed is on: pass student_dim and teacher_dim")
-        embed = EmbeddingDistillLoss(student_dim, teacher_dim)
+        embed = (MatryoshkaEmbedDistillLoss(cfg.matryoshka_dims, cfg.matryoshka_weights)
+                 if cfg.distill_matryoshka and student_dim == teacher_dim else EmbeddingDistillLoss(student_dim, teacher_dim))
     return DistillationObjective(task, score, embed, cfg.weights)
 
 
 __all__ = [
     "LOSSES", "ContrastiveLoss", "DistillationObjective", "EmbeddingDistillLoss", "GatherFn", "InfoNCELoss",
-    "KLDistillLoss", "LossConfig", "MarginMSELoss", "MatryoshkaLoss", "ScoreMSELoss", "SimCSELoss",
-    "TripletLoss", "build_loss", "build_objective", "ids_to_tensor", "info_nce", "set_dropout",
+    "KLDistillLoss", "LossConfig", "MarginMSELoss", "MatryoshkaLoss", "MatryoshkaScoreLoss", "ScoreMSELoss",
+    "SimCSELoss", "TripletLoss", "build_loss", "build_objective", "ids_to_tensor", "info_nce", "set_dropout",
 ]

@@ -39,6 +39,10 @@ class LossConfig:
     #: B * (1 + N) positives and negatives of the batch) instead of its own [positive, negatives]:
     #: more of the teacher's ranking per step at no extra encoding. Needs distill_score "kl".
     distill_in_batch: bool = False
+    #: Distillation at every Matryoshka size, not only the full one: the student's truncated
+    #: similarities copy the teacher's scores, and (a student of the teacher's size) its first k
+    #: features copy the teacher's first k. Needs distill_score and matryoshka_dims.
+    distill_matryoshka: bool = False
     #: Temperature of the teacher's softmax in KL distillation.
     teacher_temperature: float = 1.0
     #: Weights of the parts when distilling: keys "task", "score", "embed" (missing = 1).

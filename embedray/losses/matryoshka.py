@@ -75,3 +75,52 @@ class MatryoshkaLoss(nn.Module):
 
     def extra_repr(self) -> str:
         return f"dims={self.dims}, weights={self.weights}"
+
+
+class MatryoshkaScoreLoss(MatryoshkaLoss):
+    """A score-distillation loss at several truncated sizes of the student's embeddings, each
+    against the same teacher scores: the small prefixes learn the teacher's ranking as well.
+
+    ``loss = sum_k weights[k] * score_loss(truncate(q), truncate(d_pos), truncate(d_neg), teacher_scores)``.
+    Only the student's embeddings are cut; the teacher's scores (of any shape) pass unchanged.
+
+    Args:
+        base_loss: ``KLDistillLoss``, ``MarginMSELoss`` or ``ScoreMSELoss``.
+        dims, weights: as for :class:`MatryoshkaLoss`.
+    """
+
+    def forward(self, q: Tensor, d_pos: Tensor, d_neg: Tensor | None, teacher_scores: Tensor) -> Tensor:
+        if max(self.dims) > q.shape[-1]:
+            raise ValueError(f"matryoshka dims {self.dims} exceed the embedding size {q.shape[-1]}")
+        total = 0.0
+        for dim, weight in zip(self.dims, self.weights):
+            cut_neg = None if d_neg is None else truncate(d_neg, dim)
+            total = total + weight * self.base_loss(truncate(q, dim), truncate(d_pos, dim), cut_neg, teacher_scores)
+        return total
+
+
+class MatryoshkaEmbedDistillLoss(MatryoshkaLoss):
+    """Embedding distillation at several sizes, for a student of the teacher's size: the
+    student's first ``k`` features (renormalised) copy the teacher's first ``k`` (renormalised).
+
+    ``loss = sum_k weights[k] * mean_i || truncate(s_i, k) - truncate(t_i, k) ||^2``. A teacher's
+    prefixes often rank well on their own; this hands that to the student's short embeddings.
+
+    Args:
+        dims, weights: as for :class:`MatryoshkaLoss`.
+    """
+
+    def __init__(self, dims, weights=None) -> None:
+        super().__init__(nn.Identity(), dims, weights)
+
+    def forward(self, student: Tensor, teacher: Tensor) -> Tensor:
+        if student.shape != teacher.shape:
+            raise ValueError(f"student {tuple(student.shape)} and teacher {tuple(teacher.shape)} embeddings "
+                             "must have one shape (a student of the teacher's size)")
+        if max(self.dims) > student.shape[-1]:
+            raise ValueError(f"matryoshka dims {self.dims} exceed the embedding size {student.shape[-1]}")
+        teacher = teacher.detach().to(student.dtype)
+        total = 0.0
+        for dim, weight in zip(self.dims, self.weights):
+            total = total + weight * (truncate(student, dim) - truncate(teacher, dim)).pow(2).sum(-1).mean()
+        return total

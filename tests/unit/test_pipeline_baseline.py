@@ -1,4 +1,5 @@
-"""The baseline stage evaluates a base model once when student and teacher start from it."""
+"""The baseline stage evaluates a base model once when student and teacher start from it; encode
+speeds that the report compares are timed in turns."""
 from pathlib import Path
 
 import pytest
@@ -24,10 +25,39 @@ def test_baseline_evaluates_a_shared_base_model_once(tmp_path, monkeypatch, keep
         seen.append(Path(str(name_or_path)).name)
         return {"ndcg@10": 0.5 + 0.1 * len(seen)}
 
+    timed = []
+
+    def fake_speeds(models, **_):
+        timed.append(sorted(models))
+        return {label: 100.0 + i for i, label in enumerate(models)}
+
     monkeypatch.setattr(p, "_evaluate_model", fake_eval)
+    monkeypatch.setattr(p, "_encode_speeds", fake_speeds)
     rows = p.stage_baseline()
     assert seen == calls
     if len(calls) == 1:
         assert rows["base student"] == rows["base teacher"] and rows["base student"] is not rows["base teacher"]
+        assert timed == []  # measured inside the one evaluation
     else:
         assert rows["base student"] != rows["base teacher"]
+        assert timed == [["base student", "base teacher"]]  # both in one sitting
+        assert {rows[k]["docs_per_s"] for k in timed[0]} == {100.0, 101.0}
+
+
+def test_encode_speeds_are_timed_in_turns(tmp_path, topic_beir, monkeypatch):
+    from embedray.data.beir import load_beir
+
+    p = _pipeline(tmp_path, 1)
+    p._test = load_beir(topic_beir, "test")
+    order = []
+
+    class Clocked:  # an encoder that records when it runs
+        def __init__(self, name):
+            self.name = name
+
+        def encode(self, texts, batch_size):
+            order.append((self.name, len(texts)))
+
+    speeds = p._encode_speeds({"a": Clocked("a"), "b": Clocked("b")}, n=8, rounds=2)
+    assert [name for name, _ in order] == ["a", "b"] + ["a", "b"] * 2  # warm-ups, then timed in turns
+    assert set(speeds) == {"a", "b"} and all(v > 0 for v in speeds.values())
