@@ -259,7 +259,8 @@ class Pipeline:
             model = replace(c.teacher, name_or_path=str(init))
         else:
             model = copy.deepcopy(s.model) if s.model else ModelConfig()
-        loss = replace(s.loss, matryoshka_dims=s.matryoshka_dims)
+        loss = replace(s.loss, matryoshka_dims=s.matryoshka_dims,
+                       matryoshka_weights=s.matryoshka_weights or s.loss.matryoshka_weights)
         train = copy.deepcopy(s.train)
         ce = teacher.parent / "cross-encoder"
         if s.score_source == "teacher" and train.negatives == "pool":

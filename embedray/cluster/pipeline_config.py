@@ -47,6 +47,8 @@ class StudentConfig:
     """Any bundled/local model as the student instead of a layer-reduced teacher."""
     matryoshka_dims: list[int] | None = field(default_factory=lambda: [384, 192, 96, 48])
     """Dimensions trained and evaluated (the first must be the full size)."""
+    matryoshka_weights: list[float] | None = None
+    """Loss weight of each of ``matryoshka_dims`` (default all 1)."""
     loss: LossConfig = field(default_factory=lambda: LossConfig(distill_score="kl", distill_embed=True))
     """Task + distillation loss of the student (``matryoshka_dims`` above is applied to it)."""
     train: TrainConfig = field(default_factory=TrainConfig)

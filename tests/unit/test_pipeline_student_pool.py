@@ -52,3 +52,18 @@ def test_student_without_pool_uses_random_negatives_and_no_refresh(tmp_path):
     job = p._student_job()
     assert job.refresh.mode == "off" and job.train.negatives == "random"
     assert not (p.run / "student" / "pools").exists()
+
+
+def test_student_matryoshka_weights_go_with_its_dims(tmp_path):
+    def job(student):
+        cfg = build_config(PipelineConfig, {
+            "name": "t", "output_dir": str(tmp_path), "prepare": {"source": "debian"},
+            "teacher": {"name_or_path": "tiny-bert"},
+            "student": {"keep_layers": None, "model": {"name_or_path": "tiny-bert"}, **student}}, "test")
+        return Pipeline(cfg)._student_job()
+
+    loss = job({"matryoshka_dims": [32, 16, 8], "matryoshka_weights": [1.0, 2.0, 0.5]}).loss
+    assert loss.matryoshka_dims == [32, 16, 8] and loss.matryoshka_weights == [1.0, 2.0, 0.5]
+    assert job({"matryoshka_dims": [32, 16]}).loss.matryoshka_weights is None
+    with pytest.raises(ValueError, match="matryoshka_weights"):
+        job({"matryoshka_dims": [32, 16], "matryoshka_weights": [1.0]})
