@@ -119,9 +119,10 @@ class Pipeline:
                 student, truncate_dim=dim, corpus_embeddings=res.doc_embeddings, speed=False)
         # The speed-up in the verdict compares these two: timed in turns, in the same minute.
         speeds = self._encode_speeds({"trained teacher": teacher, "distilled student": student})
-        for label, row in rows.items():
-            if label == "trained teacher" or label.startswith("distilled student"):
-                row["docs_per_s"] = speeds["distilled student" if label.startswith("distilled") else label]
+        rows["trained teacher"]["docs_per_s"] = speeds["trained teacher"]
+        for label in rows:
+            if label.startswith("distilled student"):
+                rows[label]["docs_per_s"] = speeds["distilled student"]
         for label, path in [("base teacher", c.teacher.name_or_path), ("trained teacher", teacher),
                             ("base student", self._base_student())]:
             rows[label]["size"] = model_size(path)
@@ -220,7 +221,8 @@ class Pipeline:
                 best[label] = min(best[label], time.perf_counter() - t0)
         speeds = {label: len(docs) / s for label, s in best.items()}
         if len(speeds) > 1:
-            _say("  encode speed, timed in turns: " + ", ".join(f"{k} {v:.0f} docs/s" for k, v in speeds.items()))
+            _say("  encode speed, timed in turns: "
+                 + ", ".join(f"{k} {v:.0f} docs/s" for k, v in speeds.items()))
         return speeds
 
     def _rerank_row(self, first_stage_run: dict, ce: Path) -> dict:
@@ -259,8 +261,7 @@ class Pipeline:
             model = replace(c.teacher, name_or_path=str(init))
         else:
             model = copy.deepcopy(s.model) if s.model else ModelConfig()
-        loss = replace(s.loss, matryoshka_dims=s.matryoshka_dims,
-                       matryoshka_weights=s.matryoshka_weights or s.loss.matryoshka_weights)
+        loss = replace(s.loss, matryoshka_dims=s.matryoshka_dims, matryoshka_weights=s.matryoshka_weights)
         train = copy.deepcopy(s.train)
         ce = teacher.parent / "cross-encoder"
         if s.score_source == "teacher" and train.negatives == "pool":

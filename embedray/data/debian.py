@@ -314,7 +314,8 @@ def _split_caps(max_queries: int | None, split_queries: Mapping[str, int] | None
 
 
 def build_debian(out_dir: str | Path, max_docs: int | None = None, max_queries: int | None = None,
-                 split_queries: Mapping[str, int] | None = None, seed: int = 0, lists_dir: str | Path = DEFAULT_LISTS_DIR,
+                 split_queries: Mapping[str, int] | None = None, seed: int = 0,
+                 lists_dir: str | Path = DEFAULT_LISTS_DIR,
                  sources: Sequence[str | Path] | None = None, progress: bool = False) -> DebianStats:
     """Build the Debian descriptions dataset as a BEIR folder.
 

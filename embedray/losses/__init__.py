@@ -90,13 +90,16 @@ def build_objective(cfg: LossConfig, *, gather_fn: GatherFn | None = None, stude
     if cfg.distill_embed:
         if student_dim is None or teacher_dim is None:
             raise ValueError("loss.distill_embed is on: pass student_dim and teacher_dim")
-        embed = (MatryoshkaEmbedDistillLoss(cfg.matryoshka_dims, cfg.matryoshka_weights)
-                 if cfg.distill_matryoshka and student_dim == teacher_dim else EmbeddingDistillLoss(student_dim, teacher_dim))
+        if cfg.distill_matryoshka and student_dim == teacher_dim:
+            embed = MatryoshkaEmbedDistillLoss(cfg.matryoshka_dims, cfg.matryoshka_weights)
+        else:
+            embed = EmbeddingDistillLoss(student_dim, teacher_dim)
     return DistillationObjective(task, score, embed, cfg.weights)
 
 
 __all__ = [
     "LOSSES", "ContrastiveLoss", "DistillationObjective", "EmbeddingDistillLoss", "GatherFn", "InfoNCELoss",
-    "KLDistillLoss", "LossConfig", "MarginMSELoss", "MatryoshkaLoss", "MatryoshkaScoreLoss", "ScoreMSELoss",
-    "SimCSELoss", "TripletLoss", "build_loss", "build_objective", "ids_to_tensor", "info_nce", "set_dropout",
+    "KLDistillLoss", "LossConfig", "MarginMSELoss", "MatryoshkaEmbedDistillLoss", "MatryoshkaLoss",
+    "MatryoshkaScoreLoss", "ScoreMSELoss", "SimCSELoss", "TripletLoss", "build_loss", "build_objective",
+    "ids_to_tensor", "info_nce", "set_dropout",
 ]

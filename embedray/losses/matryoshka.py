@@ -94,8 +94,8 @@ class MatryoshkaScoreLoss(MatryoshkaLoss):
             raise ValueError(f"matryoshka dims {self.dims} exceed the embedding size {q.shape[-1]}")
         total = 0.0
         for dim, weight in zip(self.dims, self.weights):
-            cut_neg = None if d_neg is None else truncate(d_neg, dim)
-            total = total + weight * self.base_loss(truncate(q, dim), truncate(d_pos, dim), cut_neg, teacher_scores)
+            cut = [truncate(q, dim), truncate(d_pos, dim), None if d_neg is None else truncate(d_neg, dim)]
+            total = total + weight * self.base_loss(*cut, teacher_scores)
         return total
 
 

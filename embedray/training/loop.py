@@ -105,8 +105,9 @@ def _mined_doc_embeddings(model, job, dev, cache_dir: Path):
     """The dev corpus as mining encoded it with these weights (same encoder, same key), or None."""
     from embedray.mining.cache import cached_embeddings, state_dict_fingerprint
     from embedray.mining.pipeline import doc_text
-    return cached_embeddings([doc_text(d) for d in dev.corpus.values()], state_dict_fingerprint(model.state_dict()),
-                             cache_dir, prompt=f"d|{job.mining.corpus_prompt}")
+    texts = [doc_text(d) for d in dev.corpus.values()]
+    return cached_embeddings(texts, state_dict_fingerprint(model.state_dict()), cache_dir,
+                             prompt=f"d|{job.mining.corpus_prompt}")
 
 
 @contextlib.contextmanager
