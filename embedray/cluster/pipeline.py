@@ -97,14 +97,17 @@ class Pipeline:
 
     def stage_student(self) -> dict:
         from embedray.cluster.train import run_training
-        return run_training(self._student_job())
+        result = run_training(self._student_job())
+        if self.cfg.student.rotates:
+            result["rotation"] = self._rotate_student()
+        return result
 
     def stage_evaluate(self) -> dict:
         from embedray.models.student import model_size
         c = self.cfg
         rows = json.loads((self.run / "baseline.json").read_text())
         teacher = self.run / "teacher" / "final"
-        student = self.run / "student" / "final"
+        student = self._student_model()
         rows["trained teacher"], first = self._evaluate_model(teacher, keep=True, speed=False)
         ce = self.run / "teacher" / "cross-encoder"
         if ce.exists():
@@ -133,7 +136,7 @@ class Pipeline:
         return {"rows": list(rows)}
 
     def stage_export(self) -> dict:
-        student = self.run / "student" / "final"
+        student = self._student_model()
         results = json.loads((self.run / "test_results.json").read_text())
         staging = self.run / ".model.tmp"
         shutil.rmtree(staging, ignore_errors=True)
@@ -155,6 +158,32 @@ class Pipeline:
         return write_report(self.run, self.cfg)
 
     # -- helpers -------------------------------------------------------------------------
+    def _student_model(self) -> Path:
+        """The distilled student as evaluated and exported (rotated when configured)."""
+        return self.run / "student" / ("rotated" if self.cfg.student.rotates else "final")
+
+    def _rotate_student(self) -> dict:
+        """Rotate ``student/final`` onto the principal axes of its embeddings of the training
+        queries and positives (never dev or test texts) into ``student/rotated``."""
+        import random
+
+        from embedray.models.rotation import rotate_model
+        from embedray.training.data import load_training_data, pair_rows
+        data_cfg = self._data()
+        data = load_training_data(data_cfg)
+        rows = [r for r in pair_rows(data_cfg) if r.get("query_id") in data.queries and r.get("pos_id") in data.corpus]
+        texts = list(dict.fromkeys([data.queries[r["query_id"]] for r in rows]
+                                   + [data.doc_text(r["pos_id"]) for r in rows]))
+        limit = self.cfg.student.pca_max_texts
+        if len(texts) > limit:
+            texts = random.Random(0).sample(texts, limit)
+        info = rotate_model(self.run / "student" / "final", texts, self._student_model(),
+                            batch_size=self.cfg.eval.batch_size)
+        share = ", ".join(f"{k} dims {v:.0%}" for k, v in info["explained_variance"].items())
+        _say(f"  student rotated onto principal axes ({info['fit_texts']} training texts; "
+             f"variance kept: {share})")
+        return info
+
     def _seed_student_pool(self) -> None:
         """Publish the teacher's newest negative pool as the student's (once; a resumed student
         keeps the pool it trained on)."""

@@ -49,6 +49,22 @@ class StudentConfig:
     """Dimensions trained and evaluated (the first must be the full size)."""
     matryoshka_weights: list[float] | None = None
     """Loss weight of each of ``matryoshka_dims`` (default all 1)."""
+    pca_rotation: bool = True
+    """After distillation, rotate the student's embedding space onto its principal axes (fit
+    on the training queries and positives) so each Matryoshka prefix keeps the most variance.
+    The rotation is orthogonal: full-dimension scores do not change. Only with several
+    ``matryoshka_dims``."""
+    pca_max_texts: int = 20000
+    """At most this many training texts (queries + positives, a fixed sample) fit the rotation."""
+
+    def __post_init__(self) -> None:
+        if self.pca_max_texts < 2:
+            raise ValueError(f"student.pca_max_texts must be >= 2, got {self.pca_max_texts}")
+
+    @property
+    def rotates(self) -> bool:
+        """Whether the pipeline rotates the student (``pca_rotation`` with several dims)."""
+        return self.pca_rotation and len(self.matryoshka_dims or []) > 1
     loss: LossConfig = field(default_factory=lambda: LossConfig(distill_score="kl", distill_embed=True))
     """Task + distillation loss of the student (``matryoshka_dims`` above is applied to it)."""
     train: TrainConfig = field(default_factory=TrainConfig)

@@ -126,6 +126,9 @@ class CrossEncoderConfig:
         max_steps: stop after this many optimizer steps (``-1`` = run all epochs).
         batch_size: training batch size (pairs for ``bce``, lists for listwise losses).
         learning_rate: peak AdamW learning rate (linear decay, ``warmup_ratio`` warm-up).
+        head_learning_rate: peak learning rate of the fresh scoring head (classifier and
+            pooler); ``None`` = ``learning_rate``. A randomly initialised head trained at a
+            backbone's rate barely moves in a short run, so its scores stay near-constant.
         warmup_ratio: fraction of steps spent warming up.
         negatives_per_query: mined negatives per query used for training.
         max_length: max tokens of the (query, document) pair; longer pairs are truncated.
@@ -143,6 +146,7 @@ class CrossEncoderConfig:
     max_steps: int = -1
     batch_size: int = 16
     learning_rate: float = 2e-5
+    head_learning_rate: float | None = None
     warmup_ratio: float = 0.1
     negatives_per_query: int = 4
     max_length: int = 256
@@ -163,6 +167,8 @@ class CrossEncoderConfig:
               f"must be -1 (all epochs) or >= 1, got {self.max_steps}")
         check(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
         check(self.learning_rate > 0, "learning_rate", f"must be > 0, got {self.learning_rate}")
+        check(self.head_learning_rate is None or self.head_learning_rate > 0, "head_learning_rate",
+              f"must be > 0 or null, got {self.head_learning_rate}")
         check(0 <= self.warmup_ratio < 1, "warmup_ratio", f"must be in [0, 1), got {self.warmup_ratio}")
         check(self.negatives_per_query >= 1, "negatives_per_query",
               f"must be >= 1, got {self.negatives_per_query}")

@@ -109,6 +109,28 @@ def _loss(model, cfg: CrossEncoderConfig):
     return losses.LambdaLoss(model)
 
 
+def head_parameter_names(model) -> list[str]:
+    """Names of the fresh scoring head's parameters (classifier, and the pooler feeding it)."""
+    return [n for n, _ in model.named_parameters() if any(
+        part in ("classifier", "pooler", "score") for part in n.split("."))]
+
+
+def _optimizer(model, cfg: CrossEncoderConfig):
+    """AdamW with the head at ``head_learning_rate`` (``None``: the trainer's own optimizer)."""
+    import torch
+
+    if cfg.head_learning_rate is None:
+        return None
+    head = set(head_parameter_names(model))
+    if not head:
+        raise ValueError(f"cross-encoder config: field 'head_learning_rate': {cfg.base_model} has no "
+                         "classifier/pooler parameters to give it")
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    groups = [{"params": [p for n, p in named if n not in head], "lr": cfg.learning_rate},
+              {"params": [p for n, p in named if n in head], "lr": cfg.head_learning_rate}]
+    return torch.optim.AdamW(groups, lr=cfg.learning_rate, weight_decay=0.0)
+
+
 def train_cross_encoder(train_pairs: Sequence[TrainPair], corpus: Mapping[str, Document | str],
                         negatives: Mapping[str, Sequence[str]] | NegativePool,
                         cfg: CrossEncoderConfig, out_dir: str | os.PathLike) -> Path:
@@ -153,7 +175,7 @@ def train_cross_encoder(train_pairs: Sequence[TrainPair], corpus: Mapping[str, D
             dataloader_pin_memory=False,
             logging_steps=max(1, cfg.max_steps // 10 if cfg.max_steps > 0 else 50))
         trainer = CrossEncoderTrainer(model=model, args=args, train_dataset=Dataset.from_dict(rows),
-                                      loss=_loss(model, cfg))
+                                      loss=_loss(model, cfg), optimizers=(_optimizer(model, cfg), None))
         # The trainer prints its loss dicts to stdout; send them to logging (stdout belongs to
         # the CLI's JSON summary).
         trainer.remove_callback(PrinterCallback)

@@ -52,6 +52,7 @@ def test_pipeline_artifacts_and_resume_after_kill(ray_head, topic_beir, tmp_path
     for artifact in ["report.md", "report.json", "plots/quality.png", "model/modules.json",
                      "model/embedray.json", "teacher/final/modules.json", "teacher/cross-encoder/config.json",
                      "teacher/pools/LATEST", "teacher/indexes/LATEST", "student/final/modules.json",
+                     "student/rotated/modules.json",
                      "test_results.json", "baseline.json"]:
         assert (run / artifact).exists(), artifact
     report = json.loads((run / "report.json").read_text())
@@ -60,5 +61,9 @@ def test_pipeline_artifacts_and_resume_after_kill(ray_head, topic_beir, tmp_path
             "distilled student", "distilled student @16", "distilled student @8"} <= set(rows)
     meta = json.loads((run / "model" / "embedray.json").read_text())
     assert meta["matryoshka_dims"][:3] == [32, 16, 8] and "test" in meta["metrics"]
+    # the exported student is the one rotated onto its principal axes (fit on training texts)
+    assert meta["rotation"]["kind"] == "pca" and meta["rotation"]["fit_texts"] > 10
+    assert "Dense" in (run / "model" / "modules.json").read_text()
+    assert "principal axes" in (run / "report.md").read_text()
     from sentence_transformers import SentenceTransformer
     assert SentenceTransformer(str(run / "model")).encode(["hello"]).shape == (1, 32)

@@ -59,3 +59,32 @@ def test_evaluate_reranker_reports_before_and_after(tiny_data, tmp_path):
     assert 0 < result["after"]["ndcg@10"] <= 1 and result["after"]["num_queries"] == 8
     meta = json.loads((path / "embedray.json").read_text())
     assert meta["metrics"]["rerank_train"]["before"]["ndcg@10"] == result["before"]["ndcg@10"]
+
+
+def test_head_learning_rate_moves_the_head_faster(tiny_data, tmp_path):
+    """With head_learning_rate, the fresh head moves more; the backbone moves as before."""
+    from safetensors.torch import load_file
+
+    from embedray.models.bundled import resolve_model
+    from embedray.models.cross_encoder import head_parameter_names, load_cross_encoder
+
+    pairs = pairs_from_data(tiny_data)
+    base = load_file(str(resolve_model("tiny-bert") / "model.safetensors"))
+    moved = {}
+    for name, head_lr in [("same", None), ("fast", 1e-1)]:
+        path = train_cross_encoder(pairs, tiny_data.corpus, NEGS, _cfg(learning_rate=1e-4, head_learning_rate=head_lr),
+                                   tmp_path / name)
+        weights = load_file(str(path / "model.safetensors"))
+        head = weights["classifier.weight"]
+        backbone = weights["bert.encoder.layer.0.attention.self.query.weight"]
+        moved[name] = (head.norm().item(), (backbone - base["encoder.layer.0.attention.self.query.weight"]).abs().max().item())
+        assert json.loads((path / "embedray.json").read_text())["training"]["head_learning_rate"] == head_lr
+    assert moved["fast"][0] > 2 * moved["same"][0]
+    assert moved["fast"][1] < 10 * moved["same"][1]
+    names = head_parameter_names(load_cross_encoder("tiny-bert", num_labels=1))
+    assert any("classifier" in n for n in names) and not any("encoder.layer" in n for n in names)
+
+
+def test_head_learning_rate_is_checked():
+    with pytest.raises(ValueError, match="head_learning_rate"):
+        _cfg(head_learning_rate=0.0)
