@@ -18,6 +18,7 @@ rotation export.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import tempfile
 import time
@@ -96,11 +97,29 @@ def rotate_model(model_dir: str | Path, texts: Sequence[str], out_dir: str | Pat
         meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.exists() else {}
         meta[ROTATION_KEY] = info
         (staged / "embedray.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
+        _update_card(staged / "README.md", repr(model), info)
         for extra in src.glob("*.json"):  # e.g. training_config.json, kept beside the weights
             if not (staged / extra.name).exists():
                 shutil.copy2(extra, staged / extra.name)
         replace_dir(staged, out)
     return info
+
+
+def _update_card(card: Path, architecture: str, info: dict) -> None:
+    """The copied model card: the new module list, and the rotation in embedray's section."""
+    if not card.exists():
+        return
+    text = card.read_text(encoding="utf-8")
+    text = re.sub(r"(### Full Model Architecture\s*```\n).*?(\n```)",
+                  lambda m: m.group(1) + architecture + m.group(2), text, count=1, flags=re.S)
+    held = ", ".join(f"{k} dims {v:.0%}" for k, v in info["explained_variance"].items())
+    line = (f"- **Rotation:** onto the principal axes of {info['fit_texts']} training texts "
+            f"(variance held by the first {held}); full-dimension scores unchanged")
+    text, found = re.subn(r"(- \*\*Matryoshka dims:\*\*[^\n]*\n)", lambda m: m.group(1) + line + "\n",
+                          text, count=1)
+    if not found:
+        text += f"\n## embedray\n\n{line}\n"
+    card.write_text(text, encoding="utf-8")
 
 
 def _apply_rotation(model, rot: np.ndarray) -> None:

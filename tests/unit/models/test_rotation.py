@@ -51,6 +51,9 @@ def test_rotate_model_keeps_scores_and_orders_prefixes(tiny_bert_dir, tmp_path):
     assert info["kind"] == "pca" and info["fit_texts"] == len(FIT)
     assert set(info["explained_variance"]) == {"4", "8", "16"}  # 1/8, 1/4, 1/2 of 32 dims
     assert not list(out.rglob("*.bin"))
+    card = (out / "README.md").read_text()
+    assert "**Rotation:** onto the principal axes of 30 training texts" in card
+    assert "Dense({'in_features': 32, 'out_features': 32, 'bias': False" in card
     before = SentenceTransformer(str(tiny_bert_dir), device="cpu")
     after = SentenceTransformer(str(out), device="cpu")
     a, b = before.encode(TEXTS + FIT), after.encode(TEXTS + FIT)  # (n, 32)
@@ -72,6 +75,8 @@ def test_rotation_folds_into_a_linear_dense(tmp_path):
     path = model.save_sentence_transformer(tmp_path / "projected")
     rotate_model(path, FIT, tmp_path / "rotated")
     assert _module_types(tmp_path / "rotated") == ["Transformer", "Pooling", "Dense", "Normalize"]
+    card = (tmp_path / "rotated" / "README.md").read_text()
+    assert card.count("**Rotation:**") == 1 and card.index("**Matryoshka dims:**") < card.index("**Rotation:**")
     a = SentenceTransformer(str(path), device="cpu").encode(TEXTS)
     b = SentenceTransformer(str(tmp_path / "rotated"), device="cpu").encode(TEXTS)
     assert b.shape == (len(TEXTS), 8) and np.abs(a - b).max() > 1e-3  # rotated ...
