@@ -165,18 +165,13 @@ class Pipeline:
     def _rotate_student(self) -> dict:
         """Rotate ``student/final`` onto the principal axes of its embeddings of the training
         queries and positives (never dev or test texts) into ``student/rotated``."""
-        import random
-
-        from embedray.models.rotation import rotate_model
+        from embedray.models.rotation import fit_texts, rotate_model
         from embedray.training.data import load_training_data, pair_rows
         data_cfg = self._data()
         data = load_training_data(data_cfg)
-        rows = [r for r in pair_rows(data_cfg) if r.get("query_id") in data.queries and r.get("pos_id") in data.corpus]
-        texts = list(dict.fromkeys([data.queries[r["query_id"]] for r in rows]
-                                   + [data.doc_text(r["pos_id"]) for r in rows]))
-        limit = self.cfg.student.pca_max_texts
-        if len(texts) > limit:
-            texts = random.Random(0).sample(texts, limit)
+        texts = fit_texts(((data.queries[r["query_id"]], data.doc_text(r["pos_id"])) for r in pair_rows(data_cfg)
+                           if r.get("query_id") in data.queries and r.get("pos_id") in data.corpus),
+                          self.cfg.student.pca_max_texts)
         info = rotate_model(self.run / "student" / "final", texts, self._student_model(),
                             batch_size=self.cfg.eval.batch_size)
         share = ", ".join(f"{k} dims {v:.0%}" for k, v in info["explained_variance"].items())

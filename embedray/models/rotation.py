@@ -17,18 +17,29 @@ rotation export.
 """
 from __future__ import annotations
 
+import argparse
 import json
+import random
 import re
 import shutil
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
 ROTATION_KEY = "rotation"
+
+
+def fit_texts(pairs: Iterable[tuple[str, str]], max_texts: int | None = None, seed: int = 0) -> list[str]:
+    """The distinct query and document texts of ``(query, positive)`` pairs to fit a rotation on;
+    a fixed random sample of at most ``max_texts`` of them."""
+    texts = list(dict.fromkeys(t for pair in pairs for t in pair))
+    if max_texts is not None and len(texts) > max_texts:
+        texts = random.Random(seed).sample(texts, max_texts)
+    return texts
 
 
 def principal_rotation(embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -62,7 +73,8 @@ def rotate_model(model_dir: str | Path, texts: Sequence[str], out_dir: str | Pat
     """Write a copy of the sentence-transformers folder ``model_dir`` rotated onto principal axes.
 
     Args:
-        model_dir: A sentence-transformers folder (Transformer -> Pooling -> [Dense] -> [Normalize]).
+        model_dir: A sentence-transformers folder (Transformer -> Pooling -> [Dense] -> [Normalize])
+            or a bundled model name.
         texts: Texts to fit the axes on: training queries and documents, never test ones.
         out_dir: Target folder, built beside it and renamed into place (replaces an old one).
         batch_size: Encoder batch size.
@@ -73,9 +85,10 @@ def rotate_model(model_dir: str | Path, texts: Sequence[str], out_dir: str | Pat
         number of fit texts and the variance share the first 1/8, 1/4 and 1/2 of dims explain.
     """
     from embedray.eval.retrieval import load_encoder
+    from embedray.models.bundled import resolve_model
     from embedray.models.encoder import replace_dir
 
-    src, out = Path(model_dir).expanduser().resolve(), Path(out_dir).expanduser().resolve()
+    src, out = Path(resolve_model(model_dir)).resolve(), Path(out_dir).expanduser().resolve()
     if len(texts) < 2:
         raise ValueError(f"need at least 2 texts to fit a rotation of {src}, got {len(texts)}")
     model = load_encoder(src)
@@ -150,3 +163,29 @@ def _apply_rotation(model, rot: np.ndarray) -> None:
     model._modules.clear()
     for i, module in enumerate(modules):
         model._modules[str(i)] = module
+
+
+def add_rotate_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="sentence-transformers folder (or bundled name) to rotate")
+    p.add_argument("--data", required=True, help="BEIR folder whose split's queries and positives fit the axes")
+    p.add_argument("--split", default="train", help="qrels split to fit on (default: train; never test)")
+    p.add_argument("--out", required=True, help="folder for the rotated copy (replaced atomically)")
+    p.add_argument("--max-texts", type=int, default=20000, help="fit on at most this many texts (a fixed sample)")
+    p.add_argument("--batch-size", type=int, default=64, help="encoder batch size")
+
+
+def run_rotate(args: argparse.Namespace) -> int:
+    """``embedray rotate``: principal-axes rotation of a model, fit on a BEIR split's pairs."""
+    from embedray.data.beir import load_beir
+
+    if args.split == "test":
+        raise ValueError("--split test: the test split only measures; fit the rotation on train (or dev)")
+    if args.max_texts < 2:
+        raise ValueError(f"--max-texts must be >= 2, got {args.max_texts}")
+    data = load_beir(args.data, args.split)
+    pairs = [(data.queries[q], data.corpus[d].text_for_model) for q, docs in data.qrels.items()
+             if q in data.queries for d, rel in docs.items() if rel > 0 and d in data.corpus]
+    info = rotate_model(args.model, fit_texts(pairs, args.max_texts), args.out,
+                        batch_size=args.batch_size, show_progress=True)
+    print(json.dumps({"model": str(Path(args.out).expanduser().resolve()), **info}, indent=2))
+    return 0

@@ -72,12 +72,13 @@ def test_head_learning_rate_moves_the_head_faster(tiny_data, tmp_path):
     base = load_file(str(resolve_model("tiny-bert") / "model.safetensors"))
     moved = {}
     for name, head_lr in [("same", None), ("fast", 1e-1)]:
-        path = train_cross_encoder(pairs, tiny_data.corpus, NEGS, _cfg(learning_rate=1e-4, head_learning_rate=head_lr),
-                                   tmp_path / name)
+        cfg = _cfg(learning_rate=1e-4, head_learning_rate=head_lr)
+        path = train_cross_encoder(pairs, tiny_data.corpus, NEGS, cfg, tmp_path / name)
         weights = load_file(str(path / "model.safetensors"))
         head = weights["classifier.weight"]
         backbone = weights["bert.encoder.layer.0.attention.self.query.weight"]
-        moved[name] = (head.norm().item(), (backbone - base["encoder.layer.0.attention.self.query.weight"]).abs().max().item())
+        before = base["encoder.layer.0.attention.self.query.weight"]
+        moved[name] = (head.norm().item(), (backbone - before).abs().max().item())
         assert json.loads((path / "embedray.json").read_text())["training"]["head_learning_rate"] == head_lr
     assert moved["fast"][0] > 2 * moved["same"][0]
     assert moved["fast"][1] < 10 * moved["same"][1]

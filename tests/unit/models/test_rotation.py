@@ -11,7 +11,8 @@ from sentence_transformers.sentence_transformer import modules as st_modules
 
 from embedray.models.config import ModelConfig
 from embedray.models.encoder import BiEncoder
-from embedray.models.rotation import principal_rotation, rotate_model
+from embedray.cli import main
+from embedray.models.rotation import fit_texts, principal_rotation, rotate_model
 
 from .conftest import TEXTS
 
@@ -95,3 +96,20 @@ def test_rotation_refuses_a_nonlinear_dense(tiny_bert_dir, tmp_path):
 def test_rotation_needs_texts(tiny_bert_dir, tmp_path):
     with pytest.raises(ValueError, match="at least 2 texts"):
         rotate_model(tiny_bert_dir, ["one"], tmp_path / "rotated")
+
+
+def test_fit_texts_dedups_and_samples_deterministically():
+    pairs = [("q1", "d1"), ("q2", "d1"), ("q1", "d2")]
+    assert fit_texts(pairs) == ["q1", "d1", "q2", "d2"]
+    assert sorted(fit_texts(pairs, 3)) == sorted(fit_texts(pairs, 3)) and len(fit_texts(pairs, 3)) == 3
+    assert fit_texts(iter(pairs), 2, seed=1) == fit_texts(pairs, 2, seed=1)
+
+
+def test_rotate_command(topic_beir, tmp_path, capsys):
+    assert main(["rotate", "tiny-bert", "--data", str(topic_beir), "--out", str(tmp_path / "r")]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["model"] == str(tmp_path / "r") and out["fit_texts"] == 64  # 32 train queries + 32 docs
+    assert json.loads((tmp_path / "r" / "embedray.json").read_text())["rotation"]["fit_texts"] == 64
+    assert main(["rotate", "tiny-bert", "--data", str(topic_beir), "--split", "test",
+                 "--out", str(tmp_path / "t")]) == 2
+    assert "test split only measures" in capsys.readouterr().err and not (tmp_path / "t").exists()
