@@ -165,7 +165,7 @@ class Pipeline:
     def _rotate_student(self) -> dict:
         """Rotate ``student/final`` onto the principal axes of its embeddings of the training
         queries and positives (never dev or test texts) into ``student/rotated``."""
-        from embedray.models.rotation import fit_texts, rotate_model
+        from embedray.models.rotation import fit_texts, rotate_model, variance_summary
         from embedray.training.data import load_training_data, pair_rows
         data_cfg = self._data()
         data = load_training_data(data_cfg)
@@ -174,9 +174,8 @@ class Pipeline:
                           self.cfg.student.pca_max_texts)
         info = rotate_model(self.run / "student" / "final", texts, self._student_model(),
                             batch_size=self.cfg.eval.batch_size)
-        share = ", ".join(f"{k} dims {v:.0%}" for k, v in info["explained_variance"].items())
         _say(f"  student rotated onto principal axes ({info['fit_texts']} training texts; "
-             f"variance kept: {share})")
+             f"variance kept: {variance_summary(info)})")
         return info
 
     def _seed_student_pool(self) -> None:

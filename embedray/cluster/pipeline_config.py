@@ -56,6 +56,12 @@ class StudentConfig:
     ``matryoshka_dims``."""
     pca_max_texts: int = 20000
     """At most this many training texts (queries + positives, a fixed sample) fit the rotation."""
+    loss: LossConfig = field(default_factory=lambda: LossConfig(distill_score="kl", distill_embed=True))
+    """Task + distillation loss of the student (``matryoshka_dims`` above is applied to it)."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """Loop settings of the student run."""
+    score_source: Literal["teacher", "cross_encoder"] = "teacher"
+    """Teacher scores for score distillation: the trained teacher bi-encoder or the cross-encoder."""
 
     def __post_init__(self) -> None:
         if self.pca_max_texts < 2:
@@ -65,12 +71,6 @@ class StudentConfig:
     def rotates(self) -> bool:
         """Whether the pipeline rotates the student (``pca_rotation`` with several dims)."""
         return self.pca_rotation and len(self.matryoshka_dims or []) > 1
-    loss: LossConfig = field(default_factory=lambda: LossConfig(distill_score="kl", distill_embed=True))
-    """Task + distillation loss of the student (``matryoshka_dims`` above is applied to it)."""
-    train: TrainConfig = field(default_factory=TrainConfig)
-    """Loop settings of the student run."""
-    score_source: Literal["teacher", "cross_encoder"] = "teacher"
-    """Teacher scores for score distillation: the trained teacher bi-encoder or the cross-encoder."""
 
 
 @dataclass

@@ -102,9 +102,10 @@ def write_report(run: Path, cfg) -> dict:
     student_stage = run / "stages" / "student.json"
     rotation = json.loads(student_stage.read_text()).get("rotation") if student_stage.exists() else None
     if rotation:
-        held = ", ".join(f"{k} dims {v:.0%}" for k, v in rotation["explained_variance"].items())
+        from embedray.models.rotation import variance_summary
         verdict.append(f"- The student's embeddings are rotated onto their principal axes (fit on "
-                       f"{rotation['fit_texts']} training texts; variance held by the first {held}).")
+                       f"{rotation['fit_texts']} training texts; variance held by the first "
+                       f"{variance_summary(rotation)}).")
     if "base teacher" in rows and "trained teacher" in rows:
         verdict.append(f"- Teacher training: nDCG@10 {rows['base teacher']['ndcg@10']:.4f} → "
                        f"{rows['trained teacher']['ndcg@10']:.4f}.")

@@ -118,6 +118,11 @@ def rotate_model(model_dir: str | Path, texts: Sequence[str], out_dir: str | Pat
     return info
 
 
+def variance_summary(info: dict) -> str:
+    """``"48 dims 58%, 96 dims 78%, ..."``: the variance share of each recorded prefix."""
+    return ", ".join(f"{k} dims {v:.0%}" for k, v in info["explained_variance"].items())
+
+
 def _update_card(card: Path, architecture: str, info: dict) -> None:
     """The copied model card: the new module list, and the rotation in embedray's section."""
     if not card.exists():
@@ -125,9 +130,8 @@ def _update_card(card: Path, architecture: str, info: dict) -> None:
     text = card.read_text(encoding="utf-8")
     text = re.sub(r"(### Full Model Architecture\s*```\n).*?(\n```)",
                   lambda m: m.group(1) + architecture + m.group(2), text, count=1, flags=re.S)
-    held = ", ".join(f"{k} dims {v:.0%}" for k, v in info["explained_variance"].items())
     line = (f"- **Rotation:** onto the principal axes of {info['fit_texts']} training texts "
-            f"(variance held by the first {held}); full-dimension scores unchanged")
+            f"(variance held by the first {variance_summary(info)}); full-dimension scores unchanged")
     text, found = re.subn(r"(- \*\*Matryoshka dims:\*\*[^\n]*\n)", lambda m: m.group(1) + line + "\n",
                           text, count=1)
     if not found:
@@ -177,14 +181,14 @@ def add_rotate_arguments(p: argparse.ArgumentParser) -> None:
 def run_rotate(args: argparse.Namespace) -> int:
     """``embedray rotate``: principal-axes rotation of a model, fit on a BEIR split's pairs."""
     from embedray.data.beir import load_beir
+    from embedray.models.cross_encoder import pairs_from_data
 
     if args.split == "test":
         raise ValueError("--split test: the test split only measures; fit the rotation on train (or dev)")
     if args.max_texts < 2:
         raise ValueError(f"--max-texts must be >= 2, got {args.max_texts}")
     data = load_beir(args.data, args.split)
-    pairs = [(data.queries[q], data.corpus[d].text_for_model) for q, docs in data.qrels.items()
-             if q in data.queries for d, rel in docs.items() if rel > 0 and d in data.corpus]
+    pairs = [(query, data.corpus[d].text_for_model) for _, query, d in pairs_from_data(data)]
     info = rotate_model(args.model, fit_texts(pairs, args.max_texts), args.out,
                         batch_size=args.batch_size, show_progress=True)
     print(json.dumps({"model": str(Path(args.out).expanduser().resolve()), **info}, indent=2))
