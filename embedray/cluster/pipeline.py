@@ -82,7 +82,8 @@ class Pipeline:
             rows["base teacher"] = dict(rows["base student"])
         else:
             rows = {"base student": self._evaluate_model(student, speed=False),
-                    "base teacher": self._evaluate_model(teacher, speed=False)}
+                    "base teacher": self._evaluate_model(teacher, speed=False,
+                                                         corpus_embeddings=self._base_teacher_docs())}
             speeds = self._encode_speeds({"base student": student, "base teacher": teacher})
             for label in speeds:
                 rows[label]["docs_per_s"] = speeds[label]
@@ -178,6 +179,21 @@ class Pipeline:
              f"variance kept: {variance_summary(info)})")
         return info
 
+    def _base_teacher_docs(self):
+        """The base teacher's corpus embeddings, encoded through the teacher stage's embedding
+        cache: that stage's first mining round, cross-encoder check and first dev evaluation
+        (same weights, same texts) then read them instead of encoding the corpus again."""
+        from embedray.mining.cache import encode_with_cache, state_dict_fingerprint
+        from embedray.mining.pipeline import doc_text
+        from embedray.models.encoder import BiEncoder
+        from embedray.training.loop import make_encode_fn
+        c = self.cfg
+        model = BiEncoder.from_config(c.teacher).eval()
+        encode = make_encode_fn(model, c.teacher, batch_size=c.eval.batch_size)
+        texts = [doc_text(d) for d in self._test_data().corpus.values()]
+        return encode_with_cache(texts, lambda batch: encode(batch, "doc"), state_dict_fingerprint(model.state_dict()),
+                                 self.run / "teacher" / "cache", prompt=f"d|{c.mining.corpus_prompt}").embeddings
+
     def _seed_student_pool(self) -> None:
         """Publish the teacher's newest negative pool as the student's (once; a resumed student
         keeps the pool it trained on)."""
@@ -197,11 +213,12 @@ class Pipeline:
             return s.model.name_or_path if s.model else self.cfg.teacher.name_or_path
         from embedray.models.bundled import resolve_model
         from embedray.models.student import keeps_every_layer, layer_reduced_student
-        if keeps_every_layer(self.cfg.teacher.name_or_path, s.keep_layers):
+        if keeps_every_layer(self.cfg.teacher.name_or_path, s.keep_layers) and s.max_seq_length is None:
             return self.cfg.teacher.name_or_path  # before training, the student is the base teacher
         out = self.run / "base-student"
         if not (out / "modules.json").exists():
-            layer_reduced_student(resolve_model(self.cfg.teacher.name_or_path), s.keep_layers, out)
+            layer_reduced_student(resolve_model(self.cfg.teacher.name_or_path), s.keep_layers, out,
+                                  max_seq_length=s.max_seq_length)
         return str(out)
 
     def _test_data(self):
@@ -280,8 +297,8 @@ class Pipeline:
         if s.keep_layers is not None:
             init = self.run / "student-init"
             if not (init / "modules.json").exists():
-                layer_reduced_student(teacher, s.keep_layers, init)
-            model = replace(c.teacher, name_or_path=str(init))
+                layer_reduced_student(teacher, s.keep_layers, init, max_seq_length=s.max_seq_length)
+            model = replace(c.teacher, name_or_path=str(init), max_seq_length=s.max_seq_length)
         else:
             model = copy.deepcopy(s.model) if s.model else ModelConfig()
         loss = replace(s.loss, matryoshka_dims=s.matryoshka_dims, matryoshka_weights=s.matryoshka_weights)

@@ -45,6 +45,12 @@ class StudentConfig:
     """Layer-reduced copy of the trained teacher (e.g. 3 of 6 layers); None = use ``model``."""
     model: ModelConfig | None = None
     """Any bundled/local model as the student instead of a layer-reduced teacher."""
+    max_seq_length: int | None = None
+    """Tokens the layer-reduced student reads of a text (its sentence-transformers
+    ``max_seq_length``: in the baseline, training's dev evaluation, the report and the exported
+    model); None keeps the teacher's (with ``model``, set ``model.max_seq_length``). A
+    shorter cap encodes long documents faster (attention cost grows with the square of the
+    length) and drops what lies past it: the report's nDCG of the student includes that loss."""
     matryoshka_dims: list[int] | None = field(default_factory=lambda: [384, 192, 96, 48])
     """Dimensions trained and evaluated (the first must be the full size)."""
     matryoshka_weights: list[float] | None = None
@@ -64,6 +70,12 @@ class StudentConfig:
     """Teacher scores for score distillation: the trained teacher bi-encoder or the cross-encoder."""
 
     def __post_init__(self) -> None:
+        if self.max_seq_length is not None:
+            if self.max_seq_length < 1:
+                raise ValueError(f"student.max_seq_length must be >= 1, got {self.max_seq_length}")
+            if self.keep_layers is None:
+                raise ValueError("student.max_seq_length caps a layer-reduced student (keep_layers); "
+                                 "for student.model set student.model.max_seq_length")
         if self.pca_max_texts < 2:
             raise ValueError(f"student.pca_max_texts must be >= 2, got {self.pca_max_texts}")
 

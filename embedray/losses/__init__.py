@@ -11,6 +11,7 @@ from embedray.losses.combined import DistillationObjective
 from embedray.losses.config import LossConfig
 from embedray.losses.contrastive import ContrastiveLoss
 from embedray.losses.embed_distill import EmbeddingDistillLoss
+from embedray.losses.hidden_distill import HiddenStateDistillLoss
 from embedray.losses.infonce import GatherFn, InfoNCELoss, ids_to_tensor, info_nce
 from embedray.losses.kl_distill import KLDistillLoss
 from embedray.losses.margin_mse import MarginMSELoss
@@ -94,11 +95,12 @@ def build_objective(cfg: LossConfig, *, gather_fn: GatherFn | None = None, stude
             embed = MatryoshkaEmbedDistillLoss(cfg.matryoshka_dims, cfg.matryoshka_weights)
         else:
             embed = EmbeddingDistillLoss(student_dim, teacher_dim)
-    return DistillationObjective(task, score, embed, cfg.weights)
+    hidden = HiddenStateDistillLoss() if cfg.distill_hidden else None
+    return DistillationObjective(task, score, embed, cfg.weights, hidden_loss=hidden)
 
 
 __all__ = [
-    "LOSSES", "ContrastiveLoss", "DistillationObjective", "EmbeddingDistillLoss", "GatherFn", "InfoNCELoss",
+    "LOSSES", "ContrastiveLoss", "DistillationObjective", "EmbeddingDistillLoss", "GatherFn", "HiddenStateDistillLoss", "InfoNCELoss",
     "KLDistillLoss", "LossConfig", "MarginMSELoss", "MatryoshkaEmbedDistillLoss", "MatryoshkaLoss",
     "MatryoshkaScoreLoss", "ScoreMSELoss", "SimCSELoss", "TripletLoss", "build_loss", "build_objective",
     "ids_to_tensor", "info_nce", "set_dropout",

@@ -6,11 +6,12 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, nn
 
-WEIGHT_KEYS = ("task", "score", "embed")
+WEIGHT_KEYS = ("task", "score", "embed", "hidden")
 
 
 class DistillationObjective(nn.Module):
-    """``total = w_task * task + w_score * score + w_embed * embed``, with the parts for logging.
+    """``total = w_task * task + w_score * score + w_embed * embed + w_hidden * hidden``, with the
+    parts for logging.
 
     Args:
         task_loss: the contrastive loss (e.g. ``InfoNCELoss`` or ``MatryoshkaLoss(InfoNCELoss())``);
@@ -20,7 +21,9 @@ class DistillationObjective(nn.Module):
         embed_loss: ``EmbeddingDistillLoss`` or ``None``; called as ``embed_loss(student_emb, teacher_emb)``.
             Its projection is a parameter of this module: give ``objective.parameters()`` to the
             optimizer too.
-        weights: ``{"task": w, "score": w, "embed": w}``; missing keys default to 1.
+        hidden_loss: ``HiddenStateDistillLoss`` or ``None``; called once per group of
+            ``hidden`` (queries, documents) and averaged.
+        weights: ``{"task": w, "score": w, "embed": w, "hidden": w}``; missing keys default to 1.
 
     Inputs:
         +----------------------+-------------------------------------------------------------------+
@@ -30,11 +33,13 @@ class DistillationObjective(nn.Module):
         | teacher_scores       | ``(B, 1 + N)`` teacher scores of ``[pos, negs]`` (if score_loss)   |
         | teacher_emb          | teacher embeddings of the rows of ``student_emb`` (if embed_loss)  |
         | student_emb          | default ``torch.cat([q, d_pos])``                                 |
+        | hidden               | ``[(student_states, teacher_states, attention_mask), ...]``, one   |
+        |                      | group per tokenised batch (if hidden_loss)                        |
         | **task_kwargs        | passed to the task loss (``q_ids``, ``pos_ids``, ``neg_ids``)      |
         +----------------------+-------------------------------------------------------------------+
 
     Returns:
-        ``(total, parts)``: the scalar to backpropagate, and ``{"task", "score", "embed", "total"}``
+        ``(total, parts)``: the scalar to backpropagate, and ``{"task", "score", "embed", "hidden", "total"}``
         (the unweighted parts present, detached) for logging.
 
     Example:
@@ -49,7 +54,8 @@ class DistillationObjective(nn.Module):
     """
 
     def __init__(self, task_loss: nn.Module, score_loss: nn.Module | None = None,
-                 embed_loss: nn.Module | None = None, weights: Mapping[str, float] | None = None) -> None:
+                 embed_loss: nn.Module | None = None, weights: Mapping[str, float] | None = None,
+                 hidden_loss: nn.Module | None = None) -> None:
         super().__init__()
         weights = dict(weights or {})
         unknown = set(weights) - set(WEIGHT_KEYS)
@@ -60,11 +66,12 @@ class DistillationObjective(nn.Module):
         self.task_loss = task_loss
         self.score_loss = score_loss
         self.embed_loss = embed_loss
+        self.hidden_loss = hidden_loss
         self.weights = {k: float(weights.get(k, 1.0)) for k in WEIGHT_KEYS}
 
     def forward(self, q: Tensor, d_pos: Tensor, d_neg: Tensor | None = None, *,
                 teacher_scores: Tensor | None = None, teacher_emb: Tensor | None = None,
-                student_emb: Tensor | None = None, **task_kwargs) -> tuple[Tensor, dict[str, Tensor]]:
+                student_emb: Tensor | None = None, hidden: list[tuple] | None = None, **task_kwargs) -> tuple[Tensor, dict[str, Tensor]]:
         """Return ``(total, parts)``; see the class docstring."""
         parts = {"task": self.task_loss(q, d_pos, d_neg, **task_kwargs)}
         if self.score_loss is not None:
@@ -77,6 +84,11 @@ class DistillationObjective(nn.Module):
                                  "default torch.cat([q, d_pos]))")
             student_emb = torch.cat([q, d_pos]) if student_emb is None else student_emb
             parts["embed"] = self.embed_loss(student_emb, teacher_emb)
+        if self.hidden_loss is not None:
+            if not hidden:
+                raise ValueError("hidden-state distillation is on: pass hidden=[(student_states, "
+                                 "teacher_states, attention_mask), ...]")
+            parts["hidden"] = sum(self.hidden_loss(*group) for group in hidden) / len(hidden)
         total = sum(self.weights[k] * v for k, v in parts.items())
         logged = {k: v.detach() for k, v in parts.items()}
         logged["total"] = total.detach()

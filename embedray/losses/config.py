@@ -35,6 +35,10 @@ class LossConfig:
     distill_score: str | None = None
     #: Embedding distillation from teacher embeddings (learned projection if sizes differ).
     distill_embed: bool = False
+    #: Hidden-state distillation: each student layer's token states copy those of the teacher
+    #: layer it was initialised from (a layer-reduced student; ``distill.hidden_layers``
+    #: otherwise), by MSE over real tokens of queries and documents.
+    distill_hidden: bool = False
     #: KL distillation over every document of the worker's batch (each query's softmax over all
     #: B * (1 + N) positives and negatives of the batch) instead of its own [positive, negatives]:
     #: more of the teacher's ranking per step at no extra encoding. Needs distill_score "kl".
@@ -45,7 +49,7 @@ class LossConfig:
     distill_matryoshka: bool = False
     #: Temperature of the teacher's softmax in KL distillation.
     teacher_temperature: float = 1.0
-    #: Weights of the parts when distilling: keys "task", "score", "embed" (missing = 1).
+    #: Weights of the parts when distilling: keys "task", "score", "embed", "hidden" (missing = 1).
     weights: dict[str, float] = field(default_factory=dict)
     #: If set, the training loop calls ``embedray.losses.simcse.set_dropout(model, dropout)``;
     #: None keeps the model's own rates. SimCSE needs dropout > 0 (0.1 is usual, MiniLM's default).
@@ -85,15 +89,15 @@ class LossConfig:
                                                f"not {self.name!r}")
         if self.distill_score not in (None, *SCORE_DISTILL):
             raise bad("distill_score", f"choose one of {list(SCORE_DISTILL)} or null, got {self.distill_score!r}")
-        if (self.distill_score or self.distill_embed) and self.name in ("contrastive", "simcse"):
+        if self.distilling and self.name in ("contrastive", "simcse"):
             raise bad("name", f"distillation needs (query, positive, negatives) batches; {self.name!r} has none")
         if self.distill_in_batch and self.distill_score != "kl":
             raise bad("distill_in_batch", f"needs distill_score: kl, got {self.distill_score!r}")
         if not self.teacher_temperature > 0:
             raise bad("teacher_temperature", f"must be > 0, got {self.teacher_temperature}")
-        unknown = set(self.weights) - {"task", "score", "embed"}
+        unknown = set(self.weights) - {"task", "score", "embed", "hidden"}
         if unknown:
-            raise bad("weights", f"unknown keys {sorted(unknown)}; valid: task, score, embed")
+            raise bad("weights", f"unknown keys {sorted(unknown)}; valid: task, score, embed, hidden")
         if any(w < 0 for w in self.weights.values()):
             raise bad("weights", f"must be >= 0, got {self.weights}")
         if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
@@ -104,4 +108,4 @@ class LossConfig:
     @property
     def distilling(self) -> bool:
         """Whether any distillation term is on."""
-        return self.distill_score is not None or self.distill_embed
+        return self.distill_score is not None or self.distill_embed or self.distill_hidden

@@ -141,26 +141,29 @@ class BiEncoder(nn.Module):
         return dict(self.tokenizer(list(texts), padding="longest", truncation=True,
                                    max_length=max_length or self.max_seq_length, return_tensors="pt"))
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                **features: torch.Tensor) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, return_hidden: bool = False,
+                **features: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
         """Embed a tokenised batch.
 
         Args:
             input_ids: ``(batch, seq)`` token ids.
             attention_mask: ``(batch, seq)``, 1 for real tokens, 0 for padding.
+            return_hidden: also return the token states after each transformer layer.
             **features: Other tokenizer outputs passed to the backbone (e.g. ``token_type_ids``).
 
         Returns:
-            ``(batch, dim)`` float32 embeddings (unit length when ``config.normalize``).
+            ``(batch, dim)`` float32 embeddings (unit length when ``config.normalize``); with
+            ``return_hidden``, ``(embeddings, states)``: one ``(batch, seq, hidden)`` per layer.
         """
-        out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, **features)
+        out = self.backbone(input_ids=input_ids, attention_mask=attention_mask,
+                            output_hidden_states=return_hidden, **features)
         tokens = out.last_hidden_state.float()  # (batch, seq, hidden); pool in float32 under bf16
         emb = pool(tokens, attention_mask, self.config.pooling)  # (batch, hidden)
         if self.projection is not None:
             emb = self.projection(emb.to(self.projection.weight.dtype)).float()  # (batch, dim)
         if self.config.normalize:
             emb = F.normalize(emb, p=2, dim=-1)
-        return emb
+        return (emb, out.hidden_states[1:]) if return_hidden else emb
 
     @torch.no_grad()
     def encode(self, texts: Sequence[str], batch_size: int = 64, show_progress_bar: bool = False,

@@ -83,7 +83,7 @@ def drop_layers(backbone: nn.Module, keep: list[int]) -> None:
 
 
 def layer_reduced_student(teacher_path_or_name: str | Path, keep_layers: list[int] | int,
-                          out_dir: str | Path | None = None) -> Path:
+                          out_dir: str | Path | None = None, max_seq_length: int | None = None) -> Path:
     """Save a copy of the teacher that keeps only the chosen transformer layers.
 
     Every other module (embeddings, pooling, Dense, Normalize, tokenizer, prompts) is copied
@@ -93,6 +93,8 @@ def layer_reduced_student(teacher_path_or_name: str | Path, keep_layers: list[in
         teacher_path_or_name: A bundled model name or a sentence-transformers folder.
         keep_layers: Layer indices, or a count of evenly spaced layers (see :func:`pick_layers`).
         out_dir: Target folder; ``None`` uses the embedray cache, keyed by teacher and layers.
+        max_seq_length: Token cap of the copy (sentence-transformers ``max_seq_length``); ``None``
+            keeps the teacher's.
 
     Returns:
         The sentence-transformers folder of the student (written atomically; an existing
@@ -108,7 +110,11 @@ def layer_reduced_student(teacher_path_or_name: str | Path, keep_layers: list[in
     num_layers = len(encoder_layers(backbone))
     keep = pick_layers(keep_layers, num_layers)
     drop_layers(backbone, keep)
-    out = Path(out_dir).expanduser().resolve() if out_dir else _default_out(teacher_dir, keep)
+    if max_seq_length is not None:
+        if not isinstance(max_seq_length, int) or max_seq_length < 1:
+            raise ValueError(f"max_seq_length must be a positive integer, got {max_seq_length!r}")
+        st.max_seq_length = max_seq_length
+    out = Path(out_dir).expanduser().resolve() if out_dir else _default_out(teacher_dir, keep, st.max_seq_length)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
     try:
@@ -120,8 +126,8 @@ def layer_reduced_student(teacher_path_or_name: str | Path, keep_layers: list[in
     return out
 
 
-def _default_out(teacher_dir: Path, keep: list[int]) -> Path:
-    key = hashlib.sha1(f"{teacher_dir}|{keep}".encode()).hexdigest()[:8]
+def _default_out(teacher_dir: Path, keep: list[int], max_seq_length: int) -> Path:
+    key = hashlib.sha1(f"{teacher_dir}|{keep}|{max_seq_length}".encode()).hexdigest()[:8]
     return cache_dir() / "models" / f"student-{teacher_dir.name}-L{'-'.join(map(str, keep))}-{key}"
 
 

@@ -141,3 +141,7 @@ class DistillConfig:
     score_source: Literal["teacher", "cross_encoder"] = "teacher"
     """Teacher scores over each query's candidates: the teacher bi-encoder's (cosine / temperature),
     or the cross-encoder scores carried by the negative pool (needs ``train.negatives: pool``)."""
+    hidden_layers: list[int] | None = None
+    """Under ``loss.distill_hidden``: the teacher layer (0-based) whose token states each student
+    layer copies, one per student layer. None: the layers a layer-reduced student was cut from
+    (``kept_layers`` in its ``embedray.json``)."""

@@ -2,21 +2,32 @@
 cross-encoder scores that mined pools carry."""
 from __future__ import annotations
 
+import json
+
 import torch
 
 from embedray.models.config import ModelConfig
 
 
 class Teacher:
-    """A frozen bi-encoder: embeddings and candidate scores for a batch, no gradients.
+    """A frozen bi-encoder: embeddings, token states and candidate scores for a batch, no gradients.
 
-    Its embeddings never change, and training sees each query, positive and sampled negative
+    Its outputs never change, and training sees each query, positive and sampled negative
     several times (every epoch, every worker), so each text is encoded once and remembered, up
-    to ``max_cached`` texts (then the rest is encoded every time it comes up).
+    to ``max_cached`` texts and ``max_state_bytes`` of token states (then the rest is encoded
+    every time it comes up).
+
+    Args:
+        name_or_path: the teacher (bundled name or folder).
+        student_cfg: the student's model config (its query / document prefixes are the teacher's).
+        device: where the teacher runs.
+        hidden_layers: teacher layers (0-based) whose token states :meth:`states` returns
+            (hidden-state distillation); None: embeddings only.
     """
 
     def __init__(self, name_or_path: str, student_cfg: ModelConfig, device: torch.device,
-                 max_cached: int = 200_000):
+                 hidden_layers: list[int] | None = None, max_cached: int = 200_000,
+                 max_state_bytes: int = 1 << 30):
         from embedray.models.encoder import BiEncoder
 
         cfg = ModelConfig(name_or_path=name_or_path, query_prefix=student_cfg.query_prefix,
@@ -24,9 +35,16 @@ class Teacher:
         self.model = BiEncoder.from_config(cfg).eval().to(device)
         for p in self.model.parameters():
             p.requires_grad_(False)
+        n_layers = self.model.backbone.config.num_hidden_layers
+        if hidden_layers is not None and (not hidden_layers or any(not 0 <= i < n_layers for i in hidden_layers)):
+            raise ValueError(f"distill.hidden_layers: the teacher has layers 0..{n_layers - 1}, got {hidden_layers}")
+        self.hidden_layers = list(hidden_layers) if hidden_layers is not None else None
         self.device = device
         self.max_cached = max_cached
-        self._seen: dict[tuple[int, str], torch.Tensor] = {}  # (max_length, text) → (teacher_dim,)
+        self.max_state_bytes = max_state_bytes
+        self._seen: dict[tuple[int, str], torch.Tensor] = {}    # (max_length, text) → (teacher_dim,)
+        self._states: dict[tuple[int, str], torch.Tensor] = {}  # (max_length, text) → (tokens, layers, hidden) fp16
+        self._state_bytes = 0
         self.encoded = 0  # texts run through the teacher (the rest came from memory)
 
     @property
@@ -34,20 +52,72 @@ class Teacher:
         return self.model.embedding_dim
 
     @torch.no_grad()
-    def encode(self, texts: list[str], max_length: int) -> torch.Tensor:
-        keys = [(max_length, t) for t in texts]
-        todo = list(dict.fromkeys(k for k in keys if k not in self._seen))
-        fresh = {}
-        if todo:
-            tok = self.model.tokenize([t for _, t in todo], max_length=max_length)
-            out = self.model(**{k: v.to(self.device) for k, v in tok.items()})  # (m, teacher_dim)
-            fresh = dict(zip(todo, out))
-            self.encoded += len(todo)
-            for key, row in fresh.items():
-                if len(self._seen) >= self.max_cached:
-                    break
+    def _run(self, keys: list[tuple[int, str]]) -> dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor | None]]:
+        """Encode the keys not yet remembered (one forward pass); remember what fits."""
+        want_states = self.hidden_layers is not None
+        todo = list(dict.fromkeys(k for k in keys if k not in self._seen or (want_states and k not in self._states)))
+        fresh: dict = {}
+        if not todo:
+            return fresh
+        tok = self.model.tokenize([t for _, t in todo], max_length=todo[0][0])
+        tok = {k: v.to(self.device) for k, v in tok.items()}
+        if want_states:
+            emb, hidden = self.model(**tok, return_hidden=True)
+            stacked = torch.stack([hidden[i] for i in self.hidden_layers], dim=2)  # (m, L, layers, H)
+            lengths = tok["attention_mask"].sum(1).tolist()
+            states = [stacked[i, :n].to(torch.float16) for i, n in enumerate(lengths)]
+        else:
+            emb, states = self.model(**tok), [None] * len(todo)                      # (m, teacher_dim)
+        self.encoded += len(todo)
+        for key, row, st in zip(todo, emb, states):
+            fresh[key] = (row, st)
+            if len(self._seen) < self.max_cached:
                 self._seen[key] = row
-        return torch.stack([fresh[k] if k in fresh else self._seen[k] for k in keys])  # (n, teacher_dim)
+            if st is not None and self._state_bytes + st.numel() * 2 <= self.max_state_bytes:
+                self._states[key] = st
+                self._state_bytes += st.numel() * 2
+        return fresh
+
+    def encode(self, texts: list[str], max_length: int) -> torch.Tensor:
+        """``(n, teacher_dim)`` embeddings of ``texts`` tokenised to ``max_length``."""
+        keys = [(max_length, t) for t in texts]
+        fresh = self._run(keys)
+        return torch.stack([fresh[k][0] if k in fresh else self._seen[k] for k in keys])  # (n, D_t)
+
+    def states(self, texts: list[str], max_length: int, attention_mask: torch.Tensor) -> list[torch.Tensor]:
+        """Token states of ``hidden_layers``: one ``(n, seq, hidden)`` float32 tensor per layer,
+        padded like the student's batch (``attention_mask`` ``(n, seq)``: the same tokenizer and
+        ``max_length`` give the same tokens)."""
+        if self.hidden_layers is None:
+            raise ValueError("this teacher was built without hidden_layers")
+        keys = [(max_length, t) for t in texts]
+        fresh = self._run(keys)
+        n, seq = attention_mask.shape
+        hidden = self.model.backbone.config.hidden_size
+        out = torch.zeros(n, seq, len(self.hidden_layers), hidden, device=attention_mask.device)
+        for i, (key, length) in enumerate(zip(keys, attention_mask.sum(1).tolist())):
+            st = fresh[key][1] if key in fresh else self._states[key]
+            if st.shape[0] != length:
+                raise ValueError(f"teacher and student tokenise {key[1][:60]!r} differently ({st.shape[0]} vs "
+                                 f"{length} tokens): hidden-state distillation needs the same tokenizer")
+            out[i, :length] = st.float()
+        return list(out.unbind(2))                                                   # layers × (n, seq, H)
+
+
+def hidden_layer_map(job) -> list[int]:
+    """The teacher layer each student layer copies under ``loss.distill_hidden``:
+    ``distill.hidden_layers``, else the ``kept_layers`` a layer-reduced student records."""
+
+    from embedray.models.bundled import resolve_model
+    if job.distill.hidden_layers is not None:
+        return list(job.distill.hidden_layers)
+    meta = resolve_model(job.model.name_or_path) / "embedray.json"
+    training = json.loads(meta.read_text(encoding="utf-8")).get("training", {}) if meta.exists() else {}
+    kept = training.get("kept_layers") if training.get("init") == "layer_reduced_student" else None
+    if not kept:
+        raise ValueError(f"loss.distill_hidden: {job.model.name_or_path} is not a layer-reduced copy of the "
+                         f"teacher (no kept_layers in its embedray.json); set distill.hidden_layers")
+    return list(kept)
 
 
 def candidate_scores(q: torch.Tensor, d: torch.Tensor, b: int, n: int, temperature: float) -> torch.Tensor:

@@ -129,9 +129,9 @@ def train(job, session, data: TrainingData, run_dir: Path, hooks: Hooks | None =
     exactly: same batches, same negatives, same dropout masks as an uninterrupted run with the
     same seed.
     """
-    from embedray.losses import build_objective
+    from embedray.losses import build_objective, set_dropout
     from embedray.models.encoder import BiEncoder
-    from embedray.training.distill import Teacher
+    from embedray.training.distill import Teacher, hidden_layer_map
     from embedray.training.gather import gather_fn_for_loss
 
     tc, hooks, rank0 = job.train, hooks or Hooks(), session.rank == 0
@@ -141,8 +141,16 @@ def train(job, session, data: TrainingData, run_dir: Path, hooks: Hooks | None =
         torch.set_num_threads(tc.num_threads)
 
     core = BiEncoder.from_config(job.model)
+    if job.loss.dropout is not None:
+        set_dropout(core, job.loss.dropout)
     model = session.prepare_model(core)
-    teacher = Teacher(job.distill.teacher, job.model, session.device) if job.loss.distilling else None
+    teacher = None
+    if job.loss.distilling:
+        layers = hidden_layer_map(job) if job.loss.distill_hidden else None
+        if layers is not None and len(layers) != core.backbone.config.num_hidden_layers:
+            raise ValueError(f"distill.hidden_layers: {layers} names {len(layers)} teacher layers for a student "
+                             f"with {core.backbone.config.num_hidden_layers}")
+        teacher = Teacher(job.distill.teacher, job.model, session.device, hidden_layers=layers)
     gather = gather_fn_for_loss() if job.loss.gather_across_workers and session.world_size > 1 else None
     loss_fn = build_objective(job.loss, gather_fn=gather, student_dim=core.embedding_dim,
                               teacher_dim=teacher.dim if teacher else None)
@@ -249,8 +257,12 @@ def _batch_loss(model, core, loss_fn, job, data, batch, negs, device, teacher=No
     d_texts = [job.model.doc_prefix + data.doc_text(d) for d in doc_ids]
     q_tok = {k: v.to(device) for k, v in core.tokenize(q_texts, max_length=job.train.max_query_length).items()}
     d_tok = {k: v.to(device) for k, v in core.tokenize(d_texts, max_length=job.train.max_doc_length).items()}
-    q = model(**q_tok)                                   # (B, dim)
-    d = model(**d_tok)                                   # (B + B*N, dim)
+    hidden = teacher is not None and job.loss.distill_hidden
+    if hidden:
+        (q, q_states), (d, d_states) = model(**q_tok, return_hidden=True), model(**d_tok, return_hidden=True)
+    else:
+        q = model(**q_tok)                               # (B, dim)
+        d = model(**d_tok)                               # (B + B*N, dim)
     b, n = len(batch), job.train.num_negatives
     d_pos, d_neg = d[:b], (d[b:].view(b, n, -1) if n else None)   # (B, dim), (B, N, dim)
     pos_ids = ids_to_tensor(doc_ids[:b]).to(device)
@@ -269,8 +281,12 @@ def _batch_loss(model, core, loss_fn, job, data, batch, negs, device, teacher=No
         t_scores = in_batch_scores(tq, td, job.loss.temperature)         # (B, B + B*N)
     else:
         t_scores = candidate_scores(tq, td, b, n, job.loss.temperature)  # (B, 1+N)
-    total, _parts = loss_fn(q, d_pos, d_neg, teacher_scores=t_scores,
-                            teacher_emb=torch.cat([tq, td[:b]]), **ids)
+    embed = {"teacher_emb": torch.cat([tq, td[:b]])}
+    if hidden:  # every layer's token states, queries and all documents
+        ml = job.train.max_query_length, job.train.max_doc_length
+        embed["hidden"] = [(q_states, teacher.states(q_texts, ml[0], q_tok["attention_mask"]), q_tok["attention_mask"]),
+                           (d_states, teacher.states(d_texts, ml[1], d_tok["attention_mask"]), d_tok["attention_mask"])]
+    total, _parts = loss_fn(q, d_pos, d_neg, teacher_scores=t_scores, **embed, **ids)
     return total
 
 

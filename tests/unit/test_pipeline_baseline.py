@@ -33,6 +33,7 @@ def test_baseline_evaluates_a_shared_base_model_once(tmp_path, monkeypatch, keep
 
     monkeypatch.setattr(p, "_evaluate_model", fake_eval)
     monkeypatch.setattr(p, "_encode_speeds", fake_speeds)
+    monkeypatch.setattr(p, "_base_teacher_docs", lambda: None)
     rows = p.stage_baseline()
     assert seen == calls
     if len(calls) == 1:
@@ -61,3 +62,32 @@ def test_encode_speeds_are_timed_in_turns(tmp_path, topic_beir, monkeypatch):
     speeds = p._encode_speeds({"a": Clocked("a"), "b": Clocked("b")}, n=8, rounds=2)
     assert [name for name, _ in order] == ["a", "b"] + ["a", "b"] * 2  # warm-ups, then timed in turns
     assert set(speeds) == {"a", "b"} and all(v > 0 for v in speeds.values())
+
+
+def test_base_teacher_documents_land_in_the_cache_the_teacher_stage_mines_with(tmp_path, topic_beir):
+    """The baseline encodes the corpus with the base teacher once; the teacher stage's first
+    mining round (same config, same weights, same texts) finds every document in its cache."""
+    import numpy as np
+    from sentence_transformers import SentenceTransformer
+
+    from embedray.cluster.pipeline import Pipeline
+    from embedray.mining.cache import cached_embeddings, state_dict_fingerprint
+    from embedray.mining.pipeline import doc_text
+    from embedray.models.bundled import resolve_model
+    from embedray.models.encoder import BiEncoder
+    from embedray.training.data import load_training_data
+
+    cfg = build_config(PipelineConfig, {"name": "t", "output_dir": str(tmp_path), "prepare": {"source": "beir"},
+                                        "data": {"path": str(topic_beir)}, "teacher": {"name_or_path": "tiny-bert"},
+                                        "student": {"keep_layers": 1}}, "test")
+    p = Pipeline(cfg)
+    docs = p._base_teacher_docs()
+    job = p._teacher_job()
+    data = load_training_data(job.data)
+    fp = state_dict_fingerprint(BiEncoder.from_config(job.model).state_dict())   # as the teacher stage computes it
+    cached = cached_embeddings([doc_text(d) for d in data.corpus.values()], fp, p.run / "teacher" / "cache",
+                               prompt=f"d|{job.mining.corpus_prompt}")
+    assert cached is not None and cached.shape == docs.shape
+    st = SentenceTransformer(str(resolve_model("tiny-bert")), device="cpu")
+    texts = [d.text_for_model for d in p._test_data().corpus.values()]
+    assert np.allclose(docs, st.encode(texts, normalize_embeddings=True), atol=1e-5)  # what the eval would encode

@@ -105,3 +105,18 @@ def test_model_size_counts_every_weight(tiny_bert_dir, tmp_path):
     with pytest.raises(ValueError, match="no \\*.safetensors"):
         (tmp_path / "config.json").write_text("{}")
         model_size(tmp_path)
+
+
+def test_max_seq_length_caps_the_copy_and_is_checked(tmp_path):
+    from embedray.models.encoder import BiEncoder
+    from embedray.models.config import ModelConfig
+    path = layer_reduced_student("tiny-bert", [1], out_dir=tmp_path / "capped", max_seq_length=16)
+    st = SentenceTransformer(str(path), device="cpu")
+    assert st.max_seq_length == 16
+    assert BiEncoder.from_config(ModelConfig(name_or_path=str(path))).max_seq_length == 16  # training reads it
+    long = " ".join(["word"] * 200)
+    assert np.allclose(st.encode([long]), st.encode([" ".join(["word"] * 14)]), atol=1e-5)  # cut at 16 tokens
+    assert SentenceTransformer(str(layer_reduced_student("tiny-bert", [1], out_dir=tmp_path / "plain")),
+                               device="cpu").max_seq_length != 16
+    with pytest.raises(ValueError, match="max_seq_length must be a positive integer"):
+        layer_reduced_student("tiny-bert", [1], out_dir=tmp_path / "bad", max_seq_length=0)

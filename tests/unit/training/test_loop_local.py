@@ -121,3 +121,57 @@ def test_dev_evaluation_reads_documents_mining_encoded_with_the_same_weights(top
     encoded.clear()
     evaluate_dev(model, job, data, cache_dir=cache)
     assert len(encoded) == n_docs + n_queries
+
+
+def test_teacher_states_are_its_own_layer_outputs_padded_like_the_student_batch():
+    from embedray.models.config import ModelConfig
+    from embedray.models.encoder import BiEncoder
+    from embedray.training.distill import Teacher
+
+    teacher = Teacher("tiny-bert", ModelConfig(name_or_path="tiny-bert"), torch.device("cpu"), hidden_layers=[1, 0])
+    texts = ["a short text", "a somewhat longer text with more words in it"]
+    tok = teacher.model.tokenize(texts, max_length=16)
+    states = teacher.states(texts, 16, tok["attention_mask"])
+    ref = BiEncoder.from_config(ModelConfig(name_or_path="tiny-bert")).eval()
+    with torch.no_grad():
+        _, hidden = ref(**tok, return_hidden=True)
+    mask = tok["attention_mask"].unsqueeze(-1)
+    assert len(states) == 2 and states[0].shape == hidden[1].shape
+    assert torch.allclose(states[0], hidden[1] * mask, atol=2e-3)  # fp16 memory
+    assert torch.allclose(states[1], hidden[0] * mask, atol=2e-3)
+    encoded = teacher.encoded
+    teacher.states(texts, 16, tok["attention_mask"])                 # remembered, not encoded again
+    assert teacher.encoded == encoded
+    with pytest.raises(ValueError, match="layers 0..1"):
+        Teacher("tiny-bert", ModelConfig(name_or_path="tiny-bert"), torch.device("cpu"), hidden_layers=[2])
+
+
+@pytest.mark.parametrize("layers", [None, [1]])
+def test_hidden_state_distillation_trains_a_layer_reduced_student(topic_beir, tmp_path, layers):
+    """keep layer 0 of 2: with the default map its states start equal to the teacher's layer 0
+    (hidden loss 0 without dropout); mapped to teacher layer 1 they start apart."""
+    from embedray.models.student import layer_reduced_student
+    student = layer_reduced_student("tiny-bert", [0], tmp_path / "student")
+    name = f"hidden-{layers}"
+    job = build_config(TrainJobConfig, {
+        **_as_dict(_job(topic_beir, tmp_path, name, max_steps=2, eval_every=0, checkpoint_every=0, lr=1e-9)),
+        "model": {"name_or_path": str(student)},
+        "loss": {"name": "infonce", "temperature": 0.1, "distill_hidden": True, "dropout": 0.0,
+                 "weights": {"task": 0.0, "hidden": 1.0}},
+        "distill": {"teacher": "tiny-bert", "hidden_layers": layers},
+    })
+    assert run_local(job)["steps"] == 2
+    losses = _losses(tmp_path / name)
+    if layers is None:
+        assert max(losses) < 1e-6
+    else:
+        assert min(losses) > 1e-5  # ~2e-4 on tiny-bert
+
+
+def test_hidden_state_distillation_needs_a_layer_map(topic_beir, tmp_path):
+    job = build_config(TrainJobConfig, {
+        **_as_dict(_job(topic_beir, tmp_path, "nomap", max_steps=1, eval_every=0, checkpoint_every=0)),
+        "loss": {"name": "infonce", "distill_hidden": True}, "distill": {"teacher": "tiny-bert"},
+    })
+    with pytest.raises(ValueError, match="not a layer-reduced copy"):
+        run_local(job)
