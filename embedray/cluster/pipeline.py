@@ -83,7 +83,7 @@ class Pipeline:
         else:
             rows = {"base student": self._evaluate_model(student, speed=False),
                     "base teacher": self._evaluate_model(teacher, speed=False,
-                                                         corpus_embeddings=self._base_teacher_docs())}
+                                                         corpus_embeddings=self._teacher_docs(teacher))}
             speeds = self._encode_speeds({"base student": student, "base teacher": teacher})
             for label in speeds:
                 rows[label]["docs_per_s"] = speeds[label]
@@ -109,7 +109,8 @@ class Pipeline:
         rows = json.loads((self.run / "baseline.json").read_text())
         teacher = self.run / "teacher" / "final"
         student = self._student_model()
-        rows["trained teacher"], first = self._evaluate_model(teacher, keep=True, speed=False)
+        rows["trained teacher"], first = self._evaluate_model(teacher, keep=True, speed=False,
+                                                              corpus_embeddings=self._teacher_docs(teacher))
         ce = self.run / "teacher" / "cross-encoder"
         if ce.exists():
             rows["teacher + cross-encoder rerank"] = self._rerank_row(first.run, ce)
@@ -179,16 +180,17 @@ class Pipeline:
              f"variance kept: {variance_summary(info)})")
         return info
 
-    def _base_teacher_docs(self):
-        """The base teacher's corpus embeddings, encoded through the teacher stage's embedding
-        cache: that stage's first mining round, cross-encoder check and first dev evaluation
-        (same weights, same texts) then read them instead of encoding the corpus again."""
+    def _teacher_docs(self, name_or_path):
+        """Teacher corpus embeddings through the teacher stage's embedding cache (keyed by the
+        weights and each text). The base teacher's are encoded here and read by that stage's
+        first mining round, cross-encoder check and first dev evaluation; the trained teacher's
+        were written by its final dev evaluation (the dev corpus is the test corpus)."""
         from embedray.mining.cache import encode_with_cache, state_dict_fingerprint
         from embedray.mining.pipeline import doc_text
         from embedray.models.encoder import BiEncoder
         from embedray.training.loop import make_encode_fn
         c = self.cfg
-        model = BiEncoder.from_config(c.teacher).eval()
+        model = BiEncoder.from_config(replace(c.teacher, name_or_path=str(name_or_path))).eval()
         encode = make_encode_fn(model, c.teacher, batch_size=c.eval.batch_size)
         texts = [doc_text(d) for d in self._test_data().corpus.values()]
         return encode_with_cache(texts, lambda batch: encode(batch, "doc"), state_dict_fingerprint(model.state_dict()),

@@ -80,12 +80,13 @@ def make_encode_fn(model, model_cfg, batch_size: int = 64) -> Callable[[list[str
     return encode
 
 
-def evaluate_dev(model, job, data: TrainingData, cache_dir: Path | None = None) -> dict[str, float]:
+def evaluate_dev(model, job, data: TrainingData, cache_dir: Path | None = None, store: bool = False) -> dict[str, float]:
     """nDCG@10 etc. of the live model on (a deterministic subset of) the dev split.
 
     With ``cache_dir`` (the run's embedding cache), documents that a mining round already
     encoded with these exact weights are read from it: the teacher's first evaluation reuses
-    the corpus its base weights were mined with.
+    the corpus its base weights were mined with. With ``store`` too, the documents it encodes
+    are written there (the final weights: the pipeline's test evaluation reads them back).
     """
     from embedray.eval.retrieval import evaluate_retrieval
     dev = data.dev
@@ -93,21 +94,25 @@ def evaluate_dev(model, job, data: TrainingData, cache_dir: Path | None = None) 
         keep = sorted(dev.qrels)[: job.train.eval_max_queries]
         dev = type(dev)(dev.corpus, dev.queries, {q: dev.qrels[q] for q in keep}, dev.split, dev.path)
     was_training = model.training
-    docs = _mined_doc_embeddings(model, job, dev, cache_dir) if cache_dir is not None else None
     with _every_core():
+        docs = _mined_doc_embeddings(model, job, dev, cache_dir, store) if cache_dir is not None else None
         result = evaluate_retrieval(make_encode_fn(model, job.model), dev, show_progress=False,
                                     corpus_embeddings=docs)
     model.train(was_training)
     return result.metrics
 
 
-def _mined_doc_embeddings(model, job, dev, cache_dir: Path):
-    """The dev corpus as mining encoded it with these weights (same encoder, same key), or None."""
-    from embedray.mining.cache import cached_embeddings, state_dict_fingerprint
+def _mined_doc_embeddings(model, job, dev, cache_dir: Path, store: bool = False):
+    """The dev corpus as mining encoded it with these weights (same encoder, same key), or None;
+    with ``store``, encoded (what the cache lacks) and written to the cache."""
+    from embedray.mining.cache import cached_embeddings, encode_with_cache, state_dict_fingerprint
     from embedray.mining.pipeline import doc_text
     texts = [doc_text(d) for d in dev.corpus.values()]
-    return cached_embeddings(texts, state_dict_fingerprint(model.state_dict()), cache_dir,
-                             prompt=f"d|{job.mining.corpus_prompt}")
+    fp, prompt = state_dict_fingerprint(model.state_dict()), f"d|{job.mining.corpus_prompt}"
+    if store:
+        encode = make_encode_fn(model, job.model)
+        return encode_with_cache(texts, lambda batch: encode(batch, "doc"), fp, cache_dir, prompt=prompt).embeddings
+    return cached_embeddings(texts, fp, cache_dir, prompt=prompt)
 
 
 @contextlib.contextmanager
@@ -329,7 +334,10 @@ def _finish(core, job, data, log, state, run_dir, steps_run, wall, rank0) -> dic
     if not rank0:
         return {}
     from embedray.config import to_dict
-    dev = evaluate_dev(core, job, data) if data.dev is not None else {}
+    # A mining run keeps an embedding cache: its final corpus encoding goes there for the
+    # pipeline's test evaluation of the same weights.
+    cache = run_dir / "cache" if job.refresh.mode != "off" else None
+    dev = evaluate_dev(core, job, data, cache_dir=cache, store=True) if data.dev is not None else {}
     if dev:
         log.event("dev", job.train.max_steps, dev)
     final = run_dir / "final"

@@ -1,7 +1,9 @@
 """The baseline stage evaluates a base model once when student and teacher start from it; encode
-speeds that the report compares are timed in turns."""
+speeds that the report compares are timed in turns; teacher corpus embeddings are shared with the
+teacher stage through its embedding cache."""
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from embedray.cluster.pipeline import Pipeline
@@ -33,7 +35,7 @@ def test_baseline_evaluates_a_shared_base_model_once(tmp_path, monkeypatch, keep
 
     monkeypatch.setattr(p, "_evaluate_model", fake_eval)
     monkeypatch.setattr(p, "_encode_speeds", fake_speeds)
-    monkeypatch.setattr(p, "_base_teacher_docs", lambda: None)
+    monkeypatch.setattr(p, "_teacher_docs", lambda path: None)
     rows = p.stage_baseline()
     assert seen == calls
     if len(calls) == 1:
@@ -67,7 +69,6 @@ def test_encode_speeds_are_timed_in_turns(tmp_path, topic_beir, monkeypatch):
 def test_base_teacher_documents_land_in_the_cache_the_teacher_stage_mines_with(tmp_path, topic_beir):
     """The baseline encodes the corpus with the base teacher once; the teacher stage's first
     mining round (same config, same weights, same texts) finds every document in its cache."""
-    import numpy as np
     from sentence_transformers import SentenceTransformer
 
     from embedray.cluster.pipeline import Pipeline
@@ -81,7 +82,7 @@ def test_base_teacher_documents_land_in_the_cache_the_teacher_stage_mines_with(t
                                         "data": {"path": str(topic_beir)}, "teacher": {"name_or_path": "tiny-bert"},
                                         "student": {"keep_layers": 1}}, "test")
     p = Pipeline(cfg)
-    docs = p._base_teacher_docs()
+    docs = p._teacher_docs("tiny-bert")
     job = p._teacher_job()
     data = load_training_data(job.data)
     fp = state_dict_fingerprint(BiEncoder.from_config(job.model).state_dict())   # as the teacher stage computes it
@@ -91,3 +92,37 @@ def test_base_teacher_documents_land_in_the_cache_the_teacher_stage_mines_with(t
     st = SentenceTransformer(str(resolve_model("tiny-bert")), device="cpu")
     texts = [d.text_for_model for d in p._test_data().corpus.values()]
     assert np.allclose(docs, st.encode(texts, normalize_embeddings=True), atol=1e-5)  # what the eval would encode
+
+
+def test_trained_teacher_documents_are_read_back_from_its_final_dev_evaluation(tmp_path, topic_beir):
+    """The teacher run's final dev evaluation stores its corpus embeddings; the test evaluation
+    of the exported folder (same weights once saved and loaded) finds every one of them."""
+    import torch
+
+    from embedray.cluster.pipeline import Pipeline
+    from embedray.mining.cache import cached_embeddings, state_dict_fingerprint
+    from embedray.mining.pipeline import doc_text
+    from embedray.models.encoder import BiEncoder
+    from embedray.training.data import load_training_data
+    from embedray.training.loop import evaluate_dev
+
+    cfg = build_config(PipelineConfig, {"name": "t", "output_dir": str(tmp_path), "prepare": {"source": "beir"},
+                                        "data": {"path": str(topic_beir)}, "teacher": {"name_or_path": "tiny-bert"},
+                                        "student": {"keep_layers": 1}}, "test")
+    p = Pipeline(cfg)
+    job = p._teacher_job()
+    core = BiEncoder.from_config(job.model)
+    with torch.no_grad():                                 # "trained": weights unlike the base model's
+        for param in core.parameters():
+            param.add_(0.01)
+    data = load_training_data(job.data)
+    cache = p.run / "teacher" / "cache"
+    assert evaluate_dev(core, job, data, cache_dir=cache, store=True)["ndcg@10"] >= 0
+    final = p.run / "teacher" / "final"
+    core.save_sentence_transformer(final)
+    reloaded = BiEncoder.from_config(job.model.__class__(name_or_path=str(final)))
+    texts = [doc_text(d) for d in p._test_data().corpus.values()]
+    stored = cached_embeddings(texts, state_dict_fingerprint(reloaded.state_dict()), cache,
+                               prompt=f"d|{job.mining.corpus_prompt}")
+    assert stored is not None
+    assert np.allclose(p._teacher_docs(final), stored)
