@@ -185,16 +185,12 @@ class Pipeline:
         weights and each text). The base teacher's are encoded here and read by that stage's
         first mining round, cross-encoder check and first dev evaluation; the trained teacher's
         were written by its final dev evaluation (the dev corpus is the test corpus)."""
-        from embedray.mining.cache import encode_with_cache, state_dict_fingerprint
-        from embedray.mining.pipeline import doc_text
         from embedray.models.encoder import BiEncoder
-        from embedray.training.loop import make_encode_fn
+        from embedray.training.loop import cached_doc_embeddings
         c = self.cfg
         model = BiEncoder.from_config(replace(c.teacher, name_or_path=str(name_or_path))).eval()
-        encode = make_encode_fn(model, c.teacher, batch_size=c.eval.batch_size)
-        texts = [doc_text(d) for d in self._test_data().corpus.values()]
-        return encode_with_cache(texts, lambda batch: encode(batch, "doc"), state_dict_fingerprint(model.state_dict()),
-                                 self.run / "teacher" / "cache", prompt=f"d|{c.mining.corpus_prompt}").embeddings
+        return cached_doc_embeddings(model, c.teacher, c.mining.corpus_prompt, self._test_data().corpus,
+                                     self.run / "teacher" / "cache", store=True, batch_size=c.eval.batch_size)
 
     def _seed_student_pool(self) -> None:
         """Publish the teacher's newest negative pool as the student's (once; a resumed student

@@ -95,22 +95,25 @@ def evaluate_dev(model, job, data: TrainingData, cache_dir: Path | None = None, 
         dev = type(dev)(dev.corpus, dev.queries, {q: dev.qrels[q] for q in keep}, dev.split, dev.path)
     was_training = model.training
     with _every_core():
-        docs = _mined_doc_embeddings(model, job, dev, cache_dir, store) if cache_dir is not None else None
+        docs = (cached_doc_embeddings(model, job.model, job.mining.corpus_prompt, dev.corpus, cache_dir, store)
+                if cache_dir is not None else None)
         result = evaluate_retrieval(make_encode_fn(model, job.model), dev, show_progress=False,
                                     corpus_embeddings=docs)
     model.train(was_training)
     return result.metrics
 
 
-def _mined_doc_embeddings(model, job, dev, cache_dir: Path, store: bool = False):
-    """The dev corpus as mining encoded it with these weights (same encoder, same key), or None;
-    with ``store``, encoded (what the cache lacks) and written to the cache."""
+def cached_doc_embeddings(model, model_cfg, corpus_prompt: str, corpus, cache_dir: Path, store: bool = False,
+                          batch_size: int = 64):
+    """A corpus (id → Document, in order) as mining encodes it with ``model``'s weights, from the
+    run's embedding cache (same weights fingerprint, same text key): ``None`` when any document
+    is missing; with ``store``, what the cache lacks is encoded and written to it."""
     from embedray.mining.cache import cached_embeddings, encode_with_cache, state_dict_fingerprint
     from embedray.mining.pipeline import doc_text
-    texts = [doc_text(d) for d in dev.corpus.values()]
-    fp, prompt = state_dict_fingerprint(model.state_dict()), f"d|{job.mining.corpus_prompt}"
+    texts = [doc_text(d) for d in corpus.values()]
+    fp, prompt = state_dict_fingerprint(model.state_dict()), f"d|{corpus_prompt}"
     if store:
-        encode = make_encode_fn(model, job.model)
+        encode = make_encode_fn(model, model_cfg, batch_size=batch_size)
         return encode_with_cache(texts, lambda batch: encode(batch, "doc"), fp, cache_dir, prompt=prompt).embeddings
     return cached_embeddings(texts, fp, cache_dir, prompt=prompt)
 
