@@ -15,9 +15,17 @@ from embedray.mining.pool import NegativePool
 from embedray.mining.store import PoolStore
 
 
-def train_positives(data) -> dict[str, set[str]]:
-    """Positives of the queries that are mined: every query with a known positive."""
-    return {q: p for q, p in data.positives.items() if q in data.queries}
+def train_positives(job, data) -> dict[str, set[str]]:
+    """The queries that are mined, with every known positive of each (never mined as a negative):
+    the training rows' queries. Dev queries are not trained on, so their negatives are not mined."""
+    from embedray.training.data import pair_rows
+
+    out: dict[str, set[str]] = {}
+    for row in pair_rows(job.data):
+        qid, pos = row.get("query_id"), row.get("pos_id")
+        if qid in data.queries:
+            out.setdefault(qid, set(data.positives.get(qid, ()))).update([pos] if pos in data.corpus else [])
+    return {q: p for q, p in out.items() if p}
 
 
 def overlap_at_k(new: NegativePool, old: NegativePool | None, k: int = 10) -> float | None:
@@ -48,6 +56,7 @@ class NegativeRefresher:
             from embedray.models.cross_encoder import load_cross_encoder
             self.cross_encoder = load_cross_encoder(cross_encoder, max_length=job.cross_encoder.max_length)
         self.model = BiEncoder.from_config(job.model).eval()
+        self.positives = train_positives(job, data)
         # factory(live BiEncoder) -> texts → embeddings for cache misses (e.g. a Ray Data actor pool)
         self.encode_corpus_factory = encode_corpus_factory
 
@@ -60,7 +69,7 @@ class NegativeRefresher:
             self.model.load_state_dict({k: v for k, v in weights.items() if not k.startswith("__loss__.")})
         fp = state_dict_fingerprint(self.model.state_dict())
         version = max(self.pools.next_version(), self.indexes.next_version())
-        result = mine(self.data.corpus, self.data.queries, train_positives(self.data),
+        result = mine(self.data.corpus, self.data.queries, self.positives,
                       make_encode_fn(self.model, self.job.model), self.job.mining,
                       cross_encoder=self.cross_encoder, ce_cfg=self.job.cross_encoder,
                       cache_dir=self.run_dir / "cache", weights_fp=fp, version=version,
@@ -200,7 +209,7 @@ def train_base_cross_encoder(job, data, ce_dir: Path, run_dir: Path) -> None:
     model = BiEncoder.from_config(job.model).eval()
     encode = make_encode_fn(model, job.model)
     weights_fp = state_dict_fingerprint(model.state_dict())
-    base = mine(data.corpus, data.queries, train_positives(data), encode, job.mining,
+    base = mine(data.corpus, data.queries, train_positives(job, data), encode, job.mining,
                 cache_dir=run_dir / "cache", weights_fp=weights_fp)
     pairs = [(r["query_id"], data.queries[r["query_id"]], r["pos_id"]) for r in pair_rows(job.data)]
     print(f"[embedray] training the cross-encoder on {len(pairs)} pairs + mined negatives", flush=True)

@@ -117,7 +117,7 @@ def head_parameter_names(model) -> list[str]:
 
 def _optimizer(model, cfg: CrossEncoderConfig):
     """AdamW with the head at ``head_learning_rate`` (``None``: the trainer's own optimizer)."""
-    import torch
+    from embedray.training.optim import adamw
 
     if cfg.head_learning_rate is None:
         return None
@@ -128,7 +128,7 @@ def _optimizer(model, cfg: CrossEncoderConfig):
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     groups = [{"params": [p for n, p in named if n not in head], "lr": cfg.learning_rate},
               {"params": [p for n, p in named if n in head], "lr": cfg.head_learning_rate}]
-    return torch.optim.AdamW(groups, lr=cfg.learning_rate, weight_decay=0.0)
+    return adamw(groups, lr=cfg.learning_rate, weight_decay=0.0)
 
 
 def train_cross_encoder(train_pairs: Sequence[TrainPair], corpus: Mapping[str, Document | str],

@@ -141,6 +141,7 @@ def train(job, session, data: TrainingData, run_dir: Path, hooks: Hooks | None =
     from embedray.models.encoder import BiEncoder
     from embedray.training.distill import Teacher, hidden_layer_map
     from embedray.training.gather import gather_fn_for_loss
+    from embedray.training.optim import adamw
 
     tc, hooks, rank0 = job.train, hooks or Hooks(), session.rank == 0
     run_dir = Path(run_dir)
@@ -162,7 +163,7 @@ def train(job, session, data: TrainingData, run_dir: Path, hooks: Hooks | None =
     gather = gather_fn_for_loss() if job.loss.gather_across_workers and session.world_size > 1 else None
     loss_fn = build_objective(job.loss, gather_fn=gather, student_dim=core.embedding_dim,
                               teacher_dim=teacher.dim if teacher else None)
-    optimizer = torch.optim.AdamW(_param_groups(core, list(loss_fn.parameters()), tc.weight_decay), lr=tc.lr)
+    optimizer = adamw(_param_groups(core, list(loss_fn.parameters()), tc.weight_decay), lr=tc.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(tc, tc.max_steps))
 
     examples = canonical_order(session.training_examples())
