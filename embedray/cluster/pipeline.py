@@ -245,7 +245,7 @@ class Pipeline:
         row = {**res.metrics, "docs_per_s": docs_per_s, "dim": dim}
         return (row, res) if keep else row
 
-    def _encode_speeds(self, models: dict, n: int = 256, rounds: int = 2) -> dict[str, float]:
+    def _encode_speeds(self, models: dict, n: int = 256, rounds: int = 3) -> dict[str, float]:
         """Docs/s of each model (a loaded encoder or a path) on the same first ``n`` test-corpus
         documents: a warm-up each, then ``rounds`` timed passes taken in turns (model A, B, A, B:
         a slower minute of the machine slows all of them), best pass per model."""

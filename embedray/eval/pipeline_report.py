@@ -117,7 +117,7 @@ def write_report(run: Path, cfg) -> dict:
     md = [f"# embedray report: {cfg.name}", "", *verdict, "",
           f"## Test split ({cfg.data.test_split})", "", _table(rows), "",
           "docs/s: corpus encoding speed on this machine, same batch size for every model; the trained "
-          "teacher and the distilled student timed in turns on the same 256 documents (best of two "
+          "teacher and the distilled student timed in turns on the same 256 documents (best of three "
           "passes each), a base model taking its trained model's speed (same architecture).", "",
           "## Plots", "", *[f"![{p}]({p})" for p in plots], "",
           "## Stages (seconds)", "", *[f"- {k}: {v:.0f}" for k, v in stages.items() if v is not None], "",
