@@ -124,13 +124,13 @@ class Pipeline:
         # The speed-up in the verdict compares these two: timed in turns, in the same minute. Each
         # base model has its trained model's architecture (layers, length), so it takes that speed.
         speeds = self._encode_speeds({"trained teacher": teacher, "distilled student": student})
-        for label in rows:
-            timed = ("distilled student" if label.startswith("distilled student") or label == "base student"
-                     else "trained teacher" if label in ("trained teacher", "base teacher") else None)
+        same_arch = {"base teacher": "trained teacher", "base student": "distilled student"}
+        for label, row in rows.items():
+            timed = same_arch.get(label) or next((t for t in speeds if label.startswith(t)), None)
             if timed:
-                rows[label]["docs_per_s"] = speeds[timed]
-                if not label.startswith(timed):
-                    rows[label]["docs_per_s_timed_as"] = timed
+                row["docs_per_s"] = speeds[timed]
+                if label in same_arch:
+                    row["docs_per_s_timed_as"] = timed
         for label, path in [("base teacher", c.teacher.name_or_path), ("trained teacher", teacher),
                             ("base student", self._base_student())]:
             rows[label]["size"] = model_size(path)
