@@ -154,6 +154,7 @@ def bench_embedray(model_dir: str, texts, levels, requests, warmup, args, direct
     import ray
     from ray import serve
 
+    from embedray.cluster.runtime import init_local_ray
     from embedray.cluster.serve_app import direct_ingress_env, start_serve
     from embedray.serve.config import ServeConfig
 
@@ -165,10 +166,7 @@ def bench_embedray(model_dir: str, texts, levels, requests, warmup, args, direct
                       colocate=args.colocate, direct_port=free_port_range(port, args.replicas) if direct else 0)
     saved = dict(os.environ)
     os.environ.update(direct_ingress_env(cfg))  # read by the Serve processes this ray.init starts
-    env = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
-             runtime_env={"env_vars": env},
-             log_to_driver=False)
+    init_local_ray(num_cpus=2, log_to_driver=False)
     try:
         urls = start_serve(cfg)
         wait_healthy(f"http://127.0.0.1:{port}")

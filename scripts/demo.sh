@@ -15,7 +15,7 @@ scripts/ray-head.sh start >/dev/null
 trap 'echo "== stopping the Ray head"; scripts/ray-head.sh stop' EXIT INT TERM
 # shellcheck disable=SC1091
 source .ray-head/env
-echo "   $RAY_API_SERVER_ADDRESS (token auth on; token in ~/.ray/auth_token)"
+echo "   $RAY_API_SERVER_ADDRESS (loopback only; token auth on, token in ${RAY_AUTH_TOKEN_PATH:-~/.ray/auth_token})"
 
 echo "== ray job submit: jobs/pipeline.py jobs/configs/demo-cpu.yaml"
 .venv/bin/ray job submit --working-dir . -- python jobs/pipeline.py jobs/configs/demo-cpu.yaml \

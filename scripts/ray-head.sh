@@ -3,6 +3,9 @@
 #   scripts/ray-head.sh start   -> prints the export lines for RAY_ADDRESS / RAY_API_SERVER_ADDRESS
 #   scripts/ray-head.sh stop
 # Ports are chosen free so a second Ray on the machine (a test, another user) does not collide.
+# Every port the head opens listens on loopback only (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, see
+# embedray/cluster/runtime.py); the auth token is ~/.ray/auth_token (or $RAY_AUTH_TOKEN_PATH),
+# created with mode 0600 on first use.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-.venv/bin}
@@ -14,7 +17,9 @@ start)
   echo "${EMBEDRAY_RAY_TMP:-/tmp/embedray-ray}" > "$STATE/tmp"
   gcs=$(free_port); dash=$(free_port); agent=$(free_port); metrics=$(free_port); client=$(free_port)
   echo "$client" > "$STATE/client-port"
-  export RAY_AUTH_MODE=token HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+  # shellcheck disable=SC2046
+  export $("$BIN/python" -m embedray.cluster.runtime env)   # loopback only, token auth, offline models
+  "$BIN/python" -m embedray.cluster.runtime token >/dev/null   # creates the token (0600) when missing
   export PATH="$PWD/$BIN:$PATH"   # jobs run `python` from this virtualenv
   "$BIN/ray" start --head --node-ip-address 127.0.0.1 --port "$gcs" \
     --dashboard-host 127.0.0.1 --dashboard-port "$dash" --dashboard-agent-listen-port "$agent" \

@@ -7,21 +7,29 @@
 * **Model info** from each server's ``/info`` (dims, max tokens, training metrics).
 
 Run with ``embedray ui --api http://127.0.0.1:8000 [--base-api http://127.0.0.1:8001]`` or
-``python ui/app.py ...``. Binds 127.0.0.1:7860; no share links, no analytics.
+``python ui/app.py ...``. Binds 127.0.0.1:7860 (another host warns: the UI has no login); no
+share links, no analytics; uploads (Gradio accepts them on every app) are capped at
+``MAX_UPLOAD``.
 """
 from __future__ import annotations
 
 import html
+import ipaddress
 import json
 import os
 import signal
+import sys
 import threading
+from pathlib import PurePath
 from typing import Any
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import gradio as gr  # noqa: E402  (after the analytics switch)
 import httpx  # noqa: E402
+
+#: Largest file Gradio's upload route accepts; this UI takes no files at all.
+MAX_UPLOAD = "1mb"
 
 CSS = """
 .er-results { display: flex; flex-direction: column; gap: 10px; }
@@ -107,6 +115,9 @@ def render_results(payload: dict[str, Any], only_here: set[str] | None = None) -
     cards = []
     for h in hits:
         only = only_here is not None and h["id"] in only_here
+        # A corpus without titles (Debian descriptions) is titled by its document ids.
+        title = highlight(h["title"], h.get("title_highlights", [])) if h.get("title") else html.escape(h["id"])
+        doc_id = f'<span class="er-id">{html.escape(h["id"])}</span>' if h.get("title") else ""
         score = f'{h["score"]:.4f}'
         if h.get("rerank_score") is not None:
             score += f' <span title="retrieval score">(ret {h["retrieval_score"]:.3f})</span>'
@@ -114,11 +125,15 @@ def render_results(payload: dict[str, Any], only_here: set[str] | None = None) -
         cards.append(
             f'<div class="er-hit{" er-only" if only else ""}" data-doc-id="{html.escape(h["id"])}">'
             f'<div class="er-head"><span class="er-rank">#{h["rank"]}</span>'
-            f'<span class="er-title">{highlight(h.get("title") or "(untitled)", h.get("title_highlights", []))}</span>'
-            f'<span class="er-id">{html.escape(h["id"])}</span>{badge}'
+            f'<span class="er-title">{title}</span>{doc_id}{badge}'
             f'<span class="er-score">{score}</span></div>'
             f'<div class="er-snippet">{highlight(h.get("snippet", ""), h.get("highlights", []))}</div></div>')
     return note + '<div class="er-results">' + "".join(cards) + "</div>"
+
+
+def _display_name(model: str) -> str:
+    """A model's name: a filesystem path shows only its last folder."""
+    return PurePath(model).name if model.startswith(("/", "~")) else model
 
 
 def render_info(info: dict[str, Any] | None, url: str, error: str | None = None) -> str:
@@ -132,7 +147,7 @@ def render_info(info: dict[str, Any] | None, url: str, error: str | None = None)
              f" · max {info.get('max_tokens')} tokens · corpus: {corpus.get('documents', 0)} docs"
              f" · reranker: {info.get('reranker') or 'none'} · embedray {info.get('version')}"]
     if info.get("base_model"):
-        lines.append(f"base model: `{info['base_model']}`")
+        lines.append(f"base model: `{_display_name(str(info['base_model']))}`")
     metrics = info.get("metrics") or {}
     flat = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
     if flat:
@@ -223,7 +238,20 @@ def launch_kwargs(host: str, port: int) -> dict[str, Any]:
     """``Blocks.launch`` arguments: local only, no share link, no SSR, no MCP, our CSS."""
     return {"server_name": host, "server_port": port, "share": False, "inbrowser": False,
             "ssr_mode": False, "mcp_server": False, "enable_monitoring": False, "css": CSS,
-            "show_error": False, "quiet": True}
+            "show_error": False, "quiet": True, "max_file_size": MAX_UPLOAD}
+
+
+def exposure_warning(host: str, port: int) -> str | None:
+    """A warning when the UI is reachable from other machines (it has no login of its own)."""
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if loopback:
+        return None
+    return (f"the UI listens on {host}:{port}: it has no login, so anyone who can reach this address can "
+            "search the served corpus (through the API key the UI was given, if any). Bind 127.0.0.1 and "
+            "tunnel to it (ssh -L) unless that is what you want.")
 
 
 def start_ui(api: str, base_api: str | None = None, api_key: str | None = None,
@@ -232,6 +260,9 @@ def start_ui(api: str, base_api: str | None = None, api_key: str | None = None,
     import logging
 
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per API call otherwise
+    warning = exposure_warning(host, port)
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr, flush=True)
     demo = build_ui(api, base_api, api_key)
     demo.launch(prevent_thread_lock=True, **launch_kwargs(host, port))
     print(f"embedray UI at http://{host}:{port}  (API: {api}{', base: ' + base_api if base_api else ''})",
@@ -256,7 +287,6 @@ def serve_ui(api: str, base_api: str | None = None, api_key: str | None = None,
 
 if __name__ == "__main__":
     import argparse
-    import sys
 
     from embedray.serve.cli import add_ui_arguments, run_ui
 

@@ -1,7 +1,11 @@
 """The end-to-end job: one ``ray job submit`` from data to a served-ready student and a report.
 
-Stages run in order and each leaves an artifact; re-submitting the same ``name`` skips the
-stages whose artifact exists and resumes the interrupted one (training from its checkpoint).
+Stages run in order and each leaves an artifact and a marker, ``stages/<stage>.json``, holding
+the stage's fingerprint (:mod:`embedray.cluster.fingerprint`: the config fields it reads, the
+identity of its input files, the fingerprints of the stages it reads from). Re-submitting the
+same ``name`` skips the stages whose fingerprint is unchanged and resumes the interrupted one
+(training from its checkpoint); a stage whose fingerprint changed runs again with every stage
+that reads from it, its earlier outputs moved aside to ``.stale/<stage>`` (never mixed in).
 """
 from __future__ import annotations
 
@@ -14,10 +18,24 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from embedray.cluster.fingerprint import config_fields, describe_changes, files_identity, fingerprint
 from embedray.cluster.pipeline_config import PipelineConfig
 from embedray.training.logs import write_json_atomic
 
 STAGES = ["prepare", "baseline", "teacher", "student", "evaluate", "export", "report"]
+# What each stage reads: config sections or fields, and the stages whose outputs it uses.
+STAGE_READS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "prepare": (("prepare",), ()),
+    "baseline": (("data.test_split", "teacher", "student.keep_layers", "student.model", "student.max_seq_length",
+                  "eval.batch_size", "eval.extra_models", "mining.corpus_prompt"), ("prepare",)),
+    "teacher": (("data", "teacher", "teacher_loss", "teacher_train", "mining", "cross_encoder", "refresh",
+                 "cluster"), ("prepare",)),
+    "student": (("data", "teacher", "student", "mining", "cross_encoder", "refresh", "cluster", "eval.batch_size"),
+                ("teacher",)),
+    "evaluate": (("data.test_split", "teacher", "student", "eval"), ("baseline", "teacher", "student")),
+    "export": (("data.test_split",), ("student", "evaluate")),
+    "report": (("data.test_split",), ("baseline", "teacher", "student", "evaluate", "export")),
+}
 
 
 def _say(msg: str) -> None:
@@ -33,10 +51,15 @@ class Pipeline:
         self.run.mkdir(parents=True, exist_ok=True)
         self.data_dir = Path(cfg.data.path).expanduser().resolve() if cfg.prepare.source == "beir" \
             else self.run / "data"
+        self.fingerprints: dict[str, str] = {}  # stage → fingerprint (see plan)
 
     # -- bookkeeping ---------------------------------------------------------------------
     def _done(self, stage: str) -> Path:
         return self.run / "stages" / f"{stage}.json"
+
+    def _started(self, stage: str) -> Path:
+        """The fingerprint a stage started with (tells an interrupted stage's leftovers apart)."""
+        return self.run / "stages" / "started" / f"{stage}.json"
 
     def run_all(self) -> dict:
         import torch
@@ -46,18 +69,105 @@ class Pipeline:
         # runs. Under `ray job submit` it inherits OMP_NUM_THREADS=1 from Ray's job supervisor,
         # which would leave all but one core idle.
         torch.set_num_threads(len(os.sched_getaffinity(0)))
-        write_json_atomic(to_dict(self.cfg), self.run / "pipeline_config.json")
+        config = to_dict(self.cfg)
+        write_json_atomic(config, self.run / "pipeline_config.json")
+        plan = self.plan(config)
+        for stage in (s for s in STAGES if plan[s] == "redo"):
+            self._set_aside(stage)
         for stage in STAGES:
             marker = self._done(stage)
-            if marker.exists():
+            if plan[stage] == "skip":
                 _say(f"{stage}: done earlier, skipped ({marker})")
                 continue
             t0 = time.perf_counter()
             _say(f"{stage}: running")
+            started = self._stage_inputs(stage, config)
+            write_json_atomic({"fingerprint": fingerprint(started), "inputs": started}, self._started(stage))
             result = getattr(self, f"stage_{stage}")() or {}
-            write_json_atomic({"stage": stage, "seconds": time.perf_counter() - t0, **result}, marker)
+            inputs = self._stage_inputs(stage, config)  # after: e.g. the apt lists prepare fetched
+            self.fingerprints[stage] = fingerprint(inputs)
+            write_json_atomic({"stage": stage, "seconds": time.perf_counter() - t0, **result,
+                               "fingerprint": self.fingerprints[stage], "inputs": inputs}, marker)
             _say(f"{stage}: finished in {time.perf_counter() - t0:.0f} s")
         return json.loads((self.run / "report.json").read_text())
+
+    # -- what re-runs ------------------------------------------------------------------------
+    def plan(self, config: dict) -> dict[str, str]:
+        """``skip`` / ``run`` (first run, or resume an interrupted one) / ``redo`` (outputs moved
+        aside first) for each stage, from the fingerprints; says which stages re-run and why."""
+        self.fingerprints = {}
+        plan, reasons = {}, {}
+        for stage in STAGES:
+            inputs = self._stage_inputs(stage, config)
+            self.fingerprints[stage] = fingerprint(inputs)
+            plan[stage], reasons[stage] = self._decide(stage, inputs, plan)
+        listed: set[str] = set()
+        for stage in STAGES:
+            if plan[stage] == "redo" and stage not in listed:
+                affected = [s for s in STAGES if s == stage or (plan[s] != "skip" and stage in _upstream(s))]
+                listed.update(affected)
+                _say(f"{stage}: {reasons[stage]}, re-running {', '.join(affected)}")
+        return plan
+
+    def _decide(self, stage: str, inputs: dict, plan: dict[str, str]) -> tuple[str, str | None]:
+        fp = self.fingerprints[stage]
+        upstream = [s for s in STAGE_READS[stage][1] if plan[s] != "skip"]
+        done, started = _read_json(self._done(stage)), _read_json(self._started(stage))
+        if done is not None:
+            if done.get("fingerprint") is None:
+                return "redo", "its marker has no fingerprint (written before stage fingerprints)"
+            if done["fingerprint"] != fp:
+                return "redo", describe_changes(done.get("inputs", {}), inputs)
+            return ("redo", f"{upstream[0]} runs again") if upstream else ("skip", None)
+        if started is not None and started.get("fingerprint") != fp:
+            return "redo", describe_changes(started.get("inputs", {}), inputs) + " since it was interrupted"
+        if upstream and (started is not None or any(plan[s] == "redo" for s in upstream)):
+            return "redo", f"{upstream[0]} runs again"
+        return "run", None
+
+    def _stage_inputs(self, stage: str, config: dict) -> dict:
+        """What decides ``stage``'s result: config fields, input files, upstream fingerprints."""
+        fields, after = STAGE_READS[stage]
+        return {"config": config_fields(config, fields), "files": self._input_files(stage),
+                "after": {s: self.fingerprints.get(s) for s in after}}
+
+    def _input_files(self, stage: str) -> dict[str, list[int]]:
+        p = self.cfg.prepare
+        if stage == "prepare" and p.source == "debian":
+            from embedray.data.debian import DEFAULT_LISTS_DIR, find_translation_files
+            try:
+                return files_identity(find_translation_files(DEFAULT_LISTS_DIR))
+            except OSError:
+                return {}  # none yet: prepare fetches them, and its marker records them
+        if stage == "prepare" and p.source == "flag":
+            return files_identity(Path(f).expanduser() for f in (p.flag_train, p.flag_dev, p.flag_test) if f)
+        if stage in ("prepare", "baseline", "teacher", "student", "evaluate"):
+            extra = [Path(self.cfg.data.train_pairs).expanduser()] if self.cfg.data.train_pairs else []
+            return files_identity([self.data_dir, *(f for f in extra if f.is_file())], root=self.data_dir)
+        return {}
+
+    def _outputs(self, stage: str) -> list[Path]:
+        """What ``stage`` writes into the run (prepare's BEIR source folder is the user's: never)."""
+        r = self.run
+        return {"prepare": [self.data_dir] if self.cfg.prepare.source != "beir" else [],
+                "baseline": [r / "baseline.json", r / "base-student"],
+                "teacher": [r / "teacher"], "student": [r / "student", r / "student-init"],
+                "evaluate": [r / "test_results.json"], "export": [r / "model", r / ".model.tmp"],
+                "report": [r / "report.json", r / "report.md", r / "plots"]}[stage]
+
+    def _set_aside(self, stage: str) -> None:
+        """Move a stage's earlier outputs to ``.stale/<stage>`` (replacing an older set), then
+        drop its markers: a re-run never resumes from, or mixes in, what another config made."""
+        found = [p for p in self._outputs(stage) if p.exists()]
+        if found:
+            dest = self.run / ".stale" / stage
+            shutil.rmtree(dest, ignore_errors=True)
+            dest.mkdir(parents=True)
+            for path in found:
+                path.rename(dest / path.name)
+            _say(f"  {stage}: earlier outputs moved to {dest}")
+        self._done(stage).unlink(missing_ok=True)
+        self._started(stage).unlink(missing_ok=True)
 
     # -- stages --------------------------------------------------------------------------
     def stage_prepare(self) -> dict:
@@ -317,6 +427,19 @@ class Pipeline:
                               cluster=self._cluster("student"), mining=copy.deepcopy(c.mining),
                               cross_encoder=copy.deepcopy(c.cross_encoder), refresh=refresh,
                               distill=DistillConfig(teacher=str(teacher), score_source=s.score_source))
+
+
+def _upstream(stage: str) -> set[str]:
+    """Every stage ``stage`` reads from, directly or through another stage."""
+    direct = set(STAGE_READS[stage][1])
+    return direct.union(*(_upstream(s) for s in direct))
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
 
 
 def _flag_to_beir_folder(p, out: Path) -> Path:

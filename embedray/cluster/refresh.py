@@ -66,7 +66,7 @@ def hooks_factory(actor, run_dir: Path, job):
     def factory():
         store = PoolStore(root)
         if mode == "static" or ray.train.get_context().get_world_rank() != 0:
-            return reader_hooks(store)
+            return reader_hooks(store, refreshing=mode != "static")
         driver = RefreshDriver(mode,
                                submit=lambda step, w: actor.refresh.remote(step, ray.put(w)),
                                ready=lambda ref: bool(ray.wait([ref], timeout=0)[0]),

@@ -29,18 +29,21 @@ from collections.abc import Callable
 from typing import Any
 
 from ray import serve
+from ray.exceptions import ActorUnavailableError, RayActorError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle
 
 from embedray.serve.app import build_app
 from embedray.serve.backend import Encoded, rerank_or_report
-from embedray.serve.batching import ModelRunQueue, Part, batch_tokens
+from embedray.serve.batching import ModelRunQueue, Part, QueueTimeout, batch_tokens
 from embedray.serve.config import ServeConfig
 from embedray.serve.corpus import Hit
 from embedray.serve.errors import ApiError
 
 log = logging.getLogger(__name__)
 APP_NAME = "embedray"
+#: Longest a health check may take; Ray Serve restarts a replica whose checks keep failing.
+HEALTH_TIMEOUT_S = 20.0
 
 
 class _DropBatchSizeWarning(logging.Filter):
@@ -68,7 +71,11 @@ class _BatchedModel:
                                  torch_threads=_threads(cfg, cfg.cpus_per_replica))
         self.encode_batch.set_max_batch_size(self.core.max_batch_tokens)
         self.encode_batch.set_batch_wait_timeout_s(cfg.batch_wait_timeout_s)
-        self.runs = ModelRunQueue(self.core.encode_parts, self.core.max_batch_tokens)
+        self.runs = ModelRunQueue(self.core.encode_parts, self.core.max_batch_tokens, cfg.queue_timeout_s)
+
+    async def check_health(self) -> None:
+        """Ray Serve's health check: the model must encode a text (after the run in progress)."""
+        await asyncio.wait_for(asyncio.to_thread(self.core.check), HEALTH_TIMEOUT_S)
 
     # Batches are handed to a ModelRunQueue, which runs the model one merged batch at a time
     # in a worker thread; hence many concurrent batches here (see ModelRunQueue for why).
@@ -112,24 +119,33 @@ class Reranker:
     def max_length(self) -> int:
         return self.core.max_length
 
+    async def check_health(self) -> None:
+        """Ray Serve's health check: the cross-encoder must score a pair."""
+        await asyncio.wait_for(asyncio.to_thread(self.core.check), HEALTH_TIMEOUT_S)
+
 
 class RayBackend:
     """:class:`~embedray.serve.backend.Backend` over deployment handles; maps Serve's
     back-pressure and unavailability to 503 :class:`ApiError` s."""
 
     def __init__(self, embedder: DeploymentHandle, reranker: DeploymentHandle | None,
-                 reranker_name: str | None, max_queued_requests: int):
+                 reranker_name: str | None, max_queued_requests: int, max_rerank_queued: int | None = None):
         self.embedder, self.reranker, self.reranker_name = embedder, reranker, reranker_name
-        self.max_queued = max_queued_requests
+        self.max_queued, self.max_rerank_queued = max_queued_requests, max_rerank_queued
 
-    async def _call(self, response):
+    async def _call(self, response, what: str = "model", max_queued: int | None = None):
         try:
             return await response
         except BackPressureError:
-            raise ApiError(503, f"server busy: the model queue is full (max_queued_requests="
-                                f"{self.max_queued}); retry later", "queue_full", {"Retry-After": "1"}) from None
-        except DeploymentUnavailableError:
-            raise ApiError(503, "the model replicas are unavailable; retry later", "unavailable",
+            raise ApiError(503, f"server busy: the {what} queue is full (max_queued_requests="
+                                f"{max_queued or self.max_queued}); retry later", "queue_full",
+                           {"Retry-After": "1"}) from None
+        except QueueTimeout as e:
+            raise ApiError(503, f"server busy: the {what} did not take this request in time ({e}); retry later",
+                           "queue_timeout", {"Retry-After": "2"}) from None
+        except (DeploymentUnavailableError, RayActorError, ActorUnavailableError):
+            # A replica that died mid-request (Serve starts a new one) or none up yet.
+            raise ApiError(503, f"the {what} replica is unavailable; retry later", "unavailable",
                            {"Retry-After": "5"}) from None
 
     async def _describe_model(self) -> dict[str, Any]:
@@ -138,7 +154,7 @@ class RayBackend:
     async def describe(self) -> dict[str, Any]:
         info = await self._describe_model()
         info["reranker"] = self.reranker_name if self.reranker is not None else None
-        info["reranker_max_length"] = (await self._call(self.reranker.max_length.remote())
+        info["reranker_max_length"] = (await self._call(self.reranker.max_length.remote(), "cross-encoder")
                                        if self.reranker is not None else None)
         return info
 
@@ -151,7 +167,8 @@ class RayBackend:
     async def rerank(self, query: str, texts: list[str], truncate: bool) -> dict[str, Any]:
         if self.reranker is None:
             raise ApiError(404, "no cross-encoder is served", "no_reranker")
-        return await self._call(self.reranker.rerank.remote(query, texts, truncate))
+        return await self._call(self.reranker.rerank.remote(query, texts, truncate), "cross-encoder",
+                                self.max_rerank_queued)
 
 
 class ColocatedBackend(RayBackend):
@@ -159,8 +176,8 @@ class ColocatedBackend(RayBackend):
     Counts the parts in the replica and answers the JSON 503 beyond ``limit``."""
 
     def __init__(self, model: _BatchedModel, reranker: DeploymentHandle | None, reranker_name: str | None,
-                 limit: int | None, max_queued_requests: int):
-        super().__init__(None, reranker, reranker_name, max_queued_requests)
+                 limit: int | None, max_queued_requests: int, max_rerank_queued: int | None = None):
+        super().__init__(None, reranker, reranker_name, max_queued_requests, max_rerank_queued)
         self.model, self.limit, self.inflight = model, limit, 0
 
     async def _describe_model(self) -> dict[str, Any]:
@@ -195,9 +212,15 @@ class Ingress(_BatchedModel):
         if embedder is None:
             self._load_model(cfg)
             limit = None if cfg.max_queued_requests == -1 else cfg.max_ongoing_requests + cfg.max_queued_requests
-            self.backend = ColocatedBackend(self, reranker, name, limit, cfg.max_queued_requests)
+            self.backend = ColocatedBackend(self, reranker, name, limit, cfg.max_queued_requests,
+                                            cfg.max_rerank_queued)
         else:
-            self.backend = RayBackend(embedder, reranker, name, cfg.max_queued_requests)
+            self.backend = RayBackend(embedder, reranker, name, cfg.max_queued_requests, cfg.max_rerank_queued)
+
+    async def check_health(self) -> None:
+        """Colocated: the model in this replica must answer; split: the Embedder has its own check."""
+        if hasattr(self, "core"):
+            await super().check_health()
 
     async def __serve_build_asgi_app__(self):
         return await build_app(self.cfg, self.backend)
@@ -208,7 +231,10 @@ def build_serve_app(cfg: ServeConfig):
     env = {"env_vars": {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}}
     reranker = None
     if cfg.cross_encoder:
-        reranker = Reranker.options(num_replicas=1, max_ongoing_requests=4, max_queued_requests=-1,
+        # One pair scoring at a time is all a replica does (RerankerCore takes turns); a bounded
+        # queue beyond it answers 503 instead of letting cheap requests pile up.
+        reranker = Reranker.options(num_replicas=1, max_ongoing_requests=2,
+                                    max_queued_requests=cfg.max_rerank_queued,
                                     ray_actor_options={"num_cpus": cfg.reranker_cpus, "runtime_env": env}
                                     ).bind(cfg)
     if cfg.colocate:

@@ -1,7 +1,8 @@
 """Ray Train assembly: the only training code that imports ray.
 
 ``TorchTrainer`` runs :func:`embedray.training.loop.train` on every worker with a
-``RayTrainSession``; training rows come from Ray Data (``read_json`` / ``read_parquet`` →
+``RayTrainSession``; the training rows, validated once on the driver (``data.on_error``,
+``data.max_train_pairs``), reach the workers through Ray Data (``from_items`` →
 ``get_dataset_shard``); checkpoints go through ``ray.train.report`` so FailureConfig restarts and
 re-submitting the same run name both resume from the newest complete one.
 """
@@ -11,6 +12,7 @@ import json
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any, Callable
 
 import ray
 import ray.train
@@ -23,17 +25,19 @@ from ray.train.torch import TorchTrainer
 from embedray.cluster.runtime import ensure_ray
 from embedray.training import checkpoint as ckpt
 from embedray.training.batches import Example
-from embedray.training.data import TrainingData, load_training_data, pair_rows, rows_to_examples
+from embedray.training.data import (TrainingData, example_rows, examples_from_rows, load_training_data,
+                                    pairs_source, training_examples)
 
 
 class RayTrainSession:
     """The loop's view of a Ray Train worker."""
 
-    def __init__(self, data: TrainingData, source: str):
+    def __init__(self, data: TrainingData, source: str, run_dir: Path | None = None):
         ctx = ray.train.get_context()
         self.rank, self.world_size = ctx.get_world_rank(), ctx.get_world_size()
         self.device = ray.train.torch.get_device()
         self.data, self.source = data, source
+        self.run_dir = run_dir  # where Ray Train keeps this run's checkpoint-* folders (for the fallback)
 
     def prepare_model(self, model):
         return ray.train.torch.prepare_model(model)
@@ -46,22 +50,45 @@ class RayTrainSession:
             shards: list = [None] * self.world_size
             dist.all_gather_object(shards, rows)
             rows = [r for shard in shards for r in shard]
-        for r in rows:
-            r["neg_ids"] = list(r.get("neg_ids") or [])
-        return rows_to_examples(rows, self.data, self.source)
+        return examples_from_rows(rows, self.data, self.source)
 
-    def restore(self) -> dict | None:
+    def restore(self, seed: int | None = None) -> dict | None:
+        """The state of Ray Train's newest checkpoint, or — when that one fails verification (a
+        truncated file, a worker's files missing) — of the newest complete one among the run's
+        ``checkpoint-*`` folders, saying which it skipped. A checkpoint written with another
+        number of workers or another ``seed`` is refused."""
         found = ray.train.get_checkpoint()
         if found is None:
             return None
         local = Path(tempfile.mkdtemp(prefix="embedray-restore-"))
         try:
             found.to_directory(str(local))
-            if not ckpt.is_complete(local):
-                raise RuntimeError(f"checkpoint {found.path} failed verification (manifest mismatch)")
-            return ckpt.read_state(local, self.rank)
+            if (problem := ckpt.verify(local)) is None:
+                state = ckpt.read_state(local, self.rank, world_size=self.world_size, seed=seed)
+                return {**state, "path": found.path}
         finally:
             shutil.rmtree(local, ignore_errors=True)  # the state is in memory now
+        return self._fallback(found.path, problem, seed)
+
+    def _fallback(self, bad: str, problem: str, seed: int | None) -> dict | None:
+        """The newest complete checkpoint of ``run_dir`` other than ``bad``; None when there is none."""
+        skipped = [f"{bad} ({problem})"]
+        folders = reversed(ckpt.list_checkpoints(self.run_dir)) if self.run_dir is not None else []
+        for folder in folders:
+            if folder.name == Path(bad).name:
+                continue
+            if (why := ckpt.verify(folder)) is not None:
+                skipped.append(f"{folder} ({why})")
+                continue
+            self._say(f"skipped checkpoint {'; '.join(skipped)}; resuming from {folder}")
+            return ckpt.read_state(folder, self.rank, world_size=self.world_size, seed=seed)
+        self._say(f"skipped checkpoint {'; '.join(skipped)}; no complete checkpoint left in "
+                  f"{self.run_dir}: starting from step 0")
+        return None
+
+    def _say(self, msg: str) -> None:
+        if self.rank == 0:
+            print(f"[embedray] {msg}", flush=True)
 
     def save_checkpoint(self, step: int, metrics: dict, **state) -> None:
         staging = Path(tempfile.mkdtemp(prefix="embedray-ckpt-"))
@@ -78,25 +105,29 @@ class RayTrainSession:
 
 def _worker(config: dict) -> None:
     from embedray.config import TrainJobConfig, build_config
-    from embedray.training.loop import train
+    from embedray.training.loop import Hooks, train
 
     job = build_config(TrainJobConfig, config["job"], "train_loop_config")
     data = load_training_data(job.data)
-    session = RayTrainSession(data, config["source"])
+    data.report = config["skipped"]  # the driver's count, training pairs included (the summary reports it)
+    session = RayTrainSession(data, config["source"], Path(config["run_dir"]))
     if job.train.num_threads is None:
         torch.set_num_threads(max(1, int(job.cluster.cpus_per_worker)))
     factory = config.get("hooks_factory")
-    train(job, session, data, Path(config["run_dir"]), hooks=factory() if factory else None)
+    hooks = factory() if factory else Hooks()
+    hooks.on_step.extend(config.get("on_step") or [])
+    train(job, session, data, Path(config["run_dir"]), hooks=hooks)
 
 
-def training_dataset(job, pairs_path: Path | None):
-    """Training rows as a Ray Dataset (validated on the driver first, so errors name the line)."""
-    if pairs_path is None:
-        return ray.data.from_items(pair_rows(job.data))
-    # Reading id rows is light; zero-CPU read tasks and materialising before the trainer starts
-    # keep the read from waiting on CPUs the training workers hold (2 workers × 1 CPU = a 2-core box).
-    read = ray.data.read_parquet if pairs_path.suffix.lower() == ".parquet" else ray.data.read_json
-    return read(str(pairs_path), num_cpus=0).materialize()
+def training_dataset(examples: list[Example]):
+    """The driver-validated training examples as a Ray Dataset of id rows.
+
+    The rows come from the driver rather than a second read of the file, so that the workers train
+    on exactly the rows it checked (``on_error: skip``, ``max_train_pairs``); id rows are small,
+    and ``from_items`` needs no read tasks that would wait on CPUs the training workers hold
+    (2 workers × 1 CPU = a 2-core box).
+    """
+    return ray.data.from_items(example_rows(examples))
 
 
 def absolute_paths(job):
@@ -134,11 +165,13 @@ def _check_resources(job) -> None:
             + f") but the Ray cluster has {have:g}; lower cluster.cpus_per_worker (fractions work) or add nodes")
 
 
-def run_training(job) -> dict:
+def run_training(job, on_step: list[Callable[[int, Any], None]] | None = None) -> dict:
     """Run (or resume) ``job`` on Ray Train; return the training summary.
 
     With ``refresh.mode`` on, the cross-encoder and pool v1 are prepared first (skipped when
-    already there), and an async/sync run gets a ``NegativeRefresher`` actor.
+    already there), and an async/sync run gets a ``NegativeRefresher`` actor. ``on_step``:
+    picklable ``callback(step, log)`` run on every worker after each step (``Hooks.on_step``;
+    ``ray.train.get_context()`` tells a callback its rank).
     """
     from embedray.cluster.refresh import hooks_factory as refresh_hooks, start_refresher
     from embedray.config import to_dict
@@ -149,8 +182,9 @@ def run_training(job) -> dict:
     run_dir = (Path(job.cluster.storage_path).expanduser().resolve() / job.cluster.run_name)
     run_dir.mkdir(parents=True, exist_ok=True)
     data = load_training_data(job.data)
-    pairs_path = Path(job.data.train_pairs).expanduser().resolve() if job.data.train_pairs else None
-    rows_to_examples(pair_rows(job.data), data, str(pairs_path or "train qrels"), job.data.on_error)
+    examples = training_examples(job.data, data, data.report)
+    if data.report.total:
+        print(f"[embedray] data: {data.report.summary()}", flush=True)
     _check_resources(job)
     hooks_factory = None
     if job.refresh.mode != "off":
@@ -159,14 +193,15 @@ def run_training(job) -> dict:
         hooks_factory = refresh_hooks(actor, run_dir, job)
     trainer = TorchTrainer(
         train_loop_per_worker=_worker,
-        train_loop_config={"job": to_dict(job), "run_dir": str(run_dir), "source": str(pairs_path or "train qrels"),
+        train_loop_config={"job": to_dict(job), "run_dir": str(run_dir), "source": str(pairs_source(job.data)),
+                           "skipped": data.report, "on_step": list(on_step or []),
                            **({"hooks_factory": hooks_factory} if hooks_factory else {})},
         scaling_config=ScalingConfig(num_workers=job.cluster.num_workers, use_gpu=job.cluster.use_gpu,
                                      resources_per_worker={"CPU": job.cluster.cpus_per_worker}),
         run_config=RunConfig(name=job.cluster.run_name, storage_path=str(run_dir.parent),
                              checkpoint_config=CheckpointConfig(num_to_keep=job.cluster.num_to_keep),
                              failure_config=FailureConfig(max_failures=job.cluster.max_failures)),
-        datasets={"train": training_dataset(job, pairs_path)},
+        datasets={"train": training_dataset(examples)},
     )
     trainer.fit()
     return json.loads((run_dir / "training_summary_report.json").read_text())

@@ -2,15 +2,15 @@
 ``qrels/<split>.tsv`` (header ``query-id corpus-id score``)."""
 from __future__ import annotations
 
-import csv
 import logging
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 from embedray.data.errors import DataError, OnError, SkipReport, handle
-from embedray.data.jsonl import iter_jsonl, require_str, write_jsonl_atomic
+from embedray.data.jsonl import decode_utf8, iter_jsonl, require_str, write_jsonl_atomic
 
 log = logging.getLogger(__name__)
 MissingDocs = Literal["raise", "skip", "keep"]
@@ -83,34 +83,71 @@ def iter_queries(path: str | Path, on_error: OnError = "raise",
         yield qid, text
 
 
+QRELS_HEADER = "query-id\tcorpus-id\tscore"
+_SCORE = re.compile(r"[0-9]+(?:\.0*)?")  # "2" or "2.0"; not "1.5", "-1", "nan", "1e3"
+
+
 def iter_qrels(path: str | Path, on_error: OnError = "raise",
                report: SkipReport | None = None) -> Iterator[tuple[int, str, str, int]]:
-    """Stream ``qrels/<split>.tsv`` rows as ``(line, query_id, doc_id, score)``."""
+    """Stream ``qrels/<split>.tsv`` rows as ``(line, query_id, doc_id, score)``.
+
+    Lines are split on tabs only, without CSV quoting (a ``"`` is part of an id; with quoting a
+    stray one would swallow the following lines into one field), and decoded strictly as UTF-8
+    (a BOM before the header is fine). Line numbers are the file's lines.
+    A line that is not UTF-8, has fewer than 3 columns or an empty id, a score that is not a
+    non-negative integer, or a second judgement of the same (query-id, corpus-id) pair is a
+    :class:`DataError` at ``file:line``: raised, or skipped and counted in ``report``. A bad
+    header always raises. Blank lines are ignored.
+    """
     path = Path(path)
-    with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: tolerate a BOM before the header
-        rows = csv.reader(f, delimiter="\t")
-        header = next(rows, None)
-        if header is None or [h.strip() for h in header[:2]] != ["query-id", "corpus-id"]:
-            raise DataError(path, 1, "header", "expected the header 'query-id<TAB>corpus-id<TAB>score', "
-                            f"got {chr(9).join(header or [])!r}")
-        for lineno, row in enumerate(rows, start=2):
-            if not row or not "".join(row).strip():
-                continue
+    first_line: dict[tuple[str, str], int] = {}
+    with open(path, "rb") as f:
+        lines = enumerate(f, start=1)
+        _check_qrels_header(path, next(lines, (1, b""))[1])
+        for lineno, raw in lines:
             try:
-                if len(row) < 3:
-                    raise DataError(path, lineno, None, f"expected 3 tab-separated columns, got {len(row)}")
-                qid, did, score = (c.strip() for c in row[:3])
-                for name, value in (("query-id", qid), ("corpus-id", did)):
-                    if not value:
-                        raise DataError(path, lineno, name, "empty id")
-                try:
-                    rel = int(float(score))
-                except (ValueError, OverflowError):  # "abc", "nan", "inf"
-                    raise DataError(path, lineno, "score", f"expected a number, got {score!r}") from None
+                row = _qrels_row(path, lineno, raw)
+                if row is None:
+                    continue
+                qid, did, rel = row
+                if (qid, did) in first_line:
+                    raise DataError(path, lineno, "corpus-id",
+                                    f"duplicate judgement of query {qid!r} and document {did!r} "
+                                    f"(first on line {first_line[qid, did]}; keep one line per pair)")
             except DataError as e:
                 handle(e, on_error, report)
                 continue
+            first_line[qid, did] = lineno
             yield lineno, qid, did, rel
+
+
+def _check_qrels_header(path: Path, raw: bytes) -> None:
+    try:
+        header = raw.removeprefix(b"\xef\xbb\xbf").decode("utf-8").rstrip("\r\n").split("\t")
+    except UnicodeDecodeError:
+        header = [raw.decode("utf-8", "replace").rstrip("\r\n")]
+    if [h.strip() for h in header[:2]] != ["query-id", "corpus-id"]:
+        raise DataError(path, 1, "header", f"expected the header {QRELS_HEADER!r}, got {chr(9).join(header)!r}")
+
+
+def _qrels_row(path: Path, lineno: int, raw: bytes) -> tuple[str, str, int] | None:
+    """``(query_id, doc_id, score)`` of one qrels line, None for a blank line; errors are DataErrors."""
+    text = decode_utf8(raw, path, lineno).rstrip("\r\n")
+    if not text.strip():
+        return None
+    cells = text.split("\t")
+    if len(cells) < 3:
+        raise DataError(path, lineno, None, f"expected 3 tab-separated columns (query-id, corpus-id, score), "
+                        f"got {len(cells)}")
+    qid, did, score = (c.strip() for c in cells[:3])
+    for name, value in (("query-id", qid), ("corpus-id", did)):
+        if not value:
+            raise DataError(path, lineno, name, "empty id")
+    if not _SCORE.fullmatch(score):
+        what = "a negative score" if score.startswith("-") else "not an integer"
+        raise DataError(path, lineno, "score", f"expected a non-negative integer, got {score!r} ({what}; "
+                        "0 = not relevant, higher = more relevant)")
+    return qid, did, int(score.split(".")[0])
 
 
 def load_beir(path: str | Path, split: str = "test", on_error: OnError = "raise",
@@ -140,18 +177,31 @@ def load_beir(path: str | Path, split: str = "test", on_error: OnError = "raise"
     report = SkipReport()
     corpus = {d.id: d for d in iter_corpus(files["corpus"], on_error, report)}
     queries = dict(iter_queries(files["queries"], on_error, report))
+    rows = iter_qrels(files["qrels"], on_error, report)
+    data = judged_split(rows, corpus, queries, files["qrels"], split, on_error, missing_docs, report)
+    if report.total:
+        log.warning("%s: %s", root, report.summary())
+    return data
+
+
+def judged_split(rows: Iterable[tuple[int, str, str, int]], corpus: dict[str, Document],
+                 queries: dict[str, str], qrels_path: Path, split: str, on_error: OnError = "raise",
+                 missing_docs: MissingDocs = "raise", report: SkipReport | None = None) -> RetrievalData:
+    """Check the :func:`iter_qrels` rows of ``split`` against a loaded corpus and queries (see
+    :func:`load_beir` for ``on_error`` and ``missing_docs``); unknown ids name the qrels line."""
+    report = SkipReport() if report is None else report
     qrels: dict[str, dict[str, int]] = {}
     missing = 0
-    for lineno, qid, did, rel in iter_qrels(files["qrels"], on_error, report):
+    for lineno, qid, did, rel in rows:
         try:
             if qid not in queries:
-                raise DataError(files["qrels"], lineno, "query-id",
+                raise DataError(qrels_path, lineno, "query-id",
                                 f"unknown query id {qid!r} (not in queries.jsonl)")
             if did not in corpus:
                 if missing_docs == "keep":
                     missing += 1
                 else:
-                    raise DataError(files["qrels"], lineno, "corpus-id",
+                    raise DataError(qrels_path, lineno, "corpus-id",
                                     f"unknown document id {did!r} (not in corpus.jsonl)")
         except DataError as e:
             handle(e, on_error if e.field == "query-id" else _policy(missing_docs, on_error), report)
@@ -159,10 +209,8 @@ def load_beir(path: str | Path, split: str = "test", on_error: OnError = "raise"
         qrels.setdefault(qid, {})[did] = rel
     if missing:
         log.warning("%s: %d judgement(s) name documents missing from corpus.jsonl; kept as "
-                    "relevant-but-unretrievable (BEIR/MTEB convention)", files["qrels"], missing)
-    if report.total:
-        log.warning("%s: %s", root, report.summary())
-    return RetrievalData(corpus, queries, qrels, split, root, report, missing)
+                    "relevant-but-unretrievable (BEIR/MTEB convention)", qrels_path, missing)
+    return RetrievalData(corpus, queries, qrels, split, qrels_path.parent.parent, report, missing)
 
 
 def _policy(missing_docs: MissingDocs, on_error: OnError) -> OnError:

@@ -39,11 +39,17 @@ class SkipReport:
     def total(self) -> int:
         return sum(self.skipped.values())
 
-    def summary(self) -> str:
+    def summary(self, examples: int = 3) -> str:
+        """One line: the total, the counts by reason and the first ``examples`` ``file:line`` errors."""
         if not self.total:
             return "no rows skipped"
         parts = ", ".join(f"{n} × {why}" for why, n in self.skipped.most_common())
-        return f"skipped {self.total} bad rows ({parts}); first: {self.examples[0]}"
+        return f"skipped {self.total} bad rows ({parts}); first: {'; '.join(self.examples[:examples])}"
+
+    def as_dict(self) -> dict:
+        """``{"total", "by_reason", "examples"}`` for JSON reports."""
+        return {"total": self.total, "by_reason": dict(self.skipped.most_common()),
+                "examples": list(self.examples)}
 
 
 def reason_key(err: DataError) -> str:

@@ -9,20 +9,33 @@ from typing import Any
 from embedray.data.errors import DataError, OnError, SkipReport, handle
 
 
+def decode_utf8(raw: bytes, path: str | Path, lineno: int) -> str:
+    """Decode one line of a file strictly as UTF-8; a bad byte is a :class:`DataError` at ``path:lineno``."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(path, lineno, None, f"not valid UTF-8 (byte 0x{raw[e.start]:02x} at column "
+                        f"{e.start + 1}; re-encode the file as UTF-8, e.g. iconv -f latin1 -t utf-8)") from None
+
+
 def iter_jsonl(path: str | Path, on_error: OnError = "raise",
                report: SkipReport | None = None) -> Iterator[tuple[int, dict]]:
-    """Yield ``(line_number, object)`` for each non-blank line; bad JSON raises or is counted."""
+    """Yield ``(line_number, object)`` for each non-blank line (numbers are the file's lines);
+    bad JSON or a line that is not UTF-8 raises or is counted."""
     path = Path(path)
-    with open(path, "rb") as f:
+    with open(path, "rb") as f:  # bytes: split on "\n" only, as JSONL does, and decode each line strictly
         for lineno, raw in enumerate(f, start=1):
             if lineno == 1:
                 raw = raw.removeprefix(b"\xef\xbb\xbf")  # json.loads rejects a UTF-8 BOM
             if not raw.strip():
                 continue
             try:
-                obj = json.loads(raw)
-            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                obj = json.loads(decode_utf8(raw, path, lineno))
+            except json.JSONDecodeError as e:
                 handle(DataError(path, lineno, None, f"malformed JSON ({e})"), on_error, report)
+                continue
+            except DataError as e:
+                handle(e, on_error, report)
                 continue
             if not isinstance(obj, dict):
                 handle(DataError(path, lineno, None,

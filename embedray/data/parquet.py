@@ -111,6 +111,13 @@ def _pair(values: dict, path: Path, where, query_ids: Container[str] | None,
     return TrainPair(qid, pid, tuple(negs))
 
 
+def iter_pair_rows(path: str | Path) -> Iterator[tuple[str, dict]]:
+    """Yield ``("row N", row)`` of a training-pairs Parquet file, unchecked (null values left out),
+    so that callers validate them like JSONL rows; a missing ``query_id``/``pos_id`` column raises."""
+    for where, values in _iter_rows(Path(path), ["query_id", "pos_id"], ["neg_ids"]):
+        yield where, {k: v for k, v in values.items() if v is not None}
+
+
 def iter_pairs(path: str | Path, on_error: OnError = "raise", report: SkipReport | None = None,
                query_ids: Container[str] | None = None,
                doc_ids: Container[str] | None = None) -> Iterator[TrainPair]:
@@ -125,8 +132,7 @@ def iter_pairs(path: str | Path, on_error: OnError = "raise", report: SkipReport
     """
     path = Path(path)
     if path.suffix == ".parquet":
-        rows = ((w, {k: v for k, v in vals.items() if v is not None})
-                for w, vals in _iter_rows(path, ["query_id", "pos_id"], ["neg_ids"]))
+        rows = iter_pair_rows(path)
     else:
         rows = iter_jsonl(path, on_error, report)
     for where, values in rows:

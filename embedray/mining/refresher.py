@@ -18,14 +18,19 @@ from embedray.mining.store import PoolStore
 def train_positives(job, data) -> dict[str, set[str]]:
     """The queries that are mined, with every known positive of each (never mined as a negative):
     the training rows' queries. Dev queries are not trained on, so their negatives are not mined."""
-    from embedray.training.data import pair_rows
-
     out: dict[str, set[str]] = {}
-    for row in pair_rows(job.data):
-        qid, pos = row.get("query_id"), row.get("pos_id")
-        if qid in data.queries:
-            out.setdefault(qid, set(data.positives.get(qid, ()))).update([pos] if pos in data.corpus else [])
-    return {q: p for q, p in out.items() if p}
+    for ex in _trained_examples(job, data):
+        out.setdefault(ex.query_id, set(data.positives.get(ex.query_id, ()))).add(ex.pos_id)
+    return out
+
+
+def _trained_examples(job, data) -> list:
+    """The training examples the trainer uses; the trainer has raised or counted the bad rows
+    already, so here they are only left out."""
+    from dataclasses import replace
+
+    from embedray.training.data import training_examples
+    return training_examples(replace(job.data, on_error="skip"), data)
 
 
 def overlap_at_k(new: NegativePool, old: NegativePool | None, k: int = 10) -> float | None:
@@ -39,6 +44,18 @@ def overlap_at_k(new: NegativePool, old: NegativePool | None, k: int = 10) -> fl
         if a:
             fracs.append(len(a & b) / len(a))
     return sum(fracs) / len(fracs) if fracs else None
+
+
+def mining_recipe(job, cross_encoder: str | None) -> str:
+    """sha256 of everything besides the weights that decides what a refresh mines (mining and
+    cross-encoder settings, denoising, the cross-encoder folder, the model's prefixes/lengths)."""
+    import hashlib
+    import json
+    from dataclasses import asdict
+
+    parts = {"mining": asdict(job.mining), "cross_encoder": asdict(job.cross_encoder), "model": asdict(job.model),
+             "denoise": job.refresh.denoise, "cross_encoder_path": cross_encoder}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
 class NegativeRefresher:
@@ -59,6 +76,7 @@ class NegativeRefresher:
         self.positives = train_positives(job, data)
         # factory(live BiEncoder) -> texts → embeddings for cache misses (e.g. a Ray Data actor pool)
         self.encode_corpus_factory = encode_corpus_factory
+        self.recipe = mining_recipe(job, cross_encoder)
 
     def refresh(self, step: int, weights: dict | None = None) -> dict:
         """Mine with ``weights`` (None: the base model) and publish the next pool version."""
@@ -68,6 +86,10 @@ class NegativeRefresher:
         if weights is not None:
             self.model.load_state_dict({k: v for k, v in weights.items() if not k.startswith("__loss__.")})
         fp = state_dict_fingerprint(self.model.state_dict())
+        if (same := self.pools.published_for(step, fp, self.recipe)) is not None:
+            # A resumed run re-snapshots, at the same step, the very weights its killed attempt
+            # mined from (exact resume): that pool is this refresh's, under the same version.
+            return {**self.pools.meta(same)["telemetry"], "reused": True, "wall_s": time.perf_counter() - t0}
         version = max(self.pools.next_version(), self.indexes.next_version())
         result = mine(self.data.corpus, self.data.queries, self.positives,
                       make_encode_fn(self.model, self.job.model), self.job.mining,
@@ -79,17 +101,18 @@ class NegativeRefresher:
         if result.index is not None:
             self.indexes.publish(result.index, version)  # aside + rename: never seen half-built
             self.indexes.prune(self.job.refresh.keep_indexes)
-        result.pool.meta["snapshot_step"] = step
-        self.pools.publish(result.pool)
         c, t = result.counts, result.timings
         mined = c["negatives_kept"] + c["negatives_removed"]
-        return {"version": version, "snapshot_step": step, "queries_mined": c["queries_mined"],
-                "negatives_kept": c["negatives_kept"], "negatives_removed": c["negatives_removed"],
-                "false_negative_rate": c["negatives_removed"] / mined if mined else 0.0,
-                "overlap@10": overlap_at_k(result.pool, previous), "docs_encoded": c.get("docs_encoded"),
-                "docs_cached": c.get("docs_cached"), "encode_s": t.get("encode_s"), "index_s": t.get("index_s"),
-                "search_s": t.get("search_s"), "rescore_s": t.get("rescore_s"),
-                "wall_s": time.perf_counter() - t0}
+        telemetry = {"version": version, "snapshot_step": step, "queries_mined": c["queries_mined"],
+                     "negatives_kept": c["negatives_kept"], "negatives_removed": c["negatives_removed"],
+                     "false_negative_rate": c["negatives_removed"] / mined if mined else 0.0,
+                     "overlap@10": overlap_at_k(result.pool, previous), "docs_encoded": c.get("docs_encoded"),
+                     "docs_cached": c.get("docs_cached"), "encode_s": t.get("encode_s"),
+                     "index_s": t.get("index_s"), "search_s": t.get("search_s"), "rescore_s": t.get("rescore_s"),
+                     "wall_s": time.perf_counter() - t0}
+        result.pool.meta.update({"snapshot_step": step, "recipe": self.recipe, "telemetry": telemetry})
+        self.pools.publish(result.pool)
+        return telemetry
 
 
     def _maybe_die(self, step: int, version: int) -> None:
@@ -151,14 +174,19 @@ class RefreshDriver:
 
     def hooks(self, store: PoolStore, every: int):
         """Loop hooks for rank 0 (snapshots + telemetry) — other ranks use :func:`reader_hooks`."""
-        h = reader_hooks(store)
+        h = reader_hooks(store, refreshing=True)
         h.snapshot, h.snapshot_every = self.snapshot, every
         h.on_step.append(self.on_step)
         return h
 
 
-def reader_hooks(store: PoolStore):
-    """Hooks that only read published pools (every rank)."""
+def reader_hooks(store: PoolStore, refreshing: bool = False):
+    """Hooks that only read published pools (every rank).
+
+    ``refreshing`` (``async``/``sync``: this run publishes its pools as it trains): a step uses
+    the newest pool mined from its own or an earlier step's weights, so a resumed run switches at
+    the steps the uninterrupted one did; otherwise (``static``) always the newest pool.
+    """
     from embedray.training.loop import Hooks
 
     def load(version: int):
@@ -168,7 +196,8 @@ def reader_hooks(store: PoolStore):
             scores[q].update({d: s for d, s in negs if s is not None})
         return {q: [d for d, _ in negs] for q, negs in pool.negatives.items()}, pool.meta, scores
 
-    return Hooks(pool_version=store.latest_version, load_pool=load)
+    newest = store.latest_version_at if refreshing else (lambda step: store.latest_version())
+    return Hooks(pool_version=newest, load_pool=load)
 
 
 def prepare_negatives(job, data, run_dir: str | Path) -> str | None:
@@ -201,7 +230,6 @@ def prepare_negatives(job, data, run_dir: str | Path) -> str | None:
 def train_base_cross_encoder(job, data, ce_dir: Path, run_dir: Path) -> None:
     from embedray.eval.retrieval import evaluate_retrieval
     from embedray.models.cross_encoder import evaluate_reranker, train_cross_encoder
-    from embedray.training.data import pair_rows
     from embedray.training.logs import write_json_atomic
     from embedray.training.loop import make_encode_fn
     from embedray.models.encoder import BiEncoder
@@ -211,7 +239,7 @@ def train_base_cross_encoder(job, data, ce_dir: Path, run_dir: Path) -> None:
     weights_fp = state_dict_fingerprint(model.state_dict())
     base = mine(data.corpus, data.queries, train_positives(job, data), encode, job.mining,
                 cache_dir=run_dir / "cache", weights_fp=weights_fp)
-    pairs = [(r["query_id"], data.queries[r["query_id"]], r["pos_id"]) for r in pair_rows(job.data)]
+    pairs = [(ex.query_id, data.queries[ex.query_id], ex.pos_id) for ex in _trained_examples(job, data)]
     print(f"[embedray] training the cross-encoder on {len(pairs)} pairs + mined negatives", flush=True)
     train_cross_encoder(pairs, data.corpus, base.pool, job.cross_encoder, ce_dir)
     depth = job.cross_encoder.dev_rerank_depth

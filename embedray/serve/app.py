@@ -6,9 +6,14 @@ Routes: ``POST /v1/embeddings`` (OpenAI schema), ``POST /search``, ``POST /reran
 (``embedray/cluster/serve_app.py``), and it runs as is in-process for tests.
 
 Limits (all from :class:`~embedray.serve.config.ServeConfig`): request body size
-(``max_body_bytes`` → 413), texts per request (``max_items`` → 413), characters per text
-(``max_chars`` → 413), tokens per text (the model's max sequence length → 413 unless
-``truncate`` is true). Empty texts are a 422.
+(``max_body_bytes`` → 413), texts per request (``max_items``, ``max_rerank_texts`` → 413),
+characters per text (``max_chars`` → 413), tokens per text (the model's max sequence length →
+413 unless ``truncate`` is true). Empty texts are a 422. Timeouts: a body not sent within
+``body_timeout_s`` → 408, a batch not taken by the model within ``queue_timeout_s`` → 503, a
+request the model side has not finished within ``request_timeout_s`` → 504.
+
+Nothing that grows with the request runs on the event loop: token counting, highlighting and
+response encoding run in worker threads, so ``/health`` answers while requests are worked on.
 """
 from __future__ import annotations
 
@@ -17,7 +22,9 @@ import base64
 import hmac
 import logging
 import time
-from typing import Any
+from collections.abc import Awaitable
+from pathlib import PurePath
+from typing import Any, TypeVar
 
 import numpy as np
 import orjson
@@ -26,7 +33,7 @@ from fastapi.responses import JSONResponse, Response
 
 import embedray
 from embedray.serve.backend import Backend, Encoded
-from embedray.serve.batching import Part, reassemble, split_by_token_budget
+from embedray.serve.batching import Part, QueueTimeout, reassemble, split_by_token_budget
 from embedray.serve.config import ServeConfig
 from embedray.serve.corpus import find_highlights, make_snippet, query_terms
 from embedray.serve.embedder import TokenCounter, load_tokenizer
@@ -41,7 +48,8 @@ log = logging.getLogger(__name__)
 ROUTES = {"/v1/embeddings", "/search", "/rerank", "/health", "/info", "/metrics"}
 PUBLIC_ROUTES = {"/health"}
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse} for code in (400, 401, 404, 413, 415, 422, 503)}
+    code: {"model": ErrorResponse} for code in (400, 401, 404, 408, 413, 415, 422, 503, 504)}
+T = TypeVar("T")
 
 
 class _Guard:
@@ -51,8 +59,10 @@ class _Guard:
     a large body early, before FastAPI buffers it.
     """
 
-    def __init__(self, app, api_key: str | None, max_body_bytes: int, metrics: ServeMetrics):
+    def __init__(self, app, api_key: str | None, max_body_bytes: int, metrics: ServeMetrics,
+                 body_timeout_s: float = 10.0):
         self.app, self.api_key, self.max_body, self.metrics = app, api_key, max_body_bytes, metrics
+        self.body_timeout_s = body_timeout_s
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -114,8 +124,13 @@ class _Guard:
 
     async def _read_body(self, scope, receive):
         chunks, size = [], 0
+        deadline = time.monotonic() + self.body_timeout_s
         while True:
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), max(0.0, deadline - time.monotonic()))
+            except TimeoutError:
+                return b"", _error(408, f"the request body did not arrive within {self.body_timeout_s:g} s; "
+                                        "send it whole, at once", "body_timeout", {"Connection": "close"})
             if message["type"] == "http.disconnect":
                 return b"", _error(400, "client disconnected while sending the body", "disconnected")
             chunk = message.get("body", b"")
@@ -173,12 +188,22 @@ class _Service:
         self.budget = max(int(info.get("max_batch_tokens") or config.max_batch_tokens),
                           int(info["max_seq_length"]))
 
+    async def bounded(self, work: Awaitable[T]) -> T:
+        """``await work`` within ``request_timeout_s``, else a 504 (the work is cancelled)."""
+        try:
+            return await asyncio.wait_for(work, self.cfg.request_timeout_s)
+        except TimeoutError:
+            raise ApiError(504, f"the request was not finished within request_timeout_s="
+                                f"{self.cfg.request_timeout_s:g} s; send fewer or shorter texts, or retry later",
+                           "timeout", {"Retry-After": "5"}) from None
+
     # -- input checks ---------------------------------------------------------------------------
-    def check_texts(self, texts: list[str], field: str) -> None:
+    def check_texts(self, texts: list[str], field: str, max_items: int | None = None) -> None:
+        limit = max_items or self.cfg.max_items
         if not texts:
             raise ApiError(422, f"{field}: must not be empty", "empty_input")
-        if len(texts) > self.cfg.max_items:
-            raise ApiError(413, f"{field}: {len(texts)} texts is more than the limit of {self.cfg.max_items} "
+        if len(texts) > limit:
+            raise ApiError(413, f"{field}: {len(texts)} texts is more than the limit of {limit} "
                                 "per request; split the request", "too_many_inputs")
         for i, t in enumerate(texts):
             if not t.strip():
@@ -193,9 +218,9 @@ class _Service:
                     raise ApiError(422, f"{field}[{i}]: contains a lone surrogate; send valid Unicode text",
                                    "invalid_text") from None
 
-    def token_lengths(self, texts: list[str], truncate: bool, field: str) -> list[int]:
+    async def token_lengths(self, texts: list[str], truncate: bool, field: str) -> list[int]:
         limit = self.counter.max_seq_length
-        lengths = self.counter.count(texts)
+        lengths = await asyncio.to_thread(self.counter.count, texts)
         if not truncate:
             for i, n in enumerate(lengths):
                 if n > limit:
@@ -209,10 +234,16 @@ class _Service:
                                 f"{self.cfg.model_name!r}", "model_not_found")
 
     # -- embedding ------------------------------------------------------------------------------
+    def queue_timeout(self) -> ApiError:
+        return ApiError(503, f"server busy: the model did not take this request within queue_timeout_s="
+                             f"{self.cfg.queue_timeout_s:g} s; retry later", "queue_timeout", {"Retry-After": "2"})
+
     async def _encode_part(self, part: Part) -> Encoded:
         self.metrics.queue_depth.inc()
         try:
             enc = await self.backend.embed_part(part)
+        except QueueTimeout:
+            raise self.queue_timeout() from None
         finally:
             self.metrics.queue_depth.dec()
         if enc.batch is not None:
@@ -245,22 +276,27 @@ class _Service:
             out = out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
         return np.ascontiguousarray(out, dtype=np.float32)
 
-    async def embeddings(self, req: EmbeddingRequest) -> dict[str, Any]:
+    async def embeddings(self, req: EmbeddingRequest) -> bytes:
+        """The JSON body of a ``/v1/embeddings`` answer (serialized off the event loop)."""
         self.check_model(req.model)
         if req.dimensions is not None and req.dimensions not in self.allowed_dims:
             self.truncate_dims(np.zeros((0, self.dim), np.float32), req.dimensions)  # raises the 422
         texts = [req.input] if isinstance(req.input, str) else list(req.input)
         self.check_texts(texts, "input")
-        lengths = self.token_lengths(texts, req.truncate, "input")
-        emb = self.truncate_dims(await self.embed(texts, lengths), req.dimensions)
+        lengths = await self.token_lengths(texts, req.truncate, "input")
+        emb = await self.embed(texts, lengths)
+        return await asyncio.to_thread(self._embedding_body, emb, req, sum(lengths))
+
+    def _embedding_body(self, emb: np.ndarray, req: EmbeddingRequest, tokens: int) -> bytes:
+        emb = self.truncate_dims(emb, req.dimensions)
         if req.encoding_format == "base64":
             vectors: list[Any] = [base64.b64encode(row.astype("<f4").tobytes()).decode("ascii") for row in emb]
         else:
             vectors = emb.tolist()
-        tokens = sum(lengths)
-        return {"object": "list", "model": self.cfg.model_name,
-                "data": [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)],
-                "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+        return orjson.dumps({"object": "list", "model": self.cfg.model_name,
+                             "data": [{"object": "embedding", "index": i, "embedding": v}
+                                      for i, v in enumerate(vectors)],
+                             "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
 
     # -- search and rerank ----------------------------------------------------------------------
     def require_corpus(self) -> None:
@@ -283,13 +319,15 @@ class _Service:
                 raise ApiError(422, f"{name}: {value} is more than the limit of {self.cfg.max_top_k}",
                                "top_k_too_large")
         self.check_texts([req.query], "query")
-        lengths = self.token_lengths([req.query], req.truncate, "query")
+        lengths = await self.token_lengths([req.query], req.truncate, "query")
         top_k = req.top_k or min(10, self.cfg.max_top_k)
         n_candidates = (req.rerank_top_n or max(top_k, 20)) if req.rerank else top_k
         n_candidates = min(max(n_candidates, top_k), self.cfg.max_top_k)
         self.metrics.queue_depth.inc()
         try:
             hits, enc = await self.backend.search(Part([req.query], lengths, [0]), n_candidates)
+        except QueueTimeout:
+            raise self.queue_timeout() from None
         finally:
             self.metrics.queue_depth.dec()
         if enc.batch is not None:
@@ -300,23 +338,30 @@ class _Service:
             out = await self.backend.rerank(req.query, texts, True)
             rerank_scores = list(out["scores"])
         order = sorted(range(len(hits)), key=lambda i: -(rerank_scores[i] if req.rerank else hits[i].score))
-        terms = query_terms(req.query)
-        results = []
-        for rank, i in enumerate(order[:top_k], start=1):
-            h = hits[i]
-            snippet, spans = make_snippet(h.text, req.query, self.cfg.snippet_chars)
-            final = rerank_scores[i] if req.rerank else h.score
-            results.append({"rank": rank, "id": h.id, "title": h.title, "snippet": snippet,
-                            "highlights": spans, "title_highlights": find_highlights(h.title, terms),
-                            "score": final, "retrieval_score": h.score, "rerank_score": rerank_scores[i]})
+        results = await asyncio.to_thread(self._search_results, req.query, hits, order[:top_k], rerank_scores,
+                                          req.rerank)
         return {"object": "search_results", "query": req.query, "model": self.cfg.model_name,
                 "reranked": bool(req.rerank), "results": results,
                 "usage": {"prompt_tokens": sum(lengths), "total_tokens": sum(lengths)}}
 
+    def _search_results(self, query: str, hits: list, order: list[int], rerank_scores: list,
+                        reranked: bool) -> list[dict[str, Any]]:
+        """Ranked results with snippets and highlights (linear in query and texts)."""
+        terms = query_terms(query)
+        results = []
+        for rank, i in enumerate(order, start=1):
+            h = hits[i]
+            snippet, spans = make_snippet(h.text, terms, self.cfg.snippet_chars)
+            final = rerank_scores[i] if reranked else h.score
+            results.append({"rank": rank, "id": h.id, "title": h.title, "snippet": snippet,
+                            "highlights": spans, "title_highlights": find_highlights(h.title, terms),
+                            "score": final, "retrieval_score": h.score, "rerank_score": rerank_scores[i]})
+        return results
+
     async def rerank(self, req: RerankRequest) -> dict[str, Any]:
         self.require_reranker("/rerank")
         self.check_texts([req.query], "query")
-        self.check_texts(req.texts, "texts")
+        self.check_texts(req.texts, "texts", self.cfg.max_rerank_texts)
         out = await self.backend.rerank(req.query, list(req.texts), req.truncate)
         if "too_long" in out:
             i = out["too_long"][0]
@@ -331,17 +376,28 @@ class _Service:
 
     def describe(self) -> dict[str, Any]:
         cfg = self.cfg
-        return {"model": cfg.model_name, "version": embedray.__version__, "dim": self.dim,
-                "dimensions": self.allowed_dims, "max_tokens": self.counter.max_seq_length,
-                "normalized": bool(self.info.get("normalized")), "base_model": self.card.base_model,
-                "metrics": self.card.metrics, "training": self.card.training,
-                "corpus": {"documents": int(self.info.get("corpus_size") or 0)} if self.info.get("corpus_size")
-                else None,
-                "reranker": self.info.get("reranker"),
-                "auth": bool(cfg.api_key),
-                "limits": {"max_items": cfg.max_items, "max_chars": cfg.max_chars,
-                           "max_body_bytes": cfg.max_body_bytes, "max_top_k": cfg.max_top_k,
-                           "max_batch_tokens": self.budget}}
+        return without_paths({
+            "model": cfg.model_name, "version": embedray.__version__, "dim": self.dim,
+            "dimensions": self.allowed_dims, "max_tokens": self.counter.max_seq_length,
+            "normalized": bool(self.info.get("normalized")), "base_model": self.card.base_model,
+            "metrics": self.card.metrics, "training": self.card.training,
+            "corpus": {"documents": int(self.info.get("corpus_size") or 0)} if self.info.get("corpus_size")
+            else None,
+            "reranker": self.info.get("reranker"),
+            "auth": bool(cfg.api_key),
+            "limits": {**cfg.limits(), "max_batch_tokens": self.budget}})
+
+
+def without_paths(value: Any) -> Any:
+    """``value`` with every absolute filesystem path replaced by its last component: a public
+    route shows what a model is, not where the server keeps its files."""
+    if isinstance(value, dict):
+        return {k: without_paths(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [without_paths(v) for v in value]
+    if isinstance(value, str) and (value.startswith(("/", "~", "\\\\")) or value[1:3] in (":\\", ":/")):
+        return PurePath(value).name or value
+    return value
 
 
 def create_app(config: ServeConfig, backend: Backend, info: dict[str, Any], counter: TokenCounter,
@@ -368,17 +424,17 @@ def create_app(config: ServeConfig, backend: Backend, info: dict[str, Any], coun
 
     @app.post("/v1/embeddings", response_model=EmbeddingResponse, responses=ERROR_RESPONSES)
     async def embeddings(req: EmbeddingRequest) -> Response:
-        # Serialized here with orjson: the body is built from numpy rows and needs no second
-        # validation pass through the response model (which stays for the OpenAPI schema).
-        return Response(orjson.dumps(await svc.embeddings(req)), media_type="application/json")
+        # Serialized with orjson by the service: the body is built from numpy rows and needs no
+        # second validation pass through the response model (which stays for the OpenAPI schema).
+        return Response(await svc.bounded(svc.embeddings(req)), media_type="application/json")
 
     @app.post("/search", response_model=SearchResponse, responses=ERROR_RESPONSES)
     async def search(req: SearchRequest) -> dict[str, Any]:
-        return await svc.search(req)
+        return await svc.bounded(svc.search(req))
 
     @app.post("/rerank", response_model=RerankResponse, responses=ERROR_RESPONSES)
     async def rerank(req: RerankRequest) -> dict[str, Any]:
-        return await svc.rerank(req)
+        return await svc.bounded(svc.rerank(req))
 
     @app.get("/health")
     async def health() -> dict[str, str]:
@@ -392,7 +448,8 @@ def create_app(config: ServeConfig, backend: Backend, info: dict[str, Any], coun
     async def metrics_route() -> Response:
         return Response(metrics.render(), media_type=metrics.content_type)
 
-    app.add_middleware(_Guard, api_key=config.api_key, max_body_bytes=config.max_body_bytes, metrics=metrics)
+    app.add_middleware(_Guard, api_key=config.api_key, max_body_bytes=config.max_body_bytes, metrics=metrics,
+                       body_timeout_s=config.body_timeout_s)
     return app
 
 

@@ -62,9 +62,10 @@ class LocalBackend:
     while the model is busy are merged into its next run (:class:`ModelRunQueue`); the model
     runs in a worker thread, one run at a time."""
 
-    def __init__(self, embedder, reranker=None, reranker_name: str | None = None):
+    def __init__(self, embedder, reranker=None, reranker_name: str | None = None,
+                 queue_timeout_s: float | None = None):
         self.embedder, self.reranker, self.reranker_name = embedder, reranker, reranker_name
-        self.runs = ModelRunQueue(embedder.encode_parts, embedder.max_batch_tokens)
+        self.runs = ModelRunQueue(embedder.encode_parts, embedder.max_batch_tokens, queue_timeout_s)
         self._lock = asyncio.Lock()
 
     async def describe(self) -> dict[str, Any]:

@@ -146,6 +146,17 @@ def reassemble(parts: Sequence[Part], results: Sequence[Any], n: int) -> np.ndar
     return out
 
 
+class QueueTimeout(TimeoutError):
+    """A part waited longer than the queue timeout for the model to take it."""
+
+
+@dataclass
+class _Pending:
+    parts: list[Part]
+    future: asyncio.Future
+    taken: bool = False
+
+
 class ModelRunQueue:
     """Runs the model on batches of parts one run at a time, merging the batches that queue up.
 
@@ -159,45 +170,62 @@ class ModelRunQueue:
     Args:
         fn: ``fn(parts) -> list of per-part results``; called in a worker thread.
         max_tokens: most tokens merged into one run (a single larger batch still runs alone).
+        queue_timeout_s: longest a batch waits to be taken by a run before :class:`QueueTimeout`
+            (``None``: no limit). Once taken, a batch runs to the end.
     """
 
-    def __init__(self, fn: Callable[[list[Part]], list[Any]], max_tokens: int):
-        self.fn, self.max_tokens = fn, max_tokens
-        self._queue: deque[tuple[list[Part], asyncio.Future]] = deque()
+    def __init__(self, fn: Callable[[list[Part]], list[Any]], max_tokens: int,
+                 queue_timeout_s: float | None = None):
+        self.fn, self.max_tokens, self.queue_timeout_s = fn, max_tokens, queue_timeout_s
+        self._queue: deque[_Pending] = deque()
         self._worker: asyncio.Task | None = None
 
     async def submit(self, parts: list[Part]) -> tuple[list[Any], dict[str, int] | None]:
         """Run ``parts`` (in a merged run); returns their results and, for exactly one submitter
-        of each run, the run's size ``{"texts", "tokens"}`` (``None`` for the others)."""
-        future = asyncio.get_running_loop().create_future()
-        self._queue.append((list(parts), future))
+        of each run, the run's size ``{"texts", "tokens"}`` (``None`` for the others).
+
+        Raises:
+            QueueTimeout: no run took ``parts`` within ``queue_timeout_s``.
+        """
+        pending = _Pending(list(parts), asyncio.get_running_loop().create_future())
+        self._queue.append(pending)
         if self._worker is None or self._worker.done():
             self._worker = asyncio.create_task(self._drain())
-        return await future
+        try:
+            if self.queue_timeout_s is not None:
+                await asyncio.wait([pending.future], timeout=self.queue_timeout_s)
+                if not pending.taken and not pending.future.done():
+                    pending.future.cancel()  # the drain passes over it
+                    raise QueueTimeout(f"waited {self.queue_timeout_s:g} s for the model")
+            return await pending.future
+        except asyncio.CancelledError:  # the request was cancelled: don't run it for nobody
+            pending.future.cancel()
+            raise
 
     async def _drain(self) -> None:
         while self._queue:
             taken, tokens = [], 0
-            while self._queue and (not taken or tokens + batch_tokens(self._queue[0][0]) <= self.max_tokens):
-                parts, future = self._queue.popleft()
-                if future.done():  # the caller went away
+            while self._queue and (not taken or tokens + batch_tokens(self._queue[0].parts) <= self.max_tokens):
+                pending = self._queue.popleft()
+                if pending.future.done():  # the caller went away
                     continue
-                taken.append((parts, future))
-                tokens += batch_tokens(parts)
+                pending.taken = True
+                taken.append(pending)
+                tokens += batch_tokens(pending.parts)
             if not taken:
                 continue
-            merged = [p for parts, _ in taken for p in parts]
+            merged = [p for pending in taken for p in pending.parts]
             try:
                 results = await asyncio.to_thread(self.fn, merged)
             except Exception as e:  # every caller of this run gets the error
-                for _, future in taken:
-                    if not future.done():
-                        future.set_exception(e)
+                for pending in taken:
+                    if not pending.future.done():
+                        pending.future.set_exception(e)
                 continue
             stats = {"texts": sum(len(p.texts) for p in merged), "tokens": tokens}
             start = 0
-            for parts, future in taken:
-                if not future.done():
-                    future.set_result((results[start:start + len(parts)], stats))
+            for pending in taken:
+                if not pending.future.done():
+                    pending.future.set_result((results[start:start + len(pending.parts)], stats))
                     stats = None  # reported once per run
-                start += len(parts)
+                start += len(pending.parts)

@@ -22,7 +22,8 @@ Ray instance it started (set RAY_ADDRESS to use a running cluster instead).
 examples:
   embedray serve minilm-l6
   embedray serve runs/demo/student --corpus data/debian --cross-encoder runs/demo/cross-encoder
-  {API_KEY_ENV}=secret embedray serve minilm-l6 --host 0.0.0.0 --replicas 2
+  embedray serve minilm-l6 --host 0.0.0.0 --api-key-file ~/.config/embedray/api_key --replicas 2
+  (or {API_KEY_ENV}=... in the environment; a key on the command line would be visible in `ps`)
 """
 
 UI_DESCRIPTION = """\
@@ -36,8 +37,17 @@ example:
   embedray ui --api http://127.0.0.1:8000 --base-api http://127.0.0.1:8001
 """
 
-# Fields set by their own flags (positional model, paths) rather than the generic loop below.
-_SPECIAL = {"model_dir"}
+# Fields set by their own flags (positional model) or never from the command line (the key
+# itself: argv is visible to every user of the machine; --api-key-file and the environment are not).
+_SPECIAL = {"model_dir", "api_key"}
+
+
+class _RefuseKeyInArgv(argparse.Action):
+    """``--api-key VALUE``: refused with the ways that keep the key out of the process list."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        parser.error(f"{option_string} would put the key in the process list (ps shows every argument); "
+                     f"pass --api-key-file FILE or set {API_KEY_ENV} instead")
 
 
 def _field_docs(cls) -> dict[str, str]:
@@ -79,10 +89,11 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_text)
             continue
         kind = {int: int, float: float}.get(type(default), str)
-        metavar = {"corpus": "PATH", "index": "DIR", "cross_encoder": "DIR", "api_key": "KEY",
+        metavar = {"corpus": "PATH", "index": "DIR", "cross_encoder": "DIR", "api_key_file": "FILE",
                    "model_name": "NAME", "host": "HOST"}.get(f.name, {int: "N", float: "X"}.get(kind))
         parser.add_argument(flag, type=kind, default=default, metavar=metavar,
                             help=help_text + (" (default: %(default)s)" if default is not None else ""))
+    parser.add_argument("--api-key", action=_RefuseKeyInArgv, help=argparse.SUPPRESS)
     return parser
 
 
@@ -135,8 +146,9 @@ def add_ui_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
                         help="the 'embedray serve' endpoint of the model to demo (default: %(default)s)")
     parser.add_argument("--base-api", default=None, metavar="URL",
                         help="a second endpoint (e.g. the base model) for the side-by-side comparison")
-    parser.add_argument("--api-key", default=None, metavar="KEY",
-                        help=f"API key for --api and --base-api (default: ${API_KEY_ENV})")
+    parser.add_argument("--api-key-file", default=None, metavar="FILE",
+                        help=f"file holding the API key for --api and --base-api (default: ${API_KEY_ENV})")
+    parser.add_argument("--api-key", action=_RefuseKeyInArgv, help=argparse.SUPPRESS)
     parser.add_argument("--host", default="127.0.0.1", help="bind address (default: %(default)s)")
     parser.add_argument("--port", type=int, default=7860, help="port (default: %(default)s)")
     return parser
@@ -161,6 +173,8 @@ def run_ui(args: argparse.Namespace) -> int:
     """``embedray ui``: launch the Gradio demo and block until Ctrl-C. Returns 0."""
     import os
 
+    from embedray.serve.config import read_api_key_file
+
+    key = read_api_key_file(args.api_key_file) if args.api_key_file else os.environ.get(API_KEY_ENV) or None
     ui = load_ui_module()
-    return ui.serve_ui(api=args.api, base_api=args.base_api,
-                       api_key=args.api_key or os.environ.get(API_KEY_ENV), host=args.host, port=args.port)
+    return ui.serve_ui(api=args.api, base_api=args.base_api, api_key=key, host=args.host, port=args.port)

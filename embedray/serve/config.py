@@ -28,7 +28,11 @@ class ServeConfig:
         host: HTTP bind address. Loopback by default; binding elsewhere without an API key warns.
         port: HTTP port.
         api_key: if set, every route but ``/health`` needs ``Authorization: Bearer <key>``.
-            Falls back to the ``EMBEDRAY_API_KEY`` environment variable.
+            Falls back to ``api_key_file``, then to the ``EMBEDRAY_API_KEY`` environment variable.
+            (The command line takes only the file or the variable: a key in argv is visible to
+            every user of the machine.)
+        api_key_file: a file whose content (stripped) is the API key, e.g. one readable only by
+            the server's user.
         replicas: embedding-model replicas (each holds the model and the corpus index); one per
             core to use, e.g. 2 with ``cpus_per_replica`` 0.9 on a 2-core machine.
         cpus_per_replica: Ray CPUs reserved per model replica (fractional on small machines).
@@ -41,8 +45,18 @@ class ServeConfig:
         max_batch_tokens: token budget of one forward pass; larger requests are split into
             parts that fit, never refused.
         batch_wait_timeout_s: how long a batch waits to fill up before it runs.
-        max_items: most texts in one request (``input`` list, ``/rerank`` texts).
-        max_chars: most characters in one text.
+        max_items: most texts in one ``/v1/embeddings`` request.
+        max_chars: most characters in one text (inputs, queries, rerank texts).
+        max_rerank_texts: most texts in one ``/rerank`` request (TEI's default client batch
+            is 32; every text is a cross-encoder forward over the query and the text).
+        max_rerank_queued: cross-encoder requests that may wait for the reranker replica; beyond
+            them a 503 ``queue_full``.
+        body_timeout_s: longest a client may take to send its request body; a half-sent body is
+            dropped with a 408.
+        queue_timeout_s: longest a batch waits for the model before a 503 ``queue_timeout``
+            (with ``Retry-After``).
+        request_timeout_s: longest the model side may work on one request (all its parts,
+            search and rerank included) before a 504 ``timeout``.
         max_body_bytes: largest request body accepted (larger ones get a 413).
         max_top_k: largest ``top_k`` / ``rerank_top_n`` of ``/search``.
         snippet_chars: length of the text snippets ``/search`` returns.
@@ -67,6 +81,7 @@ class ServeConfig:
     host: str = "127.0.0.1"
     port: int = 8000
     api_key: str | None = None
+    api_key_file: str | None = None
     replicas: int = 1
     cpus_per_replica: float = 1.0
     torch_threads: int = 0
@@ -76,6 +91,11 @@ class ServeConfig:
     batch_wait_timeout_s: float = 0.005
     max_items: int = 2048
     max_chars: int = 32_768
+    max_rerank_texts: int = 64
+    max_rerank_queued: int = 32
+    body_timeout_s: float = 10.0
+    queue_timeout_s: float = 30.0
+    request_timeout_s: float = 60.0
     max_body_bytes: int = 8 * 1024 * 1024
     max_top_k: int = 100
     snippet_chars: int = 240
@@ -110,6 +130,8 @@ class ServeConfig:
             self.cross_encoder = str(ce.resolve())
         if self.model_name is None:
             self.model_name = Path(self.model_dir).name
+        if self.api_key is None and self.api_key_file is not None:
+            self.api_key = read_api_key_file(self.api_key_file)
         if self.api_key is None:
             self.api_key = os.environ.get(API_KEY_ENV) or None
         if not 0 < self.port < 65536:
@@ -121,18 +143,27 @@ class ServeConfig:
             raise ValueError(f"direct_port: the replica ports {self.direct_port}..."
                              f"{self.direct_port + self.http_replicas - 1} include the proxy's port {self.port}")
         positive = ("replicas", "max_ongoing_requests", "max_batch_tokens", "max_items", "max_chars",
-                    "max_body_bytes", "max_top_k", "snippet_chars")
+                    "max_body_bytes", "max_top_k", "snippet_chars", "max_rerank_texts", "max_rerank_queued")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
         if self.max_queued_requests < -1 or self.max_queued_requests == 0:
             raise ValueError("max_queued_requests: must be >= 1, or -1 for unlimited, "
                              f"got {self.max_queued_requests}")
+        for name in ("body_timeout_s", "queue_timeout_s", "request_timeout_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name}: must be > 0 seconds, got {getattr(self, name)}")
         for name in ("cpus_per_replica", "ingress_cpus", "reranker_cpus", "batch_wait_timeout_s"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}: must be >= 0, got {getattr(self, name)}")
         if self.torch_threads < 0:
             raise ValueError(f"torch_threads: must be >= 0 (0 = the Ray CPU reservation), got {self.torch_threads}")
+
+    def limits(self) -> dict[str, float | int]:
+        """The limits and timeouts clients see in ``/info``."""
+        names = ("max_items", "max_chars", "max_body_bytes", "max_top_k", "max_rerank_texts", "max_rerank_queued",
+                 "body_timeout_s", "queue_timeout_s", "request_timeout_s")
+        return {n: getattr(self, n) for n in names}
 
     @property
     def http_replicas(self) -> int:
@@ -161,3 +192,19 @@ class ServeConfig:
             return None
         return (f"serving on {self.host}:{self.port} without an API key: anyone who can reach this "
                 f"address can use the server. Pass --api-key or set {API_KEY_ENV}.")
+
+
+def read_api_key_file(path: str | Path) -> str:
+    """The API key in ``path`` (surrounding whitespace stripped).
+
+    Raises:
+        ValueError: the file is missing, unreadable or empty.
+    """
+    file = Path(path).expanduser()
+    try:
+        key = file.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"api_key_file: cannot read {file} ({e})") from None
+    if not key:
+        raise ValueError(f"api_key_file: {file} is empty; put the API key in it")
+    return key

@@ -99,39 +99,54 @@ class CorpusIndex:
         return [Hit(i, float(s), self.docs[i].title, self.docs[i].text) for i, s in zip(ids[0], scores[0])]
 
 
-def query_terms(query: str) -> list[str]:
-    """Lower-cased words of ``query`` worth highlighting (no stopwords, 2+ characters)."""
+#: Most query terms highlighted: a query's first distinct terms are the ones a reader looks for,
+#: and the cap keeps highlighting linear in the text whatever the query's size.
+MAX_HIGHLIGHT_TERMS = 32
+
+
+def query_terms(query: str, limit: int = MAX_HIGHLIGHT_TERMS) -> list[str]:
+    """The first ``limit`` distinct lower-cased words of ``query`` worth highlighting
+    (no stopwords, 2+ characters)."""
     seen: dict[str, None] = {}
-    for w in _WORD.findall(query.lower()):
+    for m in _WORD.finditer(query.lower()):
+        w = m.group()
         if len(w) >= 2 and w not in _STOPWORDS:
             seen.setdefault(w, None)
+            if len(seen) >= limit:
+                break
     return list(seen)
 
 
 def find_highlights(text: str, terms: list[str]) -> list[tuple[int, int]]:
     """Character spans of whole words in ``text`` that start with one of ``terms``.
 
-    Prefix matching lets ``index`` highlight ``indexing``; spans are sorted and disjoint.
+    Prefix matching lets ``index`` highlight ``indexing``; spans are sorted and disjoint. Each
+    word is looked up once per distinct term length, so the work is linear in ``text``.
     """
     if not terms:
         return []
+    wanted, lengths = set(terms), sorted({len(t) for t in terms})
     spans = []
-    lowered = text.lower()
-    for m in _WORD.finditer(lowered):
+    for m in _WORD.finditer(text.lower()):
         word = m.group()
-        if any(word.startswith(t) for t in terms):
+        if any(word[:n] in wanted for n in lengths if n <= len(word)):
             spans.append((m.start(), m.end()))
     return spans
 
 
-def make_snippet(text: str, query: str, width: int) -> tuple[str, list[tuple[int, int]]]:
+def make_snippet(text: str, query: str | list[str], width: int) -> tuple[str, list[tuple[int, int]]]:
     """A window of about ``width`` characters of ``text`` around the first query-term match.
+
+    Args:
+        text: the document text.
+        query: the query, or its :func:`query_terms` (computed once per request by the caller).
+        width: snippet length in characters.
 
     Returns:
         ``(snippet, spans)``: the snippet (with ``…`` where text was cut) and the character spans
         within it to highlight.
     """
-    terms = query_terms(query)
+    terms = query_terms(query) if isinstance(query, str) else query
     spans = find_highlights(text, terms)
     if len(text) <= width:
         return text, spans

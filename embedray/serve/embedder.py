@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,9 @@ def load_tokenizer(model_dir: str | Path):
 class TokenCounter:
     """Counts tokens the way the model sees them (special tokens included, no truncation).
 
+    Safe to call from several threads: a fast tokenizer may not be used by two at once
+    ("Already borrowed"), so calls take turns.
+
     Args:
         tokenizer: a Hugging Face tokenizer.
         max_seq_length: the model's limit; longer texts are truncated to it when asked.
@@ -53,13 +57,15 @@ class TokenCounter:
     def __init__(self, tokenizer, max_seq_length: int):
         self.tokenizer = tokenizer
         self.max_seq_length = int(max_seq_length)
+        self._lock = threading.Lock()
 
     def count(self, texts: Sequence[str]) -> list[int]:
         """Token count of each text before truncation."""
         if not texts:
             return []
-        enc = self.tokenizer(list(texts), add_special_tokens=True, truncation=False,
-                             return_attention_mask=False, return_token_type_ids=False, verbose=False)
+        with self._lock:
+            enc = self.tokenizer(list(texts), add_special_tokens=True, truncation=False,
+                                 return_attention_mask=False, return_token_type_ids=False, verbose=False)
         return [len(ids) for ids in enc["input_ids"]]
 
 
@@ -91,6 +97,7 @@ class EmbedderCore:
         self.normalized = any(type(m).__name__ == "Normalize" for m in self.model)
         self.max_batch_tokens = max(int(max_batch_tokens), self.max_seq_length)
         self.counter = TokenCounter(self.model.tokenizer, self.max_seq_length)
+        self._run_lock = threading.Lock()  # one model run at a time (the health check waits its turn)
         self.corpus: CorpusIndex | None = None
         if corpus is not None:
             self.corpus = self._index_corpus(corpus, index)
@@ -116,14 +123,21 @@ class EmbedderCore:
         texts = [t for p in parts for t in p.texts]
         lengths = [n for p in parts for n in p.lengths]
         out = np.empty((len(texts), self.dim), dtype=np.float32)  # (n_texts, dim)
-        for chunk in padded_chunks(lengths, self.max_batch_tokens):
-            out[chunk] = self.model.encode([texts[i] for i in chunk], batch_size=len(chunk),
-                                           convert_to_numpy=True, show_progress_bar=False)
+        with self._run_lock:
+            for chunk in padded_chunks(lengths, self.max_batch_tokens):
+                out[chunk] = self.model.encode([texts[i] for i in chunk], batch_size=len(chunk),
+                                               convert_to_numpy=True, show_progress_bar=False)
         results, start = [], 0
         for p in parts:
             results.append(out[start:start + len(p.texts)])
             start += len(p.texts)
         return results
+
+    def check(self) -> None:
+        """Raise unless the model encodes a short text into a finite vector (the health check)."""
+        (rows,) = self.encode_parts([Part(["health check"], [4], [0])])
+        if rows.shape != (1, self.dim) or not np.isfinite(rows).all():
+            raise RuntimeError(f"the model returned {rows.shape} / non-finite values for a health-check text")
 
     def search(self, query_vec: np.ndarray, k: int) -> list[Hit]:
         """Top-``k`` corpus documents for a full-dimension query embedding."""
@@ -139,7 +153,8 @@ class EmbedderCore:
 
 
 class RerankerCore:
-    """A cross-encoder scoring (query, text) pairs.
+    """A cross-encoder scoring (query, text) pairs; calls from several threads take turns (one
+    tokenizer, and the forward passes would only compete for the same cores).
 
     Args:
         model_dir: folder that ``sentence_transformers.CrossEncoder`` loads (one output label).
@@ -155,15 +170,23 @@ class RerankerCore:
         self.model = CrossEncoder(str(model_dir), device="cpu", trust_remote_code=False,
                                   local_files_only=True)
         self.max_length = int(getattr(self.model, "max_seq_length", None) or 512)
+        self.lock = threading.Lock()
 
     def too_long(self, query: str, texts: Sequence[str]) -> list[int]:
         """Positions of texts whose (query, text) pair exceeds the model's max tokens."""
         if not texts:
             return []
-        enc = self.model.tokenizer([query] * len(texts), list(texts), add_special_tokens=True,
-                                   truncation=False, return_attention_mask=False,
-                                   return_token_type_ids=False, verbose=False)
+        with self.lock:
+            enc = self.model.tokenizer([query] * len(texts), list(texts), add_special_tokens=True,
+                                       truncation=False, return_attention_mask=False,
+                                       return_token_type_ids=False, verbose=False)
         return [i for i, ids in enumerate(enc["input_ids"]) if len(ids) > self.max_length]
+
+    def check(self) -> None:
+        """Raise unless the cross-encoder scores one pair with a finite number (the health check)."""
+        (score,) = self.score("health", ["check"])
+        if not np.isfinite(score):
+            raise RuntimeError("the cross-encoder returned a non-finite score for a health-check pair")
 
     def score(self, query: str, texts: Sequence[str], batch_size: int = 32) -> list[float]:
         """Relevance score of each text for ``query`` (the model's activation, e.g. a sigmoid).
@@ -172,6 +195,7 @@ class RerankerCore:
         """
         if not texts:
             return []
-        scores = self.model.predict([(query, t) for t in texts], batch_size=batch_size,
-                                    convert_to_numpy=True, show_progress_bar=False)
+        with self.lock:
+            scores = self.model.predict([(query, t) for t in texts], batch_size=batch_size,
+                                        convert_to_numpy=True, show_progress_bar=False)
         return [float(s) for s in np.asarray(scores).reshape(len(texts))]

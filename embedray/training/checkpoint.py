@@ -1,13 +1,17 @@
-"""Checkpoints that are complete or absent: files go to a staging folder, a manifest with each
-file's sha256 is written last, and only then is the folder renamed into place.
+"""Checkpoints that are complete or absent: files go to a staging folder, each rank writes a
+manifest of its own files (with their sha256) last, everything is fsynced, and only then is the
+folder renamed into place. A checkpoint is complete when the manifests of all ``world_size``
+ranks are there and every file they list has its hash.
 
 A checkpoint holds everything a resume needs: model, optimizer, scheduler, RNG states, the step
-(which is also the data cursor, see batches.py), and the negative-pool version.
+(which is also the data cursor, see batches.py), the negative-pool version and the steps at
+which the run switched pools.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -16,8 +20,14 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-MANIFEST = "manifest.json"
+LEGACY_MANIFEST = "manifest.json"  # one manifest by rank 0 (checkpoints written before per-rank manifests)
 _NAME = re.compile(r"^checkpoint-(\d+)$")
+_RANK_MANIFEST = re.compile(r"^manifest-rank(\d+)\.json$")
+
+
+def manifest_name(rank: int) -> str:
+    """File name of rank ``rank``'s manifest inside a checkpoint folder."""
+    return f"manifest-rank{rank}.json"
 
 
 def _sha256(path: Path) -> str:
@@ -28,43 +38,123 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def fsync_path(path: Path) -> None:
+    """Flush a file's or a folder's data and metadata to disk (a folder: its entries)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def write_state(folder: Path, *, model_state: dict, optimizer_state: dict | None,
                 scheduler_state: dict | None, trainer_state: dict, rank: int = 0) -> None:
-    """Write one rank's share of a checkpoint into ``folder`` (rank 0 writes the model too)."""
+    """Write one rank's share of a checkpoint into ``folder`` (rank 0 writes the model too),
+    then that rank's manifest, each file fsynced before it and the folder after it."""
     folder.mkdir(parents=True, exist_ok=True)
+    own = [f"rng_rank{rank}.pt"]
     torch.save({"torch": torch.get_rng_state(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
-               folder / f"rng_rank{rank}.pt")
-    if rank != 0:
-        return
-    save_file({k: v.detach().contiguous().cpu() for k, v in model_state.items()},
-              folder / "model.safetensors")
-    torch.save({"optimizer": optimizer_state, "scheduler": scheduler_state}, folder / "optimizer.pt")
-    (folder / "trainer_state.json").write_text(json.dumps(trainer_state, indent=2))
-    files = sorted(p.name for p in folder.iterdir() if p.name != MANIFEST and p.is_file())
-    manifest = {"step": trainer_state["step"], "files": {n: _sha256(folder / n) for n in files}}
-    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2))  # last: marks completeness
+               folder / own[0])
+    if rank == 0:
+        save_file({k: v.detach().contiguous().cpu() for k, v in model_state.items()},
+                  folder / "model.safetensors")
+        torch.save({"optimizer": optimizer_state, "scheduler": scheduler_state}, folder / "optimizer.pt")
+        (folder / "trainer_state.json").write_text(json.dumps(trainer_state, indent=2))
+        own += ["model.safetensors", "optimizer.pt", "trainer_state.json"]
+    for name in own:
+        fsync_path(folder / name)
+    manifest = {"step": trainer_state["step"], "rank": rank, "world_size": int(trainer_state.get("world_size", 1)),
+                "files": {n: _sha256(folder / n) for n in own}}
+    (folder / manifest_name(rank)).write_text(json.dumps(manifest, indent=2))  # last: marks this rank complete
+    fsync_path(folder / manifest_name(rank))
+    fsync_path(folder)
+
+
+def verify(folder: Path) -> str | None:
+    """What is wrong with the checkpoint in ``folder`` (a missing rank's manifest, a file whose
+    hash differs, ...), or None when it is complete."""
+    folder = Path(folder)
+    try:
+        names = sorted(p.name for p in folder.iterdir())
+    except OSError as e:
+        return f"cannot list it ({e})"
+    ranks = [n for n in names if _RANK_MANIFEST.match(n)]
+    if not ranks:
+        if LEGACY_MANIFEST in names:
+            return _verify_files(folder, LEGACY_MANIFEST)
+        return "no manifest (an unfinished write)"
+    manifests = {}
+    for name in ranks:
+        try:
+            manifests[int(_RANK_MANIFEST.match(name).group(1))] = json.loads((folder / name).read_text())
+        except (OSError, ValueError) as e:
+            return f"{name} is unreadable ({e})"
+    sizes = sorted({str(m.get("world_size")) for m in manifests.values()})
+    world = next(iter(manifests.values())).get("world_size")
+    if len(sizes) != 1 or not isinstance(world, int):
+        return f"the rank manifests disagree on world_size ({', '.join(sizes)})"
+    missing = sorted(set(range(world)) - set(manifests))
+    if missing:
+        return f"the manifest of rank(s) {missing} of {world} is missing (a worker's files never arrived)"
+    if len({m.get("step") for m in manifests.values()}) != 1:
+        return "the rank manifests disagree on the step"
+    for rank in sorted(manifests):
+        if (problem := _verify_files(folder, manifest_name(rank))) is not None:
+            return problem
+    return None
+
+
+def _verify_files(folder: Path, manifest: str) -> str | None:
+    try:
+        files = json.loads((folder / manifest).read_text())["files"]
+    except (OSError, ValueError, KeyError) as e:
+        return f"{manifest} is unreadable ({e})"
+    for name, digest in files.items():
+        if not (folder / name).is_file():
+            return f"{name} (listed in {manifest}) is missing"
+        if _sha256(folder / name) != digest:
+            return f"{name} does not match its hash in {manifest} (truncated or corrupt)"
+    return None
 
 
 def is_complete(folder: Path) -> bool:
-    """True if the manifest exists and every file it lists is present with the right hash."""
-    try:
-        manifest = json.loads((folder / MANIFEST).read_text())
-        return all(_sha256(folder / n) == h for n, h in manifest["files"].items())
-    except (OSError, ValueError, KeyError):
-        return False
+    """True if the manifests of all ranks exist and every file they list has the right hash."""
+    return verify(folder) is None
 
 
-def read_state(folder: Path, rank: int = 0) -> dict[str, Any]:
-    """Load a complete checkpoint (tensors via safetensors / ``weights_only=True``)."""
-    if not is_complete(folder):
-        raise ValueError(f"{folder}: incomplete or corrupt checkpoint (manifest mismatch)")
+def read_state(folder: Path, rank: int = 0, *, world_size: int | None = None,
+               seed: int | None = None) -> dict[str, Any]:
+    """Load a complete checkpoint (tensors via safetensors / ``weights_only=True``).
+
+    With ``world_size`` / ``seed`` (the resuming job's), a checkpoint written with others is
+    refused: its batches, negatives and RNG streams belong to that layout and seed.
+    """
+    if (problem := verify(folder)) is not None:
+        raise ValueError(f"{folder}: incomplete or corrupt checkpoint ({problem})")
+    trainer_state = json.loads((folder / "trainer_state.json").read_text())
+    check_resumable(folder, trainer_state, world_size=world_size, seed=seed)
     opt = torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=True)
     rng_file = folder / f"rng_rank{rank}.pt"
     rng = torch.load(rng_file, map_location="cpu", weights_only=True) if rng_file.exists() else None
     return {"model": load_file(folder / "model.safetensors"), "optimizer": opt["optimizer"],
-            "scheduler": opt["scheduler"], "rng": rng,
-            "trainer_state": json.loads((folder / "trainer_state.json").read_text())}
+            "scheduler": opt["scheduler"], "rng": rng, "trainer_state": trainer_state, "path": str(folder)}
+
+
+def check_resumable(folder: Path, trainer_state: dict, *, world_size: int | None, seed: int | None) -> None:
+    """Raise ``ValueError`` when ``trainer_state`` was written by another number of workers or
+    another seed than the resuming job's (a field the checkpoint lacks is not compared)."""
+    saved = {"cluster.num_workers": trainer_state.get("world_size"), "train.seed": trainer_state.get("seed")}
+    wanted = {"cluster.num_workers": world_size, "train.seed": seed}
+    differ = [k for k in saved if saved[k] is not None and wanted[k] is not None and saved[k] != wanted[k]]
+    if differ:
+        was = " ".join(f"{k}={saved[k]}" for k in saved if saved[k] is not None)
+        now = ", ".join(f"{k} {wanted[k]}" for k in differ)
+        raise ValueError(
+            f"{folder}: this checkpoint was written with {was}, but the run resuming it has {now}: an exact "
+            f"resume needs the same workers and seed. Re-run with {' '.join(f'{k}={saved[k]}' for k in differ)}, "
+            f"or start afresh under a new cluster.run_name (or delete the checkpoint-* folders in "
+            f"{Path(folder).parent})")
 
 
 def restore_rng(rng: dict | None) -> None:
@@ -79,10 +169,11 @@ def save_local(run_dir: Path, step: int, num_to_keep: int, **state) -> Path:
     final = run_dir / f"checkpoint-{step:06d}"
     staging = run_dir / f".checkpoint-{step:06d}.tmp"
     shutil.rmtree(staging, ignore_errors=True)
-    write_state(staging, **state)
+    write_state(staging, **state)  # files and folder fsynced: the rename below never exposes a torn one
     if final.exists():
         shutil.rmtree(final)
     staging.rename(final)
+    fsync_path(run_dir)
     for old in list_checkpoints(run_dir)[:-num_to_keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
@@ -96,7 +187,7 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
 
 
 def latest_complete(run_dir: Path) -> Path | None:
-    """The newest checkpoint whose manifest verifies; a half-written one is passed over."""
+    """The newest checkpoint whose manifests verify; a half-written or corrupt one is passed over."""
     for folder in reversed(list_checkpoints(run_dir)):
         if is_complete(folder):
             return folder

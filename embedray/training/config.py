@@ -95,13 +95,16 @@ class DataConfig:
     test_split: str = "test"
     """Split reported after training."""
     on_error: Literal["raise", "skip"] = "raise"
-    """Bad input rows: stop with file:line: field, or skip and count them."""
+    """Bad input rows: stop with file:line: field, or skip and count them (the counts by reason and
+    the first file:lines go to the log and to ``data_skipped`` in training_summary_report.json)."""
     max_train_pairs: int | None = None
-    """Use only the first N training pairs (None = all)."""
+    """Train on only the first N valid training pairs (None = all); later lines are not read."""
 
     def __post_init__(self) -> None:
         if self.dev_split is not None and self.dev_split == self.test_split:
             raise ValueError("data.dev_split must not be the test split: the test split is only reported")
+        if self.max_train_pairs is not None and self.max_train_pairs < 1:
+            raise ValueError(f"data.max_train_pairs must be >= 1 or null (all pairs), got {self.max_train_pairs}")
 
 
 @dataclass

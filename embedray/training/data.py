@@ -1,12 +1,15 @@
 """Training data by id: a BEIR corpus/queries plus (query_id, pos_id, neg_ids) rows."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 
-from embedray.data.beir import Document, RetrievalData, iter_corpus, iter_qrels, iter_queries, load_beir
+from embedray.data.beir import Document, RetrievalData, iter_corpus, iter_qrels, iter_queries, judged_split
 from embedray.data.errors import DataError, SkipReport, handle
 from embedray.data.jsonl import iter_jsonl, require_list, require_str
+from embedray.data.parquet import iter_pair_rows
 from embedray.training.batches import Example
 from embedray.training.config import DataConfig
 
@@ -19,58 +22,119 @@ class TrainingData:
     queries: dict[str, str]
     positives: dict[str, set[str]]
     dev: RetrievalData | None
+    report: SkipReport = field(default_factory=SkipReport)
+    """Rows skipped under ``on_error: skip``; :func:`training_examples` adds the training pairs' to it."""
 
     def doc_text(self, doc_id: str) -> str:
         return self.corpus[doc_id].text_for_model
 
 
 def load_training_data(cfg: DataConfig) -> TrainingData:
-    """Load corpus and queries of ``cfg.path`` and the positives of every non-test split."""
+    """Load corpus and queries of ``cfg.path`` and the positives of every non-test split.
+
+    Each file is read once; bad rows raise ``file:line: field`` or are counted in ``report``.
+    """
     root = Path(cfg.path).expanduser().resolve()
     report = SkipReport()
     corpus = {d.id: d for d in iter_corpus(root / "corpus.jsonl", cfg.on_error, report)}
     queries = dict(iter_queries(root / "queries.jsonl", cfg.on_error, report))
     positives: dict[str, set[str]] = {}
-    for split in {cfg.train_split, cfg.dev_split} - {None}:
-        qrels = root / "qrels" / f"{split}.tsv"
-        if qrels.exists():
-            for _, qid, did, rel in iter_qrels(qrels, cfg.on_error, report):
-                if rel > 0:
-                    positives.setdefault(qid, set()).add(did)
     dev = None
-    if cfg.dev_split and (root / "qrels" / f"{cfg.dev_split}.tsv").exists():
-        dev = load_beir(root, cfg.dev_split, cfg.on_error, missing_docs="keep")
-    return TrainingData(corpus, queries, positives, dev)
+    for split in dict.fromkeys(s for s in (cfg.train_split, cfg.dev_split) if s):
+        qrels = root / "qrels" / f"{split}.tsv"
+        if not qrels.exists():
+            continue
+        rows = list(iter_qrels(qrels, cfg.on_error, report))
+        for _, qid, did, rel in rows:
+            if rel > 0:
+                positives.setdefault(qid, set()).add(did)
+        if split == cfg.dev_split:
+            dev = judged_split(rows, corpus, queries, qrels, split, cfg.on_error, "keep", report)
+    return TrainingData(corpus, queries, positives, dev, report)
+
+
+def pairs_source(cfg: DataConfig) -> Path:
+    """The file the training pairs come from: ``train_pairs``, else ``qrels/<train_split>.tsv``."""
+    if cfg.train_pairs:
+        return Path(cfg.train_pairs).expanduser().resolve()
+    return Path(cfg.path).expanduser().resolve() / "qrels" / f"{cfg.train_split}.tsv"
+
+
+def _training_rows(cfg: DataConfig, report: SkipReport | None) -> Iterator[tuple[Path, int | str, dict]]:
+    """``(file, line, row)`` of each training row: JSONL lines, Parquet rows (``"row N"``) or the
+    positive judgements of the train qrels."""
+    path = pairs_source(cfg)
+    if cfg.train_pairs:
+        rows = iter_pair_rows(path) if path.suffix.lower() == ".parquet" else iter_jsonl(path, cfg.on_error, report)
+        for where, row in rows:
+            yield path, where, row
+        return
+    # load_training_data read this qrels file already and raised or counted its bad lines.
+    for line, qid, did, rel in iter_qrels(path, cfg.on_error, None):
+        if rel > 0:
+            yield path, line, {"query_id": qid, "pos_id": did}
 
 
 def pair_rows(cfg: DataConfig) -> list[dict]:
-    """Training rows as plain dicts (what Ray Data reads): from ``train_pairs`` or the train qrels."""
-    root = Path(cfg.path).expanduser().resolve()
-    if cfg.train_pairs:
-        path = Path(cfg.train_pairs).expanduser().resolve()
-        rows = [obj for _, obj in iter_jsonl(path, cfg.on_error)]
-    else:
-        qrels = root / "qrels" / f"{cfg.train_split}.tsv"
-        rows = [{"query_id": q, "pos_id": d} for _, q, d, rel in iter_qrels(qrels, cfg.on_error) if rel > 0]
-    return rows[: cfg.max_train_pairs] if cfg.max_train_pairs else rows
+    """The first ``cfg.max_train_pairs`` training rows as plain dicts, ids unchecked (for callers
+    that only need texts and check ids themselves; a run trains on :func:`training_examples`)."""
+    return [row for _, _, row in islice(_training_rows(cfg, None), cfg.max_train_pairs)]
 
 
-def rows_to_examples(rows: list[dict], data: TrainingData, source: str = "train_pairs",
-                     on_error: str = "raise") -> list[Example]:
-    """Validate rows against the corpus and queries; unknown ids name the row and field."""
-    out, report = [], SkipReport()
-    for i, row in enumerate(rows, start=1):
+def training_examples(cfg: DataConfig, data: TrainingData, report: SkipReport | None = None) -> list[Example]:
+    """The examples a run trains on: the first ``cfg.max_train_pairs`` valid rows (all when None).
+
+    Rows are checked against ``data`` (fields, unknown query/document ids); a bad row raises
+    ``file:line: field: what`` (the file's line, or ``row N`` of a Parquet file) or, with
+    ``on_error: skip``, is counted in ``report``. Raises ValueError when no row is usable.
+    """
+    out: list[Example] = []
+    for source, where, row in _training_rows(cfg, report):
         try:
-            qid = require_str(row, "query_id", source, i)
-            pid = require_str(row, "pos_id", source, i)
-            negs = require_list(row, "neg_ids", source, i, str, required=False) or []
-            if qid not in data.queries:
-                raise DataError(source, i, "query_id", f"unknown query id {qid!r}")
-            for field_name, did in [("pos_id", pid), *((f"neg_ids[{j}]", n) for j, n in enumerate(negs))]:
-                if did not in data.corpus:
-                    raise DataError(source, i, field_name, f"unknown document id {did!r}")
+            out.append(_example(row, data, source, where))
         except DataError as e:
-            handle(e, on_error, report)
+            handle(e, cfg.on_error, report)
             continue
-        out.append(Example(qid, pid, tuple(negs)))
+        if cfg.max_train_pairs is not None and len(out) >= cfg.max_train_pairs:
+            break
+    if not out:
+        raise ValueError(f"{pairs_source(cfg)}: no usable training pairs"
+                         + (f" ({report.summary()})" if report is not None else "")
+                         + "; fix the file or point data.train_pairs / data.train_split at another one")
+    return out
+
+
+def _example(row: dict, data: TrainingData, source: Path, where: int | str) -> Example:
+    qid = require_str(row, "query_id", source, where)
+    pid = require_str(row, "pos_id", source, where)
+    negs = require_list(row, "neg_ids", source, where, str, required=False) or []
+    if qid not in data.queries:
+        raise DataError(source, where, "query_id", f"unknown query id {qid!r} (not in queries.jsonl)")
+    for field_name, did in [("pos_id", pid), *((f"neg_ids[{j}]", n) for j, n in enumerate(negs))]:
+        if did not in data.corpus:
+            raise DataError(source, where, field_name, f"unknown document id {did!r} (not in corpus.jsonl)")
+    return Example(qid, pid, tuple(negs))
+
+
+def example_rows(examples: Iterable[Example]) -> list[dict]:
+    """Examples as plain id rows (what Ray Data carries to the workers)."""
+    return [{"query_id": e.query_id, "pos_id": e.pos_id, "neg_ids": list(e.neg_ids)} for e in examples]
+
+
+def examples_from_rows(rows: Iterable[dict], data: TrainingData,
+                       source: str = "the training pairs") -> list[Example]:
+    """Turn :func:`example_rows` rows back into examples, checking that ``data`` (this process's
+    copy) knows every id: a row of ``source`` validated on the driver but unknown here means that
+    this node read other files under ``data.path`` than the driver did."""
+    out = []
+    for row in rows:
+        negs = row.get("neg_ids")
+        negs = () if negs is None else negs  # a list, or an array from Ray Data
+        ex = Example(str(row["query_id"]), str(row["pos_id"]), tuple(str(n) for n in negs))
+        unknown = [i for i in (ex.pos_id, *ex.neg_ids) if i not in data.corpus]
+        if ex.query_id not in data.queries or unknown:
+            raise RuntimeError(f"{source}: the driver validated {ex}, but this worker's data lacks "
+                               f"{[ex.query_id] if ex.query_id not in data.queries else unknown}; every "
+                               "node must see the same data.path files as the driver")
+        out.append(ex)
     return out

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from embedray.training.data import load_training_data, pair_rows, rows_to_examples
+from embedray.training.data import load_training_data, training_examples
 from embedray.training.loop import Hooks, train
 from embedray.training.session import LocalSession
 
@@ -12,8 +12,9 @@ def run_local(job, hooks: Hooks | None = None) -> dict:
     """Train ``job`` in one process; same outputs and resume rules as the Ray run."""
     run_dir = Path(job.cluster.storage_path).expanduser().resolve() / job.cluster.run_name
     data = load_training_data(job.data)
-    examples = rows_to_examples(pair_rows(job.data), data, job.data.train_pairs or "train qrels",
-                                job.data.on_error)
+    examples = training_examples(job.data, data, data.report)  # the summary reports data.report
+    if data.report.total:
+        print(f"[embedray] data: {data.report.summary()}", flush=True)
     session = LocalSession(run_dir, examples, job.cluster.num_to_keep)
     if hooks is None and job.refresh.mode != "off":
         hooks = _local_refresh_hooks(job, data, run_dir)

@@ -32,12 +32,13 @@ LOSS_PREFIX = "__loss__."  # trainable loss parameters (e.g. a distillation proj
 class Hooks:
     """Optional callbacks for the negative-refresh loop.
 
-    Rank 0 asks ``pool_version()`` at every step boundary and broadcasts the answer, so all
-    workers switch pools at the same step; ``snapshot`` (rank 0) hands the weights to the
-    refresher every ``snapshot_every`` steps.
+    Rank 0 asks ``pool_version(step)`` at every step boundary (the newest pool that step may
+    train on) and broadcasts the answer, so all workers switch pools at the same step;
+    ``snapshot`` (rank 0) hands the weights to the refresher every ``snapshot_every`` steps.
+    ``on_step(step, log)`` runs on every rank after each step (before its checkpoint).
     """
 
-    pool_version: Callable[[], int] | None = None
+    pool_version: Callable[[int], int] | None = None
     load_pool: Callable[[int], tuple[dict[str, list[str]], dict, dict]] | None = None
     snapshot_every: int = 0
     snapshot: Callable[[int, dict[str, torch.Tensor]], None] | None = None
@@ -135,7 +136,8 @@ def train(job, session, data: TrainingData, run_dir: Path, hooks: Hooks | None =
 
     Resumes from ``session.restore()`` (the newest complete checkpoint) when there is one,
     exactly: same batches, same negatives, same dropout masks as an uninterrupted run with the
-    same seed.
+    same seed, and the same pool switches (the state records the step each pool version was
+    first trained on; ``hooks.pool_version`` answers per step).
     """
     from embedray.losses import build_objective, set_dropout
     from embedray.models.encoder import BiEncoder
@@ -173,8 +175,8 @@ def train(job, session, data: TrainingData, run_dir: Path, hooks: Hooks | None =
     sampler = NegativeSampler(sorted(data.corpus), data.positives, num_negatives=tc.num_negatives,
                               mode=tc.negatives, seed=tc.seed)
 
-    start_step, state = 0, {"best_dev": None, "evals_without_gain": 0, "pool_version": 0}
-    if (saved := session.restore()) is not None:
+    start_step, state = 0, {"best_dev": None, "evals_without_gain": 0, "pool_version": 0, "pool_switches": []}
+    if (saved := session.restore(seed=tc.seed)) is not None:
         core.load_state_dict({k: v for k, v in saved["model"].items() if not k.startswith(LOSS_PREFIX)})
         loss_fn.load_state_dict({k[len(LOSS_PREFIX):]: v for k, v in saved["model"].items()
                                  if k.startswith(LOSS_PREFIX)})
@@ -252,7 +254,7 @@ def train(job, session, data: TrainingData, run_dir: Path, hooks: Hooks | None =
             break
     bar.close()
     wall = time.perf_counter() - t_start
-    summary = _finish(core, job, data, log, state, run_dir, step + 1 - start_step, wall, rank0)
+    summary = _finish(core, job, data, log, state, run_dir, step + 1 - start_step, wall, rank0, len(examples))
     barrier()
     return summary
 
@@ -300,12 +302,14 @@ def _batch_loss(model, core, loss_fn, job, data, batch, negs, device, teacher=No
 
 
 def _maybe_switch_pool(hooks, sampler, state, log, step, rank0) -> None:
-    """Switch to the newest published pool at this step boundary (same version on every rank)."""
-    version = broadcast_int(hooks.pool_version() if rank0 else 0)
+    """Switch to the newest pool this step boundary may use (same version on every rank), and
+    record the switch (step, version) in the checkpointed state."""
+    version = broadcast_int(hooks.pool_version(step) if rank0 else 0)
     if version > sampler.pool_version:
         negatives, meta, scores = hooks.load_pool(version)
         sampler.set_pool(negatives, version, scores)
         state["pool_version"] = version
+        state["pool_switches"] = [*state.get("pool_switches", []), [step, version]]
         snap = meta.get("snapshot_step")
         log.event("pool", step, {"version": version, "queries": len(negatives),
                                  "staleness_steps": None if snap is None else step - snap})
@@ -334,7 +338,7 @@ def _kill_once(run_dir: Path, step: int) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _finish(core, job, data, log, state, run_dir, steps_run, wall, rank0) -> dict:
+def _finish(core, job, data, log, state, run_dir, steps_run, wall, rank0, pairs: int) -> dict:
     if not rank0:
         return {}
     from embedray.config import to_dict
@@ -353,7 +357,8 @@ def _finish(core, job, data, log, state, run_dir, steps_run, wall, rank0) -> dic
                "steps_this_session": steps_run, "wall_s": wall,
                "pairs_per_s": sum(r["pairs_per_s"] for r in log.steps[-steps_run:]) / max(1, min(steps_run, len(log.steps))),
                "dev_before": dev_events[0] if dev_events else None, "dev_after": dev or None,
-               "best_dev_ndcg@10": state["best_dev"], "final_loss": log.steps[-1]["loss"] if log.steps else None}
+               "best_dev_ndcg@10": state["best_dev"], "final_loss": log.steps[-1]["loss"] if log.steps else None,
+               "train_pairs": pairs, "data_skipped": data.report.as_dict()}
     write_json_atomic(summary, run_dir / "training_summary_report.json")
     log.close()
     from embedray.training.plots import plot_run

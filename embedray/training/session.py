@@ -23,7 +23,7 @@ class Session(Protocol):
 
     def prepare_model(self, model: nn.Module) -> nn.Module: ...
     def training_examples(self) -> list[Example]: ...
-    def restore(self) -> dict | None: ...
+    def restore(self, seed: int | None = None) -> dict | None: ...
     def save_checkpoint(self, step: int, metrics: dict, **state) -> None: ...
     def report(self, metrics: dict) -> None: ...
 
@@ -46,9 +46,13 @@ class LocalSession:
     def training_examples(self) -> list[Example]:
         return self.examples
 
-    def restore(self) -> dict | None:
+    def restore(self, seed: int | None = None) -> dict | None:
+        """The newest complete checkpoint's state (None: none yet); one written with another
+        number of workers or another ``seed`` is refused."""
         found = ckpt.latest_complete(self.run_dir)
-        return ckpt.read_state(found, self.rank) if found is not None else None
+        if found is None:
+            return None
+        return ckpt.read_state(found, self.rank, world_size=self.world_size, seed=seed)
 
     def save_checkpoint(self, step: int, metrics: dict, **state) -> None:
         ckpt.save_local(self.run_dir, step, self.num_to_keep, rank=0, **state)

@@ -119,13 +119,10 @@ def serve_ray():
     import ray
     from ray import serve
 
-    env = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    for k, v in env.items():
-        os.environ.setdefault(k, v)
+    from embedray.cluster.runtime import init_local_ray
+
     port = free_port()
-    ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
-             runtime_env={"env_vars": env},
-             log_to_driver=False)
+    init_local_ray(num_cpus=2, log_to_driver=False)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         yield ServeCluster(port)
@@ -143,7 +140,8 @@ def local_ray():
     """A local Ray (2 CPUs, 127.0.0.1, offline models) for one test module."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
-             runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}})
+    from embedray.cluster.runtime import init_local_ray
+
+    init_local_ray(num_cpus=2)
     yield
     ray.shutdown()

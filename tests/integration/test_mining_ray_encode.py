@@ -17,8 +17,9 @@ pytestmark = pytest.mark.integration
 def local_ray():
     import ray
 
-    ray.init(address="local", num_cpus=2, include_dashboard=False,
-             runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}})
+    from embedray.cluster.runtime import init_local_ray
+
+    init_local_ray(num_cpus=2)
     yield ray
     ray.shutdown()
 

@@ -39,7 +39,7 @@ def test_pipeline_artifacts_and_resume_after_kill(ray_head, topic_beir, tmp_path
     assert first.returncode != 0, first.stdout[-2000:]
     run = tmp_path / "tiny"
     assert (run / "stages" / "baseline.json").exists() and not (run / "stages" / "teacher.json").exists()
-    assert (run / "teacher" / "checkpoint-000004" / "manifest.json").exists()
+    assert (run / "teacher" / "checkpoint-000004" / "manifest-rank1.json").exists()  # every rank's files
 
     # 2) re-submitting the same name skips finished stages and resumes the teacher at step 4
     second = _submit(ray_head, *common)
@@ -67,3 +67,21 @@ def test_pipeline_artifacts_and_resume_after_kill(ray_head, topic_beir, tmp_path
     assert "principal axes" in (run / "report.md").read_text()
     from sentence_transformers import SentenceTransformer
     assert SentenceTransformer(str(run / "model")).encode(["hello"]).shape == (1, 32)
+
+    # 3) a longer teacher: the teacher and every stage after it run again, from scratch (the old
+    # teacher's checkpoints moved aside, never resumed from); prepare and the baseline are kept.
+    def fingerprints():
+        return {s: json.loads((run / "stages" / f"{s}.json").read_text())["fingerprint"]
+                for s in ("prepare", "baseline", "teacher", "student", "evaluate", "export", "report")}
+
+    before = fingerprints()
+    third = _submit(ray_head, *common, "teacher_train.max_steps=10")
+    assert third.returncode == 0, third.stdout[-3000:]
+    assert ("teacher: config changed (teacher_train.max_steps 8 → 10), re-running teacher, student, evaluate, "
+            "export, report") in third.stdout
+    assert "baseline: done earlier, skipped" in third.stdout
+    teacher = json.loads((run / "teacher" / "training_summary_report.json").read_text())
+    assert teacher["steps"] == 10 and teacher["steps_this_session"] == 10
+    assert (run / ".stale" / "teacher" / "teacher" / "checkpoint-000008").is_dir()
+    after = fingerprints()
+    assert [s for s in before if before[s] != after[s]] == ["teacher", "student", "evaluate", "export", "report"]

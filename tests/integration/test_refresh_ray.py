@@ -42,3 +42,66 @@ def test_refresher_killed_mid_rebuild(local_ray, topic_beir, tmp_path):
     latest = store.latest()  # LATEST points at a complete index, never the half-written one
     assert latest is not None and latest.version == store.latest_version() and len(latest) > 0
     assert PoolStore(run / "pools").latest_version() == max(used)
+
+
+def _kill_rank1_once_at(step: int, marker):
+    """An ``on_step`` hook for the Ray workers: rank 1 SIGKILLs itself once, after ``step`` (and
+    after a pause that lets Ray Train register the checkpoint reported before it)."""
+    def hook(done, log):
+        import os
+        import signal
+        import time
+
+        import ray.train
+        if done == step and ray.train.get_context().get_world_rank() == 1 and not marker.exists():
+            time.sleep(3)
+            marker.write_text(str(os.getpid()))
+            os.kill(os.getpid(), signal.SIGKILL)
+    return hook
+
+
+def _sync_job(beir, storage, name):
+    return build_config(TrainJobConfig, {
+        "data": {"path": str(beir)},
+        "model": {"name_or_path": "tiny-bert"},
+        "loss": {"name": "infonce", "temperature": 0.1},
+        "train": {"max_steps": 10, "batch_size": 4, "num_negatives": 2, "lr": 1e-3, "checkpoint_every": 4,
+                  "eval_every": 0, "max_doc_length": 48, "num_threads": 1, "precision": "fp32"},
+        "cluster": {"num_workers": 2, "cpus_per_worker": 0.5, "storage_path": str(storage), "run_name": name,
+                    "max_failures": 2},
+        "mining": {"k": 10, "num_negatives": 4},
+        "refresh": {"mode": "sync", "every": 3, "denoise": False, "num_cpus": 0.25},
+    })
+
+
+def test_sync_refresh_resumes_exactly_after_a_worker_is_killed(local_ray, topic_beir, tmp_path):
+    """Refreshes at steps 3, 6, 9; rank 1 dies after step 7, when the killed attempt has already
+    published the pool of step 6. Resumed from checkpoint 4, the run must still train steps 5-6
+    on the pool of step 3 and switch at the same steps, with the same pools, as the
+    uninterrupted run: equal per-step losses and pool versions."""
+    import time
+
+    from embedray.cluster.train import run_training
+
+    t0 = time.perf_counter()
+    ref = run_training(_sync_job(topic_beir, tmp_path, "ref"))
+    t_ref = time.perf_counter() - t0
+    reference = json.loads((tmp_path / "ref" / "detailed_training_logs.json").read_text())["steps"]
+    assert [r["pool_version"] for r in reference] == [1, 1, 1, 2, 2, 2, 3, 3, 3, 4]
+
+    marker = tmp_path / "killed-at-7"
+    t0 = time.perf_counter()
+    killed = run_training(_sync_job(topic_beir, tmp_path, "killed"), on_step=[_kill_rank1_once_at(7, marker)])
+    t_killed = time.perf_counter() - t0
+    assert marker.exists() and killed["steps"] == 10 and killed["steps_this_session"] == 6  # resumed at 4
+    logs = json.loads((tmp_path / "killed" / "detailed_training_logs.json").read_text())
+    steps = logs["steps"]
+    assert [r["step"] for r in steps] == list(range(1, 11))
+    assert [r["pool_version"] for r in steps] == [r["pool_version"] for r in reference]
+    assert [r["loss"] for r in steps] == [r["loss"] for r in reference]  # CPU fp32: exactly equal
+    final_state = json.loads((tmp_path / "killed" / "checkpoint-000010" / "trainer_state.json").read_text())
+    assert final_state["state"]["pool_switches"] == [[0, 1], [3, 2], [6, 3], [9, 4]]  # (step, version)
+    reused = [e for e in logs["events"] if e["kind"] == "refresh" and e.get("reused")]
+    assert [e["version"] for e in reused] == [3]  # step 6's pool, mined by the killed attempt
+    print(f"uninterrupted {t_ref:.1f} s, killed + resumed {t_killed:.1f} s")
+    assert ref["steps"] == 10

@@ -21,6 +21,7 @@ def direct(serve_assets):
     import ray
     from ray import serve
 
+    from embedray.cluster.runtime import init_local_ray
     from embedray.cluster.serve_app import direct_ingress_env, start_serve
     from embedray.serve.config import ServeConfig
 
@@ -29,10 +30,8 @@ def direct(serve_assets):
     cfg = ServeConfig(str(serve_assets.minilm_mrl), corpus=str(serve_assets.corpus), model_name="minilm",
                       api_key=API_KEY, port=port, direct_port=direct_port, replicas=1, cpus_per_replica=1.0)
     saved = dict(os.environ)
-    env = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    os.environ.update({**env, **direct_ingress_env(cfg)})
-    ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
-             runtime_env={"env_vars": env}, log_to_driver=False)
+    os.environ.update(direct_ingress_env(cfg))
+    init_local_ray(num_cpus=2, log_to_driver=False)
     try:
         urls = start_serve(cfg)
         yield urls

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 pytestmark = pytest.mark.integration
 
-LIMITS = {"max_items": 16, "max_chars": 1000, "max_body_bytes": 64 * 1024, "max_top_k": 20}
+LIMITS = {"max_items": 16, "max_chars": 1000, "max_body_bytes": 64 * 1024, "max_top_k": 20, "max_rerank_texts": 8}
 SENT = {"requests": 0}
 FUZZ = settings(max_examples=120, deadline=None, database=None, derandomize=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
@@ -185,8 +185,8 @@ def test_oversized(client, route, kind, extra):
         expect_4xx(send(client, "POST", route, body=body), 413)
         return
     if kind == "items" and route != "/search":
-        key = "input" if route == "/v1/embeddings" else "texts"
-        body[key] = ["y"] * (LIMITS["max_items"] + 1 + extra % 100)
+        key, limit = ("input", "max_items") if route == "/v1/embeddings" else ("texts", "max_rerank_texts")
+        body[key] = ["y"] * (LIMITS[limit] + 1 + extra % 100)
         expect_4xx(send(client, "POST", route, body=body), 413)
     elif kind == "chars" or route == "/search" and kind == "items":
         key = {"/v1/embeddings": "input", "/search": "query", "/rerank": "query"}[route]
@@ -233,6 +233,7 @@ def test_anything_goes_never_5xx(client, route, data):
 
 
 def test_server_still_healthy_after_fuzzing(client):
+    print(f"\nfuzz: {SENT['requests']} hostile requests, every one a 4xx in the JSON error shape")
     assert SENT["requests"] >= 1000, SENT
     assert client.get("/health").json() == {"status": "ok"}
     r = client.post("/v1/embeddings", json={"input": ["still alive"]})

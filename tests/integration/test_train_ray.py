@@ -51,3 +51,24 @@ def test_worker_kill_and_resubmit_resume_exactly(local_ray, topic_beir, tmp_path
     again = run_training(_job(topic_beir, tmp_path, "crashed"))
     assert again["steps_this_session"] == 5
     assert [r["loss"] for r in _steps(tmp_path / "crashed")] == pytest.approx(reference, abs=1e-5)
+
+
+def test_a_corrupt_newest_checkpoint_falls_back_to_the_previous_one(local_ray, topic_beir, tmp_path):
+    """A truncated file in the newest checkpoint (a torn copy): the re-submitted run skips it and
+    resumes from the previous complete one, as a local run does."""
+    from embedray.cluster.train import run_training
+    from embedray.training import checkpoint as ckpt
+
+    first = run_training(_job(topic_beir, tmp_path, "torn", train__max_steps=8))
+    run = tmp_path / "torn"
+    assert first["steps"] == 8
+    assert [p.name for p in ckpt.list_checkpoints(run)] == ["checkpoint-000004", "checkpoint-000008"]
+    newest = {p.name for p in (run / "checkpoint-000008").iterdir()}
+    assert {"manifest-rank0.json", "manifest-rank1.json", "rng_rank1.pt"} <= newest  # every rank's files
+    with open(run / "checkpoint-000008" / "model.safetensors", "r+b") as f:
+        f.truncate(1000)
+
+    again = run_training(_job(topic_beir, tmp_path, "torn", train__max_steps=12))
+    assert again["steps"] == 12 and again["steps_this_session"] == 8  # resumed at 4, not 8, not 0
+    assert [r["step"] for r in _steps(run)] == list(range(1, 13))
+    assert ckpt.is_complete(ckpt.latest_complete(run)) and ckpt.latest_complete(run).name == "checkpoint-000012"

@@ -87,3 +87,12 @@ def test_compare_tab_shows_base_and_student(ui_url, page):
     assert "base-tiny" in page.locator("#compare-base").inner_text()
     assert "student-minilm" in page.locator("#compare-student").inner_text()
     page.screenshot(path=str(artifacts_dir() / "ui_compare.png"), full_page=True)
+
+
+def test_uploads_are_capped(ui_url):
+    import httpx
+
+    small = httpx.post(f"{ui_url}/gradio_api/upload", files={"files": ("a.txt", b"x" * 1000)}, timeout=30)
+    big = httpx.post(f"{ui_url}/gradio_api/upload", files={"files": ("b.txt", b"x" * 2_000_000)}, timeout=30)
+    assert small.status_code == 200, small.text
+    assert big.status_code == 413, (big.status_code, big.text[:300])

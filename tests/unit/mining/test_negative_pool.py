@@ -56,3 +56,31 @@ def test_overlap_with_the_previous_pool():
     assert new.overlap(prev) == 1 / 3
     assert prev.overlap(prev) == 1.0
     assert NegativePool(0, {}).overlap(prev) == 1.0
+
+
+def _publish(store, version, snapshot_step, fp="w", recipe="r"):
+    from embedray.mining.pool import NegativePool
+
+    meta = {"snapshot_step": snapshot_step, "weights_fingerprint": fp, "recipe": recipe,
+            "telemetry": {"version": version, "snapshot_step": snapshot_step}}
+    store.publish(NegativePool(version, {"q1": [(f"d{version}", None)]}, meta=meta))
+
+
+def test_a_resumed_run_uses_no_pool_mined_ahead_of_its_step(tmp_path):
+    """A killed attempt published v3 (snapshot 6) and v4 (snapshot 9); resumed at step 4 the run
+    trains on v2 until step 6, as the uninterrupted run did."""
+    from embedray.mining.refresher import reader_hooks
+    from embedray.mining.store import PoolStore
+
+    store = PoolStore(tmp_path / "pools")
+    for version, snap in [(1, 0), (2, 3), (3, 6), (4, 9)]:
+        _publish(store, version, snap, fp=f"w{snap}")
+    causal = reader_hooks(PoolStore(store.root), refreshing=True).pool_version
+    assert [causal(step) for step in (0, 2, 3, 4, 5, 6, 8, 9, 20)] == [1, 1, 2, 2, 2, 3, 3, 4, 4]
+    assert reader_hooks(store).pool_version(4) == 4  # static: a pool given before training, the newest
+
+    # Re-snapshotting the killed attempt's weights at its step finds its pool, nothing else does.
+    assert store.published_for(6, "w6", "r") == 3 and store.published_for(9, "w9", "r") == 4
+    assert store.published_for(6, "other weights", "r") is None
+    assert store.published_for(6, "w6", "another mining recipe") is None
+    assert store.published_for(12, "w12", "r") is None

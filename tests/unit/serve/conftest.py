@@ -85,7 +85,8 @@ def make_client(_cores):
             if ckey not in _cores:
                 _cores[ckey] = RerankerCore(cfg.cross_encoder)
             reranker = _cores[ckey]
-        backend = LocalBackend(_cores[key], reranker, Path(cfg.cross_encoder).name if reranker else None)
+        backend = LocalBackend(_cores[key], reranker, Path(cfg.cross_encoder).name if reranker else None,
+                               cfg.queue_timeout_s)
         client = TestClient(asyncio.run(build_app(cfg, backend)), raise_server_exceptions=False)
         clients.append(client)
         return client

@@ -49,6 +49,13 @@ def test_outputs_and_exact_resume_after_crash(topic_beir, tmp_path):
     assert b == pytest.approx(a, abs=1e-6)  # CPU fp32: identical up to float noise
 
 
+def test_resuming_with_another_seed_is_refused(topic_beir, tmp_path):
+    run_local(_job(topic_beir, tmp_path, "seeded", max_steps=3, eval_every=0, checkpoint_every=3))
+    with pytest.raises(ValueError, match=r"train.seed=0, but the run resuming it has train.seed 1.*"
+                                         r"Re-run with train.seed=0, or start afresh under a new cluster.run_name"):
+        run_local(_job(topic_beir, tmp_path, "seeded", max_steps=5, eval_every=0, seed=1))
+
+
 def test_training_improves_dev_on_learnable_data(topic_beir, tmp_path):
     summary = run_local(_job(topic_beir, tmp_path, "learn", max_steps=40, lr=3e-3, eval_every=0))
     assert summary["dev_after"]["ndcg@10"] > summary["dev_before"]["ndcg@10"] + 0.05
