@@ -118,12 +118,16 @@ def test_head_script_listens_on_loopback_with_token_auth(tmp_path):
                                                            env=env, capture_output=True, text=True)).stdout:
             assert time.time() < deadline, f"the job's actor did not come up: {logs.stdout} {logs.stderr}"
             time.sleep(1)
+        # the head's processes name its temp dir, but for the Ray client server, which names its port
+        client_port = int((state / "client-port").read_text())
+        ours = (f"{short}/session_", f"--port={client_port}")
         procs = _tree([p for p in psutil.process_iter(["cmdline"])
-                       if any(f"{short}/session_" in a for a in (p.info["cmdline"] or []))])
+                       if any(a == ours[1] or ours[0] in a for a in (p.info["cmdline"] or []))])
         sockets = listening(procs)
         print(f"\nhead script: {len(sockets)} listening sockets of {len(procs)} processes\n{describe(sockets)}")
         names = {name for _, name, _, _ in sockets}
         assert {"gcs_server", "raylet"} <= names and len(sockets) >= 8, sockets
+        assert any(port == client_port for *_, port in sockets), "the Ray client server was not found"
         assert_loopback_only(sockets)
         # token auth guards the job API: no token or a wrong one is refused
         api = env["RAY_API_SERVER_ADDRESS"]
