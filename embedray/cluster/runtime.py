@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ipaddress
 import os
 import sys
 from collections.abc import Iterator
@@ -132,20 +133,35 @@ def init_local_ray(num_cpus: int | None = None, env_vars: dict[str, str] | None 
                  runtime_env={"env_vars": {**OFFLINE_ENV, **(env_vars or {})}}, **kwargs)
 
 
+def is_loopback_address(address: str) -> bool:
+    """Whether a Ray address (``host:port``, ``ray://host:port``) names this machine's loopback."""
+    host = address.split("://", 1)[-1].rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def ensure_ray(num_cpus: int | None = None) -> None:
     """``ray.init`` once: joins ``RAY_ADDRESS`` when set, else starts :func:`init_local_ray`."""
     for k, v in OFFLINE_ENV.items():
         os.environ.setdefault(k, v)
     if ray.is_initialized():
         return
-    if os.environ.get("RAY_ADDRESS"):
-        # Ray turns token auth on for an explicit address only when told; a token present says so.
-        if AUTH_MODE_ENV not in os.environ and (os.environ.get(TOKEN_ENV) or token_path().is_file()):
-            _token_auth_on()
-        ray.init(address=os.environ["RAY_ADDRESS"], runtime_env={"env_vars": dict(OFFLINE_ENV)},
-                 log_to_driver=True)
-    else:
+    address = os.environ.get("RAY_ADDRESS")
+    if not address:
         init_local_ray(num_cpus=num_cpus)
+        return
+    # Ray turns token auth on for an explicit address only when told; a token present says so.
+    if AUTH_MODE_ENV not in os.environ and (os.environ.get(TOKEN_ENV) or token_path().is_file()):
+        _token_auth_on()
+    # A loopback head (scripts/ray-head.sh): without the switch Ray would dial 127.0.0.1 as the
+    # machine's routable address, where nothing listens, and retry forever.
+    joining = _loopback_only() if is_loopback_address(address) else contextlib.nullcontext()
+    with joining:
+        ray.init(address=address, runtime_env={"env_vars": dict(OFFLINE_ENV)}, log_to_driver=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -129,6 +129,22 @@ def test_head_script_listens_on_loopback_with_token_auth(tmp_path):
         assert {"gcs_server", "raylet"} <= names and len(sockets) >= 8, sockets
         assert any(port == client_port for *_, port in sockets), "the Ray client server was not found"
         assert_loopback_only(sockets)
+        # `embedray serve` joining the head (as `make demo` ends): served, and loopback still
+        port = free_port()
+        serving = subprocess.Popen([str(BIN / "embedray"), "serve", "tiny-bert", "--port", str(port),
+                                    "--cpus-per-replica", "0.5"], cwd=tmp_path, env=env,
+                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            _wait_http(f"http://127.0.0.1:{port}/health", serving, timeout_s=180)
+            procs = _tree([p for p in psutil.process_iter(["cmdline"])
+                           if any(a == ours[1] or ours[0] in a for a in (p.info["cmdline"] or []))]
+                          + [psutil.Process(serving.pid)])
+            joined = listening(procs)
+            print(f"head + embedray serve: {len(joined)} listening sockets\n{describe(joined)}")
+            assert any(p == port for *_, p in joined)
+            assert_loopback_only(joined)
+        finally:
+            _stop(serving)
         # token auth guards the job API: no token or a wrong one is refused
         api = env["RAY_API_SERVER_ADDRESS"]
         assert httpx.get(f"{api}/api/jobs/", timeout=10).status_code == 401
@@ -174,11 +190,16 @@ def test_embedray_serve_with_its_own_ray_listens_on_loopback(tmp_path, serve_ass
         assert any(p == port for *_, p in sockets) and any(p == ui_port for *_, p in sockets), sockets
         assert_loopback_only(sockets)
     finally:
-        proc.terminate()
-        try:
-            out, _ = proc.communicate(timeout=90)
-        except subprocess.TimeoutExpired:
-            for p in _tree([psutil.Process(proc.pid)]):
-                p.kill()
-            out, _ = proc.communicate()
+        out = _stop(proc)
     assert "created a Ray auth token at" in out, out[-3000:]
+
+
+def _stop(proc: subprocess.Popen) -> str:
+    """SIGTERM (what Ctrl-C does to `embedray serve`), SIGKILL the tree if it hangs; its output."""
+    proc.terminate()
+    try:
+        return proc.communicate(timeout=90)[0]
+    except subprocess.TimeoutExpired:
+        for p in _tree([psutil.Process(proc.pid)]):
+            p.kill()
+        return proc.communicate()[0]
