@@ -1,8 +1,10 @@
 """Offline hard-negative mining: embedray vs sentence-transformers' ``mine_hard_negatives``.
 
-Both mine with the same bi-encoder object (minilm-l6), the same corpus, the same k, the same
-FAISS exact inner-product search and the same cross-encoder object rescoring the candidates, in
-one process, one after the other:
+Both mine with the same bi-encoder (minilm-l6), the same corpus, the same k, the same FAISS exact
+inner-product search and the same cross-encoder rescoring the candidates, in one process, one
+after the other. sentence-transformers runs them as installed (fp32); embedray loads the same
+folders with its own loaders at ``--precision`` (default ``auto``: bf16 where the CPU has bf16
+units, as ``embedray mine`` does):
 
 1. ``sentence_transformers.util.mine_hard_negatives`` (use_faiss, relative_margin, cross_encoder);
 2. ``embedray.mining.pipeline.mine`` with an empty cache (cold);
@@ -27,6 +29,9 @@ counts meaningful (an untrained one scores everything ~0.5, so every margin drop
 Data: ``--data`` (a BEIR folder, ``--split``, never test); by default a Debian subset is built
 with ``embedray.data.debian.build_debian`` (``--max-docs``/``--max-queries``), or SciFact's
 train split with ``--scifact``. Default sizes finish in about 3-5 minutes on 2 CPU cores.
+
+Printed: the table, then ``ratio vs_st_mine_cold`` (sentence-transformers' wall time over
+embedray's cold run).
 
 Run:  .venv/bin/python bench/mine.py [--max-docs 1000 --max-queries 100] [--json out.json]
 """
@@ -183,12 +188,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warm-emb-only", action="store_true",
                    help="also time a run with warm embeddings but no score cache")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                   help="embedray's compute precision (default: %(default)s)")
     p.add_argument("--json", help="write the figures to this JSON file")
     a = p.parse_args(argv)
 
     import torch
     from sentence_transformers import SentenceTransformer
 
+    from embedray.eval.retrieval import load_encoder
     from embedray.mining.cache import folder_fingerprint
     from embedray.models.bundled import resolve_model
     from embedray.models.cross_encoder import load_cross_encoder
@@ -197,16 +205,19 @@ def main(argv: list[str] | None = None) -> int:
     path, data = _load_data(a)
     model_dir = resolve_model("minilm-l6")
     model = SentenceTransformer(str(model_dir), device="cpu", local_files_only=True)
-    ce = load_cross_encoder(a.cross_encoder or _bench_cross_encoder(path, data, a),
-                            max_length=a.ce_max_length, device="cpu")
+    ce_dir = a.cross_encoder or _bench_cross_encoder(path, data, a)
+    ce = load_cross_encoder(ce_dir, max_length=a.ce_max_length, device="cpu", precision="fp32")
+    our_model = load_encoder(model_dir, device="cpu", precision=a.precision)
+    our_ce = load_cross_encoder(ce_dir, max_length=a.ce_max_length, device="cpu", precision=a.precision)
     weights_fp = folder_fingerprint(model_dir)
     print(f"data: {path} ({data.split}): {len(data.corpus)} docs, {len(data.qrels)} queries; "
           f"k={a.k}, num_negatives={a.num_negatives}, relative_margin={a.relative_margin}; "
           f"torch threads={a.threads}; load average {os.getloadavg()[0]:.1f}", flush=True)
 
     # Warm up both models (first forward passes, lazy inits) so that neither side pays for it.
-    model.encode(["warm up"] * 8, batch_size=8)
-    ce.predict([("warm up", "warm up")] * 8, batch_size=8)
+    for m, c in ((model, ce), (our_model, our_ce)):
+        m.encode(["warm up"] * 8, batch_size=8)
+        c.predict([("warm up", "warm up")] * 8, batch_size=8)
     rows = {}
     st_clock, st = run_st(data, model, ce, a)
     rows["sentence-transformers"] = {"wall_s": st_clock.wall, "cpu_s": st_clock.cpu,
@@ -216,12 +227,12 @@ def main(argv: list[str] | None = None) -> int:
           f"{st_clock.cpu:.1f} s CPU", flush=True)
     cache = Path(tempfile.mkdtemp(prefix="embedray-bench-cache-"))
     try:
-        runs = [("embedray (cold cache)", *run_embedray(data, model, ce, a, cache, weights_fp))]
-        runs.append(("embedray (warm cache)", *run_embedray(data, model, ce, a, cache, weights_fp)))
+        runs = [("embedray (cold cache)", *run_embedray(data, our_model, our_ce, a, cache, weights_fp))]
+        runs.append(("embedray (warm cache)", *run_embedray(data, our_model, our_ce, a, cache, weights_fp)))
         if a.warm_emb_only:
             shutil.rmtree(cache / "ce", ignore_errors=True)
             runs.append(("embedray (warm embeddings only)",
-                         *run_embedray(data, model, ce, a, cache, weights_fp)))
+                         *run_embedray(data, our_model, our_ce, a, cache, weights_fp)))
     finally:
         shutil.rmtree(cache, ignore_errors=True)
     for name, clock, res in runs:
@@ -250,6 +261,8 @@ def main(argv: list[str] | None = None) -> int:
           "(different selection: bi-encoder margin + CE denoise vs CE margin)")
     speedup = {name: {"wall": st_row["wall_s"] / r["wall_s"], "cpu": st_row["cpu_s"] / max(r["cpu_s"], 1e-3)}
                for name, r in rows.items() if name != "sentence-transformers"}
+    print(f"embedray precision: {our_model.embedray_precision}")
+    print(f"ratio vs_st_mine_cold {speedup['embedray (cold cache)']['wall']:.3f}")
     if a.json:
         out = {"data": str(path), "split": data.split, "docs": len(data.corpus),
                "queries": len(data.qrels), "args": vars(a), "runs": rows, "overlap": overlap,

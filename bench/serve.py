@@ -6,7 +6,11 @@ For each server in turn (the baseline first, then embedray through Ray Serve's p
 embedray on the replicas' own ports with ``--direct-port``; never two at once), a closed-loop
 load generator keeps ``c`` requests in flight (c = 1, 8, 32), each request embedding one text
 from a fixed, seeded mix of short and long texts, and records embeddings/s and the p50/p99
-request latency. It prints a table per embedray layout with the embedray/baseline ratios.
+request latency. It prints a table per embedray layout with the embedray/baseline ratios, then
+``ratio vs_st_fastapi_c32`` (embedray through the proxy, the default layout, over the baseline's
+embeddings/s at c=32), ``ratio p99_vs_st_fastapi_c32`` (embedray's p99 over the baseline's;
+below 1 is better) and ``ratio vs_infinity_c32`` (over infinity-emb serving the same folder on
+the CPU, torch engine, from the virtualenv ``bench/peer_venvs.sh`` builds; skipped without it).
 
     .venv/bin/python bench/serve.py                        # minilm-l6, ~4-5 min on 2 CPU cores
     .venv/bin/python bench/serve.py --layout direct --requests 200 --json out.json
@@ -81,7 +85,8 @@ def run_baseline_server(port: int, model_dir: str) -> None:
 
 # -- load generation -----------------------------------------------------------------------------
 
-async def load(urls: str | list[str], texts: list[str], concurrency: int, n_requests: int) -> dict[str, float]:
+async def load(urls: str | list[str], texts: list[str], concurrency: int, n_requests: int,
+               extra: dict | None = None) -> dict[str, float]:
     """Closed loop: ``concurrency`` workers send ``n_requests`` single-text requests in total
     (worker i to ``urls[i % len(urls)]``: client-side balancing over several replica ports)."""
     urls = [urls] if isinstance(urls, str) else urls
@@ -96,7 +101,7 @@ async def load(urls: str | list[str], texts: list[str], concurrency: int, n_requ
                 i = next_i
                 next_i += 1
                 t0 = time.perf_counter()
-                r = await client.post(url, json={"input": texts[i % len(texts)]})
+                r = await client.post(url, json={"input": texts[i % len(texts)], **(extra or {})})
                 latencies.append(time.perf_counter() - t0)
                 if r.status_code != 200 or not r.json()["data"]:
                     errors += 1
@@ -123,12 +128,12 @@ def wait_healthy(url: str, timeout_s: float = 300) -> None:
 
 
 def measure(name: str, url: str | list[str], texts: list[str], levels: list[int], requests: dict[int, int],
-            warmup: int) -> dict[int, dict[str, float]]:
-    routes = [u + "/v1/embeddings" for u in ([url] if isinstance(url, str) else url)]
-    asyncio.run(load(routes, texts, 8, warmup))
+            warmup: int, route: str = "/v1/embeddings", extra: dict | None = None) -> dict[int, dict[str, float]]:
+    routes = [u + route for u in ([url] if isinstance(url, str) else url)]
+    asyncio.run(load(routes, texts, 8, warmup, extra))
     out = {}
     for c in levels:
-        out[c] = asyncio.run(load(routes, texts, c, requests[c]))
+        out[c] = asyncio.run(load(routes, texts, c, requests[c], extra))
         r = out[c]
         print(f"  {name:9s} c={c:<3d} {r['embeddings_per_s']:8.1f} emb/s  p50 {r['p50_ms']:7.1f} ms  "
               f"p99 {r['p99_ms']:7.1f} ms  ({r['requests']} req, {r['errors']} errors)", flush=True)
@@ -144,6 +149,25 @@ def bench_baseline(model_dir: str, texts, levels, requests, warmup, threads: int
         wait_healthy(f"http://127.0.0.1:{port}")
         name = f"base-{threads}t" if threads else "baseline"
         return measure(name, f"http://127.0.0.1:{port}", texts, levels, requests, warmup)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def bench_infinity(model_dir: str, texts, levels, requests, warmup, venv: Path) -> dict:
+    """infinity-emb (its own virtualenv, ``bench/peer_venvs.sh``) serving the same folder on the
+    CPU with its torch engine, batch 32, 127.0.0.1; its OpenAI-style route is ``/embeddings``."""
+    port = free_port()
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", DO_NOT_TRACK="1",
+               INFINITY_ANONYMOUS_USAGE_STATS="0")
+    proc = subprocess.Popen([str(venv / "bin" / "infinity_emb"), "v2", "--model-id", model_dir,
+                             "--served-model-name", "bench", "--host", "127.0.0.1", "--port", str(port),
+                             "--device", "cpu", "--engine", "torch", "--batch-size", "32", "--no-compile"],
+                            env=env, stdout=subprocess.DEVNULL)
+    try:
+        wait_healthy(f"http://127.0.0.1:{port}")
+        return measure("infinity", f"http://127.0.0.1:{port}", texts, levels, requests, warmup,
+                       route="/embeddings", extra={"model": "bench"})
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -217,6 +241,10 @@ def main(argv: list[str] | None = None) -> int:
                         "or both, one after the other (default: %(default)s)")
     p.add_argument("--max-batch-tokens", type=int, default=8192)
     p.add_argument("--batch-wait-s", type=float, default=0.005)
+    p.add_argument("--infinity-venv", type=Path,
+                   default=Path(os.environ.get("PEER_VENVS", "/tmp/embedray-peer-venvs")) / "infinity",
+                   help="virtualenv with infinity-emb (bash bench/peer_venvs.sh builds it; "
+                        "skipped with a message where it is missing) (default: %(default)s)")
     p.add_argument("--json", type=Path, help="also write the results here")
     args = p.parse_args(argv)
 
@@ -231,6 +259,10 @@ def main(argv: list[str] | None = None) -> int:
     results = {"baseline": bench_baseline(model_dir, texts, levels, requests, args.warmup)}
     if args.baseline_1t:
         results["base-1t"] = bench_baseline(model_dir, texts, levels, requests, args.warmup, threads=1)
+    if (args.infinity_venv / "bin" / "infinity_emb").exists():
+        results["infinity"] = bench_infinity(model_dir, texts, levels, requests, args.warmup, args.infinity_venv)
+    else:
+        print(f"infinity: skipped, no {args.infinity_venv}/bin/infinity_emb (bash bench/peer_venvs.sh)")
     ours = []
     if args.layout in ("proxy", "both"):
         results["embedray"] = bench_embedray(model_dir, texts, levels, requests, args.warmup, args)
@@ -257,8 +289,18 @@ def main(argv: list[str] | None = None) -> int:
         ok = e["embeddings_per_s"] >= 1.5 * b["embeddings_per_s"] and e["p99_ms"] <= b["p99_ms"]
         print(f"target at c={top} (>= 1.5x throughput, p99 no worse), {mine}: {'met' if ok else 'NOT met'} "
               f"({e['embeddings_per_s'] / b['embeddings_per_s']:.2f}x, p99 {e['p99_ms']:.0f} vs {b['p99_ms']:.0f} ms)")
+    ratios = {}
+    if "embedray" in results and top == 32:
+        b, e = results["baseline"][top], results["embedray"][top]
+        ratios = {"vs_st_fastapi_c32": e["embeddings_per_s"] / b["embeddings_per_s"],
+                  "p99_vs_st_fastapi_c32": e["p99_ms"] / b["p99_ms"]}
+        if "infinity" in results:
+            ratios["vs_infinity_c32"] = e["embeddings_per_s"] / results["infinity"][top]["embeddings_per_s"]
+    for name, value in ratios.items():
+        print(f"ratio {name} {value:.3f}")
     if args.json:
-        args.json.write_text(json.dumps({"model": args.model, "results": results}, indent=2))
+        args.json.write_text(json.dumps({"model": args.model, "results": results,
+                                         "ratio": {k: round(v, 3) for k, v in ratios.items()}}, indent=2))
     return 0
 
 

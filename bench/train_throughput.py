@@ -2,9 +2,14 @@
 
 Same model (minilm-l6), data (Debian train pairs), max length 128, batch 32 (global), one hard
 negative per pair (random), same 2-CPU budget, measured in one run. Steady-state throughput:
-the first WARMUP steps of each run are not timed.
+the first WARMUP steps of each run are not timed. The peers: ``SentenceTransformerTrainer`` +
+``MultipleNegativesRankingLoss`` as installed (fp32) and with ``bf16=True``; embedray with
+``train.precision`` ``auto`` (its default: bf16 where the CPU has bf16 units) and ``fp32``.
 
-    .venv/bin/python bench/train_throughput.py --data data/debian --steps 40
+Printed: the table, then ``ratio vs_st_fp32`` and ``ratio vs_st_bf16`` (embedray's fastest
+``auto`` run over each peer).
+
+    .venv/bin/python bench/train_throughput.py --data data/debian --steps 40 [--json out.json]
 """
 from __future__ import annotations
 
@@ -21,7 +26,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 WARMUP = 3
 
 
-def sentence_transformers_run(data, pairs, steps, batch, max_len, threads) -> float:
+def sentence_transformers_run(data, pairs, steps, batch, max_len, threads, bf16: bool = False) -> float:
     import torch
     from datasets import Dataset
     from sentence_transformers import (SentenceTransformer, SentenceTransformerTrainer,
@@ -54,7 +59,7 @@ def sentence_transformers_run(data, pairs, steps, batch, max_len, threads) -> fl
         args = SentenceTransformerTrainingArguments(
             output_dir=out, max_steps=steps, per_device_train_batch_size=batch, learning_rate=3e-5,
             warmup_ratio=0.1, save_strategy="no", report_to="none", logging_steps=10_000,
-            use_cpu=True, dataloader_num_workers=0, seed=0)
+            use_cpu=True, bf16=bf16, dataloader_num_workers=0, seed=0)
         trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=Dataset.from_dict(rows),
                                              loss=MultipleNegativesRankingLoss(model), callbacks=[Clock()])
         trainer.train()
@@ -62,7 +67,7 @@ def sentence_transformers_run(data, pairs, steps, batch, max_len, threads) -> fl
     return batch * (len(timed) - 1) / (timed[-1] - timed[0])
 
 
-def embedray_run(data_dir, steps, batch, max_len, workers, storage) -> float:
+def embedray_run(data_dir, steps, batch, max_len, workers, storage, precision: str = "auto") -> float:
     from embedray.cluster.train import run_training
     from embedray.config import TrainJobConfig, build_config
 
@@ -72,7 +77,7 @@ def embedray_run(data_dir, steps, batch, max_len, workers, storage) -> float:
         "loss": {"name": "infonce", "temperature": 0.05, "gather_across_workers": workers > 1},
         "train": {"max_steps": steps, "batch_size": batch // workers, "num_negatives": 1, "lr": 3e-5,
                   "max_query_length": max_len, "max_doc_length": max_len, "checkpoint_every": 0,
-                  "num_threads": 2 // workers},
+                  "num_threads": 2 // workers, "precision": precision},
         "cluster": {"num_workers": workers, "cpus_per_worker": 2 / workers, "storage_path": str(storage),
                     "run_name": f"bench-{workers}w-{time.time_ns()}"},
     })
@@ -89,6 +94,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--max-len", type=int, default=128)
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="embedray worker counts to try")
+    ap.add_argument("--json", help="also write the results here")
     a = ap.parse_args()
 
     from embedray.training.config import DataConfig
@@ -96,18 +102,30 @@ def main() -> None:
 
     cfg = DataConfig(path=a.data, train_pairs=str(Path(a.data) / "train_pairs.jsonl"), dev_split=None)
     data, pairs = load_training_data(cfg), pair_rows(cfg)
-    results = {"sentence-transformers (1 process, 2 threads)": sentence_transformers_run(
-        data, pairs, a.steps, a.batch, a.max_len, threads=2)}
+    st_fp32, st_bf16 = "sentence-transformers fp32 (1 process, 2 threads)", "sentence-transformers bf16=True"
+    results = {st_fp32: sentence_transformers_run(data, pairs, a.steps, a.batch, a.max_len, threads=2),
+               st_bf16: sentence_transformers_run(data, pairs, a.steps, a.batch, a.max_len, threads=2, bf16=True)}
+    ours = []
     with tempfile.TemporaryDirectory() as storage:
-        for w in a.workers:
-            results[f"embedray Ray Train ({w} worker{'s' * (w > 1)} × {2 // w} thread{'s' * (w == 1)})"] = \
-                embedray_run(a.data, a.steps, a.batch, a.max_len, w, storage)
-    base = next(iter(results.values()))
+        for precision in ("auto", "fp32"):
+            for w in a.workers:
+                name = (f"embedray {precision} ({w} worker{'s' * (w > 1)} × {2 // w} "
+                        f"thread{'s' * (w == 1)})")
+                results[name] = embedray_run(a.data, a.steps, a.batch, a.max_len, w, storage, precision)
+                if precision == "auto":
+                    ours.append(results[name])
+    base = results[st_fp32]
     print(f"\ntraining throughput, minilm-l6, batch {a.batch}, max_len {a.max_len}, 1 hard negative, "
           f"{a.steps} steps ({WARMUP} warm-up steps not timed)")
-    print(f"{'run':55s} {'pairs/s':>9s} {'ratio':>7s}")
+    print(f"{'run':55s} {'pairs/s':>9s} {'vs st fp32':>10s}")
     for name, v in results.items():
-        print(f"{name:55s} {v:9.1f} {v / base:7.2f}x")
+        print(f"{name:55s} {v:9.1f} {v / base:9.2f}x")
+    ratios = {"vs_st_fp32": max(ours) / base, "vs_st_bf16": max(ours) / results[st_bf16]}
+    for name, v in ratios.items():
+        print(f"ratio {name} {v:.3f}")
+    if a.json:
+        Path(a.json).write_text(json.dumps({"pairs_per_s": {k: round(v, 2) for k, v in results.items()},
+                                            "ratio": {k: round(v, 3) for k, v in ratios.items()}}, indent=2))
 
 
 if __name__ == "__main__":

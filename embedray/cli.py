@@ -74,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("mine", "embedray.mining.cli", "mine hard negatives offline and rescore them (FlagEmbedding JSONL)"),
         ("pipeline", "embedray.cluster.pipeline", "the end-to-end job: baseline → cross-encoder → teacher → student → report"),
         ("rotate", "embedray.models.rotation", "rotate a model onto its principal axes (Matryoshka prefixes)"),
+        ("export", "embedray.models.export", "export a model folder to ONNX (fp32, --quantize int8) for fast CPU serving"),
         ("serve", "embedray.serve.cli", "serve a model over HTTP (OpenAI /v1/embeddings, /search, /rerank)"),
         ("ui", "embedray.serve.cli", "the Gradio search demo (talks HTTP to 'embedray serve')"),
     ]:

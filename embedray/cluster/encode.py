@@ -37,14 +37,19 @@ class EncoderActor:
         state_dict: optional weights to load over the folder's (a snapshot from training).
         device: torch device (``None``: CUDA when the actor got a GPU, else CPU).
         num_threads: torch intra-op threads (match the actor's CPU share).
+        precision: the transformer's compute precision (``auto``: bf16 where the actor's
+            device runs it fast), see :mod:`embedray.models.precision`.
     """
 
     def __init__(self, model_dir: str, batch_size: int = 32, prompt: str | None = None,
-                 state_dict: dict | None = None, device: str | None = None, num_threads: int = 1):
+                 state_dict: dict | None = None, device: str | None = None, num_threads: int = 1,
+                 precision: str = "auto"):
         for k, v in OFFLINE_ENV.items():
             os.environ.setdefault(k, v)
         import torch
         from sentence_transformers import SentenceTransformer
+
+        from embedray.models.precision import use_precision
 
         torch.set_num_threads(max(1, num_threads))
         if device is None:
@@ -55,6 +60,7 @@ class EncoderActor:
             state_dict = ray.get(state_dict)
         if state_dict is not None:
             self.model.load_state_dict(state_dict)
+        use_precision(self.model, precision)
         self.batch_size, self.prompt = batch_size, prompt
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -104,7 +110,7 @@ def encode_corpus_ray(docs: Sequence[Document] | Sequence[tuple[str, str]] | "ra
                       num_cpus_per_actor: float = 0.5, num_gpus: float = 0,
                       cache_dir: str | os.PathLike | None = None, weights_fp: str | None = None,
                       output_dir: str | os.PathLike | None = None, prompt: str = "",
-                      state_dict: Any = None) -> tuple[list[str], np.ndarray]:
+                      state_dict: Any = None, precision: str = "auto") -> tuple[list[str], np.ndarray]:
     """Encode a corpus with an actor pool on Ray Data, through the embedding cache.
 
     Args:
@@ -122,6 +128,7 @@ def encode_corpus_ray(docs: Sequence[Document] | Sequence[tuple[str, str]] | "ra
         prompt: text prepended to each document (part of the cache key).
         state_dict: weights to load over the folder's in every actor (a dict or an ObjectRef,
             e.g. a training snapshot put in the object store).
+        precision: the encoders' compute precision (``auto``, ``fp32``, ``bf16``).
 
     Returns:
         ``(ids, embeddings)``: ids in input order (file order for a path or Dataset) and float32
@@ -149,7 +156,7 @@ def encode_corpus_ray(docs: Sequence[Document] | Sequence[tuple[str, str]] | "ra
              len(ids) - len(todo))
     new = _encode_on_actors([{"id": ids[i], "key": keys[i], "text": texts[i]} for i in todo],
                             str(model_dir), batch_size, num_actors, num_cpus_per_actor, num_gpus,
-                            prompt, state_dict, output_dir)
+                            prompt, state_dict, output_dir, precision)
     if cache is not None:
         if new:
             cache.put(list(new), np.stack(list(new.values())))
@@ -159,7 +166,7 @@ def encode_corpus_ray(docs: Sequence[Document] | Sequence[tuple[str, str]] | "ra
 
 def _encode_on_actors(rows: list[dict], model_dir: str, batch_size: int, num_actors: int,
                       num_cpus: float, num_gpus: float, prompt: str, state_dict: Any,
-                      output_dir: str | os.PathLike | None) -> dict[str, np.ndarray]:
+                      output_dir: str | os.PathLike | None, precision: str = "auto") -> dict[str, np.ndarray]:
     """Run the actor pool over ``rows`` (already length-sorted); key → embedding."""
     if not rows:
         return {}
@@ -175,7 +182,7 @@ def _encode_on_actors(rows: list[dict], model_dir: str, batch_size: int, num_act
         num_cpus=num_cpus, num_gpus=num_gpus or None, udf_modifying_row_count=False,
         fn_constructor_kwargs={"model_dir": model_dir, "batch_size": batch_size,
                                "prompt": prompt or None, "state_dict": state_dict,
-                               "num_threads": max(1, round(num_cpus))},
+                               "num_threads": max(1, round(num_cpus)), "precision": precision},
     ).materialize()
     if output_dir is not None:
         encoded.write_parquet(str(Path(output_dir).expanduser().resolve()))
@@ -188,7 +195,7 @@ def _encode_on_actors(rows: list[dict], model_dir: str, batch_size: int, num_act
 
 def ray_encode_fn(model_dir_or_spec: str | os.PathLike, batch_size: int = 32, num_actors: int = 1,
                   num_cpus_per_actor: float = 0.5, num_gpus: float = 0, state_dict: Any = None,
-                  prompt: str = ""):
+                  prompt: str = "", precision: str = "auto"):
     """A ``texts → embeddings`` function on the actor pool, for ``mine(..., encode_corpus=...)``.
 
     The mining pipeline consults the cache itself and passes only the misses.
@@ -197,6 +204,6 @@ def ray_encode_fn(model_dir_or_spec: str | os.PathLike, batch_size: int = 32, nu
         pairs = [(str(i), t) for i, t in enumerate(texts)]
         _, emb = encode_corpus_ray(pairs, model_dir_or_spec, batch_size, num_actors,
                                    num_cpus_per_actor, num_gpus, cache_dir=None, weights_fp="-",
-                                   prompt=prompt, state_dict=state_dict)
+                                   prompt=prompt, state_dict=state_dict, precision=precision)
         return emb
     return encode

@@ -343,7 +343,7 @@ class Pipeline:
         """Test-split metrics + encode speed of one model (``speed=False``: measured by the
         caller); with ``keep``, also its :class:`EvalResult` (run and document embeddings)."""
         from embedray.eval.retrieval import evaluate_retrieval, load_encoder
-        model = load_encoder(str(name_or_path))
+        model = load_encoder(str(name_or_path), precision=self.cfg.eval.precision)
         res = evaluate_retrieval(model, self._test_data(), k=100, batch_size=self.cfg.eval.batch_size,
                                  query_prefix=self.cfg.teacher.query_prefix, doc_prefix=self.cfg.teacher.doc_prefix,
                                  show_progress=False, truncate_dim=truncate_dim, corpus_embeddings=corpus_embeddings,
@@ -361,7 +361,8 @@ class Pipeline:
         a slower minute of the machine slows all of them), best pass per model."""
         from embedray.eval.retrieval import load_encoder
         docs = [d.text_for_model for d in list(self._test_data().corpus.values())[:n]]
-        loaded = {k: load_encoder(str(m)) if isinstance(m, (str, Path)) else m for k, m in models.items()}
+        loaded = {k: load_encoder(str(m), precision=self.cfg.eval.precision) if isinstance(m, (str, Path)) else m
+                  for k, m in models.items()}
         for model in loaded.values():
             model.encode(docs[:32], batch_size=self.cfg.eval.batch_size)
         best = dict.fromkeys(loaded, float("inf"))
@@ -378,7 +379,8 @@ class Pipeline:
 
     def _rerank_row(self, first_stage_run: dict, ce: Path) -> dict:
         from embedray.models.cross_encoder import evaluate_reranker
-        report = evaluate_reranker(str(ce), self._test_data(), first_stage_run, k=self.cfg.eval.rerank_depth)
+        report = evaluate_reranker(str(ce), self._test_data(), first_stage_run, k=self.cfg.eval.rerank_depth,
+                                   precision=self.cfg.cross_encoder.precision)
         return {**report["after"], "rerank_depth": self.cfg.eval.rerank_depth,
                 "before_rerank_ndcg@10": report["before"]["ndcg@10"]}
 

@@ -95,6 +95,14 @@ class EvalStageConfig:
     """Encoder batch size."""
     extra_models: list[str] = field(default_factory=list)
     """More bundled/local models for the baseline rows (e.g. ``mpnet-base``)."""
+    precision: str = "auto"
+    """Compute precision of the baseline and final evaluations (and their encode-speed timings):
+    ``auto`` = bf16 where the hardware runs it fast, ``fp32`` or ``bf16``."""
+
+    def __post_init__(self) -> None:
+        from embedray.models.precision import check_precision
+
+        check_precision(self.precision, "eval.precision")
 
 
 @dataclass

@@ -66,9 +66,10 @@ class _BatchedModel:
         from embedray.serve.embedder import EmbedderCore
 
         logging.getLogger("ray.serve").addFilter(_DropBatchSizeWarning())
-        self.core = EmbedderCore(cfg.model_dir, corpus=cfg.corpus, index=cfg.index,
+        self.core = EmbedderCore(cfg.model_dir, corpus=cfg.corpus, index=cfg.index, index_type=cfg.index_type,
                                  max_batch_tokens=cfg.max_batch_tokens,
-                                 torch_threads=_threads(cfg, cfg.cpus_per_replica))
+                                 torch_threads=_threads(cfg, cfg.cpus_per_replica), precision=cfg.precision,
+                                 backend=cfg.backend, onnx_file=cfg.onnx_file)
         self.encode_batch.set_max_batch_size(self.core.max_batch_tokens)
         self.encode_batch.set_batch_wait_timeout_s(cfg.batch_wait_timeout_s)
         self.runs = ModelRunQueue(self.core.encode_parts, self.core.max_batch_tokens, cfg.queue_timeout_s)
@@ -111,7 +112,8 @@ class Reranker:
     def __init__(self, cfg: ServeConfig):
         from embedray.serve.embedder import RerankerCore
 
-        self.core = RerankerCore(cfg.cross_encoder, torch_threads=_threads(cfg, cfg.reranker_cpus))
+        self.core = RerankerCore(cfg.cross_encoder, torch_threads=_threads(cfg, cfg.reranker_cpus),
+                                 precision=cfg.precision)
 
     async def rerank(self, query: str, texts: list[str], truncate: bool) -> dict[str, Any]:
         return await asyncio.to_thread(rerank_or_report, self.core, query, texts, truncate)

@@ -60,6 +60,15 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
                         help="evaluate only the first N embedding dimensions (Matryoshka)")
     parser.add_argument("--device", default=d.device,
                         help="cpu, cuda, cuda:N or auto (default: %(default)s)")
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default=d.precision,
+                        help="compute precision of the encoder: auto = bf16 where the hardware runs it "
+                             "fast (CUDA bf16, CPU AMX/AVX512-BF16), else fp32 (default: %(default)s)")
+    parser.add_argument("--backend", choices=("torch", "onnx"), default=d.backend,
+                        help="what runs the transformer: torch, or onnx (onnxruntime on the folder's "
+                             "'embedray export'; CPU only) (default: %(default)s)")
+    parser.add_argument("--onnx-file", default=d.onnx_file, metavar="NAME",
+                        help="the onnx backend's file under MODEL/onnx/, e.g. "
+                             "model_qint8_avx512_vnni.onnx for int8 (default: %(default)s)")
     parser.add_argument("--output", metavar="JSON", help="also write all results to this JSON file")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     return parser
@@ -91,16 +100,20 @@ def run_eval(args: argparse.Namespace | dict[str, Any]) -> int:
         for i, name in enumerate(models):
             label = name if name not in rows else f"{name} #{i + 1}"
             _say(f"[{i + 1}/{len(models)}] {name}: loading")
-            model = load_encoder(name, cfg.device, cfg.max_seq_length)
+            model = load_encoder(name, cfg.device, cfg.max_seq_length, cfg.precision, cfg.backend,
+                                 cfg.onnx_file)
             res = evaluate_retrieval(model, data, k=cfg.k, batch_size=cfg.batch_size,
                                      query_prefix=cfg.query_prefix, doc_prefix=cfg.doc_prefix,
                                      ignore_identical_ids=cfg.ignore_identical_ids,
                                      show_progress=not a.get("no_progress", False),
                                      truncate_dim=cfg.truncate_dim)
             res.settings["max_seq_length"] = model.max_seq_length
+            res.settings["precision"] = model.embedray_precision
+            res.settings["backend"] = cfg.backend
             rows[label] = {**res.metrics, "docs/s": res.timings.docs_per_s}
             results[label] = {"model": name, **res.to_dict()}
-            _say(f"[{i + 1}/{len(models)}] {name}: nDCG@10 {res.metrics.get('ndcg@10', float('nan')):.4f}")
+            _say(f"[{i + 1}/{len(models)}] {name}: nDCG@10 {res.metrics.get('ndcg@10', float('nan')):.4f} "
+                 f"({model.embedray_precision})")
     except (UnknownModelError, FileNotFoundError, DataError, ValueError) as e:
         print(f"embedray eval: error: {e}", file=sys.stderr)
         return 2

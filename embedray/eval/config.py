@@ -26,6 +26,12 @@ class EvalConfig:
             relevant-but-unretrievable (BEIR/MTEB convention), ``skip`` them (counted), or ``raise``.
         truncate_dim: evaluate the first N embedding dimensions only (Matryoshka); ``None`` = all.
         device: ``cpu``, ``cuda``, ``cuda:N`` or ``auto`` (CUDA when available).
+        precision: the encoder's compute precision: ``auto`` (bf16 where the hardware runs it
+            fast: CUDA with bf16, a CPU with AMX-BF16 or AVX512-BF16), ``fp32`` or ``bf16``.
+        backend: ``torch``, or ``onnx`` (onnxruntime on the model folder's ``onnx/`` export, in
+            that file's precision; CPU only).
+        onnx_file: the ``onnx`` backend's file under ``onnx/``: ``model.onnx`` (fp32) or
+            ``model_qint8_avx512_vnni.onnx`` (int8).
     """
 
     split: str = "test"
@@ -38,6 +44,9 @@ class EvalConfig:
     missing_docs: str = "keep"
     truncate_dim: int | None = None
     device: str = "auto"
+    precision: str = "auto"
+    backend: str = "torch"
+    onnx_file: str = "model.onnx"
 
     def __post_init__(self) -> None:
         if not self.split or "/" in self.split or "\\" in self.split or self.split.startswith("."):
@@ -54,6 +63,12 @@ class EvalConfig:
                              f"got {self.ignore_identical_ids!r}")
         if self.missing_docs not in _MISSING:
             raise ValueError(f"eval.missing_docs must be one of {_MISSING}, got {self.missing_docs!r}")
+        from embedray.models.precision import check_precision
+
+        check_precision(self.precision, "eval.precision")
+        from embedray.models.backends import check_backend
+
+        check_backend(self.backend, "eval.backend")
         if not isinstance(self.device, str) or not self.device:
             raise ValueError(f"eval.device must be 'cpu', 'cuda', 'cuda:N' or 'auto', got {self.device!r}")
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from embedray.mining.config import CrossEncoderConfig, MiningConfig
+from embedray.mining.index import INDEX_TYPES
 
 DESCRIPTION = """\
 Mine hard negatives for the queries of one split of a BEIR folder: encode the corpus (through
@@ -62,7 +63,13 @@ def add_mine_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
                    help="candidates per query sent to the cross-encoder (default: --num-negatives)")
     g.add_argument("--seed", type=int, default=d.seed, help="sampling and cross-encoder seed")
     g.add_argument("--index-factory", default=d.index_factory, help="FAISS index_factory string")
+    g.add_argument("--index-type", choices=INDEX_TYPES, default=d.index_type,
+                   help="flat (the factory as given), int8 (4x smaller) or binary (32x smaller, "
+                        "fp32-rescored) (default: %(default)s)")
     g.add_argument("--batch-size", type=int, default=d.batch_size, help="encoder batch size")
+    g.add_argument("--precision", choices=("auto", "fp32", "bf16"), default=d.precision,
+                   help="compute precision of the bi-encoder and the cross-encoder: auto = bf16 where the "
+                        "hardware runs it fast (CUDA bf16, CPU AMX/AVX512-BF16), else fp32 (default: %(default)s)")
     g.add_argument("--query-prompt", default="", help="text prepended to queries")
     g.add_argument("--corpus-prompt", default="", help="text prepended to documents")
     x = parser.add_argument_group("cross-encoder")
@@ -94,10 +101,12 @@ def _configs(a: dict[str, Any]) -> tuple[MiningConfig, CrossEncoderConfig]:
         max_score_ratio=a["max_score_ratio"], max_score=a["max_score"], min_score=a["min_score"],
         sampling_strategy=a["sampling_strategy"], seed=a["seed"],
         rescore_candidates=a["rescore_candidates"], index_factory=a["index_factory"],
-        batch_size=a["batch_size"], query_prompt=a["query_prompt"], corpus_prompt=a["corpus_prompt"])
+        index_type=a.get("index_type") or "flat",
+        batch_size=a["batch_size"], query_prompt=a["query_prompt"], corpus_prompt=a["corpus_prompt"],
+        precision=a.get("precision") or "auto")
     ce = CrossEncoderConfig(base_model=a["ce_base_model"], loss=a["ce_loss"], epochs=a["ce_epochs"],
                             max_steps=a["ce_max_steps"], max_length=a["ce_max_length"], seed=a["seed"],
-                            denoise_margin=a["denoise_margin"])
+                            denoise_margin=a["denoise_margin"], precision=a.get("precision") or "auto")
     return mining, ce
 
 
@@ -131,9 +140,11 @@ def _mine_split(a: dict[str, Any], data, cfg: MiningConfig, ce_cfg: CrossEncoder
     from embedray.mining.cache import folder_fingerprint
     from embedray.mining.pipeline import mine
     from embedray.models.bundled import resolve_model
+    from embedray.models.precision import use_precision
 
     model_dir = resolve_model(a["model"])
     model = SentenceTransformer(str(model_dir), trust_remote_code=False, local_files_only=True)
+    use_precision(model, cfg.precision)
     weights_fp = folder_fingerprint(model_dir)
     encode_corpus = None
     if a.get("ray"):
@@ -142,7 +153,7 @@ def _mine_split(a: dict[str, Any], data, cfg: MiningConfig, ce_cfg: CrossEncoder
 
         ensure_ray()
         encode_corpus = ray_encode_fn(model_dir, cfg.batch_size, a["num_actors"], a["cpus_per_actor"],
-                                      a["gpus_per_actor"], prompt=cfg.corpus_prompt)
+                                      a["gpus_per_actor"], prompt=cfg.corpus_prompt, precision=cfg.precision)
     _say(f"{data.path}: {len(data.corpus)} documents, {len(data.qrels)} {data.split} queries")
     with tempfile.TemporaryDirectory(prefix="embedray-mine-") as scratch:
         # Training a cross-encoder mines twice (before and after); a scratch cache makes the
@@ -173,11 +184,11 @@ def _train_ce(a: dict[str, Any], data, common: dict, ce_cfg: CrossEncoderConfig)
     path = train_cross_encoder(pairs_from_data(data), data.corpus, first.pool, ce_cfg, out)
     info: dict[str, Any] = {"path": str(path)}
     if a.get("eval_split"):
-        info["rerank"] = _eval_reranker(a, path, common)
+        info["rerank"] = _eval_reranker(a, path, common, ce_cfg.precision)
     return path, info
 
 
-def _eval_reranker(a: dict[str, Any], ce_path: Path, common: dict) -> dict:
+def _eval_reranker(a: dict[str, Any], ce_path: Path, common: dict, precision: str) -> dict:
     from embedray.data.beir import load_beir
     from embedray.mining.index import VectorIndex
     from embedray.mining.pipeline import encode_queries_and_corpus, st_encode_fn
@@ -192,7 +203,7 @@ def _eval_reranker(a: dict[str, Any], ce_path: Path, common: dict) -> dict:
     k = min(100, len(enc.doc_ids))
     scores, ids = VectorIndex.build(enc.doc_emb, enc.doc_ids).search(enc.query_emb, k)
     run = {q: dict(zip(ids[i], scores[i].tolist())) for i, q in enumerate(enc.query_ids)}
-    result = evaluate_reranker(ce_path, dev, run, k=k)
+    result = evaluate_reranker(ce_path, dev, run, k=k, precision=precision)
     _say(f"reranker on {a['eval_split']}: nDCG@10 {result['before']['ndcg@10']:.4f} → "
          f"{result['after']['ndcg@10']:.4f}")
     return result

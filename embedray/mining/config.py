@@ -9,6 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from embedray.mining.index import INDEX_TYPES, IndexType
+from embedray.models.precision import PRECISIONS
+
 SamplingStrategy = Literal["top", "random"]
 CrossEncoderLoss = Literal["bce", "listnet", "lambda"]
 
@@ -46,9 +49,15 @@ class MiningConfig:
             false negatives, so queries keep ``num_negatives`` after denoising.
         index_factory: FAISS ``index_factory`` string: ``Flat`` (exact inner product) for small
             corpora, e.g. ``IVF1024,Flat`` or ``HNSW32`` for large ones.
+        index_type: how the mining index stores vectors: ``flat`` (``index_factory`` as given),
+            ``int8`` (FAISS scalar quantizer, 4x smaller) or ``binary`` (sign bits, 32x smaller,
+            candidates rescored with the fp32 vectors). ``int8``/``binary`` need
+            ``index_factory: Flat``.
         batch_size: encoding batch size of the bi-encoder.
         query_prompt: text prepended to queries before encoding (e.g. an instruction).
         corpus_prompt: text prepended to documents before encoding.
+        precision: compute precision of the bi-encoder that mines (the base model and the
+            refresher): ``auto`` (bf16 where the hardware runs it fast), ``fp32`` or ``bf16``.
     """
 
     k: int = 50
@@ -64,9 +73,11 @@ class MiningConfig:
     seed: int = 0
     rescore_candidates: int | None = None
     index_factory: str = "Flat"
+    index_type: IndexType = "flat"
     batch_size: int = 32
     query_prompt: str = ""
     corpus_prompt: str = ""
+    precision: str = "auto"
 
     def __post_init__(self) -> None:
         _check(self.k >= 1, "k", f"must be >= 1, got {self.k}")
@@ -95,7 +106,14 @@ class MiningConfig:
         _check(rc is None or rc <= rmax - self.range_min, "rescore_candidates",
                f"{rc} exceeds the rank window [{self.range_min}, {rmax})")
         _check(bool(self.index_factory.strip()), "index_factory", "empty factory string")
+        _check(self.index_type in INDEX_TYPES, "index_type",
+               f"must be one of {', '.join(INDEX_TYPES)}, got {self.index_type!r}")
+        _check(self.index_type == "flat" or self.index_factory.strip() == "Flat", "index_type",
+               f"{self.index_type!r} is an exhaustive quantized index and replaces index_factory "
+               f"{self.index_factory!r}; set index_factory to 'Flat' or index_type to 'flat'")
         _check(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
+        _check(self.precision in PRECISIONS, "precision",
+               f"must be auto (bf16 where the hardware runs it fast), fp32 or bf16, got {self.precision!r}")
 
     @property
     def window_end(self) -> int:
@@ -138,6 +156,9 @@ class CrossEncoderConfig:
             dropped as a likely false negative (scores are sigmoid probabilities in [0, 1]).
         dev_rerank_depth: after training, rerank the base bi-encoder's top-``dev_rerank_depth``
             of the dev split and report nDCG@10 before/after (``0`` skips that check).
+        precision: the cross-encoder's compute precision when it trains and when it scores
+            (its scoring head stays fp32): ``auto`` (bf16 where the hardware runs it fast),
+            ``fp32`` or ``bf16``.
     """
 
     base_model: str = "minilm-l6"
@@ -154,6 +175,7 @@ class CrossEncoderConfig:
     score_batch_size: int = 32
     denoise_margin: float = 0.05
     dev_rerank_depth: int = 100
+    precision: str = "auto"
 
     def __post_init__(self) -> None:
         def check(ok: bool, field: str, message: str) -> None:
@@ -179,3 +201,5 @@ class CrossEncoderConfig:
               f"must be in [-1, 1] (sigmoid-score units), got {self.denoise_margin}")
         check(self.dev_rerank_depth >= 0, "dev_rerank_depth",
               f"must be >= 0 (0 skips the dev check), got {self.dev_rerank_depth}")
+        check(self.precision in PRECISIONS, "precision",
+              f"must be auto (bf16 where the hardware runs it fast), fp32 or bf16, got {self.precision!r}")

@@ -134,7 +134,7 @@ def mine_negatives(query_ids: Sequence[str], query_emb: np.ndarray, positives: P
         positives: query id → known positive doc ids; all of them are excluded.
         cfg: retrieval depth and selection rules.
         index: a built index to search; otherwise one is built from ``doc_emb`` with
-            ``cfg.index_factory``.
+            ``cfg.index_factory`` and ``cfg.index_type``.
         doc_ids: ids of the rows of ``doc_emb``.
         doc_emb: ``(num_docs, dim)`` normalised corpus embeddings; also gives the positives'
             scores for the margin rules (else the scores of positives found by the search).
@@ -149,7 +149,8 @@ def mine_negatives(query_ids: Sequence[str], query_emb: np.ndarray, positives: P
         if doc_emb is None or doc_ids is None:
             raise ValueError("mine_negatives needs an index or doc_ids + doc_emb")
         t = time.perf_counter()
-        index = VectorIndex.build(doc_emb, list(doc_ids), factory=cfg.index_factory, version=version)
+        index = VectorIndex.build(doc_emb, list(doc_ids), factory=cfg.index_factory, version=version,
+                                  index_type=cfg.index_type)
         timings["index_s"] = time.perf_counter() - t
     pos_sets = {q: set(positives.get(q, ())) for q in query_ids}
     room = max((len(p) for p in pos_sets.values()), default=0)
@@ -291,11 +292,13 @@ def _as_encode_fn(model, cfg: MiningConfig, weights_fp: str | None,
         from sentence_transformers import SentenceTransformer
 
         from embedray.models.bundled import resolve_model
+        from embedray.models.precision import use_precision
 
         path = resolve_model(model)
         weights_fp = weights_fp or folder_fingerprint(path)
         model = SentenceTransformer(str(path), device=None, trust_remote_code=False,
                                     local_files_only=True)
+        use_precision(model, cfg.precision)
     if hasattr(model, "encode_query") and hasattr(model, "encode_document"):
         if weights_fp is None:
             weights_fp = model_fingerprint(model)
@@ -311,5 +314,5 @@ def _load_ce(ce, ce_cfg: CrossEncoderConfig):
     if isinstance(ce, (str, os.PathLike)):
         from embedray.models.cross_encoder import load_cross_encoder
 
-        return load_cross_encoder(ce, max_length=ce_cfg.max_length)
+        return load_cross_encoder(ce, max_length=ce_cfg.max_length, precision=ce_cfg.precision)
     return ce

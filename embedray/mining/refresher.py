@@ -71,8 +71,10 @@ class NegativeRefresher:
         self.cross_encoder = None
         if cross_encoder and job.refresh.denoise:
             from embedray.models.cross_encoder import load_cross_encoder
-            self.cross_encoder = load_cross_encoder(cross_encoder, max_length=job.cross_encoder.max_length)
+            self.cross_encoder = load_cross_encoder(cross_encoder, max_length=job.cross_encoder.max_length,
+                                                    precision=job.cross_encoder.precision)
         self.model = BiEncoder.from_config(job.model).eval()
+        self.model.precision = job.mining.precision
         self.positives = train_positives(job, data)
         # factory(live BiEncoder) -> texts → embeddings for cache misses (e.g. a Ray Data actor pool)
         self.encode_corpus_factory = encode_corpus_factory
@@ -235,6 +237,7 @@ def train_base_cross_encoder(job, data, ce_dir: Path, run_dir: Path) -> None:
     from embedray.models.encoder import BiEncoder
 
     model = BiEncoder.from_config(job.model).eval()
+    model.precision = job.mining.precision
     encode = make_encode_fn(model, job.model)
     weights_fp = state_dict_fingerprint(model.state_dict())
     base = mine(data.corpus, data.queries, train_positives(job, data), encode, job.mining,
@@ -250,7 +253,7 @@ def train_base_cross_encoder(job, data, ce_dir: Path, run_dir: Path) -> None:
                                  prompt=f"d|{job.mining.corpus_prompt}")
         first = evaluate_retrieval(encode, data.dev, k=depth, show_progress=False,
                                    corpus_embeddings=docs.embeddings)
-        report = evaluate_reranker(str(ce_dir), data.dev, first.run, k=depth)
+        report = evaluate_reranker(str(ce_dir), data.dev, first.run, k=depth, precision=job.cross_encoder.precision)
         write_json_atomic({**report, "depth": depth}, run_dir / "cross_encoder_dev.json")
         print(f"[embedray] cross-encoder reranking dev top-{depth}: nDCG@10 {report['before']['ndcg@10']:.4f} "
               f"→ {report['after']['ndcg@10']:.4f}", flush=True)

@@ -33,7 +33,7 @@ TrainPair = tuple[str, str, str]
 
 
 def load_cross_encoder(name_or_path: str | os.PathLike, max_length: int | None = 256,
-                       device: str | None = None, num_labels: int | None = None):
+                       device: str | None = None, num_labels: int | None = None, precision: str = "auto"):
     """Load a cross-encoder folder (or put a fresh head on a bundled backbone), offline.
 
     Args:
@@ -42,14 +42,19 @@ def load_cross_encoder(name_or_path: str | os.PathLike, max_length: int | None =
         max_length: max tokens of a (query, document) pair.
         device: torch device; ``None`` lets sentence-transformers pick.
         num_labels: force a head size (1 for a fresh scoring head).
+        precision: the transformer's compute precision when scoring (``auto``, ``fp32``,
+            ``bf16``; the scoring head stays fp32), see :mod:`embedray.models.precision`.
     """
     from sentence_transformers import CrossEncoder
 
     from embedray.models.bundled import resolve_model
+    from embedray.models.precision import use_precision
 
     path = resolve_model(name_or_path)
-    return CrossEncoder(str(path), num_labels=num_labels, max_length=max_length, device=device,
-                        trust_remote_code=False, local_files_only=True)
+    model = CrossEncoder(str(path), num_labels=num_labels, max_length=max_length, device=device,
+                         trust_remote_code=False, local_files_only=True)
+    use_precision(model, precision)
+    return model
 
 
 def pairs_from_data(data: RetrievalData) -> list[TrainPair]:
@@ -164,7 +169,8 @@ def train_cross_encoder(train_pairs: Sequence[TrainPair], corpus: Mapping[str, D
     out = Path(out_dir).expanduser().resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)  # the fresh head is initialised in the constructor
-    model = load_cross_encoder(cfg.base_model, max_length=cfg.max_length, num_labels=1)
+    # cfg.precision covers training too: the transformer runs under autocast, head and loss in fp32
+    model = load_cross_encoder(cfg.base_model, max_length=cfg.max_length, num_labels=1, precision=cfg.precision)
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.tmp-") as tmp:
         args = CrossEncoderTrainingArguments(
@@ -220,7 +226,7 @@ def rerank(ce, queries: Mapping[str, str], doc_texts: Mapping[str, str],
 
 
 def evaluate_reranker(ce, data: RetrievalData, first_stage_run: Mapping[str, Mapping[str, float]],
-                      k: int = 100, batch_size: int = 32) -> dict[str, dict[str, float]]:
+                      k: int = 100, batch_size: int = 32, precision: str = "auto") -> dict[str, dict[str, float]]:
     """nDCG/Recall/MRR of the bi-encoder's top-``k`` before and after cross-encoder reranking.
 
     Args:
@@ -229,6 +235,7 @@ def evaluate_reranker(ce, data: RetrievalData, first_stage_run: Mapping[str, Map
         first_stage_run: query id → {doc id: bi-encoder score}, at least the top ``k``.
         k: depth reranked; both runs are cut to it so that only the order differs.
         batch_size: cross-encoder batch size.
+        precision: compute precision of a cross-encoder loaded from its folder.
 
     Returns:
         ``{"before": metrics, "after": metrics}`` from :func:`embedray.eval.metrics.compute_metrics`.
@@ -236,7 +243,7 @@ def evaluate_reranker(ce, data: RetrievalData, first_stage_run: Mapping[str, Map
     from embedray.eval.metrics import compute_metrics
 
     folder = Path(ce) if isinstance(ce, (str, os.PathLike)) else None
-    model = load_cross_encoder(ce) if folder is not None else ce
+    model = load_cross_encoder(ce, precision=precision) if folder is not None else ce
     queries = {q: data.queries[q] for q in data.qrels if q in data.queries and q in first_stage_run}
     before = {q: dict(sorted(first_stage_run[q].items(), key=lambda kv: -kv[1])[:k]) for q in queries}
     texts = {d: doc.text_for_model for d, doc in data.corpus.items()}

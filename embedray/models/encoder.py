@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 
 from embedray.models.bundled import resolve_model
 from embedray.models.config import ModelConfig
+from embedray.models.precision import autocast
 
 #: Our pooling names -> sentence-transformers ``Pooling`` modes.
 ST_POOLING = {"mean": "mean", "cls": "cls", "last": "lasttoken"}
@@ -62,6 +63,9 @@ class BiEncoder(nn.Module):
         projection: ``nn.Linear`` after pooling, or ``None``.
         config: The :class:`ModelConfig` it was built from (pooling resolved, never ``"auto"``).
         source_dir: The local folder the weights came from (used again by the export).
+        precision: ``fp32``, ``bf16`` or ``auto`` (see :mod:`embedray.models.precision`): the
+            backbone's compute precision in ``forward`` and ``encode``; pooling, projection and
+            normalisation stay fp32. Set by the training loop from ``train.precision``.
     """
 
     def __init__(self, backbone: nn.Module, tokenizer: Any, config: ModelConfig, source_dir: Path,
@@ -76,6 +80,7 @@ class BiEncoder(nn.Module):
         self.config = config
         self.source_dir = Path(source_dir)
         self.max_seq_length = max_seq_length
+        self.precision = "fp32"
 
     # ------------------------------------------------------------------ building
     @classmethod
@@ -155,15 +160,16 @@ class BiEncoder(nn.Module):
             ``(batch, dim)`` float32 embeddings (unit length when ``config.normalize``); with
             ``return_hidden``, ``(embeddings, states)``: one ``(batch, seq, hidden)`` per layer.
         """
-        out = self.backbone(input_ids=input_ids, attention_mask=attention_mask,
-                            output_hidden_states=return_hidden, **features)
+        with autocast(self.precision, input_ids.device):
+            out = self.backbone(input_ids=input_ids, attention_mask=attention_mask,
+                                output_hidden_states=return_hidden, **features)
         tokens = out.last_hidden_state.float()  # (batch, seq, hidden); pool in float32 under bf16
         emb = pool(tokens, attention_mask, self.config.pooling)  # (batch, hidden)
         if self.projection is not None:
             emb = self.projection(emb.to(self.projection.weight.dtype)).float()  # (batch, dim)
         if self.config.normalize:
             emb = F.normalize(emb, p=2, dim=-1)
-        return (emb, out.hidden_states[1:]) if return_hidden else emb
+        return (emb, tuple(h.float() for h in out.hidden_states[1:])) if return_hidden else emb
 
     @torch.no_grad()
     def encode(self, texts: Sequence[str], batch_size: int = 64, show_progress_bar: bool = False,

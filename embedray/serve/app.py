@@ -379,9 +379,12 @@ class _Service:
         return without_paths({
             "model": cfg.model_name, "version": embedray.__version__, "dim": self.dim,
             "dimensions": self.allowed_dims, "max_tokens": self.counter.max_seq_length,
-            "normalized": bool(self.info.get("normalized")), "base_model": self.card.base_model,
+            "normalized": bool(self.info.get("normalized")), "precision": self.info.get("precision"),
+            "backend": self.info.get("backend", "torch"), "onnx_file": self.info.get("onnx_file"),
+            "base_model": self.card.base_model,
             "metrics": self.card.metrics, "training": self.card.training,
-            "corpus": {"documents": int(self.info.get("corpus_size") or 0)} if self.info.get("corpus_size")
+            "corpus": {"documents": int(self.info.get("corpus_size") or 0),
+                       "index_type": self.info.get("index_type")} if self.info.get("corpus_size")
             else None,
             "reranker": self.info.get("reranker"),
             "auth": bool(cfg.api_key),

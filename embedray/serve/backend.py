@@ -35,7 +35,7 @@ class Backend(Protocol):
     """The model side of the server."""
 
     async def describe(self) -> dict[str, Any]:
-        """``dim``, ``max_seq_length``, ``normalized``, ``corpus_size``, ``max_batch_tokens``,
+        """``dim``, ``max_seq_length``, ``normalized``, ``corpus_size``, ``index_type``, ``max_batch_tokens``,
         ``reranker`` (name or ``None``), ``reranker_max_length``."""
 
     async def embed_part(self, part: Part) -> Encoded:

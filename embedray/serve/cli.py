@@ -89,7 +89,8 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_text)
             continue
         kind = {int: int, float: float}.get(type(default), str)
-        metavar = {"corpus": "PATH", "index": "DIR", "cross_encoder": "DIR", "api_key_file": "FILE",
+        metavar = {"corpus": "PATH", "index": "DIR", "index_type": "flat|int8|binary", "backend": "auto|torch|onnx",
+                   "precision": "auto|fp32|bf16", "cross_encoder": "DIR", "api_key_file": "FILE",
                    "model_name": "NAME", "host": "HOST"}.get(f.name, {int: "N", float: "X"}.get(kind))
         parser.add_argument(flag, type=kind, default=default, metavar=metavar,
                             help=help_text + (" (default: %(default)s)" if default is not None else ""))
@@ -126,7 +127,8 @@ def run_serve(args: argparse.Namespace) -> int:
     base = None
     if getattr(args, "base_model", None):
         base = dataclasses.replace(cfg, model_dir=str(resolve_model(args.base_model)),
-                                   model_name=_display_name(args.base_model), cross_encoder=None, replicas=1)
+                                   model_name=_display_name(args.base_model), cross_encoder=None, replicas=1,
+                                   backend="torch")
     on_ready = None
     if getattr(args, "ui", False):
         def on_ready(urls: dict[str, str]):

@@ -21,6 +21,10 @@ class ServeConfig:
         index: a saved index over ``corpus`` built with this model (a ``VectorIndex`` folder or an
             ``IndexStore`` root with ``LATEST``, e.g. from a pipeline run); loaded instead of
             encoding the corpus at start-up.
+        index_type: how the corpus index built at start-up stores vectors: ``flat`` (exact fp32),
+            ``int8`` (FAISS scalar quantizer, 4x smaller) or ``binary`` (sign bits, 32x smaller,
+            top candidates rescored with the fp32 vectors). A saved ``index`` keeps the type it
+            was built with; ``/info`` shows the type served.
         cross_encoder: folder that ``sentence_transformers.CrossEncoder`` loads; enables
             ``/rerank`` and ``/search``'s ``rerank`` option. ``None``: those answer 404.
         model_name: name reported in responses and accepted in the ``model`` field; defaults to
@@ -39,6 +43,17 @@ class ServeConfig:
         torch_threads: intra-op threads per model replica; 0 follows the replica's Ray CPU
             reservation (at least 1), Ray's own OMP_NUM_THREADS convention. More threads than
             reserved cores thrash badly when the machine is busy.
+        precision: compute precision of the served transformers (model, base model,
+            cross-encoder): ``auto`` = bf16 where the hardware runs it fast (CUDA bf16, a CPU with
+            AMX-BF16 or AVX512-BF16), ``fp32`` or ``bf16``; pooling and scores stay fp32.
+        backend: what runs the embedding model's transformer: ``torch``, ``onnx`` (onnxruntime
+            on the folder's ``onnx/`` export from ``embedray export MODEL --format onnx``, in that
+            file's precision) or ``auto`` (the default): ``onnx`` on the int8 file where the
+            folder has one (``--quantize int8``), onnxruntime is installed and ``precision`` is
+            ``auto``, else ``torch``; resolved here, so ``backend`` and ``onnx_file`` name what
+            runs. The base model and the cross-encoder stay on torch.
+        onnx_file: the file under ``MODEL/onnx/`` the ``onnx`` backend runs: ``model.onnx`` (fp32)
+            or ``model_qint8_avx512_vnni.onnx`` (int8, from ``--quantize int8``).
         max_ongoing_requests: batch parts one model replica accepts at once (they form batches).
         max_queued_requests: batch parts waiting for a replica before new ones get a 503.
             -1 means unlimited.
@@ -76,6 +91,7 @@ class ServeConfig:
     model_dir: str
     corpus: str | None = None
     index: str | None = None
+    index_type: str = "flat"
     cross_encoder: str | None = None
     model_name: str | None = None
     host: str = "127.0.0.1"
@@ -85,6 +101,9 @@ class ServeConfig:
     replicas: int = 1
     cpus_per_replica: float = 1.0
     torch_threads: int = 0
+    precision: str = "auto"
+    backend: str = "auto"
+    onnx_file: str = "model.onnx"
     max_ongoing_requests: int = 64
     max_queued_requests: int = 256
     max_batch_tokens: int = 8192
@@ -123,6 +142,10 @@ class ServeConfig:
             if not index.is_dir():
                 raise ValueError(f"index: {index} is not a folder (a saved VectorIndex or an IndexStore)")
             self.index = str(index.resolve())
+        from embedray.mining.index import INDEX_TYPES
+
+        if self.index_type not in INDEX_TYPES:
+            raise ValueError(f"index_type: must be one of {', '.join(INDEX_TYPES)}, got {self.index_type!r}")
         if self.cross_encoder is not None:
             ce = Path(self.cross_encoder).expanduser()
             if not (ce / "config.json").is_file():
@@ -156,8 +179,29 @@ class ServeConfig:
         for name in ("cpus_per_replica", "ingress_cpus", "reranker_cpus", "batch_wait_timeout_s"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}: must be >= 0, got {getattr(self, name)}")
+        from embedray.models.precision import check_precision
+
+        check_precision(self.precision)
+        self._check_backend()
         if self.torch_threads < 0:
             raise ValueError(f"torch_threads: must be >= 0 (0 = the Ray CPU reservation), got {self.torch_threads}")
+
+    def _check_backend(self) -> None:
+        """``backend`` is known (``auto`` resolved), its packages are installed, the ONNX file exists."""
+        from embedray.models.backends import auto_backend, check_backend, onnx_path, require_onnx
+
+        if self.backend == "auto":
+            self.backend, self.onnx_file = auto_backend(self.model_dir, self.precision, self.onnx_file)
+        check_backend(self.backend, allow_auto=True)
+        if self.backend == "onnx":
+            if self.precision == "bf16":
+                raise ValueError("precision: bf16 applies to the torch backend; the onnx backend runs "
+                                 f"{self.onnx_file} in its own precision (leave precision at auto)")
+            require_onnx()
+            try:
+                onnx_path(self.model_dir, self.onnx_file)
+            except FileNotFoundError as e:
+                raise ValueError(f"onnx_file: {e}") from None
 
     def limits(self) -> dict[str, float | int]:
         """The limits and timeouts clients see in ``/info``."""

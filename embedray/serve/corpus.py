@@ -71,15 +71,18 @@ class Hit:
 
 
 class CorpusIndex:
-    """Documents and their embeddings in an exact inner-product FAISS index.
+    """Documents and their embeddings in an inner-product FAISS index (exact by default).
 
     Args:
         docs: the corpus.
         embeddings: ``(len(docs), dim)`` float32, normalized for cosine similarity.
         index: an already built ``VectorIndex`` to use instead of building one.
+        index_type: ``flat``, ``int8`` or ``binary`` (see :mod:`embedray.mining.index`) for an
+            index built from ``embeddings``.
     """
 
-    def __init__(self, docs: list[Document], embeddings: np.ndarray | None = None, index=None):
+    def __init__(self, docs: list[Document], embeddings: np.ndarray | None = None, index=None,
+                 index_type: str = "flat"):
         from embedray.mining.index import VectorIndex
 
         self.docs = {d.id: d for d in docs}
@@ -87,8 +90,13 @@ class CorpusIndex:
             if embeddings is None:
                 raise ValueError("CorpusIndex needs embeddings or a built index")
             index = VectorIndex.build(np.asarray(embeddings, dtype=np.float32), [d.id for d in docs],
-                                      factory="Flat", metric="ip", use_gpu=False)
+                                      factory="Flat", metric="ip", use_gpu=False, index_type=index_type)
         self.index = index
+
+    @property
+    def index_type(self) -> str:
+        """The served index's type: ``flat``, ``int8`` or ``binary``."""
+        return self.index.index_type
 
     def __len__(self) -> int:
         return len(self.index)

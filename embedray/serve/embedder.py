@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from embedray.models.precision import use_precision
 from embedray.serve.batching import Part, padded_chunks
 from embedray.serve.corpus import CorpusIndex, Hit, load_corpus, load_index
 
@@ -77,20 +78,31 @@ class EmbedderCore:
         corpus: BEIR folder or JSONL corpus to index at start-up (``None``: no search).
         index: a saved index (``VectorIndex`` folder or ``IndexStore`` root) over ``corpus``
             built with this model, loaded instead of encoding the corpus.
+        index_type: ``flat``, ``int8`` or ``binary`` for the index built from ``corpus`` (a
+            loaded ``index`` keeps its own type).
         max_batch_tokens: padded-token budget of one forward pass.
         torch_threads: intra-op threads; 0 keeps torch's default (all cores).
+        precision: the transformer's compute precision: ``auto`` (bf16 where the hardware runs it
+            fast), ``fp32`` or ``bf16``; pooling and normalisation stay fp32.
+        backend: ``torch`` or ``onnx`` (onnxruntime runs ``onnx/<onnx_file>`` of the folder, in the
+            precision of that file; ``precision`` applies to torch only).
+        onnx_file: the ONNX file of the ``onnx`` backend, e.g. ``model_qint8_avx512_vnni.onnx``.
     """
 
     def __init__(self, model_dir: str | Path, corpus: str | Path | None = None,
-                 index: str | Path | None = None, max_batch_tokens: int = 8192, torch_threads: int = 0):
+                 index: str | Path | None = None, max_batch_tokens: int = 8192, torch_threads: int = 0,
+                 precision: str = "auto", index_type: str = "flat", backend: str = "torch",
+                 onnx_file: str = "model.onnx"):
         import torch
-        from sentence_transformers import SentenceTransformer
+
+        from embedray.models.backends import load_sentence_model
 
         if torch_threads > 0:
             torch.set_num_threads(torch_threads)
-        self.model = SentenceTransformer(str(model_dir), device="cpu", trust_remote_code=False,
-                                         local_files_only=True)
+        self.model = load_sentence_model(model_dir, backend, onnx_file, threads=torch_threads)
         self.model.eval()
+        self.backend, self.onnx_file = backend, getattr(self.model, "embedray_onnx_file", None)
+        self.precision = use_precision(self.model, precision) if backend == "torch" else self.model.embedray_precision
         self.max_seq_length = int(self.model.max_seq_length or 512)
         get_dim = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
         self.dim = int(get_dim())
@@ -100,19 +112,22 @@ class EmbedderCore:
         self._run_lock = threading.Lock()  # one model run at a time (the health check waits its turn)
         self.corpus: CorpusIndex | None = None
         if corpus is not None:
-            self.corpus = self._index_corpus(corpus, index)
+            self.corpus = self._index_corpus(corpus, index, index_type)
 
-    def _index_corpus(self, corpus: str | Path, index: str | Path | None) -> CorpusIndex:
+    def _index_corpus(self, corpus: str | Path, index: str | Path | None, index_type: str) -> CorpusIndex:
         docs = load_corpus(corpus)
         if index is not None:
             loaded = load_index(index, docs, self.dim)
-            log.info("loaded index of %d documents from %s", len(loaded), index)
+            log.info("loaded %s index of %d documents from %s", loaded.index_type, len(loaded), index)
+            if loaded.index_type != index_type:
+                log.warning("index %s is a %s index; serving it as saved (index_type=%s applies only "
+                            "to an index built at start-up)", index, loaded.index_type, index_type)
             return CorpusIndex(docs, index=loaded)
         texts = [d.text_for_model for d in docs]
         lengths = [min(n, self.max_seq_length) for n in self.counter.count(texts)]
         (emb,) = self.encode_parts([Part(texts, lengths, list(range(len(texts))))])  # (n_docs, dim)
         log.info("indexed %d documents from %s", len(docs), corpus)
-        return CorpusIndex(docs, emb)
+        return CorpusIndex(docs, emb, index_type=index_type)
 
     def encode_parts(self, parts: Sequence[Part]) -> list[np.ndarray]:
         """Encode a batch of parts; returns one ``(len(part.texts), dim)`` float32 array per part.
@@ -148,7 +163,9 @@ class EmbedderCore:
     def describe(self) -> dict[str, Any]:
         """Facts the HTTP layer needs: dims, max tokens, normalization, corpus size."""
         return {"dim": self.dim, "max_seq_length": self.max_seq_length, "normalized": self.normalized,
+                "precision": self.precision, "backend": self.backend, "onnx_file": self.onnx_file,
                 "corpus_size": len(self.corpus) if self.corpus is not None else 0,
+                "index_type": self.corpus.index_type if self.corpus is not None else None,
                 "max_batch_tokens": self.max_batch_tokens}
 
 
@@ -159,9 +176,11 @@ class RerankerCore:
     Args:
         model_dir: folder that ``sentence_transformers.CrossEncoder`` loads (one output label).
         torch_threads: intra-op threads; 0 keeps torch's default.
+        precision: the transformer's compute precision (``auto``, ``fp32``, ``bf16``); the
+            scoring head stays fp32.
     """
 
-    def __init__(self, model_dir: str | Path, torch_threads: int = 0):
+    def __init__(self, model_dir: str | Path, torch_threads: int = 0, precision: str = "auto"):
         import torch
         from sentence_transformers import CrossEncoder
 
@@ -170,6 +189,7 @@ class RerankerCore:
         self.model = CrossEncoder(str(model_dir), device="cpu", trust_remote_code=False,
                                   local_files_only=True)
         self.max_length = int(getattr(self.model, "max_seq_length", None) or 512)
+        self.precision = use_precision(self.model, precision)
         self.lock = threading.Lock()
 
     def too_long(self, query: str, texts: Sequence[str]) -> list[int]:

@@ -30,7 +30,10 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     """Gradient clipping by global norm (0 disables)."""
     precision: Literal["auto", "fp32", "bf16"] = "auto"
-    """``auto``: bf16 autocast on a GPU that supports it, fp32 otherwise."""
+    """The backbone's compute precision (student and frozen teacher, training and dev evaluation):
+    ``auto`` = bf16 autocast where the hardware runs it fast (a CUDA GPU with bf16, a CPU with
+    AMX-BF16 or AVX512-BF16), fp32 elsewhere. Pooling, losses and scores stay fp32. Exact-resume
+    comparisons are made in fp32."""
     seed: int = 0
     """Seeds the model head, batch order, negatives and dropout; same seed → same run."""
     max_query_length: int = 64

@@ -27,12 +27,13 @@ class Teacher:
 
     def __init__(self, name_or_path: str, student_cfg: ModelConfig, device: torch.device,
                  hidden_layers: list[int] | None = None, max_cached: int = 200_000,
-                 max_state_bytes: int = 1 << 30):
+                 max_state_bytes: int = 1 << 30, precision: str = "fp32"):
         from embedray.models.encoder import BiEncoder
 
         cfg = ModelConfig(name_or_path=name_or_path, query_prefix=student_cfg.query_prefix,
                           doc_prefix=student_cfg.doc_prefix)
         self.model = BiEncoder.from_config(cfg).eval().to(device)
+        self.model.precision = precision
         for p in self.model.parameters():
             p.requires_grad_(False)
         n_layers = self.model.backbone.config.num_hidden_layers

@@ -67,12 +67,6 @@ def _param_groups(model: torch.nn.Module, extra: list, weight_decay: float) -> l
             {"params": no_decay, "weight_decay": 0.0}]
 
 
-def _autocast(precision: str, device: torch.device):
-    bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda"
-                                   and torch.cuda.is_bf16_supported())
-    return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
-
-
 def make_encode_fn(model, model_cfg, batch_size: int = 64) -> Callable[[list[str], str], Any]:
     """``encode_fn(texts, kind)`` over the live model, with the configured prefixes."""
     def encode(texts: list[str], kind: str):
@@ -141,6 +135,7 @@ def train(job, session, data: TrainingData, run_dir: Path, hooks: Hooks | None =
     """
     from embedray.losses import build_objective, set_dropout
     from embedray.models.encoder import BiEncoder
+    from embedray.models.precision import resolve_precision
     from embedray.training.distill import Teacher, hidden_layer_map
     from embedray.training.gather import gather_fn_for_loss
     from embedray.training.optim import adamw
@@ -152,6 +147,7 @@ def train(job, session, data: TrainingData, run_dir: Path, hooks: Hooks | None =
         torch.set_num_threads(tc.num_threads)
 
     core = BiEncoder.from_config(job.model)
+    core.precision = resolve_precision(tc.precision, session.device)  # the backbone's; losses stay fp32
     if job.loss.dropout is not None:
         set_dropout(core, job.loss.dropout)
     model = session.prepare_model(core)
@@ -161,7 +157,8 @@ def train(job, session, data: TrainingData, run_dir: Path, hooks: Hooks | None =
         if layers is not None and len(layers) != core.backbone.config.num_hidden_layers:
             raise ValueError(f"distill.hidden_layers: {layers} names {len(layers)} teacher layers for a student "
                              f"with {core.backbone.config.num_hidden_layers}")
-        teacher = Teacher(job.distill.teacher, job.model, session.device, hidden_layers=layers)
+        teacher = Teacher(job.distill.teacher, job.model, session.device, hidden_layers=layers,
+                          precision=core.precision)
     gather = gather_fn_for_loss() if job.loss.gather_across_workers and session.world_size > 1 else None
     loss_fn = build_objective(job.loss, gather_fn=gather, student_dim=core.embedding_dim,
                               teacher_dim=teacher.dim if teacher else None)
@@ -216,7 +213,7 @@ def train(job, session, data: TrainingData, run_dir: Path, hooks: Hooks | None =
             batch = [examples[i] for i in plan.rank_indices(index, session.rank)]
             negs = [sampler.sample(ex, index, slot) for slot, ex in enumerate(batch)]
             sync = micro == tc.grad_accum - 1 or not hasattr(model, "no_sync")
-            with (contextlib.nullcontext() if sync else model.no_sync()), _autocast(tc.precision, session.device):
+            with contextlib.nullcontext() if sync else model.no_sync():
                 loss = _batch_loss(model, core, loss_fn, job, data, batch, negs, session.device,
                                    teacher, sampler.scores)
                 (loss / tc.grad_accum).backward()

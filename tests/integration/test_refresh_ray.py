@@ -20,7 +20,7 @@ def test_refresher_killed_mid_rebuild(local_ray, topic_beir, tmp_path):
         "model": {"name_or_path": "tiny-bert"},
         "loss": {"name": "infonce", "temperature": 0.1},
         "train": {"max_steps": 14, "batch_size": 4, "num_negatives": 2, "lr": 1e-3, "checkpoint_every": 7,
-                  "eval_every": 0, "max_doc_length": 48, "num_threads": 1},
+                  "eval_every": 0, "max_doc_length": 48, "num_threads": 1, "precision": "fp32"},
         "cluster": {"num_workers": 2, "cpus_per_worker": 0.5, "storage_path": str(tmp_path), "run_name": "r"},
         "mining": {"k": 10, "num_negatives": 4},
         "cross_encoder": {"base_model": "tiny-bert", "max_steps": 4, "denoise_margin": -1.0},

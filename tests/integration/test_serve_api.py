@@ -128,7 +128,7 @@ def test_auth_on_every_route(apps):
 def test_info_and_metrics(apps):
     info = httpx.get(apps["main"] + "/info", headers=auth()).json()
     assert info["model"] == "minilm" and info["dim"] == 384 and info["dimensions"] == [384, 128, 64]
-    assert info["max_tokens"] == 256 and info["corpus"] == {"documents": 12} and info["reranker"] == "tiny-ce"
+    assert info["max_tokens"] == 256 and info["corpus"] == {"documents": 12, "index_type": "flat"} and info["reranker"] == "tiny-ce"
     assert info["metrics"] == {"ndcg@10": 0.5} and info["auth"] is True
     text = httpx.get(apps["main"] + "/metrics", headers=auth()).text
     for name in ("embedray_requests_total", "embedray_request_latency_seconds_bucket", "embedray_batch_texts",

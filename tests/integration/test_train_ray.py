@@ -16,7 +16,8 @@ def _job(beir, storage, name, **over):
         "model": {"name_or_path": "tiny-bert"},
         "loss": {"name": "infonce", "temperature": 0.1, "gather_across_workers": True},
         "train": {"max_steps": 9, "batch_size": 4, "num_negatives": 1, "lr": 1e-3, "checkpoint_every": 4,
-                  "eval_every": 0, "log_every": 1, "max_doc_length": 48, "num_threads": 1},
+                  "eval_every": 0, "log_every": 1, "max_doc_length": 48, "num_threads": 1,
+                  "precision": "fp32"},  # exact-resume comparisons are made in fp32
         "cluster": {"num_workers": 2, "cpus_per_worker": 0.5, "storage_path": str(storage),
                     "run_name": name, "max_failures": 2, "num_to_keep": 2},
     }

@@ -9,7 +9,7 @@ from embedray.cli import build_parser, main
 from embedray.models.bundled import UnknownModelError, resolve_model
 
 SUBCOMMANDS = {"data debian": "--max-docs", "eval": "--ignore-identical-ids", "train": "--local",
-               "mine": "--output", "pipeline": "overrides", "rotate": "--max-texts", "serve": "--api-key-file", "ui": "--api", "models": "--resolve"}
+               "mine": "--output", "pipeline": "overrides", "rotate": "--max-texts", "export": "--quantize", "serve": "--api-key-file", "ui": "--api", "models": "--resolve"}
 
 
 def test_top_level_help_lists_every_command(capsys):
@@ -17,7 +17,7 @@ def test_top_level_help_lists_every_command(capsys):
         main(["--help"])
     assert e.value.code == 0
     out = capsys.readouterr().out
-    for cmd in ("data", "eval", "train", "mine", "pipeline", "rotate", "serve", "ui", "models"):
+    for cmd in ("data", "eval", "train", "mine", "pipeline", "rotate", "export", "serve", "ui", "models"):
         assert f"    {cmd}" in out
 
 

@@ -75,15 +75,19 @@ def make_client(_cores):
     clients = []
 
     def make(model_dir, **overrides):
-        cfg = ServeConfig(str(model_dir), **overrides)
-        key = ("emb", cfg.model_dir, cfg.corpus, cfg.max_batch_tokens)
+        # fp32 unless a test asks otherwise: most compare with sentence-transformers' fp32 output
+        cfg = ServeConfig(str(model_dir), **{"precision": "fp32", **overrides})
+        key = ("emb", cfg.model_dir, cfg.corpus, cfg.max_batch_tokens, cfg.precision, cfg.index_type,
+               cfg.backend, cfg.onnx_file)
         if key not in _cores:
-            _cores[key] = EmbedderCore(cfg.model_dir, cfg.corpus, max_batch_tokens=cfg.max_batch_tokens)
+            _cores[key] = EmbedderCore(cfg.model_dir, cfg.corpus, max_batch_tokens=cfg.max_batch_tokens,
+                                       precision=cfg.precision, index_type=cfg.index_type,
+                                       backend=cfg.backend, onnx_file=cfg.onnx_file)
         reranker = None
         if cfg.cross_encoder:
-            ckey = ("ce", cfg.cross_encoder)
+            ckey = ("ce", cfg.cross_encoder, cfg.precision)
             if ckey not in _cores:
-                _cores[ckey] = RerankerCore(cfg.cross_encoder)
+                _cores[ckey] = RerankerCore(cfg.cross_encoder, precision=cfg.precision)
             reranker = _cores[ckey]
         backend = LocalBackend(_cores[key], reranker, Path(cfg.cross_encoder).name if reranker else None,
                                cfg.queue_timeout_s)

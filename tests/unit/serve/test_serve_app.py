@@ -159,7 +159,7 @@ def test_search_finds_the_document_and_highlights(make_client, tiny_model, corpu
     marked = {top["snippet"][a:b].lower() for a, b in top["highlights"]}
     assert {"compression", "lossless", "zstandard", "compressing"} <= marked
     assert top["rerank_score"] is None and body["reranked"] is False
-    assert client.get("/info").json()["corpus"] == {"documents": 5}
+    assert client.get("/info").json()["corpus"] == {"documents": 5, "index_type": "flat"}
 
 
 def test_search_limits_and_missing_parts(make_client, tiny_model, corpus_file, error_shape):
@@ -267,3 +267,18 @@ def test_unexpected_errors_become_500_without_trace(tiny_model, error_shape):
     err = error_shape(client.post("/v1/embeddings", json={"input": "a"}), 500, "internal_error")
     assert "secret" not in err["message"]
     assert client.get("/health").status_code == 200
+
+
+def test_bf16_serving_stays_close_to_fp32(make_client, tiny_model, st_model, tiny_cross_encoder):
+    client = make_client(tiny_model, cross_encoder=str(tiny_cross_encoder), precision="bf16")
+    r = client.post("/v1/embeddings", json={"input": TEXTS})
+    assert r.status_code == 200, r.text
+    got = np.array([d["embedding"] for d in r.json()["data"]], dtype=np.float32)
+    want = st_model.encode(TEXTS)
+    cos = (got * want).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(want, axis=1)
+    assert cos.min() > 0.999 and not np.array_equal(got, want)
+    assert client.get("/info").json()["precision"] == "bf16"
+    fp32 = make_client(tiny_model).get("/info").json()
+    assert fp32["precision"] == "fp32"
+    scores = client.post("/rerank", json={"query": "compression", "texts": ["zstd", "gzip"]}).json()["results"]
+    assert len(scores) == 2

@@ -15,7 +15,8 @@ def _job(beir, storage, name, **train):
         "model": {"name_or_path": "tiny-bert"},
         "loss": {"name": "infonce", "temperature": 0.1},
         "train": {"max_steps": 8, "batch_size": 4, "num_negatives": 1, "lr": 1e-3, "checkpoint_every": 3,
-                  "eval_every": 4, "eval_max_queries": None, "log_every": 1, "max_doc_length": 48, **train},
+                  "eval_every": 4, "eval_max_queries": None, "log_every": 1, "max_doc_length": 48,
+                  "precision": "fp32", **train},  # exact-resume comparisons are made in fp32
         "cluster": {"storage_path": str(storage), "run_name": name, "num_to_keep": 2},
     })
 

@@ -1,0 +1,253 @@
+"""Encode throughput on this machine: embedray's encoder vs sentence-transformers, and the GEMM peak.
+
+Texts: a fixed sample of ``--docs`` documents of a BEIR corpus (default SciFact's abstracts,
+title + text as evaluation encodes them), truncated at ``--max-len`` 256 tokens. Every variant
+encodes the same texts at batch ``--batch-size``; the variants take turns for ``--rounds``
+rounds after a warm-up each (median per variant), so a busy neighbour slows all of them alike.
+
+- ``st fp32``: ``SentenceTransformer(folder).encode`` as installed (fp32, the default);
+- ``st bf16 autocast``: the same call under ``torch.autocast("cpu", torch.bfloat16)``;
+- ``st bf16 weights``: ``model_kwargs={"dtype": torch.bfloat16}`` (bf16 weights end to end);
+- ``st onnx int8``: sentence-transformers' own ``backend="onnx"`` on its dynamic int8 export
+  (``export_dynamic_quantized_onnx_model``, ``avx512_vnni``), run in the separate virtualenv
+  ``bench/peer_venvs.sh`` builds (optimum-onnx needs an older transformers than the project);
+  skipped, with the reason printed, where that virtualenv is missing;
+- ``embedray``: :func:`embedray.eval.retrieval.load_encoder` with ``precision="auto"`` — what
+  ``embedray eval``, mining, the refresher and serving load;
+- ``embedray onnx int8``: ``embedray export --quantize int8`` of the folder (a temporary copy),
+  loaded with ``load_encoder(backend="onnx")`` — what ``embedray serve`` runs by default on an
+  int8 export.
+
+The GEMM peak is measured in the same run: the best of ``2048 x 2048`` matmuls in fp32 and bf16.
+``of_peak`` is the useful work rate of embedray's fastest variant (tokens/s x FLOP/token of the
+transformer, from its config, padding not counted) divided by the bf16 peak (int8 counts the
+same FLOPs against the bf16 peak).
+
+Printed: the table, then ``ratio vs_st_fp32`` (embedray's fastest variant / st fp32),
+``ratio vs_st_best`` (the same / the fastest sentence-transformers variant that ran) and
+``ratio of_peak``.
+
+Run:  .venv/bin/python bench/encode.py [--data ../shared/datasets/scifact] [--json out.json]
+      (bash bench/peer_venvs.sh first for the ONNX peer)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ROOT = Path(__file__).resolve().parent.parent
+VARIANTS = ("st fp32", "st bf16 autocast", "st bf16 weights", "st onnx int8", "embedray", "embedray onnx int8")
+OURS = ("embedray", "embedray onnx int8")
+ST_ONNX_VENV = Path(os.environ.get("PEER_VENVS", "/tmp/embedray-peer-venvs")) / "st-onnx"
+
+#: Run in the ST-ONNX virtualenv: export int8 the sentence-transformers way, then time it.
+ST_ONNX_SCRIPT = r"""
+import json, shutil, statistics, sys, time
+from pathlib import Path
+from sentence_transformers import SentenceTransformer, export_dynamic_quantized_onnx_model
+src, work, texts_file, batch, rounds, threads = sys.argv[1:7]
+import torch; torch.set_num_threads(int(threads))
+texts = json.loads(Path(texts_file).read_text())
+folder = Path(work) / "model"
+shutil.copytree(src, folder)
+onnx = SentenceTransformer(str(folder), backend="onnx", local_files_only=True)
+export_dynamic_quantized_onnx_model(onnx, "avx512_vnni", str(folder))
+model = SentenceTransformer(str(folder), backend="onnx", local_files_only=True,
+                            model_kwargs={"file_name": "onnx/model_qint8_avx512_vnni.onnx",
+                                          "provider": "CPUExecutionProvider"})
+model.max_seq_length = int(sys.argv[7])
+model.encode(texts[:int(batch)], batch_size=int(batch))
+rates = []
+for _ in range(int(rounds)):
+    start = time.perf_counter()
+    model.encode(texts, batch_size=int(batch))
+    rates.append(len(texts) / (time.perf_counter() - start))
+print(json.dumps({"docs_per_s": statistics.median(rates)}))
+"""
+
+
+def gemm_peak(n: int = 2048, repeats: int = 10) -> dict[str, float]:
+    """Best GFLOP/s of an ``n x n`` matmul in fp32 and bf16 on this CPU."""
+    import torch
+
+    out = {}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+        a @ b  # warm-up
+        best = min(_timed(lambda: a @ b) for _ in range(repeats))
+        out[name] = round(2 * n**3 / best / 1e9, 1)
+    return out
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def flop_per_text(config, n_tokens: int) -> float:
+    """Forward FLOPs of a BERT-style encoder on one text of ``n_tokens`` (multiply-add = 2).
+
+    Per layer and token: Q, K, V, O projections (4 h^2), the feed-forward (2 h i), and attention
+    over the text's own tokens (scores and values, 2 n h); each counted twice (multiply, add).
+    """
+    h, i, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
+    return layers * n_tokens * 2 * (4 * h * h + 2 * h * i + 2 * n_tokens * h)
+
+
+def sample_texts(data: str, n: int, seed: int = 0) -> list[str]:
+    """A fixed random sample of ``n`` corpus texts (title + text)."""
+    from embedray.data.beir import iter_corpus
+
+    docs = list(iter_corpus(Path(data) / "corpus.jsonl"))
+    return [d.text_for_model for d in random.Random(seed).sample(docs, min(n, len(docs)))]
+
+
+def load_variant(folder: Path, variant: str, max_len: int):
+    """The model of one in-process variant and the context to call it in."""
+    import contextlib
+
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    from embedray.models.backends import INT8_FILE
+
+    if variant in OURS:
+        from embedray.eval.retrieval import load_encoder
+
+        kwargs = {"backend": "onnx", "onnx_file": INT8_FILE} if variant == "embedray onnx int8" else {}
+        model, ctx = load_encoder(folder, max_seq_length=max_len, precision="auto", **kwargs), contextlib.nullcontext
+    else:
+        kwargs = {"model_kwargs": {"dtype": torch.bfloat16}} if variant == "st bf16 weights" else {}
+        model = SentenceTransformer(str(folder), device="cpu", local_files_only=True, **kwargs)
+        model.max_seq_length = max_len
+        ctx = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if variant == "st bf16 autocast" \
+            else contextlib.nullcontext
+    return model, ctx
+
+
+def run_st_onnx(folder: Path, texts: list[str], batch: int, rounds: int, threads: int, max_len: int) -> float | str:
+    """docs/s of sentence-transformers' ONNX int8 backend (its own virtualenv), or why it can't run."""
+    python = ST_ONNX_VENV / "bin" / "python"
+    if not python.exists():
+        return f"no {ST_ONNX_VENV} (bash bench/peer_venvs.sh builds it)"
+    with tempfile.TemporaryDirectory(prefix="embedray-bench-st-onnx-") as tmp:
+        texts_file = Path(tmp) / "texts.json"
+        texts_file.write_text(json.dumps(texts))
+        proc = subprocess.run([str(python), "-c", ST_ONNX_SCRIPT, str(folder), tmp, str(texts_file), str(batch),
+                               str(rounds), str(threads), str(max_len)], capture_output=True, text=True,
+                              env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=3600)
+    if proc.returncode != 0:
+        return "failed: " + (proc.stderr.strip().splitlines() or ["?"])[-1]
+    return float(json.loads(proc.stdout.strip().splitlines()[-1])["docs_per_s"])
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="minilm-l6", help="bundled name or sentence-transformers folder")
+    p.add_argument("--data", default=str(ROOT.parent / "shared" / "datasets" / "scifact"), help="BEIR folder")
+    p.add_argument("--docs", type=int, default=512, help="texts per round")
+    p.add_argument("--max-len", type=int, default=256, help="token cap")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--threads", type=int, default=2, help="intra-op threads of every variant")
+    p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of: " + ", ".join(VARIANTS))
+    p.add_argument("--json", help="also write the results here")
+    a = p.parse_args()
+
+    import torch
+    from transformers import AutoConfig, AutoTokenizer
+
+    from embedray.models.bundled import resolve_model
+    from embedray.models.precision import resolve_precision
+
+    torch.set_num_threads(a.threads)
+    variants = [v.strip() for v in a.variants.split(",") if v.strip()]
+    if unknown := set(variants) - set(VARIANTS) or ({"embedray"} - set(variants)):
+        p.error(f"variants: {sorted(unknown)} unknown or missing; choose from {', '.join(VARIANTS)} "
+                "(embedray included)")
+    folder = resolve_model(a.model)
+    texts = sample_texts(a.data, a.docs)
+    tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    lengths = [len(ids) for ids in tokenizer(texts, truncation=True, max_length=a.max_len)["input_ids"]]
+    config = AutoConfig.from_pretrained(str(folder), local_files_only=True)
+    flops = sum(flop_per_text(config, n) for n in lengths)
+    peak = gemm_peak()
+    print(f"GEMM 2048x2048: fp32 {peak['fp32']} GFLOP/s, bf16 {peak['bf16']} GFLOP/s; "
+          f"{len(texts)} texts, {sum(lengths) / len(lengths):.0f} tokens on average", flush=True)
+
+    skipped: dict[str, str] = {}
+    docs_s: dict[str, float] = {}
+    if "st onnx int8" in variants:
+        got = run_st_onnx(folder, texts, a.batch_size, a.rounds, a.threads, a.max_len)
+        if isinstance(got, str):
+            skipped["st onnx int8"] = got
+        else:
+            docs_s["st onnx int8"] = round(got, 1)
+    in_process = [v for v in variants if v != "st onnx int8"]
+    tmp = tempfile.TemporaryDirectory(prefix="embedray-bench-encode-")
+    exported = Path(tmp.name) / "model"
+    if "embedray onnx int8" in in_process:
+        from embedray.models.export import export_model
+
+        export_model(folder, exported, quantize="int8")
+    models = {v: load_variant(exported if v == "embedray onnx int8" else folder, v, a.max_len)
+              for v in in_process}
+    for model, ctx in models.values():
+        with ctx():
+            model.encode(texts[:a.batch_size], batch_size=a.batch_size)  # warm-up
+    times: dict[str, list[float]] = {v: [] for v in in_process}
+    for _ in range(a.rounds):
+        for variant, (model, ctx) in models.items():
+            with ctx():
+                times[variant].append(len(texts) / _timed(lambda: model.encode(texts, batch_size=a.batch_size)))
+    docs_s.update({v: round(statistics.median(t), 1) for v, t in times.items()})
+    tmp.cleanup()
+
+    fastest = max((v for v in OURS if v in docs_s), key=docs_s.get)
+    ours = docs_s[fastest]
+    st = {v: r for v, r in docs_s.items() if v.startswith("st ")}
+    best = max(st, key=st.get) if st else None
+    achieved = ours / len(texts) * flops / 1e9  # GFLOP/s of useful work
+    print(f"\nencode, {a.model}, {len(texts)} docs of {Path(a.data).name}, max {a.max_len} tokens, batch "
+          f"{a.batch_size}, {a.threads} threads, median of {a.rounds} (embedray precision: "
+          f"{resolve_precision('auto')})")
+    for variant in variants:
+        if variant in docs_s:
+            base = docs_s.get("st fp32")
+            rel = f"x{docs_s[variant] / base:.2f} of st fp32" if base else ""
+            print(f"  {variant:17s} {docs_s[variant]:7.1f} docs/s  {rel}")
+        else:
+            print(f"  {variant:17s} skipped: {skipped[variant]}")
+    print(f"  {fastest} (embedray's fastest): {achieved:.0f} GFLOP/s of useful work = "
+          f"{achieved / peak['bf16']:.1%} of the bf16 GEMM peak")
+    if "st fp32" in docs_s:
+        print(f"ratio vs_st_fp32 {ours / docs_s['st fp32']:.3f}")
+    if best:
+        print(f"ratio vs_st_best {ours / st[best]:.3f}")
+    print(f"ratio of_peak {achieved / peak['bf16']:.3f}")
+    if a.json:
+        Path(a.json).write_text(json.dumps({
+            "model": a.model, "docs": len(texts), "max_len": a.max_len, "batch_size": a.batch_size,
+            "threads": a.threads, "gemm_gflops": peak, "docs_per_s": docs_s, "skipped": skipped,
+            "st_best": best, "embedray_fastest": fastest, "embedray_gflops": round(achieved, 1),
+            "ratio": {"vs_st_fp32": round(ours / docs_s["st fp32"], 3) if "st fp32" in docs_s else None,
+                      "vs_st_best": round(ours / st[best], 3) if best else None,
+                      "of_peak": round(achieved / peak["bf16"], 3)}}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,262 @@
+"""``embedray export``: write a model folder's ONNX export (fp32, and int8 for CPU serving).
+
+The result is the same sentence-transformers folder with sentence-transformers' backend layout
+added: ``onnx/model.onnx`` (fp32) and, with ``--quantize int8``,
+``onnx/model_qint8_avx512_vnni.onnx``. Only the transformer is exported; Pooling, a rotation
+``Dense`` and ``Normalize`` stay in ``modules.json`` and run as before, and ``embedray.json``
+(Matryoshka dims, metrics) travels with the copy, which records the export under ``"export"``.
+
+The graph comes from ``torch.onnx.export`` (the torch.export-based exporter, with eager
+attention; the legacy TorchScript exporter traces transformers 5's attention masks wrongly), the
+int8 file from onnxruntime's dynamic quantization with the settings of optimum's ``avx512_vnni`` preset
+(int8 symmetric per-channel weights, uint8 activations, no reduced range), which is what
+sentence-transformers' ``export_dynamic_quantized_onnx_model`` calls. Both are written here
+because that helper and its fp32 export need optimum-onnx, which does not install beside
+transformers 5 (see :mod:`embedray.models.backends`). Every export is checked against the torch
+model on fixed probe texts before the folder is renamed into place.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import shutil
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from embedray.models.backends import (INT8_FILE, ONNX_DIR, ONNX_FILE, OUTPUT_NAME, load_sentence_model,
+                                      require_onnx)
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("onnx",)
+QUANTIZE = ("int8",)
+EXPORT_KEY = "export"
+OPSET = 18
+#: Worst fp32 deviation from torch (max |difference| of normalised embeddings) an export may have.
+FP32_TOLERANCE = 1e-4
+#: Below this cosine to torch on a probe text, int8 has broken the model rather than rounded it.
+INT8_WARN_COSINE = 0.95
+#: Mixed lengths and scripts; the check encodes them with both backends.
+PROBE_TEXTS = [
+    "hello world",
+    "How do I compress a folder with zstd on the command line?",
+    "Debian is a Linux distribution; apt installs and upgrades its packages, resolving their "
+    "dependencies, and keeps them up to date with security fixes.",
+    "Café, naïve, 東京 — unicode in a query.",
+    "x",
+]
+
+
+def export_model(model: str | Path, out: str | Path | None = None, fmt: str = "onnx",
+                 quantize: str | None = None) -> dict:
+    """Export a sentence-transformers folder's transformer to ONNX (and int8), checked and atomic.
+
+    Args:
+        model: sentence-transformers folder (or a bundled model name, with ``out``).
+        out: target folder; default: ``model`` itself (the export is added beside the weights,
+            sentence-transformers' convention). Built beside it and renamed into place.
+        fmt: ``onnx``.
+        quantize: ``None`` (fp32 only) or ``int8`` (dynamic int8, AVX512-VNNI settings).
+
+    Returns:
+        What was recorded under ``"export"`` in the folder's ``embedray.json``: per file, its
+        precision, size and agreement with the torch model on :data:`PROBE_TEXTS`.
+
+    Raises:
+        ValueError: an unknown format or quantization, a bundled model without ``out``, or an
+            export that does not reproduce the torch model.
+        MissingExtraError: onnxruntime / onnx / onnxscript are not installed.
+    """
+    from embedray.models.bundled import BUNDLED, resolve_model
+    from embedray.models.encoder import replace_dir
+
+    if fmt not in FORMATS:
+        raise ValueError(f"format {fmt!r} is not supported; choose one of {', '.join(FORMATS)}")
+    if quantize is not None and quantize not in QUANTIZE:
+        raise ValueError(f"quantize {quantize!r} is not supported; choose one of {', '.join(QUANTIZE)} "
+                         "(or leave it out for fp32 only)")
+    if out is None and (str(model) in BUNDLED or str(model).startswith("tiny-bert@")):
+        raise ValueError(f"{model!r} is a bundled model (its folder belongs to an installed package or the "
+                         "cache): pass --out DIR for the exported copy")
+    require_onnx()
+    _require_exporter()
+    src = resolve_model(model)
+    target = Path(out).expanduser().resolve() if out is not None else src
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{target.name}.export-") as tmp:
+        staged = Path(tmp) / "model"
+        # An old onnx/ is not copied: the new export replaces all of it.
+        shutil.copytree(src, staged, ignore=lambda d, names: [n for n in names if n.startswith(".")
+                                                              or (Path(d) == src and n == ONNX_DIR)])
+        record = _export_into(staged, quantize)
+        replace_dir(staged, target)
+    return record
+
+
+def _export_into(folder: Path, quantize: str | None) -> dict:
+    """Write ``onnx/`` files into the copy ``folder``, check them, record them in its embedray.json."""
+    from sentence_transformers import SentenceTransformer
+
+    reference = SentenceTransformer(str(folder), device="cpu", trust_remote_code=False, local_files_only=True)
+    reference.eval()
+    expected = reference.encode(PROBE_TEXTS, convert_to_numpy=True, normalize_embeddings=True,
+                                show_progress_bar=False)  # (n, dim)
+    onnx_dir = folder / ONNX_DIR
+    onnx_dir.mkdir(exist_ok=True)
+    files = {ONNX_FILE: "fp32"}
+    _export_fp32(reference, onnx_dir / ONNX_FILE)
+    if quantize == "int8":
+        quantize_int8(onnx_dir / ONNX_FILE, onnx_dir / INT8_FILE)
+        files[INT8_FILE] = "int8"
+    record = {"format": "onnx", "opset": OPSET, "files": {}}
+    for name, precision in files.items():
+        check = _agreement(folder, name, expected)
+        if precision == "fp32" and check["max_abs_diff"] > FP32_TOLERANCE:
+            raise ValueError(f"the ONNX export differs from the torch model by {check['max_abs_diff']:.2g} "
+                             f"(> {FP32_TOLERANCE}) on the probe texts; the graph is wrong: please report "
+                             "it with the model's config.json")
+        if precision == "int8" and check["min_cosine"] < INT8_WARN_COSINE:
+            log.warning("%s: int8 embeddings reach only cosine %.4f to torch on the probe texts; "
+                        "measure retrieval quality before serving it", name, check["min_cosine"])
+        size_mb = round((onnx_dir / name).stat().st_size / 2**20, 2)
+        record["files"][name] = {"precision": precision, "size_mb": size_mb, **check}
+    _record(folder, record)
+    return record
+
+
+def _require_exporter() -> None:
+    """torch's ONNX exporter needs onnxscript; say how to install it when it is missing."""
+    import importlib.util
+
+    from embedray.models.backends import ONNX_EXTRA, MissingExtraError
+
+    if importlib.util.find_spec("onnxscript") is None:
+        raise MissingExtraError(f"embedray export needs onnxscript (torch's ONNX exporter), which is not "
+                                f"installed: {ONNX_EXTRA}")
+
+
+class _LastHidden(torch.nn.Module):
+    """The Hugging Face model as a function of named int64 inputs → ``last_hidden_state``."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        extra = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, return_dict=True,
+                          **extra).last_hidden_state
+
+
+def _export_fp32(model, path: Path) -> None:
+    """Export the transformer of a ``SentenceTransformer`` to ``path`` (dynamic batch and length)."""
+    if type(model[0]).__name__ != "Transformer":
+        raise ValueError(f"only a Hugging Face transformer first module exports to ONNX; this model starts "
+                         f"with {type(model[0]).__name__}")
+    hf = model[0].auto_model.eval()
+    # Plain MatMul/Softmax attention: the int8 quantizer and onnxruntime's kernels handle it
+    # much better than the exporter's lowering of scaled_dot_product_attention (README: ONNX).
+    if hasattr(hf, "set_attn_implementation"):
+        hf.set_attn_implementation("eager")
+    names = [n for n in ("input_ids", "attention_mask", "token_type_ids")
+             if n in model.tokenizer.model_input_names or n != "token_type_ids"]
+    # Two texts of different lengths: a padded batch, so neither axis is specialised to 1.
+    enc = model.tokenizer(PROBE_TEXTS[:2], padding=True, return_tensors="pt")
+    inputs = {n: enc[n] for n in names}
+    batch, length = torch.export.Dim("batch_size"), torch.export.Dim("sequence_length")
+    # The exporter reports its steps on stdout, where the command prints its JSON record.
+    with torch.no_grad(), contextlib.redirect_stdout(sys.stderr), warnings.catch_warnings(), _quiet():
+        warnings.filterwarnings("ignore", message=".*axis name.*will not be used")
+        warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated", category=FutureWarning)
+        program = torch.onnx.export(_LastHidden(hf).eval(), (), kwargs=inputs, dynamo=True, verbose=False,
+                                    input_names=names, output_names=[OUTPUT_NAME], opset_version=OPSET,
+                                    dynamic_shapes={n: {0: batch, 1: length} for n in names})
+    program.save(str(path))
+
+
+@contextlib.contextmanager
+def _quiet(names: tuple[str, ...] = ("", "onnxscript", "onnx_ir", "torch.onnx")):
+    """Loggers of the exporter and the quantizer at WARNING for the duration: their INFO lines
+    (one per rewritten or skipped node) say nothing a user acts on."""
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(max(lg.getEffectiveLevel(), logging.WARNING))
+    # Its shape-inference pre-pass fails on torch.export graphs ("Incomplete symbolic shape
+    # inference") and the quantized model is the same without it.
+    advice = _DropMessage("pre-processing before quantization")
+    loggers[0].addFilter(advice)
+    try:
+        yield
+    finally:
+        loggers[0].removeFilter(advice)
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+class _DropMessage(logging.Filter):
+    """Drops log records whose message contains ``text``."""
+
+    def __init__(self, text: str):
+        super().__init__()
+        self.text = text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.text not in record.getMessage()
+
+
+def quantize_int8(src: Path, dst: Path) -> None:
+    """Dynamic int8 quantization of an ONNX file, with optimum's ``avx512_vnni`` settings.
+
+    Weights int8, symmetric, per channel; activations uint8, asymmetric, quantized at run time;
+    every operator type onnxruntime's integer-ops quantizer handles (MatMul, Gather, ...).
+    """
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization.registry import IntegerOpsRegistry
+
+    with _quiet():  # the quantizer logs every node it skips, on the root logger
+        quantize_dynamic(src, dst, op_types_to_quantize=list(IntegerOpsRegistry), per_channel=True,
+                         reduce_range=False, weight_type=QuantType.QInt8,
+                         extra_options={"WeightSymmetric": True, "ActivationSymmetric": False})
+
+
+def _agreement(folder: Path, file_name: str, expected: np.ndarray) -> dict:
+    """Max |difference| and min cosine of the ONNX file's normalised probe embeddings to torch's."""
+    model = load_sentence_model(folder, backend="onnx", onnx_file=file_name)
+    got = model.encode(PROBE_TEXTS, convert_to_numpy=True, normalize_embeddings=True,
+                       show_progress_bar=False)  # (n, dim)
+    cosine = (got * expected).sum(axis=1)  # (n,)
+    return {"max_abs_diff": float(np.abs(got - expected).max()), "min_cosine": round(float(cosine.min()), 6)}
+
+
+def _record(folder: Path, record: dict) -> None:
+    meta_path = folder / "embedray.json"
+    meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.exists() else {}
+    meta[EXPORT_KEY] = record
+    meta_path.write_text(json.dumps(meta, indent=2), encoding="utf-8")
+
+
+def add_export_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="sentence-transformers folder (or bundled name, with --out) to export")
+    p.add_argument("--format", choices=FORMATS, default="onnx", dest="fmt",
+                   help="export format (default: %(default)s)")
+    p.add_argument("--quantize", choices=QUANTIZE, default=None,
+                   help="also write a dynamically quantized int8 file (onnx/model_qint8_avx512_vnni.onnx)")
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="folder for the exported copy (replaced atomically); default: MODEL itself")
+
+
+def run_export(args: argparse.Namespace) -> int:
+    """``embedray export``: add an ONNX (and int8) export to a model folder; prints the record."""
+    record = export_model(args.model, args.out, args.fmt, args.quantize)
+    out = Path(args.out).expanduser().resolve() if args.out else Path(args.model).expanduser().resolve()
+    print(json.dumps({"model": str(out), **record}, indent=2))
+    return 0
