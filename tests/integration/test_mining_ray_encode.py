@@ -40,9 +40,10 @@ def test_ray_encoding_equals_local_and_uses_the_cache(local_ray, tmp_path):
 
     model_dir = resolve_model("tiny-bert")
     docs = _docs()
+    # fp32: compared with sentence-transformers' fp32 output
     ids, emb = encode_corpus_ray(docs, "tiny-bert", batch_size=16, num_actors=2,
                                  num_cpus_per_actor=0.5, cache_dir=tmp_path / "cache",
-                                 output_dir=tmp_path / "parquet")
+                                 output_dir=tmp_path / "parquet", precision="fp32")
     local = SentenceTransformer(str(model_dir), device="cpu").encode_document(
         [d.text_for_model for d in docs], batch_size=16, normalize_embeddings=True)
     assert ids == [d.id for d in docs]
@@ -53,11 +54,11 @@ def test_ray_encoding_equals_local_and_uses_the_cache(local_ray, tmp_path):
 
     # second run: nothing to encode (no actor pool is even started); one changed doc: one encoded
     ids2, emb2 = encode_corpus_ray(docs, "tiny-bert", cache_dir=tmp_path / "cache",
-                                   output_dir=tmp_path / "none")
+                                   output_dir=tmp_path / "none", precision="fp32")
     np.testing.assert_array_equal(emb2, emb)
     assert not (tmp_path / "none").exists()
     docs[5] = Document("doc5", "an edited description", "")
-    _, emb3 = encode_corpus_ray(docs, "tiny-bert", cache_dir=tmp_path / "cache")
+    _, emb3 = encode_corpus_ray(docs, "tiny-bert", cache_dir=tmp_path / "cache", precision="fp32")
     assert len(cache) == 201
     np.testing.assert_allclose(emb3[5], SentenceTransformer(str(model_dir), device="cpu").encode_document(
         ["an edited description"], normalize_embeddings=True)[0], atol=1e-5)
@@ -69,7 +70,8 @@ def test_ray_encoding_reads_a_beir_corpus_file(local_ray, tmp_path):
 
     docs = _docs(20)
     write_beir(tmp_path / "beir", docs, [("q", "x")], {"test": {"q": {"doc0": 1}}})
-    ids, emb = encode_corpus_ray(tmp_path / "beir" / "corpus.jsonl", "tiny-bert", num_actors=1)
+    ids, emb = encode_corpus_ray(tmp_path / "beir" / "corpus.jsonl", "tiny-bert", num_actors=1,
+                                 precision="fp32")
     by_id = dict(zip(ids, emb))
     from sentence_transformers import SentenceTransformer
 
@@ -93,7 +95,7 @@ def test_ray_encoding_with_a_weights_snapshot_from_the_object_store(local_ray, t
     snapshot = {k: v.clone() for k, v in other.state_dict().items()}
     docs = _docs(24)
     _, emb = encode_corpus_ray(docs, "tiny-bert", num_actors=1, state_dict=local_ray.put(snapshot),
-                               cache_dir=tmp_path)
+                               cache_dir=tmp_path, precision="fp32")
     want = other.encode_document([d.text_for_model for d in docs], normalize_embeddings=True)
     np.testing.assert_allclose(emb, want, atol=1e-5)
     # cached under the snapshot's fingerprint, not the base folder's

@@ -20,7 +20,8 @@ def apps(serve_ray, serve_assets):
 
     main = ServeConfig(str(serve_assets.minilm_mrl), corpus=str(serve_assets.corpus), model_name="minilm",
                        cross_encoder=str(serve_assets.cross_encoder), api_key=API_KEY, max_batch_tokens=512,
-                       cpus_per_replica=0.4, reranker_cpus=0.2, ingress_cpus=0.1, colocate=False)
+                       cpus_per_replica=0.4, reranker_cpus=0.2, ingress_cpus=0.1, colocate=False,
+                       precision="fp32")  # compared with sentence-transformers' fp32 output
     # The two layouts: "main" is split (Ingress → Embedder handle), "tight" colocated.
     # Held requests: a batch waits 3 s to fill up; 2 parts fit in the replica, 2 more in the queue.
     tight = ServeConfig(str(serve_assets.tiny), max_ongoing_requests=2, max_queued_requests=2,

@@ -28,7 +28,8 @@ def direct(serve_assets):
     port = free_port()
     direct_port = next(p for p in iter(free_port, None) if p not in (port, port - 1))
     cfg = ServeConfig(str(serve_assets.minilm_mrl), corpus=str(serve_assets.corpus), model_name="minilm",
-                      api_key=API_KEY, port=port, direct_port=direct_port, replicas=1, cpus_per_replica=1.0)
+                      api_key=API_KEY, port=port, direct_port=direct_port, replicas=1, cpus_per_replica=1.0,
+                      precision="fp32")  # compared with sentence-transformers' fp32 output
     saved = dict(os.environ)
     os.environ.update(direct_ingress_env(cfg))
     init_local_ray(num_cpus=2, log_to_driver=False)
