@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     from sentence_transformers import SentenceTransformer
 
     from embedray.eval.retrieval import load_encoder
-    from embedray.mining.cache import folder_fingerprint
+    from embedray.mining.cache import folder_fingerprint, with_precision
     from embedray.models.bundled import resolve_model
     from embedray.models.cross_encoder import load_cross_encoder
 
@@ -209,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     ce = load_cross_encoder(ce_dir, max_length=a.ce_max_length, device="cpu", precision="fp32")
     our_model = load_encoder(model_dir, device="cpu", precision=a.precision)
     our_ce = load_cross_encoder(ce_dir, max_length=a.ce_max_length, device="cpu", precision=a.precision)
-    weights_fp = folder_fingerprint(model_dir)
+    weights_fp = with_precision(folder_fingerprint(model_dir), a.precision)
     print(f"data: {path} ({data.split}): {len(data.corpus)} docs, {len(data.qrels)} queries; "
           f"k={a.k}, num_negatives={a.num_negatives}, relative_margin={a.relative_margin}; "
           f"torch threads={a.threads}; load average {os.getloadavg()[0]:.1f}", flush=True)

@@ -302,6 +302,7 @@ class Pipeline:
         from embedray.training.loop import cached_doc_embeddings
         c = self.cfg
         model = BiEncoder.from_config(replace(c.teacher, name_or_path=str(name_or_path))).eval()
+        model.precision = c.eval.precision  # part of the cache key: as the stages that share it encode
         return cached_doc_embeddings(model, c.teacher, c.mining.corpus_prompt, self._test_data().corpus,
                                      self.run / "teacher" / "cache", store=True, batch_size=c.eval.batch_size)
 

@@ -190,6 +190,18 @@ class EncodeResult:
     n_cached: int
 
 
+def with_precision(weights_fp: str, precision: str, device="cpu") -> str:
+    """The cache key of ``weights_fp`` encoded at ``precision`` (resolved on ``device``).
+
+    fp32 keeps the bare weights fingerprint; bf16 embeddings differ from fp32 ones in the last
+    digits, so they get their own entries (``<fp>.bf16``) and never stand in for each other.
+    """
+    from embedray.models.precision import resolve_precision
+
+    resolved = resolve_precision(precision, device)
+    return weights_fp if resolved == "fp32" else f"{weights_fp}.{resolved}"
+
+
 def embedding_cache(cache_dir: str | os.PathLike, weights_fp: str) -> ShardedCache:
     """The embedding cache of one weights fingerprint under ``cache_dir``."""
     return ShardedCache(Path(cache_dir) / "emb" / weights_fp)

@@ -137,15 +137,14 @@ def run_mine(args: argparse.Namespace | dict[str, Any]) -> int:
 def _mine_split(a: dict[str, Any], data, cfg: MiningConfig, ce_cfg: CrossEncoderConfig) -> dict:
     from sentence_transformers import SentenceTransformer
 
-    from embedray.mining.cache import folder_fingerprint
+    from embedray.mining.cache import folder_fingerprint, with_precision
     from embedray.mining.pipeline import mine
     from embedray.models.bundled import resolve_model
     from embedray.models.precision import use_precision
 
     model_dir = resolve_model(a["model"])
     model = SentenceTransformer(str(model_dir), trust_remote_code=False, local_files_only=True)
-    use_precision(model, cfg.precision)
-    weights_fp = folder_fingerprint(model_dir)
+    weights_fp = with_precision(folder_fingerprint(model_dir), use_precision(model, cfg.precision))
     encode_corpus = None
     if a.get("ray"):
         from embedray.cluster.encode import ray_encode_fn

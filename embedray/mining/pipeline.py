@@ -20,7 +20,7 @@ import numpy as np
 
 from embedray.data.beir import Document
 from embedray.mining.cache import (EncodeResult, encode_with_cache, folder_fingerprint,
-                                   model_fingerprint)
+                                   model_fingerprint, with_precision)
 from embedray.mining.config import CrossEncoderConfig, MiningConfig
 from embedray.mining.index import VectorIndex
 from embedray.mining.pool import NegativePool
@@ -295,13 +295,13 @@ def _as_encode_fn(model, cfg: MiningConfig, weights_fp: str | None,
         from embedray.models.precision import use_precision
 
         path = resolve_model(model)
-        weights_fp = weights_fp or folder_fingerprint(path)
         model = SentenceTransformer(str(path), device=None, trust_remote_code=False,
                                     local_files_only=True)
-        use_precision(model, cfg.precision)
+        resolved = use_precision(model, cfg.precision)
+        weights_fp = weights_fp or with_precision(folder_fingerprint(path), resolved)
     if hasattr(model, "encode_query") and hasattr(model, "encode_document"):
         if weights_fp is None:
-            weights_fp = model_fingerprint(model)
+            weights_fp = with_precision(model_fingerprint(model), getattr(model, "embedray_precision", "fp32"))
         return st_encode_fn(model, cfg.batch_size, cfg.query_prompt, cfg.corpus_prompt,
                             show_progress), weights_fp
     if callable(model):

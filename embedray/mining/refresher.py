@@ -8,7 +8,7 @@ import signal
 import time
 from pathlib import Path
 
-from embedray.mining.cache import encode_with_cache, state_dict_fingerprint
+from embedray.mining.cache import encode_with_cache, state_dict_fingerprint, with_precision
 from embedray.mining.index import IndexStore
 from embedray.mining.pipeline import doc_text, mine
 from embedray.mining.pool import NegativePool
@@ -87,7 +87,7 @@ class NegativeRefresher:
         t0 = time.perf_counter()
         if weights is not None:
             self.model.load_state_dict({k: v for k, v in weights.items() if not k.startswith("__loss__.")})
-        fp = state_dict_fingerprint(self.model.state_dict())
+        fp = with_precision(state_dict_fingerprint(self.model.state_dict()), self.model.precision, self.model.device)
         if (same := self.pools.published_for(step, fp, self.recipe)) is not None:
             # A resumed run re-snapshots, at the same step, the very weights its killed attempt
             # mined from (exact resume): that pool is this refresh's, under the same version.
@@ -239,7 +239,7 @@ def train_base_cross_encoder(job, data, ce_dir: Path, run_dir: Path) -> None:
     model = BiEncoder.from_config(job.model).eval()
     model.precision = job.mining.precision
     encode = make_encode_fn(model, job.model)
-    weights_fp = state_dict_fingerprint(model.state_dict())
+    weights_fp = with_precision(state_dict_fingerprint(model.state_dict()), model.precision, model.device)
     base = mine(data.corpus, data.queries, train_positives(job, data), encode, job.mining,
                 cache_dir=run_dir / "cache", weights_fp=weights_fp)
     pairs = [(ex.query_id, data.queries[ex.query_id], ex.pos_id) for ex in _trained_examples(job, data)]

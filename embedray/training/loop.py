@@ -103,10 +103,12 @@ def cached_doc_embeddings(model, model_cfg, corpus_prompt: str, corpus, cache_di
     """A corpus (id → Document, in order) as mining encodes it with ``model``'s weights, from the
     run's embedding cache (same weights fingerprint, same text key): ``None`` when any document
     is missing; with ``store``, what the cache lacks is encoded and written to it."""
-    from embedray.mining.cache import cached_embeddings, encode_with_cache, state_dict_fingerprint
+    from embedray.mining.cache import (cached_embeddings, encode_with_cache, state_dict_fingerprint,
+                                       with_precision)
     from embedray.mining.pipeline import doc_text
     texts = [doc_text(d) for d in corpus.values()]
-    fp, prompt = state_dict_fingerprint(model.state_dict()), f"d|{corpus_prompt}"
+    fp = with_precision(state_dict_fingerprint(model.state_dict()), model.precision, model.device)
+    prompt = f"d|{corpus_prompt}"
     if store:
         encode = make_encode_fn(model, model_cfg, batch_size=batch_size)
         return encode_with_cache(texts, lambda batch: encode(batch, "doc"), fp, cache_dir, prompt=prompt).embeddings

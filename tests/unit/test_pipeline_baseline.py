@@ -109,9 +109,10 @@ def test_base_teacher_documents_land_in_the_cache_the_teacher_stage_mines_with(t
     from sentence_transformers import SentenceTransformer
 
     from embedray.cluster.pipeline import Pipeline
-    from embedray.mining.cache import cached_embeddings, state_dict_fingerprint
+    from embedray.mining.cache import cached_embeddings, state_dict_fingerprint, with_precision
     from embedray.mining.pipeline import doc_text
     from embedray.models.bundled import resolve_model
+    from embedray.models.precision import resolve_precision
     from embedray.models.encoder import BiEncoder
     from embedray.training.data import load_training_data
 
@@ -122,13 +123,18 @@ def test_base_teacher_documents_land_in_the_cache_the_teacher_stage_mines_with(t
     docs = p._teacher_docs("tiny-bert")
     job = p._teacher_job()
     data = load_training_data(job.data)
-    fp = state_dict_fingerprint(BiEncoder.from_config(job.model).state_dict())   # as the teacher stage computes it
+    fp = with_precision(state_dict_fingerprint(BiEncoder.from_config(job.model).state_dict()),  # as the teacher
+                        job.mining.precision)                                                   # stage mines
     cached = cached_embeddings([doc_text(d) for d in data.corpus.values()], fp, p.run / "teacher" / "cache",
                                prompt=f"d|{job.mining.corpus_prompt}")
     assert cached is not None and cached.shape == docs.shape
     st = SentenceTransformer(str(resolve_model("tiny-bert")), device="cpu")
     texts = [d.text_for_model for d in p._test_data().corpus.values()]
-    assert np.allclose(docs, st.encode(texts, normalize_embeddings=True), atol=1e-5)  # what the eval would encode
+    want = st.encode(texts, normalize_embeddings=True)                   # what the eval would encode, in fp32
+    if resolve_precision(cfg.eval.precision) == "fp32":
+        assert np.allclose(docs, want, atol=1e-5)
+    else:                                                                # bf16: the same embeddings to ~3 digits
+        assert (docs * want).sum(1).min() > 0.995
 
 
 def test_trained_teacher_documents_are_read_back_from_its_final_dev_evaluation(tmp_path, topic_beir):
@@ -137,7 +143,7 @@ def test_trained_teacher_documents_are_read_back_from_its_final_dev_evaluation(t
     import torch
 
     from embedray.cluster.pipeline import Pipeline
-    from embedray.mining.cache import cached_embeddings, state_dict_fingerprint
+    from embedray.mining.cache import cached_embeddings, state_dict_fingerprint, with_precision
     from embedray.mining.pipeline import doc_text
     from embedray.models.encoder import BiEncoder
     from embedray.training.data import load_training_data
@@ -149,6 +155,7 @@ def test_trained_teacher_documents_are_read_back_from_its_final_dev_evaluation(t
     p = Pipeline(cfg)
     job = p._teacher_job()
     core = BiEncoder.from_config(job.model)
+    core.precision = job.train.precision                  # as the training loop sets it
     with torch.no_grad():                                 # "trained": weights unlike the base model's
         for param in core.parameters():
             param.add_(0.01)
@@ -159,7 +166,7 @@ def test_trained_teacher_documents_are_read_back_from_its_final_dev_evaluation(t
     core.save_sentence_transformer(final)
     reloaded = BiEncoder.from_config(job.model.__class__(name_or_path=str(final)))
     texts = [doc_text(d) for d in p._test_data().corpus.values()]
-    stored = cached_embeddings(texts, state_dict_fingerprint(reloaded.state_dict()), cache,
+    stored = cached_embeddings(texts, with_precision(state_dict_fingerprint(reloaded.state_dict()), cfg.eval.precision), cache,
                                prompt=f"d|{job.mining.corpus_prompt}")
     assert stored is not None
     assert np.allclose(p._teacher_docs(final), stored)

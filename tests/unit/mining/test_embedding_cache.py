@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from embedray.mining.cache import (ShardedCache, encode_with_cache, folder_fingerprint,
-                                   state_dict_fingerprint, text_hash)
+                                   state_dict_fingerprint, text_hash, with_precision)
 
 
 class CountingEncoder:
@@ -65,6 +65,22 @@ def test_prompt_is_part_of_the_key(tmp_path):
     encode_with_cache(DOCS, enc, "fp", tmp_path, prompt="q|")
     assert enc.encoded == 4
     assert text_hash("x", "a") != text_hash("x", "b")
+
+
+def test_precision_is_part_of_the_key(tmp_path):
+    """bf16 embeddings differ from fp32 ones in the last digits: neither stands in for the other."""
+    from embedray.models.precision import resolve_precision
+
+    assert with_precision("fp", "fp32") == "fp"              # fp32 entries keep the bare fingerprint
+    assert with_precision("fp", "bf16") == "fp.bf16"
+    assert with_precision("fp", "auto") == with_precision("fp", resolve_precision("auto"))
+    encode_with_cache(DOCS, CountingEncoder(), with_precision("fp", "fp32"), tmp_path)
+    enc = CountingEncoder()
+    encode_with_cache(DOCS, enc, with_precision("fp", "bf16"), tmp_path)
+    assert enc.encoded == 4
+    again = CountingEncoder()
+    encode_with_cache(DOCS, again, with_precision("fp", "bf16"), tmp_path)
+    assert again.encoded == 0
 
 
 def test_no_cache_dir_encodes_everything():
