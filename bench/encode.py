@@ -125,7 +125,7 @@ def load_variant(folder: Path, variant: str, max_len: int):
     from embedray.models.backends import INT8_FILE
 
     if variant in OURS:
-        from embedray.eval.retrieval import load_encoder
+        from embedray.models.backends import load_encoder
 
         kwargs = {"backend": "onnx", "onnx_file": INT8_FILE} if variant == "embedray onnx int8" else {}
         model, ctx = load_encoder(folder, max_seq_length=max_len, precision="auto", **kwargs), contextlib.nullcontext

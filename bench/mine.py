@@ -107,9 +107,10 @@ def _bench_cross_encoder(path: Path, data, a) -> Path:
     import hashlib
     import random
 
+    from embedray.data.beir import pairs_from_data
     from embedray.mining.config import CrossEncoderConfig
     from embedray.models.bundled import cache_dir
-    from embedray.models.cross_encoder import pairs_from_data, train_cross_encoder
+    from embedray.training.cross_encoder import train_cross_encoder
 
     key = hashlib.sha1(f"{path}|{data.split}|{sorted(data.qrels)}|{len(data.corpus)}|"
                        f"{a.ce_train_steps}|{a.ce_max_length}|{CE_LR}".encode()).hexdigest()[:12]
@@ -196,8 +197,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from sentence_transformers import SentenceTransformer
 
-    from embedray.eval.retrieval import load_encoder
     from embedray.mining.cache import folder_fingerprint, with_precision
+    from embedray.models.backends import load_encoder
     from embedray.models.bundled import resolve_model
     from embedray.models.cross_encoder import load_cross_encoder
 

@@ -43,7 +43,8 @@ DEFAULT_RUNS = "in-batch,static,refreshed+denoised"
 
 
 def _job(a, data_dir: Path, out: Path, name: str, ce: Path | None):
-    from embedray.config import TrainJobConfig, build_config
+    from embedray.config import build_config
+    from embedray.pipeline.config import TrainJobConfig
 
     raw = {
         "data": {"path": str(data_dir), "train_pairs": str(data_dir / "train_pairs.jsonl"),
@@ -67,7 +68,8 @@ def _job(a, data_dir: Path, out: Path, name: str, ce: Path | None):
 
 def _evaluate(model_dir: str, data_dir: Path) -> dict:
     from embedray.data.beir import load_beir
-    from embedray.eval.retrieval import evaluate_retrieval, load_encoder
+    from embedray.eval.retrieval import evaluate_retrieval
+    from embedray.models.backends import load_encoder
 
     model = load_encoder(model_dir)
     out = {}
@@ -108,8 +110,9 @@ def main() -> int:
     from embedray.cluster.train import run_training
     from embedray.data.beir import load_beir
     from embedray.data.debian import build_debian
-    from embedray.mining.refresher import train_base_cross_encoder
-    from embedray.models.cross_encoder import evaluate_reranker
+    from embedray.pipeline.cross_encoder import train_base_cross_encoder
+    from embedray.pipeline.refresh import train_positives, trained_examples
+    from embedray.training.cross_encoder import evaluate_reranker
     from embedray.training.data import load_training_data
 
     out = Path(a.out).resolve()
@@ -127,7 +130,8 @@ def main() -> int:
     if not (ce / "config.json").is_file():
         job = _job(a, data_dir, out, "cross-encoder-prep", None)
         t0 = time.perf_counter()
-        train_base_cross_encoder(job, load_training_data(job.data), ce, out)
+        data = load_training_data(job.data)
+        train_base_cross_encoder(job, data, ce, out, train_positives(job, data), trained_examples(job, data))
         print(f"cross-encoder trained in {time.perf_counter() - t0:.0f} s", flush=True)
     rerank = {}
     for split in ("dev", "test"):
@@ -151,7 +155,7 @@ def main() -> int:
         print(f"{name}: dev {ev['dev']:.4f} test {ev['test']:.4f}  training {summary['wall_s']:.0f} s "
               f"(with mining {total:.0f} s)", flush=True)
 
-    print(f"\n| run | dev nDCG@10 | test nDCG@10 | training wall (s) |\n|---|---|---|---|")
+    print("\n| run | dev nDCG@10 | test nDCG@10 | training wall (s) |\n|---|---|---|---|")
     for name, r in rows.items():
         wall = f"{r['train_wall_s']:.0f}" if "train_wall_s" in r else ""
         print(f"| {name} | {r['dev']:.4f} | {r['test']:.4f} | {wall} |")

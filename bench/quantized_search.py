@@ -45,7 +45,8 @@ import numpy as np  # noqa: E402
 
 def _cached_embeddings(path: Path, texts: list[str], kind: str, a, model_box: list) -> np.ndarray:
     """Embeddings of ``texts`` from ``path`` (.npy) if it matches them, else encode and save them."""
-    from embedray.eval.retrieval import encode_texts, load_encoder
+    from embedray.eval.retrieval import encode_texts
+    from embedray.models.backends import load_encoder
 
     key = hashlib.sha1("\n".join(texts).encode()).hexdigest()
     stamp = path.with_suffix(".sha1")

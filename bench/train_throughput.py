@@ -29,8 +29,11 @@ WARMUP = 3
 def sentence_transformers_run(data, pairs, steps, batch, max_len, threads, bf16: bool = False) -> float:
     import torch
     from datasets import Dataset
-    from sentence_transformers import (SentenceTransformer, SentenceTransformerTrainer,
-                                       SentenceTransformerTrainingArguments)
+    from sentence_transformers import (
+        SentenceTransformer,
+        SentenceTransformerTrainer,
+        SentenceTransformerTrainingArguments,
+    )
     from sentence_transformers.losses import MultipleNegativesRankingLoss
     from transformers import TrainerCallback
 
@@ -69,7 +72,8 @@ def sentence_transformers_run(data, pairs, steps, batch, max_len, threads, bf16:
 
 def embedray_run(data_dir, steps, batch, max_len, workers, storage, precision: str = "auto") -> float:
     from embedray.cluster.train import run_training
-    from embedray.config import TrainJobConfig, build_config
+    from embedray.config import build_config
+    from embedray.pipeline.config import TrainJobConfig
 
     job = build_config(TrainJobConfig, {
         "data": {"path": str(data_dir), "train_pairs": str(Path(data_dir) / "train_pairs.jsonl"), "dev_split": None},

@@ -7,15 +7,15 @@ scale it out on the cluster.
 import argparse
 import sys
 
-from embedray.mining.cli import add_mine_arguments, run_mine
+from embedray.cli import mine
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = add_mine_arguments(argparse.ArgumentParser(prog="jobs/mine.py"))
+    parser = mine.add_arguments(argparse.ArgumentParser(prog="jobs/mine.py"))
     parser.add_argument("--no-ray", dest="ray", action="store_false",
                         help="encode in this process instead of on Ray Data actors")
     parser.set_defaults(ray=True)
-    return run_mine(parser.parse_args(argv))
+    return mine.run(parser.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -6,8 +6,8 @@ Under ``ray job submit`` RAY_ADDRESS is set, so the server joins that cluster; t
 import argparse
 import sys
 
-from embedray.serve.cli import add_serve_arguments, run_serve
+from embedray.cli import serve
 
 if __name__ == "__main__":
-    parser = add_serve_arguments(argparse.ArgumentParser(prog="jobs/serve.py"))
-    sys.exit(run_serve(parser.parse_args()))
+    parser = serve.add_arguments(argparse.ArgumentParser(prog="jobs/serve.py"))
+    sys.exit(serve.run(parser.parse_args()))

@@ -285,9 +285,18 @@ def serve_ui(api: str, base_api: str | None = None, api_key: str | None = None,
     return 0
 
 
-if __name__ == "__main__":
+def main(argv: list[str] | None = None) -> int:
+    """``python ui/app.py`` (what ``embedray ui`` and ``embedray serve --ui`` start): the flags of
+    ``embedray ui``; the API key comes from ``--api-key-file`` or the environment."""
     import argparse
 
-    from embedray.serve.cli import add_ui_arguments, run_ui
+    from embedray.cli.ui import add_arguments
+    from embedray.serve.config import API_KEY_ENV, read_api_key_file
 
-    sys.exit(run_ui(add_ui_arguments(argparse.ArgumentParser(prog="ui/app.py")).parse_args()))
+    args = add_arguments(argparse.ArgumentParser(prog="ui/app.py")).parse_args(argv)
+    key = read_api_key_file(args.api_key_file) if args.api_key_file else os.environ.get(API_KEY_ENV) or None
+    return serve_ui(api=args.api, base_api=args.base_api, api_key=key, host=args.host, port=args.port)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

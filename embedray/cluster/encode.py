@@ -21,7 +21,7 @@ import ray
 
 from embedray.cluster.runtime import OFFLINE_ENV
 from embedray.data.beir import Document
-from embedray.mining.cache import (embedding_cache, folder_fingerprint, state_dict_fingerprint,
+from embedray.mining.cache import (doc_key, embedding_cache, folder_fingerprint, state_dict_fingerprint,
                                    text_hash, with_precision)
 
 log = logging.getLogger(__name__)
@@ -147,7 +147,7 @@ def encode_corpus_ray(docs: Sequence[Document] | Sequence[tuple[str, str]] | "ra
                                              else state_dict)
                       if state_dict is not None else folder_fingerprint(model_dir))
         weights_fp = with_precision(weights_fp, precision, "cuda" if num_gpus else "cpu")
-    keys = [text_hash(t, f"d|{prompt}") for t in texts]
+    keys = [text_hash(t, doc_key(prompt)) for t in texts]
     cache = embedding_cache(cache_dir, weights_fp) if cache_dir is not None else None
     todo = sorted(set(cache.missing(keys)) if cache is not None else range(len(ids)),
                   key=lambda i: -len(texts[i]))  # longest first: batches of similar length

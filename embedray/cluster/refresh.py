@@ -6,21 +6,25 @@ from pathlib import Path
 
 import ray
 
-from embedray.mining.refresher import NegativeRefresher, RefreshDriver, reader_hooks
+from embedray.cluster.encode import ray_encode_fn
+from embedray.config import build_config, to_dict
 from embedray.mining.store import PoolStore
+from embedray.models.bundled import resolve_model
+from embedray.pipeline.config import RefreshConfig, TrainJobConfig
+from embedray.pipeline.refresh import NegativeRefresher, RefreshDriver, reader_hooks
+from embedray.training.data import load_training_data
+from embedray.training.loop import Hooks
 
 
 class RefresherActor:
     """Runs :class:`NegativeRefresher` in its own process; Ray restarts it after a crash."""
 
-    def __init__(self, job_dict: dict, run_dir: str, cross_encoder: str | None):
-        from embedray.config import TrainJobConfig, build_config
-        from embedray.training.data import load_training_data
-
+    def __init__(self, job_dict: dict, run_dir: str, cross_encoder: str | None, before_publish=None):
         job = build_config(TrainJobConfig, job_dict, "refresher")
         _set_threads(job.refresh)
         factory = _ray_data_encoder(job) if job.refresh.ray_data_encode else None
-        self.refresher = NegativeRefresher(job, load_training_data(job.data), run_dir, cross_encoder, factory)
+        self.refresher = NegativeRefresher(job, load_training_data(job.data), run_dir, cross_encoder, factory,
+                                           before_publish=before_publish)
 
     def refresh(self, step: int, weights: dict) -> dict:
         return self.refresher.refresh(step, weights)
@@ -37,9 +41,6 @@ def _set_threads(refresh) -> None:
 
 def _ray_data_encoder(job):
     """Encode cache misses on a Ray Data actor pool with the snapshot's weights."""
-    from embedray.cluster.encode import ray_encode_fn
-    from embedray.models.bundled import resolve_model
-
     def factory(model):
         weights = model.to_sentence_transformer().state_dict()
         return ray_encode_fn(resolve_model(job.model.name_or_path), batch_size=job.mining.batch_size,
@@ -48,28 +49,27 @@ def _ray_data_encoder(job):
     return factory
 
 
-def start_refresher(job, run_dir: Path, cross_encoder: str | None):
-    """Create the actor with fractional CPUs and ``max_restarts`` from ``job.refresh``."""
-    from embedray.config import to_dict
-
+def start_refresher(job, run_dir: Path, cross_encoder: str | None, before_publish=None):
+    """Create the actor with fractional CPUs and ``max_restarts`` from ``job.refresh``
+    (``before_publish``: see :class:`NegativeRefresher`)."""
     actor_cls = ray.remote(RefresherActor).options(
         num_cpus=job.refresh.num_cpus, max_restarts=job.refresh.max_restarts,
         max_task_retries=1,  # a refresh cut short by a crash is redone once on the restarted actor
         name=f"refresher-{job.cluster.run_name}", get_if_exists=True)
-    return actor_cls.remote(to_dict(job), str(run_dir), cross_encoder)
+    return actor_cls.remote(to_dict(job), str(run_dir), cross_encoder, before_publish)
 
 
-def hooks_factory(actor, run_dir: Path, job):
-    """A picklable factory the Ray Train workers call: rank 0 drives the actor, all ranks read pools."""
-    mode, every, root = job.refresh.mode, job.refresh.every, Path(run_dir) / "pools"
+class RefreshHooks:
+    """What each Ray Train worker calls for its loop hooks (shipped to the workers by pickle):
+    rank 0 drives the refresher actor, every rank reads the published pools."""
 
-    def factory():
-        store = PoolStore(root)
-        if mode == "static" or ray.train.get_context().get_world_rank() != 0:
-            return reader_hooks(store, refreshing=mode != "static")
-        driver = RefreshDriver(mode,
-                               submit=lambda step, w: actor.refresh.remote(step, ray.put(w)),
-                               ready=lambda ref: bool(ray.wait([ref], timeout=0)[0]),
-                               result=ray.get)
-        return driver.hooks(store, every)
-    return factory
+    def __init__(self, actor, run_dir: Path, refresh: RefreshConfig):
+        self.actor, self.pools, self.refresh = actor, Path(run_dir) / "pools", refresh
+
+    def __call__(self) -> Hooks:
+        store = PoolStore(self.pools)
+        if self.refresh.mode == "static" or ray.train.get_context().get_world_rank() != 0:
+            return reader_hooks(store, refreshing=self.refresh.mode != "static")
+        driver = RefreshDriver(self.refresh, submit=lambda step, w: self.actor.refresh.remote(step, ray.put(w)),
+                               ready=lambda ref: bool(ray.wait([ref], timeout=0)[0]), result=ray.get)
+        return driver.hooks(store)

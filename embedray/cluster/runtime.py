@@ -27,6 +27,8 @@ from pathlib import Path
 
 import ray
 
+from embedray.atomic import write_text_atomic
+
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
                "HF_DATASETS_OFFLINE": "1"}
 #: Makes a local Ray keep 127.0.0.1 as its node IP, so that every server it starts binds loopback.
@@ -55,7 +57,9 @@ def ensure_auth_token(announce: bool = True) -> Path | None:
     Raises:
         ValueError: the token file exists but is empty.
     """
-    from ray._private.authentication.authentication_token_generator import generate_new_authentication_token
+    from ray._private.authentication.authentication_token_generator import (
+        generate_new_authentication_token,
+    )
 
     if os.environ.get(TOKEN_ENV, "").strip():
         return None
@@ -68,14 +72,7 @@ def ensure_auth_token(announce: bool = True) -> Path | None:
             print(f"warning: {path} is readable by other users; `chmod 600 {path}`", file=sys.stderr)
         return path
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        os.write(fd, generate_new_authentication_token().encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    write_text_atomic(generate_new_authentication_token(), path, mode=0o600)
     if announce:
         print(f"created a Ray auth token at {path} (mode 0600); every Ray client of this cluster needs it",
               file=sys.stderr)

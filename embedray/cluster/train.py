@@ -22,11 +22,16 @@ import torch.distributed as dist
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
+from embedray.cluster.refresh import RefreshHooks, start_refresher
 from embedray.cluster.runtime import ensure_ray
+from embedray.config import build_config, to_dict
+from embedray.pipeline.config import TrainJobConfig
+from embedray.pipeline.refresh import prepare_negatives
 from embedray.training import checkpoint as ckpt
 from embedray.training.batches import Example
 from embedray.training.data import (TrainingData, example_rows, examples_from_rows, load_training_data,
                                     pairs_source, training_examples)
+from embedray.training.loop import Hooks, train
 
 
 class RayTrainSession:
@@ -104,9 +109,6 @@ class RayTrainSession:
 
 
 def _worker(config: dict) -> None:
-    from embedray.config import TrainJobConfig, build_config
-    from embedray.training.loop import Hooks, train
-
     job = build_config(TrainJobConfig, config["job"], "train_loop_config")
     data = load_training_data(job.data)
     data.report = config["skipped"]  # the driver's count, training pairs included (the summary reports it)
@@ -165,18 +167,16 @@ def _check_resources(job) -> None:
             + f") but the Ray cluster has {have:g}; lower cluster.cpus_per_worker (fractions work) or add nodes")
 
 
-def run_training(job, on_step: list[Callable[[int, Any], None]] | None = None) -> dict:
+def run_training(job, on_step: list[Callable[[int, Any], None]] | None = None,
+                 before_publish: Callable[[int, int], None] | None = None) -> dict:
     """Run (or resume) ``job`` on Ray Train; return the training summary.
 
     With ``refresh.mode`` on, the cross-encoder and pool v1 are prepared first (skipped when
     already there), and an async/sync run gets a ``NegativeRefresher`` actor. ``on_step``:
     picklable ``callback(step, log)`` run on every worker after each step (``Hooks.on_step``;
-    ``ray.train.get_context()`` tells a callback its rank).
+    ``ray.train.get_context()`` tells a callback its rank); ``before_publish(step, version)``:
+    picklable, called in the refresher actor after each refresh has mined, before it publishes.
     """
-    from embedray.cluster.refresh import hooks_factory as refresh_hooks, start_refresher
-    from embedray.config import to_dict
-    from embedray.mining.refresher import prepare_negatives
-
     ensure_ray()
     job = absolute_paths(job)
     run_dir = (Path(job.cluster.storage_path).expanduser().resolve() / job.cluster.run_name)
@@ -189,8 +189,8 @@ def run_training(job, on_step: list[Callable[[int, Any], None]] | None = None) -
     hooks_factory = None
     if job.refresh.mode != "off":
         ce_path = prepare_negatives(job, data, run_dir)
-        actor = start_refresher(job, run_dir, ce_path) if job.refresh.mode in ("async", "sync") else None
-        hooks_factory = refresh_hooks(actor, run_dir, job)
+        actor = start_refresher(job, run_dir, ce_path, before_publish) if job.refresh.mode in ("async", "sync") else None
+        hooks_factory = RefreshHooks(actor, run_dir, job.refresh)
     trainer = TorchTrainer(
         train_loop_per_worker=_worker,
         train_loop_config={"job": to_dict(job), "run_dir": str(run_dir), "source": str(pairs_source(job.data)),
@@ -205,3 +205,10 @@ def run_training(job, on_step: list[Callable[[int, Any], None]] | None = None) -
     )
     trainer.fit()
     return json.loads((run_dir / "training_summary_report.json").read_text())
+
+
+class RayRuntime:
+    """:class:`embedray.pipeline.runtime.Runtime` on Ray Train (:func:`run_training`)."""
+
+    def train(self, job, on_step: list[Callable[[int, Any], None]] | None = None) -> dict:
+        return run_training(job, on_step=on_step)

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from embedray.atomic import atomic_open
 from embedray.data.errors import DataError, OnError, SkipReport, handle
 from embedray.data.jsonl import decode_utf8, iter_jsonl, require_str, write_jsonl_atomic
 
@@ -225,13 +226,19 @@ def write_beir(path: str | Path, corpus: Iterable[Document], queries: Iterable[t
                        root / "corpus.jsonl")
     write_jsonl_atomic(({"_id": q, "text": t} for q, t in queries), root / "queries.jsonl")
     for split, judgements in qrels.items():
-        out = root / "qrels" / f"{split}.tsv"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.tmp")
-        with open(tmp, "w", encoding="utf-8", newline="") as f:
+        with atomic_open(root / "qrels" / f"{split}.tsv", newline="") as f:
             f.write("query-id\tcorpus-id\tscore\n")
             for qid, docs in judgements.items():
                 for did, score in docs.items():
                     f.write(f"{qid}\t{did}\t{score}\n")
-        tmp.replace(out)
     return root
+
+
+#: ``(query_id, query_text, positive_doc_id)``.
+JudgedPair = tuple[str, str, str]
+
+
+def pairs_from_data(data: RetrievalData) -> list[JudgedPair]:
+    """Every judged (query, positive document) of a split as :data:`JudgedPair` rows."""
+    return [(q, data.queries[q], d) for q, docs in data.qrels.items() if q in data.queries
+            for d, rel in docs.items() if rel > 0 and d in data.corpus]

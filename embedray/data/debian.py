@@ -8,10 +8,8 @@ and its long description the relevant document (the summary never appears in the
 """
 from __future__ import annotations
 
-import argparse
 import gzip
 import hashlib
-import json
 import logging
 import lzma
 import os
@@ -28,6 +26,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from embedray.atomic import write_json_atomic
 from embedray.data.beir import Document, write_beir
 from embedray.data.flag import FlagExample, write_flag_jsonl
 from embedray.data.jsonl import write_jsonl_atomic
@@ -389,50 +388,10 @@ def build_debian(out_dir: str | Path, max_docs: int | None = None, max_queries: 
             "split_queries": dict(split_queries) if split_queries else None,
             "split_rule": SPLIT_RULE, "selection_rule": SELECT_RULE,
             **{k: v for k, v in asdict(stats).items() if k not in ("out_dir", "seconds")}}
-    tmp = out / ".dataset.json.tmp"
-    tmp.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(out / "dataset.json")
+    write_json_atomic(meta, out / "dataset.json")
     stats.seconds = time.perf_counter() - start
     log.debug("debian dataset: %s", stats.summary().replace("\n", "; "))
     return stats
 
 
 # --- CLI -------------------------------------------------------------------------------------
-
-def add_data_debian_arguments(parser: argparse.ArgumentParser) -> None:
-    """Register the flags of ``embedray data debian``."""
-    parser.add_argument("out_dir", type=Path, help="folder to write the BEIR dataset into")
-    parser.add_argument("--max-docs", type=int, default=None,
-                        help="corpus size (positives of the chosen queries + distractors); default all")
-    parser.add_argument("--max-queries", type=int, default=None,
-                        help="total queries, split 80/10/10 over train/dev/test; default all")
-    parser.add_argument("--split-queries", type=_split_counts, default=None, metavar="SPLIT=N,...",
-                        help="queries of named splits instead of their share, e.g. test=300,dev=60")
-    parser.add_argument("--lists-dir", type=Path, default=Path(DEFAULT_LISTS_DIR),
-                        help=f"apt lists folder with *Translation-en* files (default {DEFAULT_LISTS_DIR})")
-    parser.add_argument("--seed", type=int, default=0,
-                        help="which queries/distractors the caps keep (splits never change)")
-
-
-def _split_counts(text: str) -> dict[str, int]:
-    """``train=480,test=300`` → ``{"train": 480, "test": 300}`` (argparse type)."""
-    counts = {}
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        split, eq, value = part.partition("=")
-        if not eq or not value.strip().isdigit():
-            raise argparse.ArgumentTypeError(f"expected SPLIT=N[,SPLIT=N...], got {part!r}")
-        counts[split.strip()] = int(value)
-    return counts
-
-
-def run_data_debian(args: argparse.Namespace) -> int:
-    """``embedray data debian``: build the dataset, print the counts; 0 on success, 1 on error."""
-    try:
-        stats = build_debian(args.out_dir, max_docs=args.max_docs, max_queries=args.max_queries,
-                             split_queries=getattr(args, "split_queries", None),
-                             seed=getattr(args, "seed", 0), lists_dir=args.lists_dir, progress=True)
-    except (FileNotFoundError, ValueError, RuntimeError, subprocess.CalledProcessError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(stats.summary())
-    return 0

@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from embedray.atomic import atomic_open
 from embedray.data.errors import DataError, OnError, SkipReport, handle
 
 
@@ -83,18 +84,10 @@ def require_list(obj: dict, key: str, path: Path | str, lineno: int, item_type: 
 
 
 def write_jsonl_atomic(rows, path: str | Path) -> int:
-    """Write dict rows as JSONL via a temp file + rename; return the row count."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
+    """Write dict rows as JSONL atomically (:mod:`embedray.atomic`); return the row count."""
     n = 0
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            for row in rows:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
-                n += 1
-        tmp.replace(path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)  # never leave a half-written temp file behind
-        raise
+    with atomic_open(path) as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            n += 1
     return n

@@ -15,6 +15,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from embedray.atomic import atomic_path
 from embedray.data.beir import Document
 from embedray.data.errors import DataError, OnError, SkipReport, handle
 from embedray.data.jsonl import iter_jsonl, require_list, require_str
@@ -145,25 +146,17 @@ def iter_pairs(path: str | Path, on_error: OnError = "raise", report: SkipReport
 
 
 def _write_atomic(rows: Iterable[dict], schema: pa.Schema, path: str | Path) -> int:
-    """Write dict rows in batches to ``path`` via a temp file + rename; return the row count."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
+    """Write dict rows in batches to ``path`` atomically; return the row count."""
     n, batch = 0, []
-    try:
-        with pq.ParquetWriter(tmp, schema) as writer:
-            for row in rows:
-                batch.append(row)
-                if len(batch) == BATCH_ROWS:
-                    writer.write_batch(pa.RecordBatch.from_pylist(batch, schema=schema))
-                    n, batch = n + len(batch), []
-            if batch or n == 0:
+    with atomic_path(path) as tmp, pq.ParquetWriter(tmp, schema) as writer:
+        for row in rows:
+            batch.append(row)
+            if len(batch) == BATCH_ROWS:
                 writer.write_batch(pa.RecordBatch.from_pylist(batch, schema=schema))
-                n += len(batch)
-        tmp.replace(path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+                n, batch = n + len(batch), []
+        if batch or n == 0:
+            writer.write_batch(pa.RecordBatch.from_pylist(batch, schema=schema))
+            n += len(batch)
     return n
 
 

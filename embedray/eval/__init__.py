@@ -1,9 +1,9 @@
 """Retrieval evaluation: nDCG@k / Recall@k / MRR@k on BEIR splits, tables and JSON reports."""
 from embedray.eval.config import EvalConfig
 from embedray.eval.metrics import compute_metrics
-from embedray.eval.report import format_table, write_json_atomic
+from embedray.eval.report import format_table
 from embedray.eval.retrieval import (EncodeFn, Encoder, EvalResult, Timings, encode_texts,
-                                     evaluate_retrieval, load_encoder)
+                                     evaluate_retrieval)
 
-__all__ = ["EvalConfig", "compute_metrics", "format_table", "write_json_atomic", "Encoder",
-           "EncodeFn", "EvalResult", "Timings", "encode_texts", "evaluate_retrieval", "load_encoder"]
+__all__ = ["EvalConfig", "compute_metrics", "format_table", "Encoder",
+           "EncodeFn", "EvalResult", "Timings", "encode_texts", "evaluate_retrieval"]

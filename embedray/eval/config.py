@@ -63,10 +63,10 @@ class EvalConfig:
                              f"got {self.ignore_identical_ids!r}")
         if self.missing_docs not in _MISSING:
             raise ValueError(f"eval.missing_docs must be one of {_MISSING}, got {self.missing_docs!r}")
-        from embedray.models.precision import check_precision
+        from embedray.models.config import check_precision
 
         check_precision(self.precision, "eval.precision")
-        from embedray.models.backends import check_backend
+        from embedray.models.config import check_backend
 
         check_backend(self.backend, "eval.backend")
         if not isinstance(self.device, str) or not self.device:

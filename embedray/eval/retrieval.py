@@ -15,7 +15,6 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
@@ -39,50 +38,6 @@ class Encoder(Protocol):
                **kwargs: Any) -> np.ndarray:
         """Embed ``texts`` as a float ``(len(texts), dim)`` array."""
         ...
-
-
-def load_encoder(name_or_path: str | Path, device: str | None = "cpu",
-                 max_seq_length: int | None = None, precision: str = "auto", backend: str = "torch",
-                 onnx_file: str = "model.onnx"):
-    """Load a bundled model name or a local sentence-transformers folder, offline.
-
-    Args:
-        name_or_path: ``"minilm-l6"``, ``"mpnet-base"``, ``"tiny-bert"`` or a folder.
-        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``…; ``"auto"`` or ``None`` lets
-            sentence-transformers pick (CUDA when available).
-        max_seq_length: override the folder's max sequence length (tokens); default keeps it.
-        precision: the transformer's compute precision, ``auto`` (bf16 where the hardware runs it
-            fast), ``fp32`` or ``bf16`` (:mod:`embedray.models.precision`); pooling stays fp32.
-        backend: ``torch``, or ``onnx``: onnxruntime runs ``onnx/<onnx_file>`` of the folder (an
-            ``embedray export``), in that file's precision (:mod:`embedray.models.backends`).
-        onnx_file: the ``onnx`` backend's file, ``model.onnx`` or ``model_qint8_avx512_vnni.onnx``.
-
-    Returns:
-        A ``sentence_transformers.SentenceTransformer``.
-    """
-    from sentence_transformers import SentenceTransformer
-
-    from embedray.models.backends import load_sentence_model
-    from embedray.models.bundled import resolve_model
-    from embedray.models.precision import check_precision, use_precision
-
-    check_precision(precision)
-    path = resolve_model(name_or_path)
-    if backend != "torch" and precision == "bf16":
-        raise ValueError(f"precision bf16 applies to the torch backend; the {backend} backend runs "
-                         f"{onnx_file} in its own precision")
-    if backend != "torch":
-        model = load_sentence_model(path, backend, onnx_file, device=device)
-    else:
-        model = SentenceTransformer(str(path), device=None if device in (None, "auto") else device,
-                                    trust_remote_code=False, local_files_only=True)
-    if max_seq_length is not None:
-        if max_seq_length < 1:
-            raise ValueError(f"max_seq_length must be >= 1, got {max_seq_length}")
-        model.max_seq_length = int(max_seq_length)
-    if backend == "torch":
-        use_precision(model, precision)
-    return model
 
 
 @dataclass

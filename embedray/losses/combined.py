@@ -24,6 +24,8 @@ class DistillationObjective(nn.Module):
         hidden_loss: ``HiddenStateDistillLoss`` or ``None``; called once per group of
             ``hidden`` (queries, documents) and averaged.
         weights: ``{"task": w, "score": w, "embed": w, "hidden": w}``; missing keys default to 1.
+        temperature: the task loss's; ``teacher_cosines`` are divided by it to become teacher
+            scores on the student's logit scale (cosine / temperature).
 
     Inputs:
         +----------------------+-------------------------------------------------------------------+
@@ -31,6 +33,7 @@ class DistillationObjective(nn.Module):
         +======================+===================================================================+
         | q, d_pos, d_neg      | student embeddings ``(B, dim)``, ``(B, dim)``, ``(B, N, dim)``     |
         | teacher_scores       | ``(B, 1 + N)`` teacher scores of ``[pos, negs]`` (if score_loss)   |
+        | teacher_cosines      | or the teacher bi-encoder's cosines, scaled here by temperature   |
         | teacher_emb          | teacher embeddings of the rows of ``student_emb`` (if embed_loss)  |
         | student_emb          | default ``torch.cat([q, d_pos])``                                 |
         | hidden               | ``[(student_states, teacher_states, attention_mask), ...]``, one   |
@@ -55,7 +58,7 @@ class DistillationObjective(nn.Module):
 
     def __init__(self, task_loss: nn.Module, score_loss: nn.Module | None = None,
                  embed_loss: nn.Module | None = None, weights: Mapping[str, float] | None = None,
-                 hidden_loss: nn.Module | None = None) -> None:
+                 hidden_loss: nn.Module | None = None, temperature: float = 1.0) -> None:
         super().__init__()
         weights = dict(weights or {})
         unknown = set(weights) - set(WEIGHT_KEYS)
@@ -68,11 +71,19 @@ class DistillationObjective(nn.Module):
         self.embed_loss = embed_loss
         self.hidden_loss = hidden_loss
         self.weights = {k: float(weights.get(k, 1.0)) for k in WEIGHT_KEYS}
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        self.temperature = float(temperature)
 
     def forward(self, q: Tensor, d_pos: Tensor, d_neg: Tensor | None = None, *,
-                teacher_scores: Tensor | None = None, teacher_emb: Tensor | None = None,
+                teacher_scores: Tensor | None = None, teacher_cosines: Tensor | None = None,
+                teacher_emb: Tensor | None = None,
                 student_emb: Tensor | None = None, hidden: list[tuple] | None = None, **task_kwargs) -> tuple[Tensor, dict[str, Tensor]]:
         """Return ``(total, parts)``; see the class docstring."""
+        if teacher_cosines is not None:
+            if teacher_scores is not None:
+                raise ValueError("pass teacher_scores or teacher_cosines, not both")
+            teacher_scores = teacher_cosines / self.temperature
         parts = {"task": self.task_loss(q, d_pos, d_neg, **task_kwargs)}
         if self.score_loss is not None:
             if teacher_scores is None:
@@ -95,4 +106,4 @@ class DistillationObjective(nn.Module):
         return total, logged
 
     def extra_repr(self) -> str:
-        return f"weights={self.weights}"
+        return f"weights={self.weights}, temperature={self.temperature}"

@@ -7,5 +7,4 @@
 - :mod:`embedray.mining.rescore` — cross-encoder ``rescore``, ``denoise``, ``rescore_and_denoise``.
 - :mod:`embedray.mining.pool` — ``NegativePool``, the versioned pool training reads.
 - :mod:`embedray.mining.pipeline` — ``mine_negatives`` and the whole ``mine`` pipeline.
-- :mod:`embedray.mining.cli` — ``embedray mine`` (``add_mine_arguments`` / ``run_mine``).
 """

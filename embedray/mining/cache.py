@@ -20,13 +20,14 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from embedray.atomic import atomic_open, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -158,21 +159,11 @@ class ShardedCache:
         self.root.mkdir(parents=True, exist_ok=True)
         name = f"shard-{uuid.uuid4().hex[:16]}"
         npy, marker = self.root / f"{name}.npy", self.root / f"{name}.json"
-        _atomic_write(npy, lambda f: np.save(f, values), binary=True)
-        _atomic_write(marker, lambda f: json.dump({"keys": list(keys)}, f), binary=False)
+        with atomic_open(npy, binary=True) as f:
+            np.save(f, values)
+        write_json_atomic({"keys": list(keys)}, marker, indent=None)
         self._load()
         return npy
-
-
-def _atomic_write(path: Path, write: Callable, binary: bool) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb" if binary else "w") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 @dataclass
@@ -200,6 +191,21 @@ def with_precision(weights_fp: str, precision: str, device="cpu") -> str:
 
     resolved = resolve_precision(precision, device)
     return weights_fp if resolved == "fp32" else f"{weights_fp}.{resolved}"
+
+
+def live_model_key(model) -> str:
+    """The weights key of a live :class:`~embedray.models.encoder.BiEncoder`: its weights
+    fingerprint at its compute precision on its device."""
+    return with_precision(state_dict_fingerprint(model.state_dict()), model.precision, model.device)
+
+
+def doc_key(prompt: str = "") -> str:
+    """The text-key prefix of documents encoded with ``prompt``; queries have :func:`query_key`."""
+    return f"d|{prompt}"
+
+
+def query_key(prompt: str = "") -> str:
+    return f"q|{prompt}"
 
 
 def embedding_cache(cache_dir: str | os.PathLike, weights_fp: str) -> ShardedCache:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from embedray.mining.index import INDEX_TYPES, IndexType
-from embedray.models.precision import PRECISIONS
+from embedray.models.config import PRECISIONS
 
 SamplingStrategy = Literal["top", "random"]
 CrossEncoderLoss = Literal["bce", "listnet", "lambda"]

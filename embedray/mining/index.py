@@ -34,14 +34,14 @@ import logging
 import os
 import re
 import shutil
-import tempfile
-import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
+
+from embedray.atomic import atomic_dir, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -413,20 +413,8 @@ class VectorIndex:
         if path.exists() and not overwrite:
             raise FileExistsError(f"{path}: already exists; an index is never overwritten in "
                                   "place (pass overwrite=True to replace it, or use IndexStore)")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
-        try:
+        with atomic_dir(path, overwrite=True) as tmp:
             self._write_files(tmp)
-            if path.exists():
-                old = path.with_name(f".{path.name}.old-{os.getpid()}-{time.time_ns()}")
-                path.rename(old)
-                tmp.rename(path)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                tmp.rename(path)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         return path
 
     def _write_files(self, folder: Path) -> None:
@@ -546,12 +534,7 @@ class IndexStore:
                              f"increase and v{current} is already published")
         index.meta["version"] = version
         index.save(self.path(version))  # temp folder + rename: v{N}/ is complete or absent
-        pointer = self.root / f".LATEST.tmp-{os.getpid()}"
-        with open(pointer, "w", encoding="utf-8") as f:
-            f.write(f"{version}\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(pointer, self.root / "LATEST")
+        write_text_atomic(f"{version}\n", self.root / "LATEST")
         log.info("published index v%d (%d vectors) at %s", version, len(index), self.path(version))
         return version
 

@@ -19,8 +19,8 @@ from typing import Literal
 import numpy as np
 
 from embedray.data.beir import Document
-from embedray.mining.cache import (EncodeResult, encode_with_cache, folder_fingerprint,
-                                   model_fingerprint, with_precision)
+from embedray.mining.cache import (EncodeResult, doc_key, encode_with_cache, folder_fingerprint,
+                                   model_fingerprint, query_key, with_precision)
 from embedray.mining.config import CrossEncoderConfig, MiningConfig
 from embedray.mining.index import VectorIndex
 from embedray.mining.pool import NegativePool
@@ -56,7 +56,7 @@ def doc_text(doc: Document | str) -> str:
 
 
 @dataclass
-class Encoded:
+class EncodedSplit:
     """Query and corpus embeddings of one mining round plus what the cache saved."""
 
     query_ids: list[str]
@@ -69,7 +69,7 @@ class Encoded:
 def encode_queries_and_corpus(encode_fn: EncodeFn, queries: Mapping[str, str],
                               corpus: Mapping[str, Document | str], cfg: MiningConfig,
                               weights_fp: str | None = None, cache_dir: str | os.PathLike | None = None,
-                              encode_corpus: Callable[[list[str]], np.ndarray] | None = None) -> Encoded:
+                              encode_corpus: Callable[[list[str]], np.ndarray] | None = None) -> EncodedSplit:
     """Encode queries and corpus, through the embedding cache when ``weights_fp`` and ``cache_dir``.
 
     Args:
@@ -88,14 +88,14 @@ def encode_queries_and_corpus(encode_fn: EncodeFn, queries: Mapping[str, str],
     doc_ids = list(corpus)
     doc_fn = encode_corpus or (lambda texts: encode_fn(texts, "doc"))
     docs: EncodeResult = encode_with_cache([doc_text(corpus[d]) for d in doc_ids], doc_fn,
-                                           weights_fp or "", cache, prompt=f"d|{cfg.corpus_prompt}")
+                                           weights_fp or "", cache, prompt=doc_key(cfg.corpus_prompt))
     query_ids = list(queries)
     qs: EncodeResult = encode_with_cache([queries[q] for q in query_ids],
                                          lambda texts: encode_fn(texts, "query"), weights_fp or "",
-                                         cache, prompt=f"q|{cfg.query_prompt}")
+                                         cache, prompt=query_key(cfg.query_prompt))
     counts = {"docs": len(doc_ids), "docs_encoded": docs.n_encoded, "docs_cached": docs.n_cached,
               "queries_encoded": qs.n_encoded, "queries_cached": qs.n_cached}
-    return Encoded(query_ids, qs.embeddings, doc_ids, docs.embeddings, counts)
+    return EncodedSplit(query_ids, qs.embeddings, doc_ids, docs.embeddings, counts)
 
 
 @dataclass

@@ -10,9 +10,10 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from embedray.atomic import write_json_atomic
 
 POOL_FORMAT = "embedray.negative_pool/1"
 # Scores are rounded in the fingerprint only: it identifies *which* negatives were mined and
@@ -82,17 +83,7 @@ class NegativePool:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the pool as JSON atomically (temp file in the same folder + rename)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(self.to_dict(), f, ensure_ascii=False)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        return write_json_atomic(self.to_dict(), path, indent=None)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "NegativePool":

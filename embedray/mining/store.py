@@ -8,6 +8,7 @@ import os
 import re
 from pathlib import Path
 
+from embedray.atomic import write_text_atomic
 from embedray.mining.pool import NegativePool
 
 
@@ -38,9 +39,7 @@ class PoolStore:
         if pool.version <= self.latest_version():
             raise ValueError(f"{self.root}: pool v{pool.version} is not newer than v{self.latest_version()}")
         pool.save(self.path(pool.version))
-        tmp = self.root / f".LATEST.tmp-{os.getpid()}"
-        tmp.write_text(f"{pool.version}\n")
-        os.replace(tmp, self.root / "LATEST")
+        write_text_atomic(f"{pool.version}\n", self.root / "LATEST")
         return pool.version
 
     def load(self, version: int) -> NegativePool:

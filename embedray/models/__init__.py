@@ -4,7 +4,7 @@ from embedray.models.config import ModelConfig
 
 # Imported on first use so that `from embedray.models import resolve_model` stays torch-free.
 _LAZY = {"BiEncoder": "embedray.models.encoder", "layer_reduced_student": "embedray.models.student",
-         "model_size": "embedray.models.student"}
+         "model_size": "embedray.models.student", "load_encoder": "embedray.models.backends"}
 
 __all__ = ["BUNDLED", "UnknownModelError", "build_tiny_bert", "resolve_model", "ModelConfig",
            *_LAZY]

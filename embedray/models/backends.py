@@ -21,7 +21,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-BACKENDS = ("torch", "onnx")
+from embedray.models.bundled import resolve_model
+from embedray.models.config import check_backend, check_precision
+from embedray.models.precision import use_precision
+
 ONNX_DIR = "onnx"
 ONNX_FILE = "model.onnx"
 #: The file name sentence-transformers' ``export_dynamic_quantized_onnx_model(model, "avx512_vnni", ...)`` writes.
@@ -41,14 +44,6 @@ def require_onnx() -> None:
     if missing:
         raise MissingExtraError(f"the onnx backend needs {' and '.join(missing)}, which is not installed: "
                                 f"{ONNX_EXTRA}")
-
-
-def check_backend(backend: str, field: str = "backend", allow_auto: bool = False) -> str:
-    """``backend`` if it is one of :data:`BACKENDS` (or ``auto``), else a ``ValueError`` naming ``field``."""
-    known = (*BACKENDS, "auto") if allow_auto else BACKENDS
-    if backend not in known:
-        raise ValueError(f"{field}: {backend!r} is not a backend; choose one of {', '.join(known)}")
-    return backend
 
 
 def auto_backend(model_dir: str | Path, precision: str = "auto", onnx_file: str = ONNX_FILE) -> tuple[str, str]:
@@ -175,3 +170,43 @@ def _use_onnx(model, path: Path, threads: int) -> None:
     first.model_forward_params = {"input_ids", "attention_mask", "token_type_ids", "return_dict"}
     model.embedray_precision = onnx_precision(path.name)
     model.embedray_onnx_file = path.name
+
+
+def load_encoder(name_or_path: str | Path, device: str | None = "cpu",
+                 max_seq_length: int | None = None, precision: str = "auto", backend: str = "torch",
+                 onnx_file: str = "model.onnx"):
+    """Load a bundled model name or a local sentence-transformers folder, offline.
+
+    Args:
+        name_or_path: ``"minilm-l6"``, ``"mpnet-base"``, ``"tiny-bert"`` or a folder.
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``…; ``"auto"`` or ``None`` lets
+            sentence-transformers pick (CUDA when available).
+        max_seq_length: override the folder's max sequence length (tokens); default keeps it.
+        precision: the transformer's compute precision, ``auto`` (bf16 where the hardware runs it
+            fast), ``fp32`` or ``bf16`` (:mod:`embedray.models.precision`); pooling stays fp32.
+        backend: ``torch``, or ``onnx``: onnxruntime runs ``onnx/<onnx_file>`` of the folder (an
+            ``embedray export``), in that file's precision (:func:`load_sentence_model`).
+        onnx_file: the ``onnx`` backend's file, ``model.onnx`` or ``model_qint8_avx512_vnni.onnx``.
+
+    Returns:
+        A ``sentence_transformers.SentenceTransformer``.
+    """
+    from sentence_transformers import SentenceTransformer
+
+    check_precision(precision)
+    path = resolve_model(name_or_path)
+    if backend != "torch" and precision == "bf16":
+        raise ValueError(f"precision bf16 applies to the torch backend; the {backend} backend runs "
+                         f"{onnx_file} in its own precision")
+    if backend != "torch":
+        model = load_sentence_model(path, backend, onnx_file, device=device)
+    else:
+        model = SentenceTransformer(str(path), device=None if device in (None, "auto") else device,
+                                    trust_remote_code=False, local_files_only=True)
+    if max_seq_length is not None:
+        if max_seq_length < 1:
+            raise ValueError(f"max_seq_length must be >= 1, got {max_seq_length}")
+        model.max_seq_length = int(max_seq_length)
+    if backend == "torch":
+        use_precision(model, precision)
+    return model

@@ -1,11 +1,33 @@
-"""Typed configuration of the trainable bi-encoder (:class:`embedray.models.encoder.BiEncoder`)."""
+"""Typed configuration of the trainable bi-encoder (:class:`embedray.models.encoder.BiEncoder`),
+and the names every config section checks against (precisions, backends): torch-free, so that
+reading a recipe or building the command line imports no torch."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 POOLING_MODES = ("auto", "mean", "cls", "last")
 FINETUNE_MODES = ("full", "lora", "qlora")
 DTYPES = ("float32", "bfloat16")
+Precision = Literal["auto", "fp32", "bf16"]
+PRECISIONS = ("auto", "fp32", "bf16")
+BACKENDS = ("torch", "onnx")
+
+
+def check_precision(value: str, field: str = "precision") -> str:
+    """``value`` if it is one of :data:`PRECISIONS`, else a ``ValueError`` naming ``field``."""
+    if value not in PRECISIONS:
+        raise ValueError(f"{field}: {value!r} is not a precision; choose auto (bf16 where the hardware "
+                         f"runs it fast), fp32 or bf16")
+    return value
+
+
+def check_backend(backend: str, field: str = "backend", allow_auto: bool = False) -> str:
+    """``backend`` if it is one of :data:`BACKENDS` (or ``auto``), else a ``ValueError`` naming ``field``."""
+    known = (*BACKENDS, "auto") if allow_auto else BACKENDS
+    if backend not in known:
+        raise ValueError(f"{field}: {backend!r} is not a backend; choose one of {', '.join(known)}")
+    return backend
 
 
 @dataclass

@@ -31,6 +31,7 @@ from safetensors.torch import load_file
 from torch import nn
 from tqdm.auto import tqdm
 
+from embedray.atomic import replace_dir
 from embedray.models.bundled import resolve_model
 from embedray.models.config import ModelConfig
 from embedray.models.precision import autocast
@@ -229,7 +230,11 @@ class BiEncoder(nn.Module):
         if self.config.finetune == "full":
             fresh.load_state_dict({k: _cpu_float32(v) for k, v in self.backbone.state_dict().items()})
             return fresh
-        from peft import get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+        from peft import (
+            get_peft_model,
+            get_peft_model_state_dict,
+            set_peft_model_state_dict,
+        )
 
         wrapped = get_peft_model(fresh, copy.deepcopy(self.backbone.peft_config["default"]))
         adapter = {k: _cpu_float32(v) for k, v in get_peft_model_state_dict(self.backbone).items()}
@@ -247,7 +252,10 @@ class BiEncoder(nn.Module):
             A ``SentenceTransformer`` (Transformer -> Pooling -> [Dense] -> [Normalize]) with
             the query/document prefixes as its prompts.
         """
-        from sentence_transformers import SentenceTransformer, SentenceTransformerModelCardData
+        from sentence_transformers import (
+            SentenceTransformer,
+            SentenceTransformerModelCardData,
+        )
 
         st_models = _st_modules()
         extra_card = extra_card or {}
@@ -597,19 +605,3 @@ def _as_list(x: Any) -> list:
 
 def _json_get(path: Path, key: str) -> Any:
     return json.loads(path.read_text()).get(key) if path.exists() else None
-
-
-def replace_dir(new: Path, target: Path) -> None:
-    """Move the complete folder ``new`` to ``target``; an old ``target`` is swapped out first
-    and deleted only after the rename succeeded."""
-    if not target.exists():
-        new.rename(target)
-        return
-    old = target.parent / f".{target.name}.old-{new.parent.name}"
-    target.rename(old)
-    try:
-        new.rename(target)
-    except OSError:
-        old.rename(target)
-        raise
-    shutil.rmtree(old, ignore_errors=True)

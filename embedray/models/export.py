@@ -17,7 +17,6 @@ model on fixed probe texts before the folder is renamed into place.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import logging
@@ -30,13 +29,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from embedray.models.backends import (INT8_FILE, ONNX_DIR, ONNX_FILE, OUTPUT_NAME, load_sentence_model,
-                                      require_onnx)
+from embedray.models.backends import INT8_FILE, ONNX_DIR, ONNX_FILE, OUTPUT_NAME, load_sentence_model, require_onnx
 
 log = logging.getLogger(__name__)
 
 FORMATS = ("onnx",)
-QUANTIZE = ("int8",)
+QUANTIZE = ("int8",)  # also in embedray.cli.export, which must not import torch
 EXPORT_KEY = "export"
 OPSET = 18
 #: Worst fp32 deviation from torch (max |difference| of normalised embeddings) an export may have.
@@ -74,8 +72,8 @@ def export_model(model: str | Path, out: str | Path | None = None, fmt: str = "o
             export that does not reproduce the torch model.
         MissingExtraError: onnxruntime / onnx / onnxscript are not installed.
     """
+    from embedray.atomic import replace_dir
     from embedray.models.bundled import BUNDLED, resolve_model
-    from embedray.models.encoder import replace_dir
 
     if fmt not in FORMATS:
         raise ValueError(f"format {fmt!r} is not supported; choose one of {', '.join(FORMATS)}")
@@ -242,21 +240,3 @@ def _record(folder: Path, record: dict) -> None:
     meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.exists() else {}
     meta[EXPORT_KEY] = record
     meta_path.write_text(json.dumps(meta, indent=2), encoding="utf-8")
-
-
-def add_export_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", help="sentence-transformers folder (or bundled name, with --out) to export")
-    p.add_argument("--format", choices=FORMATS, default="onnx", dest="fmt",
-                   help="export format (default: %(default)s)")
-    p.add_argument("--quantize", choices=QUANTIZE, default=None,
-                   help="also write a dynamically quantized int8 file (onnx/model_qint8_avx512_vnni.onnx)")
-    p.add_argument("--out", default=None, metavar="DIR",
-                   help="folder for the exported copy (replaced atomically); default: MODEL itself")
-
-
-def run_export(args: argparse.Namespace) -> int:
-    """``embedray export``: add an ONNX (and int8) export to a model folder; prints the record."""
-    record = export_model(args.model, args.out, args.fmt, args.quantize)
-    out = Path(args.out).expanduser().resolve() if args.out else Path(args.model).expanduser().resolve()
-    print(json.dumps({"model": str(out), **record}, indent=2))
-    return 0

@@ -19,18 +19,10 @@ from typing import Any, Literal
 
 import torch
 
-Precision = Literal["auto", "fp32", "bf16"]
-PRECISIONS = ("auto", "fp32", "bf16")
+from embedray.models.config import check_precision
+
 #: Attribute set on a model by :func:`use_precision` (the resolved ``fp32`` / ``bf16``).
 ATTR = "embedray_precision"
-
-
-def check_precision(value: str, field: str = "precision") -> str:
-    """``value`` if it is one of :data:`PRECISIONS`, else a ``ValueError`` naming ``field``."""
-    if value not in PRECISIONS:
-        raise ValueError(f"{field}: {value!r} is not a precision; choose auto (bf16 where the hardware "
-                         f"runs it fast), fp32 or bf16")
-    return value
 
 
 @functools.cache

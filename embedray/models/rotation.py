@@ -17,7 +17,6 @@ rotation export.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import random
 import re
@@ -84,9 +83,9 @@ def rotate_model(model_dir: str | Path, texts: Sequence[str], out_dir: str | Pat
         What was recorded under ``"rotation"`` in the copy's ``embedray.json``: the kind, the
         number of fit texts and the variance share the first 1/8, 1/4 and 1/2 of dims explain.
     """
-    from embedray.eval.retrieval import load_encoder
+    from embedray.atomic import replace_dir
+    from embedray.models.backends import load_encoder
     from embedray.models.bundled import resolve_model
-    from embedray.models.encoder import replace_dir
 
     src, out = Path(resolve_model(model_dir)).resolve(), Path(out_dir).expanduser().resolve()
     if len(texts) < 2:
@@ -167,29 +166,3 @@ def _apply_rotation(model, rot: np.ndarray) -> None:
     model._modules.clear()
     for i, module in enumerate(modules):
         model._modules[str(i)] = module
-
-
-def add_rotate_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", help="sentence-transformers folder (or bundled name) to rotate")
-    p.add_argument("--data", required=True, help="BEIR folder whose split's queries and positives fit the axes")
-    p.add_argument("--split", default="train", help="qrels split to fit on (default: train; never test)")
-    p.add_argument("--out", required=True, help="folder for the rotated copy (replaced atomically)")
-    p.add_argument("--max-texts", type=int, default=20000, help="fit on at most this many texts (a fixed sample)")
-    p.add_argument("--batch-size", type=int, default=64, help="encoder batch size")
-
-
-def run_rotate(args: argparse.Namespace) -> int:
-    """``embedray rotate``: principal-axes rotation of a model, fit on a BEIR split's pairs."""
-    from embedray.data.beir import load_beir
-    from embedray.models.cross_encoder import pairs_from_data
-
-    if args.split == "test":
-        raise ValueError("--split test: the test split only measures; fit the rotation on train (or dev)")
-    if args.max_texts < 2:
-        raise ValueError(f"--max-texts must be >= 2, got {args.max_texts}")
-    data = load_beir(args.data, args.split)
-    pairs = [(query, data.corpus[d].text_for_model) for _, query, d in pairs_from_data(data)]
-    info = rotate_model(args.model, fit_texts(pairs, args.max_texts), args.out,
-                        batch_size=args.batch_size, show_progress=True)
-    print(json.dumps({"model": str(Path(args.out).expanduser().resolve()), **info}, indent=2))
-    return 0

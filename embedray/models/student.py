@@ -102,7 +102,7 @@ def layer_reduced_student(teacher_path_or_name: str | Path, keep_layers: list[in
     """
     from sentence_transformers import SentenceTransformer
 
-    from embedray.models.encoder import replace_dir
+    from embedray.atomic import replace_dir
 
     teacher_dir = resolve_model(teacher_path_or_name)
     st = SentenceTransformer(str(teacher_dir), device="cpu", local_files_only=True)

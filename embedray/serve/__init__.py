@@ -8,6 +8,7 @@
 * :mod:`~embedray.serve.batching` — token-budget splitting, length-sorted passes, run merging;
 * :mod:`~embedray.serve.embedder` — the model, the cross-encoder, token counting;
 * :mod:`~embedray.serve.corpus` — the corpus, its FAISS index, snippets and highlights;
-* :mod:`~embedray.serve.backend` — the model-side interface and its in-process implementation;
-* :mod:`~embedray.serve.cli` — ``embedray serve`` and ``embedray ui``.
+* :mod:`~embedray.serve.backend` — the model-side interface and its in-process implementation.
+
+``embedray serve`` is :mod:`embedray.cli.serve`.
 """

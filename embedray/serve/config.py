@@ -179,7 +179,7 @@ class ServeConfig:
         for name in ("cpus_per_replica", "ingress_cpus", "reranker_cpus", "batch_wait_timeout_s"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}: must be >= 0, got {getattr(self, name)}")
-        from embedray.models.precision import check_precision
+        from embedray.models.config import check_precision
 
         check_precision(self.precision)
         self._check_backend()
@@ -188,7 +188,8 @@ class ServeConfig:
 
     def _check_backend(self) -> None:
         """``backend`` is known (``auto`` resolved), its packages are installed, the ONNX file exists."""
-        from embedray.models.backends import auto_backend, check_backend, onnx_path, require_onnx
+        from embedray.models.backends import auto_backend, onnx_path, require_onnx
+        from embedray.models.config import check_backend
 
         if self.backend == "auto":
             self.backend, self.onnx_file = auto_backend(self.model_dir, self.precision, self.onnx_file)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import shutil
 from pathlib import Path
@@ -19,6 +18,8 @@ from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from embedray.atomic import fsync_path
 
 LEGACY_MANIFEST = "manifest.json"  # one manifest by rank 0 (checkpoints written before per-rank manifests)
 _NAME = re.compile(r"^checkpoint-(\d+)$")
@@ -36,15 +37,6 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
-
-
-def fsync_path(path: Path) -> None:
-    """Flush a file's or a folder's data and metadata to disk (a folder: its entries)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def write_state(folder: Path, *, model_state: dict, optimizer_state: dict | None,

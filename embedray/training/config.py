@@ -57,10 +57,6 @@ class TrainConfig:
     num_threads: int | None = None
     """torch intra-op threads per worker (None = the CPUs given to the worker). Dev evaluation,
     which rank 0 runs while the other workers wait, uses every core of its node."""
-    debug_kill_at_step: int | None = None
-    """Fault injection for tests: the worker of rank ``debug_kill_rank`` SIGKILLs itself once at this step."""
-    debug_kill_rank: int = 1
-    """Which rank ``debug_kill_at_step`` kills."""
 
     def __post_init__(self) -> None:
         checks = [

@@ -6,6 +6,8 @@ import json
 
 import torch
 
+from embedray.losses.similarity import similarity_matrix
+
 from embedray.models.config import ModelConfig
 
 
@@ -121,19 +123,18 @@ def hidden_layer_map(job) -> list[int]:
     return list(kept)
 
 
-def candidate_scores(q: torch.Tensor, d: torch.Tensor, b: int, n: int, temperature: float) -> torch.Tensor:
-    """(B, 1+N) teacher scores: cosine / temperature of each query with its positive then negatives."""
+def candidate_cosines(q: torch.Tensor, d: torch.Tensor, b: int, n: int) -> torch.Tensor:
+    """(B, 1+N) teacher cosines of each query with its positive then negatives."""
     d_pos, d_neg = d[:b], d[b:].view(b, n, -1)                       # (B, D), (B, N, D)
     pos = (q * d_pos).sum(-1, keepdim=True)                           # (B, 1)
     neg = torch.einsum("bd,bnd->bn", q, d_neg) if n else q.new_zeros(b, 0)   # (B, N)
-    return torch.cat([pos, neg], dim=1) / temperature
+    return torch.cat([pos, neg], dim=1)
 
 
-def in_batch_scores(q: torch.Tensor, d: torch.Tensor, temperature: float) -> torch.Tensor:
-    """(B, B + B*N) teacher scores: cosine / temperature of each query with every document of the
-    batch, in the batch's document order (positives, then each query's negatives)."""
-    from embedray.losses.similarity import similarity_matrix
-    return similarity_matrix(q, d, "dot") / temperature
+def in_batch_cosines(q: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+    """(B, B + B*N) teacher cosines of each query with every document of the batch, in the
+    batch's document order (positives, then each query's negatives)."""
+    return similarity_matrix(q, d, "dot")
 
 
 def pool_scores(query_ids: list[str], pos_ids: list[str], neg_ids: list[list[str]],

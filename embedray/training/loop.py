@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,12 +17,24 @@ from typing import Any, Callable
 import torch
 from tqdm.auto import tqdm
 
+from embedray.atomic import write_json_atomic
+from embedray.config import to_dict
+from embedray.eval.retrieval import evaluate_retrieval
+from embedray.losses import build_objective, set_dropout
+from embedray.losses.infonce import ids_to_tensor
+from embedray.mining.cache import cached_embeddings, doc_key, encode_with_cache, live_model_key
+from embedray.mining.pipeline import doc_text
+from embedray.models.encoder import BiEncoder
+from embedray.models.precision import resolve_precision
 from embedray.training import checkpoint as ckpt
 from embedray.training.batches import BatchPlan, NegativeSampler, canonical_order
 from embedray.training.data import TrainingData
+from embedray.training.distill import Teacher, candidate_cosines, hidden_layer_map, in_batch_cosines, pool_scores
 from embedray.training.distributed import barrier, broadcast_flag, broadcast_int, mean_across_workers
-from embedray.training.logs import RunLogger, write_json_atomic
-
+from embedray.training.gather import gather_fn_for_loss
+from embedray.training.logs import RunLogger
+from embedray.training.optim import adamw
+from embedray.training.plots import plot_run
 
 LOSS_PREFIX = "__loss__."  # trainable loss parameters (e.g. a distillation projection) in checkpoints
 
@@ -34,14 +45,14 @@ class Hooks:
 
     Rank 0 asks ``pool_version(step)`` at every step boundary (the newest pool that step may
     train on) and broadcasts the answer, so all workers switch pools at the same step;
-    ``snapshot`` (rank 0) hands the weights to the refresher every ``snapshot_every`` steps.
+    ``snapshot(step, weights)`` (rank 0) is offered the weights after each step but the last
+    (``weights()`` copies them; the refresh loop takes them every ``refresh.every`` steps).
     ``on_step(step, log)`` runs on every rank after each step (before its checkpoint).
     """
 
     pool_version: Callable[[int], int] | None = None
     load_pool: Callable[[int], tuple[dict[str, list[str]], dict, dict]] | None = None
-    snapshot_every: int = 0
-    snapshot: Callable[[int, dict[str, torch.Tensor]], None] | None = None
+    snapshot: Callable[[int, Callable[[], dict[str, torch.Tensor]]], None] | None = None
     on_step: list[Callable[[int, RunLogger], None]] = field(default_factory=list)
 
 
@@ -83,7 +94,6 @@ def evaluate_dev(model, job, data: TrainingData, cache_dir: Path | None = None, 
     the corpus its base weights were mined with. With ``store`` too, the documents it encodes
     are written there (the final weights: the pipeline's test evaluation reads them back).
     """
-    from embedray.eval.retrieval import evaluate_retrieval
     dev = data.dev
     if job.train.eval_max_queries and len(dev.qrels) > job.train.eval_max_queries:
         keep = sorted(dev.qrels)[: job.train.eval_max_queries]
@@ -103,12 +113,9 @@ def cached_doc_embeddings(model, model_cfg, corpus_prompt: str, corpus, cache_di
     """A corpus (id → Document, in order) as mining encodes it with ``model``'s weights, from the
     run's embedding cache (same weights fingerprint, same text key): ``None`` when any document
     is missing; with ``store``, what the cache lacks is encoded and written to it."""
-    from embedray.mining.cache import (cached_embeddings, encode_with_cache, state_dict_fingerprint,
-                                       with_precision)
-    from embedray.mining.pipeline import doc_text
     texts = [doc_text(d) for d in corpus.values()]
-    fp = with_precision(state_dict_fingerprint(model.state_dict()), model.precision, model.device)
-    prompt = f"d|{corpus_prompt}"
+    fp = live_model_key(model)
+    prompt = doc_key(corpus_prompt)
     if store:
         encode = make_encode_fn(model, model_cfg, batch_size=batch_size)
         return encode_with_cache(texts, lambda batch: encode(batch, "doc"), fp, cache_dir, prompt=prompt).embeddings
@@ -135,13 +142,6 @@ def train(job, session, data: TrainingData, run_dir: Path, hooks: Hooks | None =
     same seed, and the same pool switches (the state records the step each pool version was
     first trained on; ``hooks.pool_version`` answers per step).
     """
-    from embedray.losses import build_objective, set_dropout
-    from embedray.models.encoder import BiEncoder
-    from embedray.models.precision import resolve_precision
-    from embedray.training.distill import Teacher, hidden_layer_map
-    from embedray.training.gather import gather_fn_for_loss
-    from embedray.training.optim import adamw
-
     tc, hooks, rank0 = job.train, hooks or Hooks(), session.rank == 0
     run_dir = Path(run_dir)
     torch.manual_seed(tc.seed)  # identical initialisation of any new head on every rank
@@ -235,10 +235,8 @@ def train(job, session, data: TrainingData, run_dir: Path, hooks: Hooks | None =
         if done % tc.log_every == 0:
             bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
         session.report({"step": done, "loss": step_loss})
-        if tc.debug_kill_at_step == done and session.rank == tc.debug_kill_rank:
-            _kill_once(run_dir, done)
-        if rank0 and hooks.snapshot and hooks.snapshot_every and done % hooks.snapshot_every == 0 and done < tc.max_steps:
-            hooks.snapshot(done, {k: v.detach().cpu().clone() for k, v in core.state_dict().items()})
+        if rank0 and hooks.snapshot and done < tc.max_steps:
+            hooks.snapshot(done, lambda: {k: v.detach().cpu().clone() for k, v in core.state_dict().items()})
         for cb in hooks.on_step:
             cb(done, log)
         stop = False
@@ -261,7 +259,6 @@ def train(job, session, data: TrainingData, run_dir: Path, hooks: Hooks | None =
 def _batch_loss(model, core, loss_fn, job, data, batch, negs, device, teacher=None, ce_scores=None) -> torch.Tensor:
     """Encode queries and all documents (positives + negatives in one forward pass), then the loss
     (plus the distillation terms when a teacher is given)."""
-    from embedray.losses.infonce import ids_to_tensor
     q_texts = [job.model.query_prefix + data.queries[ex.query_id] for ex in batch]
     doc_ids = [ex.pos_id for ex in batch] + [d for n in negs for d in n]
     d_texts = [job.model.doc_prefix + data.doc_text(d) for d in doc_ids]
@@ -281,22 +278,24 @@ def _batch_loss(model, core, loss_fn, job, data, batch, negs, device, teacher=No
     ids = {"q_ids": q_ids, "pos_ids": pos_ids, "neg_ids": neg_ids}
     if teacher is None:
         return loss_fn(q, d_pos, d_neg, **ids)
-    from embedray.training.distill import candidate_scores, in_batch_scores, pool_scores
     tq = teacher.encode(q_texts, job.train.max_query_length)           # (B, D_t)
     td = teacher.encode(d_texts, job.train.max_doc_length)             # (B + B*N, D_t)
+    # The cross-encoder's scores are the teacher's logits; the teacher bi-encoder's cosines go to
+    # the objective, which puts them on its own logit scale (its temperature).
     if job.distill.score_source == "cross_encoder":
-        t_scores = pool_scores([ex.query_id for ex in batch], doc_ids[:b],
-                               [doc_ids[b + i * n: b + (i + 1) * n] for i in range(b)], ce_scores).to(device)
+        targets = {"teacher_scores": pool_scores([ex.query_id for ex in batch], doc_ids[:b],
+                                                 [doc_ids[b + i * n: b + (i + 1) * n] for i in range(b)],
+                                                 ce_scores).to(device)}
     elif job.loss.distill_in_batch:
-        t_scores = in_batch_scores(tq, td, job.loss.temperature)         # (B, B + B*N)
+        targets = {"teacher_cosines": in_batch_cosines(tq, td)}          # (B, B + B*N)
     else:
-        t_scores = candidate_scores(tq, td, b, n, job.loss.temperature)  # (B, 1+N)
+        targets = {"teacher_cosines": candidate_cosines(tq, td, b, n)}   # (B, 1+N)
     embed = {"teacher_emb": torch.cat([tq, td[:b]])}
     if hidden:  # every layer's token states, queries and all documents
         ml = job.train.max_query_length, job.train.max_doc_length
         embed["hidden"] = [(q_states, teacher.states(q_texts, ml[0], q_tok["attention_mask"]), q_tok["attention_mask"]),
                            (d_states, teacher.states(d_texts, ml[1], d_tok["attention_mask"]), d_tok["attention_mask"])]
-    total, _parts = loss_fn(q, d_pos, d_neg, teacher_scores=t_scores, **embed, **ids)
+    total, _parts = loss_fn(q, d_pos, d_neg, **targets, **embed, **ids)
     return total
 
 
@@ -326,21 +325,9 @@ def _dev_and_early_stop(core, job, data, log, state, step) -> bool:
     return bool(patience and state["evals_without_gain"] >= patience)
 
 
-def _kill_once(run_dir: Path, step: int) -> None:
-    marker = Path(run_dir) / f".killed-at-{step}"
-    if not marker.exists():
-        # Ray Train's controller collects reported checkpoints on a 2 s poll; wait past it so the
-        # kill exercises "resume from the last checkpoint" rather than "restart from scratch".
-        time.sleep(3)
-        marker.parent.mkdir(parents=True, exist_ok=True)
-        marker.write_text(str(os.getpid()))
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
 def _finish(core, job, data, log, state, run_dir, steps_run, wall, rank0, pairs: int) -> dict:
     if not rank0:
         return {}
-    from embedray.config import to_dict
     # A mining run keeps an embedding cache: its final corpus encoding goes there for the
     # pipeline's test evaluation of the same weights.
     cache = run_dir / "cache" if job.refresh.mode != "off" else None
@@ -360,6 +347,5 @@ def _finish(core, job, data, log, state, run_dir, steps_run, wall, rank0, pairs:
                "train_pairs": pairs, "data_skipped": data.report.as_dict()}
     write_json_atomic(summary, run_dir / "training_summary_report.json")
     log.close()
-    from embedray.training.plots import plot_run
     summary["plots"] = [str(p) for p in plot_run(run_dir)]
     return summary

@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from embedray.atomic import atomic_path
+
 
 def plot_run(run_dir: str | Path) -> list[Path]:
     """Draw the plots of ``run_dir/detailed_training_logs.json`` into ``run_dir/plots/``."""
@@ -53,10 +55,9 @@ def plot_run(run_dir: str | Path) -> list[Path]:
 
 
 def _save(fig, path: Path) -> Path:
-    tmp = path.with_name(f".{path.stem}.tmp.png")
     fig.tight_layout()
-    fig.savefig(tmp, dpi=110)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     import matplotlib.pyplot as plt
     plt.close(fig)
     return path

@@ -7,7 +7,6 @@ with Ray Serve on a free 127.0.0.1 port for a test module and shuts both down af
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import socket
 import time

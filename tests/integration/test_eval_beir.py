@@ -25,7 +25,8 @@ import numpy as np
 import pytest
 
 from embedray.data.beir import RetrievalData, load_beir
-from embedray.eval.retrieval import evaluate_retrieval, load_encoder, resolve_ignore_identical
+from embedray.eval.retrieval import evaluate_retrieval, resolve_ignore_identical
+from embedray.models.backends import load_encoder
 
 pytestmark = pytest.mark.integration
 
@@ -61,7 +62,9 @@ def minilm():
 
 
 def test_scifact_subset_matches_sentence_transformers(minilm):
-    from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
+    from sentence_transformers.sentence_transformer.evaluation import (
+        InformationRetrievalEvaluator,
+    )
 
     path = dataset("scifact")
     data = scifact_subset(load_beir(path, "test"))

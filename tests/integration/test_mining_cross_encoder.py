@@ -38,9 +38,10 @@ def _data() -> RetrievalData:
 def test_train_rerank_and_denoise_with_minilm(tmp_path):
     from sentence_transformers import CrossEncoder
 
+    from embedray.data.beir import pairs_from_data
     from embedray.mining.config import CrossEncoderConfig, MiningConfig
     from embedray.mining.pipeline import mine
-    from embedray.models.cross_encoder import evaluate_reranker, pairs_from_data, train_cross_encoder
+    from embedray.training.cross_encoder import evaluate_reranker, train_cross_encoder
 
     data = _data()
     first = mine(data.corpus, data.queries, data.qrels, "minilm-l6", MiningConfig(k=10, num_negatives=3))

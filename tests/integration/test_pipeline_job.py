@@ -26,16 +26,17 @@ def ray_head(tmp_path_factory):
     shutil.rmtree(short, ignore_errors=True)
 
 
-def _submit(env, *args):
+def _submit(env, *args, entrypoint=("jobs/pipeline.py",)):
     cmd = [str(REPO / ".venv/bin/ray"), "job", "submit", "--working-dir", ".", "--",
-           "python", "jobs/pipeline.py", "jobs/configs/tiny-test.yaml", *args]
+           "python", *entrypoint, "jobs/configs/tiny-test.yaml", *args]
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
 
 
 def test_pipeline_artifacts_and_resume_after_kill(ray_head, topic_beir, tmp_path):
     common = [f"data.path={topic_beir}", f"output_dir={tmp_path}"]
     # 1) the job dies mid-teacher (a worker killed, no retries left): the submission fails
-    first = _submit(ray_head, *common, "teacher_train.debug_kill_at_step=6", "cluster.max_failures=0")
+    first = _submit(ray_head, *common, "cluster.max_failures=0",
+                    entrypoint=("tests/faults.py", "--kill-teacher-at", "6"))
     assert first.returncode != 0, first.stdout[-2000:]
     run = tmp_path / "tiny"
     assert (run / "stages" / "baseline.json").exists() and not (run / "stages" / "teacher.json").exists()

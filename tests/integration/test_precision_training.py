@@ -14,8 +14,9 @@ TOLERANCE = 0.01
 
 
 def _losses(scifact: Path, storage: Path, precision: str) -> list[float]:
-    from embedray.config import TrainJobConfig, build_config
-    from embedray.training.local import run_local
+    from embedray.config import build_config
+    from embedray.pipeline.config import TrainJobConfig
+    from embedray.pipeline.runtime import run_local
 
     job = build_config(TrainJobConfig, {
         "data": {"path": str(scifact), "train_split": "train", "dev_split": None},

@@ -3,9 +3,11 @@ import json
 
 import pytest
 
-from embedray.config import TrainJobConfig, build_config
+from embedray.config import build_config
 from embedray.mining.index import IndexStore
 from embedray.mining.store import PoolStore
+from embedray.pipeline.config import TrainJobConfig
+from tests.faults import kill_once_at, kill_refresher_once_at
 
 pytestmark = pytest.mark.integration
 
@@ -24,10 +26,9 @@ def test_refresher_killed_mid_rebuild(local_ray, topic_beir, tmp_path):
         "cluster": {"num_workers": 2, "cpus_per_worker": 0.5, "storage_path": str(tmp_path), "run_name": "r"},
         "mining": {"k": 10, "num_negatives": 4},
         "cross_encoder": {"base_model": "tiny-bert", "max_steps": 4, "denoise_margin": -1.0},
-        "refresh": {"mode": "sync", "every": 3, "max_restarts": 2, "debug_kill_at_refresh": 2,
-                    "num_cpus": 0.25},
+        "refresh": {"mode": "sync", "every": 3, "max_restarts": 2, "num_cpus": 0.25},
     })
-    summary = run_training(job)
+    summary = run_training(job, before_publish=kill_refresher_once_at(2, tmp_path / "r"))
     run = tmp_path / "r"
     assert summary["steps"] == 14  # training completed despite the dead refresher
     assert (run / ".refresher-killed-2").exists()  # the kill really happened mid-rebuild
@@ -42,22 +43,6 @@ def test_refresher_killed_mid_rebuild(local_ray, topic_beir, tmp_path):
     latest = store.latest()  # LATEST points at a complete index, never the half-written one
     assert latest is not None and latest.version == store.latest_version() and len(latest) > 0
     assert PoolStore(run / "pools").latest_version() == max(used)
-
-
-def _kill_rank1_once_at(step: int, marker):
-    """An ``on_step`` hook for the Ray workers: rank 1 SIGKILLs itself once, after ``step`` (and
-    after a pause that lets Ray Train register the checkpoint reported before it)."""
-    def hook(done, log):
-        import os
-        import signal
-        import time
-
-        import ray.train
-        if done == step and ray.train.get_context().get_world_rank() == 1 and not marker.exists():
-            time.sleep(3)
-            marker.write_text(str(os.getpid()))
-            os.kill(os.getpid(), signal.SIGKILL)
-    return hook
 
 
 def _sync_job(beir, storage, name):
@@ -91,7 +76,7 @@ def test_sync_refresh_resumes_exactly_after_a_worker_is_killed(local_ray, topic_
 
     marker = tmp_path / "killed-at-7"
     t0 = time.perf_counter()
-    killed = run_training(_sync_job(topic_beir, tmp_path, "killed"), on_step=[_kill_rank1_once_at(7, marker)])
+    killed = run_training(_sync_job(topic_beir, tmp_path, "killed"), on_step=[kill_once_at(7, marker)])
     t_killed = time.perf_counter() - t0
     assert marker.exists() and killed["steps"] == 10 and killed["steps_this_session"] == 6  # resumed at 4
     logs = json.loads((tmp_path / "killed" / "detailed_training_logs.json").read_text())

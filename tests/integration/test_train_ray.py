@@ -3,7 +3,9 @@ import json
 
 import pytest
 
-from embedray.config import TrainJobConfig, build_config
+from embedray.config import build_config
+from embedray.pipeline.config import TrainJobConfig
+from tests.faults import kill_once_at
 
 pytestmark = pytest.mark.integration
 
@@ -39,7 +41,8 @@ def test_worker_kill_and_resubmit_resume_exactly(local_ray, topic_beir, tmp_path
     reference = [r["loss"] for r in _steps(tmp_path / "ref")]
 
     # 1) rank 1 SIGKILLs itself after step 6; FailureConfig restarts the group from checkpoint 4.
-    killed = run_training(_job(topic_beir, tmp_path, "killed", train__debug_kill_at_step=6))
+    killed = run_training(_job(topic_beir, tmp_path, "killed"),
+                          on_step=[kill_once_at(6, tmp_path / "killed" / ".killed-at-6")])
     assert (tmp_path / "killed" / ".killed-at-6").exists()  # the kill really happened
     assert killed["steps"] == 9 and killed["steps_this_session"] == 5  # resumed at 4, ran 5..9
     steps = _steps(tmp_path / "killed")
@@ -48,7 +51,8 @@ def test_worker_kill_and_resubmit_resume_exactly(local_ray, topic_beir, tmp_path
 
     # 2) no retries allowed: the run fails; re-submitting the same run name resumes it.
     with pytest.raises(Exception):
-        run_training(_job(topic_beir, tmp_path, "crashed", train__debug_kill_at_step=6, cluster__max_failures=0))
+        run_training(_job(topic_beir, tmp_path, "crashed", cluster__max_failures=0),
+                     on_step=[kill_once_at(6, tmp_path / "crashed" / ".killed-at-6")])
     again = run_training(_job(topic_beir, tmp_path, "crashed"))
     assert again["steps_this_session"] == 5
     assert [r["loss"] for r in _steps(tmp_path / "crashed")] == pytest.approx(reference, abs=1e-5)

@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from embedray.config import TrainJobConfig, build_config
+from embedray.config import build_config
+from embedray.pipeline.config import TrainJobConfig
 
 pytestmark = pytest.mark.integration
 

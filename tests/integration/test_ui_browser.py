@@ -25,8 +25,8 @@ def artifacts_dir() -> Path:
 
 @pytest.fixture(scope="module")
 def ui_url(serve_ray, serve_assets):
-    from embedray.serve.cli import load_ui_module
     from embedray.serve.config import ServeConfig
+    from tests.ui_app import load_ui_module
 
     student = ServeConfig(str(serve_assets.minilm), corpus=str(serve_assets.corpus), model_name="student-minilm",
                           cpus_per_replica=0.5, ingress_cpus=0.1)

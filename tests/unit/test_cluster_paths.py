@@ -2,7 +2,8 @@
 from pathlib import Path
 
 from embedray.cluster.train import absolute_paths
-from embedray.config import TrainJobConfig, build_config
+from embedray.config import build_config
+from embedray.pipeline.config import TrainJobConfig
 
 
 def test_relative_paths_are_resolved_on_the_driver(tmp_path, monkeypatch):

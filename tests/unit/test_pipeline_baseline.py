@@ -6,9 +6,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from embedray.cluster.pipeline import Pipeline
-from embedray.cluster.pipeline_config import PipelineConfig
 from embedray.config import build_config
+from embedray.pipeline.config import PipelineConfig
+from embedray.pipeline.stages import Pipeline
 
 
 def _pipeline(tmp_path: Path, keep_layers) -> Pipeline:
@@ -108,12 +108,16 @@ def test_base_teacher_documents_land_in_the_cache_the_teacher_stage_mines_with(t
     mining round (same config, same weights, same texts) finds every document in its cache."""
     from sentence_transformers import SentenceTransformer
 
-    from embedray.cluster.pipeline import Pipeline
-    from embedray.mining.cache import cached_embeddings, state_dict_fingerprint, with_precision
+    from embedray.mining.cache import (
+        cached_embeddings,
+        state_dict_fingerprint,
+        with_precision,
+    )
     from embedray.mining.pipeline import doc_text
     from embedray.models.bundled import resolve_model
-    from embedray.models.precision import resolve_precision
     from embedray.models.encoder import BiEncoder
+    from embedray.models.precision import resolve_precision
+    from embedray.pipeline.stages import Pipeline
     from embedray.training.data import load_training_data
 
     cfg = build_config(PipelineConfig, {"name": "t", "output_dir": str(tmp_path), "prepare": {"source": "beir"},
@@ -142,10 +146,14 @@ def test_trained_teacher_documents_are_read_back_from_its_final_dev_evaluation(t
     of the exported folder (same weights once saved and loaded) finds every one of them."""
     import torch
 
-    from embedray.cluster.pipeline import Pipeline
-    from embedray.mining.cache import cached_embeddings, state_dict_fingerprint, with_precision
+    from embedray.mining.cache import (
+        cached_embeddings,
+        state_dict_fingerprint,
+        with_precision,
+    )
     from embedray.mining.pipeline import doc_text
     from embedray.models.encoder import BiEncoder
+    from embedray.pipeline.stages import Pipeline
     from embedray.training.data import load_training_data
     from embedray.training.loop import evaluate_dev
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from embedray.cluster.pipeline import STAGES, Pipeline
-from embedray.cluster.pipeline_config import PipelineConfig
 from embedray.config import build_config
+from embedray.pipeline.config import PipelineConfig
+from embedray.pipeline.stages import STAGES, Pipeline
 from tests.conftest import make_topic_beir
 
 
@@ -79,7 +79,7 @@ def test_unchanged_rerun_skips_and_changed_config_reruns_the_stage_and_what_foll
     # Settings that change no result: output-side names, CPUs, retries, logging, checkpoint cadence.
     same = _config(beir, out, **{"cluster.num_to_keep": 5, "cluster.max_failures": 0, "cluster.cpus_per_worker": 0.5,
                                  "teacher_train.log_every": 1, "teacher_train.checkpoint_every": 2,
-                                 "teacher_train.debug_kill_at_step": 3, "refresh.num_cpus": 0.5})
+                                 "teacher_train.num_threads": 1, "refresh.num_cpus": 0.5})
     assert _run(same, monkeypatch) == []
 
     old_checkpoint = out / "fp" / "teacher" / "checkpoint-000004" / "seen_by"

@@ -5,11 +5,11 @@ from pathlib import Path
 
 import pytest
 
-from embedray.cluster.pipeline import Pipeline
-from embedray.cluster.pipeline_config import PipelineConfig, StudentConfig
 from embedray.config import build_config
 from embedray.data.beir import load_beir
 from embedray.models.bundled import resolve_model
+from embedray.pipeline.config import PipelineConfig, StudentConfig
+from embedray.pipeline.stages import Pipeline
 
 
 def _pipeline(tmp_path: Path, data: Path, **student) -> Pipeline:

@@ -4,10 +4,10 @@ import shutil
 import pytest
 from sentence_transformers import SentenceTransformer
 
-from embedray.cluster.pipeline import Pipeline
-from embedray.cluster.pipeline_config import PipelineConfig, StudentConfig
 from embedray.config import build_config
 from embedray.models.bundled import resolve_model
+from embedray.pipeline.config import PipelineConfig, StudentConfig
+from embedray.pipeline.stages import Pipeline
 
 
 def test_base_and_distilled_student_carry_the_cap(tmp_path, topic_beir):

@@ -3,9 +3,9 @@ from pathlib import Path
 
 import pytest
 
-from embedray.cluster.pipeline import Pipeline
-from embedray.cluster.pipeline_config import PipelineConfig
 from embedray.config import build_config
+from embedray.pipeline.config import PipelineConfig
+from embedray.pipeline.stages import Pipeline
 
 
 def _pipeline(tmp_path: Path, negatives: str) -> Pipeline:

@@ -3,8 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from embedray.cluster.pipeline_config import PipelineConfig
-from embedray.config import ConfigError, TrainJobConfig, load_config
+from embedray.config import ConfigError, load_config
+from embedray.pipeline.config import PipelineConfig, TrainJobConfig
 
 RECIPES = sorted((Path(__file__).resolve().parents[2] / "jobs" / "configs").glob("*.yaml"))
 

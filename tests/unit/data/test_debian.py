@@ -5,10 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from embedray.data import load_beir
-from embedray.data import debian
-from embedray.data.debian import (add_data_debian_arguments, build_debian, find_translation_files,
-                                  run_data_debian, split_of, undo_debian_formatting)
+from embedray.cli.data import add_arguments as add_data_debian_arguments
+from embedray.cli.data import run as run_data_debian
+from embedray.data import debian, load_beir
+from embedray.data.debian import build_debian, find_translation_files, split_of, undo_debian_formatting
 from embedray.data.flag import iter_flag_jsonl
 from embedray.data.parquet import iter_pairs
 

@@ -6,7 +6,8 @@ import os
 
 import pytest
 
-from embedray.eval.report import format_table, write_json_atomic
+from embedray.atomic import write_json_atomic
+from embedray.eval.report import format_table
 
 
 def test_format_table_is_aligned_markdown():

@@ -6,10 +6,11 @@ import json
 import numpy as np
 import pytest
 
+from embedray.cli.eval import add_arguments as add_eval_arguments
+from embedray.cli.eval import run as run_eval
 from embedray.data.beir import Document, load_beir, write_beir
-from embedray.eval.command import add_eval_arguments, run_eval
-from embedray.eval.retrieval import (encode_texts, evaluate_retrieval, load_encoder,
-                                     resolve_ignore_identical)
+from embedray.eval.retrieval import encode_texts, evaluate_retrieval, resolve_ignore_identical
+from embedray.models.backends import load_encoder
 
 TOPICS = ["apple", "river", "engine", "violin", "glacier", "pepper", "comet", "saddle"]
 

@@ -80,7 +80,7 @@ def test_kl_matches_loop_and_is_zero_when_student_equals_teacher():
 def test_kl_in_batch_ranks_every_document_of_the_batch():
     import torch.nn.functional as F
 
-    from embedray.training.distill import in_batch_scores
+    from embedray.training.distill import in_batch_cosines
 
     q, pos, neg, _ = _batch()
     docs = [pos[j] for j in range(B)] + [neg[i, k] for i in range(B) for k in range(N)]  # batch order
@@ -97,7 +97,7 @@ def test_kl_in_batch_ranks_every_document_of_the_batch():
     assert loss(q, pos, neg, teacher).item() == pytest.approx(want, abs=1e-10)
     # The loop's teacher scores come in the same order: a teacher equal to the student gives 0.
     flat = torch.cat([pos, neg.reshape(-1, D)])
-    t_scores = in_batch_scores(F.normalize(q, dim=-1), F.normalize(flat, dim=-1), ts)
+    t_scores = in_batch_cosines(F.normalize(q, dim=-1), F.normalize(flat, dim=-1)) / ts  # as the objective scales them
     same = KLDistillLoss(student_temperature=ts, teacher_temperature=1.0, in_batch=True)(q, pos, neg, t_scores)
     assert same.item() == pytest.approx(0.0, abs=1e-12)
     with pytest.raises(ValueError, match="teacher_scores must be"):
@@ -107,8 +107,9 @@ def test_kl_in_batch_ranks_every_document_of_the_batch():
 
 
 def test_distill_in_batch_config_checks():
-    from embedray.config import TrainJobConfig, build_config
+    from embedray.config import build_config
     from embedray.losses.config import LossConfig
+    from embedray.pipeline.config import TrainJobConfig
 
     assert LossConfig(distill_score="kl", distill_in_batch=True).distill_in_batch
     with pytest.raises(ValueError, match="distill_in_batch"):
@@ -177,3 +178,19 @@ def test_distillation_objective_weights_and_parts():
         obj(q, pos, neg, teacher_emb=t_emb)
     with pytest.raises(ValueError, match="unknown weight"):
         DistillationObjective(task, weights={"kd": 1.0})
+
+
+def test_the_objective_puts_teacher_cosines_on_its_own_logit_scale():
+    """The teacher bi-encoder's cosines are divided by the objective's temperature (the loss
+    owns it; the loop passes raw cosines): the same loss as scores scaled by hand."""
+    q, pos, neg, teacher = _batch()
+    cosines = torch.tanh(teacher)  # any values in [-1, 1]
+    obj = DistillationObjective(InfoNCELoss(0.05), KLDistillLoss(student_temperature=0.05), temperature=0.05)
+    by_hand, _ = obj(q, pos, neg, teacher_scores=cosines / 0.05)
+    scaled, _ = obj(q, pos, neg, teacher_cosines=cosines)
+    torch.testing.assert_close(scaled, by_hand)
+    other, _ = DistillationObjective(InfoNCELoss(0.05), KLDistillLoss(student_temperature=0.05),
+                                     temperature=0.5)(q, pos, neg, teacher_cosines=cosines)
+    assert not torch.allclose(other, scaled)  # the temperature is really applied
+    with pytest.raises(ValueError, match="not both"):
+        obj(q, pos, neg, teacher_scores=cosines, teacher_cosines=cosines)

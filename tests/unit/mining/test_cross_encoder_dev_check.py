@@ -3,9 +3,11 @@ import json
 
 import pytest
 
-from embedray.config import TrainJobConfig, build_config
+from embedray.config import build_config
 from embedray.mining.config import CrossEncoderConfig
-from embedray.mining.refresher import train_base_cross_encoder
+from embedray.pipeline.config import TrainJobConfig
+from embedray.pipeline.cross_encoder import train_base_cross_encoder
+from embedray.pipeline.refresh import train_positives, trained_examples
 from embedray.training.data import load_training_data
 
 
@@ -24,7 +26,8 @@ def test_dev_check_reranks_the_configured_depth(topic_beir, tmp_path, capsys, de
     job = _job(topic_beir, depth)
     data = load_training_data(job.data)
     assert data.dev is not None
-    train_base_cross_encoder(job, data, tmp_path / "ce", tmp_path)
+    train_base_cross_encoder(job, data, tmp_path / "ce", tmp_path, train_positives(job, data),
+                             trained_examples(job, data))
     assert (tmp_path / "ce" / "config.json").exists()
     report = tmp_path / "cross_encoder_dev.json"
     if depth:

@@ -6,9 +6,9 @@ import json
 import numpy as np
 import pytest
 
+from embedray.data.beir import pairs_from_data
 from embedray.mining.config import CrossEncoderConfig
-from embedray.models.cross_encoder import (build_training_rows, evaluate_reranker, pairs_from_data,
-                                           train_cross_encoder)
+from embedray.training.cross_encoder import build_training_rows, evaluate_reranker, train_cross_encoder
 
 NEGS = {f"q{i}": [f"d{i}x0", f"d{(i + 1) % 8}", f"d{i}x1"] for i in range(8)}
 
@@ -66,7 +66,8 @@ def test_head_learning_rate_moves_the_head_faster(tiny_data, tmp_path):
     from safetensors.torch import load_file
 
     from embedray.models.bundled import resolve_model
-    from embedray.models.cross_encoder import head_parameter_names, load_cross_encoder
+    from embedray.models.cross_encoder import load_cross_encoder
+    from embedray.training.cross_encoder import head_parameter_names
 
     pairs = pairs_from_data(tiny_data)
     base = load_file(str(resolve_model("tiny-bert") / "model.safetensors"))

@@ -6,9 +6,10 @@ import json
 
 import pytest
 
+from embedray.cli.mine import add_arguments as add_mine_arguments
+from embedray.cli.mine import run as run_mine
 from embedray.data.beir import write_beir
 from embedray.data.flag import iter_flag_jsonl
-from embedray.mining.cli import add_mine_arguments, run_mine
 from embedray.mining.pool import NegativePool
 
 

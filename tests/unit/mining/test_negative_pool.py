@@ -69,8 +69,8 @@ def _publish(store, version, snapshot_step, fp="w", recipe="r"):
 def test_a_resumed_run_uses_no_pool_mined_ahead_of_its_step(tmp_path):
     """A killed attempt published v3 (snapshot 6) and v4 (snapshot 9); resumed at step 4 the run
     trains on v2 until step 6, as the uninterrupted run did."""
-    from embedray.mining.refresher import reader_hooks
     from embedray.mining.store import PoolStore
+    from embedray.pipeline.refresh import reader_hooks
 
     store = PoolStore(tmp_path / "pools")
     for version, snap in [(1, 0), (2, 3), (3, 6), (4, 9)]:

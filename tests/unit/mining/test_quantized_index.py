@@ -211,7 +211,8 @@ def test_mining_builds_the_configured_index_type(clustered):
 def test_mine_cli_index_type_flag():
     import argparse
 
-    from embedray.mining.cli import _configs, add_mine_arguments
+    from embedray.cli.mine import _configs
+    from embedray.cli.mine import add_arguments as add_mine_arguments
 
     parser = add_mine_arguments(argparse.ArgumentParser())
     base = ["--model", "tiny-bert", "--data", "x", "--output", "o.jsonl"]

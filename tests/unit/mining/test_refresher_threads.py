@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from embedray.cluster.refresh import _set_threads
-from embedray.mining.refresh_config import RefreshConfig
+from embedray.pipeline.config import RefreshConfig
 
 
 @pytest.fixture(autouse=True)

@@ -3,7 +3,7 @@ import json
 from types import SimpleNamespace
 
 from embedray.data.beir import Document
-from embedray.mining.refresher import train_positives
+from embedray.pipeline.refresh import train_positives
 from embedray.training.config import DataConfig
 from embedray.training.data import TrainingData
 

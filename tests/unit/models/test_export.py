@@ -126,7 +126,7 @@ def test_precision_of_file_names():
 
 
 def test_eval_loads_the_onnx_backend(exported):
-    from embedray.eval.retrieval import load_encoder
+    from embedray.models.backends import load_encoder
 
     model = load_encoder(exported[0], backend="onnx", onnx_file=INT8_FILE)
     assert model.embedray_precision == "int8" and model.encode(["x"]).shape == (1, 32)

@@ -71,9 +71,10 @@ def test_bi_encoder_in_bf16_returns_fp32_embeddings_and_states():
 
 
 def test_training_losses_are_computed_outside_autocast(topic_beir, tmp_path, monkeypatch):
-    from embedray.config import TrainJobConfig, build_config
+    from embedray.config import build_config
     from embedray.losses.infonce import InfoNCELoss
-    from embedray.training.local import run_local
+    from embedray.pipeline.config import TrainJobConfig
+    from embedray.pipeline.runtime import run_local
 
     seen = []
     forward = InfoNCELoss.forward

@@ -108,8 +108,8 @@ def test_model_size_counts_every_weight(tiny_bert_dir, tmp_path):
 
 
 def test_max_seq_length_caps_the_copy_and_is_checked(tmp_path):
-    from embedray.models.encoder import BiEncoder
     from embedray.models.config import ModelConfig
+    from embedray.models.encoder import BiEncoder
     path = layer_reduced_student("tiny-bert", [1], out_dir=tmp_path / "capped", max_seq_length=16)
     st = SentenceTransformer(str(path), device="cpu")
     assert st.max_seq_length == 16

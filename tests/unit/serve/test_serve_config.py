@@ -6,9 +6,12 @@ import json
 
 import pytest
 
-from embedray.serve.cli import add_serve_arguments, add_ui_arguments, config_from_args, load_ui_module
+from embedray.cli.serve import add_arguments as add_serve_arguments
+from embedray.cli.serve import config_from_args
+from embedray.cli.ui import add_arguments as add_ui_arguments
 from embedray.serve.config import ServeConfig
 from embedray.serve.model_card import ModelCard, read_model_card
+from tests.ui_app import load_ui_module
 
 
 def test_defaults_bind_loopback_without_auth(tiny_model, monkeypatch):

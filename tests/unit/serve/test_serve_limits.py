@@ -155,7 +155,12 @@ def test_rerank_texts_are_bounded(make_client, tiny_model, tiny_cross_encoder, e
 
 
 def test_highlighting_is_linear_in_the_query():
-    from embedray.serve.corpus import MAX_HIGHLIGHT_TERMS, find_highlights, make_snippet, query_terms
+    from embedray.serve.corpus import (
+        MAX_HIGHLIGHT_TERMS,
+        find_highlights,
+        make_snippet,
+        query_terms,
+    )
 
     rng = np.random.default_rng(0)
     nonsense = " ".join("".join(rng.choice(list("abcdefghij"), 6)) for _ in range(4700))  # ~32 KB
@@ -184,7 +189,9 @@ def test_info_shows_no_absolute_paths(make_client, matryoshka_model, tmp_path):
 
 
 def test_api_key_comes_from_a_file_or_the_environment_never_argv(tiny_model, tmp_path, monkeypatch, capsys):
-    from embedray.serve.cli import add_serve_arguments, add_ui_arguments, config_from_args
+    from embedray.cli.serve import add_arguments as add_serve_arguments
+    from embedray.cli.serve import config_from_args
+    from embedray.cli.ui import add_arguments as add_ui_arguments
     from embedray.serve.config import ServeConfig
 
     monkeypatch.delenv("EMBEDRAY_API_KEY", raising=False)
@@ -255,7 +262,7 @@ def test_embedding_body_is_orjson(make_client, tiny_model):
 
 
 def test_ui_titles_untitled_results_by_id_and_warns_off_loopback():
-    from embedray.serve.cli import load_ui_module
+    from tests.ui_app import load_ui_module
 
     ui = load_ui_module()
     payload = {"model": "m", "results": [{"rank": 1, "id": "zstd", "title": "", "snippet": "fast",

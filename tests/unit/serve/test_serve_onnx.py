@@ -2,7 +2,6 @@
 backend and precision in /info."""
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 from sentence_transformers import SentenceTransformer
@@ -84,7 +83,8 @@ def test_backend_is_validated(onnx_model, tiny_model, tmp_path):
 def test_serve_flags(onnx_model):
     import argparse
 
-    from embedray.serve.cli import add_serve_arguments, config_from_args
+    from embedray.cli.serve import add_arguments as add_serve_arguments
+    from embedray.cli.serve import config_from_args
 
     parser = add_serve_arguments(argparse.ArgumentParser())
     cfg = config_from_args(parser.parse_args([str(onnx_model), "--backend", "onnx", "--onnx-file", INT8_FILE]))

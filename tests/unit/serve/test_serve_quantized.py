@@ -5,7 +5,8 @@ import argparse
 
 import pytest
 
-from embedray.serve.cli import add_serve_arguments, config_from_args
+from embedray.cli.serve import add_arguments as add_serve_arguments
+from embedray.cli.serve import config_from_args
 
 
 def test_index_type_flag_parses_and_is_validated(tiny_model, corpus_file, monkeypatch):

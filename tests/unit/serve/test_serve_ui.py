@@ -4,7 +4,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from embedray.serve.cli import load_ui_module
+from tests.ui_app import load_ui_module
 
 ui = load_ui_module()
 

@@ -3,8 +3,9 @@ import json
 
 import pytest
 
-from embedray.config import TrainJobConfig, build_config
+from embedray.config import build_config
 from embedray.data import DataError, SkipReport, TrainPair, write_pairs_parquet
+from embedray.pipeline.config import TrainJobConfig
 from embedray.training.config import DataConfig
 from embedray.training.data import load_training_data, training_examples
 
@@ -99,7 +100,7 @@ def test_no_usable_pair_and_a_bad_max_are_clear_errors(topic_beir, tmp_path):
 
 
 def test_local_run_reports_the_skips_in_its_summary(topic_beir, tmp_path, capsys):
-    from embedray.training.local import run_local
+    from embedray.pipeline.runtime import run_local
 
     pairs = write_pairs(tmp_path / "pairs.jsonl")
     job = build_config(TrainJobConfig, {

@@ -4,8 +4,9 @@ import json
 import pytest
 import torch
 
-from embedray.config import TrainJobConfig, build_config
-from embedray.training.local import run_local
+from embedray.config import build_config
+from embedray.pipeline.config import TrainJobConfig
+from embedray.pipeline.runtime import run_local
 from embedray.training.loop import Hooks
 
 

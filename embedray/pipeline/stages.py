@@ -1,7 +1,7 @@
 """The end-to-end job: one ``ray job submit`` from data to a served-ready student and a report.
 
 Stages run in order and each leaves an artifact and a marker, ``stages/<stage>.json``, holding
-the stage's fingerprint (:mod:`embedray.cluster.fingerprint`: the config fields it reads, the
+the stage's fingerprint (:mod:`embedray.pipeline.fingerprint`: the config fields it reads, the
 identity of its input files, the fingerprints of the stages it reads from). Re-submitting the
 same ``name`` skips the stages whose fingerprint is unchanged and resumes the interrupted one
 (training from its checkpoint); a stage whose fingerprint changed runs again with every stage
@@ -9,7 +9,6 @@ that reads from it, its earlier outputs moved aside to ``.stale/<stage>`` (never
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import os
@@ -18,9 +17,28 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from embedray.cluster.fingerprint import config_fields, describe_changes, files_identity, fingerprint
-from embedray.cluster.pipeline_config import PipelineConfig
-from embedray.training.logs import write_json_atomic
+from embedray.atomic import write_json_atomic
+from embedray.config import to_dict
+from embedray.data.beir import load_beir, write_beir
+from embedray.data.debian import DEFAULT_LISTS_DIR, build_debian, find_translation_files
+from embedray.data.flag import flag_to_beir, iter_flag_jsonl
+from embedray.data.jsonl import write_jsonl_atomic
+from embedray.eval.retrieval import evaluate_retrieval
+from embedray.mining.store import PoolStore
+from embedray.models.backends import load_encoder
+from embedray.models.bundled import resolve_model
+from embedray.models.config import ModelConfig
+from embedray.models.encoder import BiEncoder
+from embedray.models import rotation
+from embedray.models import student as students  # module attributes: looked up at each call
+from embedray.pipeline.config import PipelineConfig, TrainJobConfig
+from embedray.pipeline.fingerprint import config_fields, describe_changes, files_identity, fingerprint
+from embedray.pipeline.report import write_report
+from embedray.pipeline.runtime import LocalRuntime, Runtime
+from embedray.training.config import DistillConfig
+from embedray.training.cross_encoder import evaluate_reranker
+from embedray.training.data import load_training_data, pair_rows
+from embedray.training.loop import cached_doc_embeddings
 
 STAGES = ["prepare", "baseline", "teacher", "student", "evaluate", "export", "report"]
 # What each stage reads: config sections or fields, and the stages whose outputs it uses.
@@ -38,15 +56,16 @@ STAGE_READS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 }
 
 
-def _say(msg: str) -> None:
+def say(msg: str) -> None:
     print(f"[embedray pipeline] {msg}", flush=True)
 
 
 class Pipeline:
     """Runs the stages of :class:`PipelineConfig` in ``output_dir/name``."""
 
-    def __init__(self, cfg: PipelineConfig):
+    def __init__(self, cfg: PipelineConfig, runtime: Runtime | None = None):
         self.cfg = cfg
+        self.runtime = runtime or LocalRuntime()  # where the teacher and student train
         self.run = Path(cfg.output_dir).expanduser().resolve() / cfg.name
         self.run.mkdir(parents=True, exist_ok=True)
         self.data_dir = Path(cfg.data.path).expanduser().resolve() if cfg.prepare.source == "beir" \
@@ -64,7 +83,6 @@ class Pipeline:
     def run_all(self) -> dict:
         import torch
 
-        from embedray.config import to_dict
         # The driver encodes (baselines, evaluation, pool v1, the cross-encoder) while no training
         # runs. Under `ray job submit` it inherits OMP_NUM_THREADS=1 from Ray's job supervisor,
         # which would leave all but one core idle.
@@ -77,10 +95,10 @@ class Pipeline:
         for stage in STAGES:
             marker = self._done(stage)
             if plan[stage] == "skip":
-                _say(f"{stage}: done earlier, skipped ({marker})")
+                say(f"{stage}: done earlier, skipped ({marker})")
                 continue
             t0 = time.perf_counter()
-            _say(f"{stage}: running")
+            say(f"{stage}: running")
             started = self._stage_inputs(stage, config)
             write_json_atomic({"fingerprint": fingerprint(started), "inputs": started}, self._started(stage))
             result = getattr(self, f"stage_{stage}")() or {}
@@ -88,7 +106,7 @@ class Pipeline:
             self.fingerprints[stage] = fingerprint(inputs)
             write_json_atomic({"stage": stage, "seconds": time.perf_counter() - t0, **result,
                                "fingerprint": self.fingerprints[stage], "inputs": inputs}, marker)
-            _say(f"{stage}: finished in {time.perf_counter() - t0:.0f} s")
+            say(f"{stage}: finished in {time.perf_counter() - t0:.0f} s")
         return json.loads((self.run / "report.json").read_text())
 
     # -- what re-runs ------------------------------------------------------------------------
@@ -106,7 +124,7 @@ class Pipeline:
             if plan[stage] == "redo" and stage not in listed:
                 affected = [s for s in STAGES if s == stage or (plan[s] != "skip" and stage in _upstream(s))]
                 listed.update(affected)
-                _say(f"{stage}: {reasons[stage]}, re-running {', '.join(affected)}")
+                say(f"{stage}: {reasons[stage]}, re-running {', '.join(affected)}")
         return plan
 
     def _decide(self, stage: str, inputs: dict, plan: dict[str, str]) -> tuple[str, str | None]:
@@ -134,7 +152,6 @@ class Pipeline:
     def _input_files(self, stage: str) -> dict[str, list[int]]:
         p = self.cfg.prepare
         if stage == "prepare" and p.source == "debian":
-            from embedray.data.debian import DEFAULT_LISTS_DIR, find_translation_files
             try:
                 return files_identity(find_translation_files(DEFAULT_LISTS_DIR))
             except OSError:
@@ -165,7 +182,7 @@ class Pipeline:
             dest.mkdir(parents=True)
             for path in found:
                 path.rename(dest / path.name)
-            _say(f"  {stage}: earlier outputs moved to {dest}")
+            say(f"  {stage}: earlier outputs moved to {dest}")
         self._done(stage).unlink(missing_ok=True)
         self._started(stage).unlink(missing_ok=True)
 
@@ -173,18 +190,15 @@ class Pipeline:
     def stage_prepare(self) -> dict:
         p = self.cfg.prepare
         if p.source == "debian":
-            from embedray.data.debian import build_debian
             stats = build_debian(self.data_dir, max_docs=p.debian_max_docs, max_queries=p.debian_max_queries,
                                  split_queries=p.debian_split_queries)
             return {"data": str(self.data_dir), "summary": stats.summary()}
         if p.source == "flag":
             return {"data": str(_flag_to_beir_folder(p, self.data_dir))}
-        from embedray.data.beir import load_beir
         load_beir(self.data_dir, self.cfg.data.test_split, missing_docs="keep")  # validate early
         return {"data": str(self.data_dir)}
 
     def stage_baseline(self) -> dict:
-        from embedray.models.bundled import resolve_model
         student, teacher = self._base_student(), self.cfg.teacher.name_or_path
         # Their encode speeds are timed by the evaluate stage, on the trained models of the same
         # architecture (weights do not change the speed).
@@ -202,18 +216,15 @@ class Pipeline:
         return rows
 
     def stage_teacher(self) -> dict:
-        from embedray.cluster.train import run_training
-        return run_training(self._teacher_job())
+        return self.runtime.train(self._teacher_job())
 
     def stage_student(self) -> dict:
-        from embedray.cluster.train import run_training
-        result = run_training(self._student_job())
+        result = self.runtime.train(self._student_job())
         if self.cfg.student.rotates:
             result["rotation"] = self._rotate_student()
         return result
 
     def stage_evaluate(self) -> dict:
-        from embedray.models.student import model_size
         c = self.cfg
         rows = json.loads((self.run / "baseline.json").read_text())
         teacher = self.run / "teacher" / "final"
@@ -243,10 +254,10 @@ class Pipeline:
                     row["docs_per_s_timed_as"] = timed
         for label, path in [("base teacher", c.teacher.name_or_path), ("trained teacher", teacher),
                             ("base student", self._base_student())]:
-            rows[label]["size"] = model_size(path)
+            rows[label]["size"] = students.model_size(path)
         for label in rows:
             if label.startswith("distilled student"):
-                rows[label]["size"] = model_size(student)
+                rows[label]["size"] = students.model_size(student)
         write_json_atomic(rows, self.run / "test_results.json")
         return {"rows": list(rows)}
 
@@ -269,7 +280,6 @@ class Pipeline:
         return {"model": str(target)}
 
     def stage_report(self) -> dict:
-        from embedray.eval.pipeline_report import write_report
         return write_report(self.run, self.cfg)
 
     # -- helpers -------------------------------------------------------------------------
@@ -280,17 +290,15 @@ class Pipeline:
     def _rotate_student(self) -> dict:
         """Rotate ``student/final`` onto the principal axes of its embeddings of the training
         queries and positives (never dev or test texts) into ``student/rotated``."""
-        from embedray.models.rotation import fit_texts, rotate_model, variance_summary
-        from embedray.training.data import load_training_data, pair_rows
         data_cfg = self._data()
         data = load_training_data(data_cfg)
-        texts = fit_texts(((data.queries[r["query_id"]], data.doc_text(r["pos_id"])) for r in pair_rows(data_cfg)
+        texts = rotation.fit_texts(((data.queries[r["query_id"]], data.doc_text(r["pos_id"])) for r in pair_rows(data_cfg)
                            if r.get("query_id") in data.queries and r.get("pos_id") in data.corpus),
                           self.cfg.student.pca_max_texts)
-        info = rotate_model(self.run / "student" / "final", texts, self._student_model(),
+        info = rotation.rotate_model(self.run / "student" / "final", texts, self._student_model(),
                             batch_size=self.cfg.eval.batch_size)
-        _say(f"  student rotated onto principal axes ({info['fit_texts']} training texts; "
-             f"variance kept: {variance_summary(info)})")
+        say(f"  student rotated onto principal axes ({info['fit_texts']} training texts; "
+             f"variance kept: {rotation.variance_summary(info)})")
         return info
 
     def _teacher_docs(self, name_or_path):
@@ -298,8 +306,6 @@ class Pipeline:
         weights and each text). The base teacher's are encoded here and read by that stage's
         first mining round, cross-encoder check and first dev evaluation; the trained teacher's
         were written by its final dev evaluation (the dev corpus is the test corpus)."""
-        from embedray.models.encoder import BiEncoder
-        from embedray.training.loop import cached_doc_embeddings
         c = self.cfg
         model = BiEncoder.from_config(replace(c.teacher, name_or_path=str(name_or_path))).eval()
         model.precision = c.eval.precision  # part of the cache key: as the stages that share it encode
@@ -309,7 +315,6 @@ class Pipeline:
     def _seed_student_pool(self) -> None:
         """Publish the teacher's newest negative pool as the student's (once; a resumed student
         keeps the pool it trained on)."""
-        from embedray.mining.store import PoolStore
         src_root, dst_root = self.run / "teacher" / "pools", self.run / "student" / "pools"
         if (dst_root / "LATEST").exists():
             return
@@ -323,18 +328,15 @@ class Pipeline:
         s = self.cfg.student
         if s.keep_layers is None:
             return s.model.name_or_path if s.model else self.cfg.teacher.name_or_path
-        from embedray.models.bundled import resolve_model
-        from embedray.models.student import keeps_every_layer, layer_reduced_student
-        if keeps_every_layer(self.cfg.teacher.name_or_path, s.keep_layers) and s.max_seq_length is None:
+        if students.keeps_every_layer(self.cfg.teacher.name_or_path, s.keep_layers) and s.max_seq_length is None:
             return self.cfg.teacher.name_or_path  # before training, the student is the base teacher
         out = self.run / "base-student"
         if not (out / "modules.json").exists():
-            layer_reduced_student(resolve_model(self.cfg.teacher.name_or_path), s.keep_layers, out,
+            students.layer_reduced_student(resolve_model(self.cfg.teacher.name_or_path), s.keep_layers, out,
                                   max_seq_length=s.max_seq_length)
         return str(out)
 
     def _test_data(self):
-        from embedray.data.beir import load_beir
         if not hasattr(self, "_test"):
             self._test = load_beir(self.data_dir, self.cfg.data.test_split, missing_docs="keep")
         return self._test
@@ -343,7 +345,6 @@ class Pipeline:
                         speed: bool = True):
         """Test-split metrics + encode speed of one model (``speed=False``: measured by the
         caller); with ``keep``, also its :class:`EvalResult` (run and document embeddings)."""
-        from embedray.eval.retrieval import evaluate_retrieval, load_encoder
         model = load_encoder(str(name_or_path), precision=self.cfg.eval.precision)
         res = evaluate_retrieval(model, self._test_data(), k=100, batch_size=self.cfg.eval.batch_size,
                                  query_prefix=self.cfg.teacher.query_prefix, doc_prefix=self.cfg.teacher.doc_prefix,
@@ -351,7 +352,7 @@ class Pipeline:
                                  return_embeddings=keep)
         dim = truncate_dim or model.get_sentence_embedding_dimension()
         docs_per_s = self._encode_speeds({"model": model})["model"] if speed else None
-        _say(f"  {Path(str(name_or_path)).name} (dim {dim}): nDCG@10 {res.metrics['ndcg@10']:.4f}"
+        say(f"  {Path(str(name_or_path)).name} (dim {dim}): nDCG@10 {res.metrics['ndcg@10']:.4f}"
              + (f", {docs_per_s:.0f} docs/s" if speed else ""))
         row = {**res.metrics, "docs_per_s": docs_per_s, "dim": dim}
         return (row, res) if keep else row
@@ -360,7 +361,6 @@ class Pipeline:
         """Docs/s of each model (a loaded encoder or a path) on the same first ``n`` test-corpus
         documents: a warm-up each, then ``rounds`` timed passes taken in turns (model A, B, A, B:
         a slower minute of the machine slows all of them), best pass per model."""
-        from embedray.eval.retrieval import load_encoder
         docs = [d.text_for_model for d in list(self._test_data().corpus.values())[:n]]
         loaded = {k: load_encoder(str(m), precision=self.cfg.eval.precision) if isinstance(m, (str, Path)) else m
                   for k, m in models.items()}
@@ -374,12 +374,11 @@ class Pipeline:
                 best[label] = min(best[label], time.perf_counter() - t0)
         speeds = {label: len(docs) / s for label, s in best.items()}
         if len(speeds) > 1:
-            _say("  encode speed, timed in turns: "
+            say("  encode speed, timed in turns: "
                  + ", ".join(f"{k} {v:.0f} docs/s" for k, v in speeds.items()))
         return speeds
 
     def _rerank_row(self, first_stage_run: dict, ce: Path) -> dict:
-        from embedray.models.cross_encoder import evaluate_reranker
         report = evaluate_reranker(str(ce), self._test_data(), first_stage_run, k=self.cfg.eval.rerank_depth,
                                    precision=self.cfg.cross_encoder.precision)
         return {**report["after"], "rerank_depth": self.cfg.eval.rerank_depth,
@@ -394,7 +393,6 @@ class Pipeline:
                        train_pairs=str(pairs) if pairs.exists() else self.cfg.data.train_pairs)
 
     def _teacher_job(self):
-        from embedray.config import TrainJobConfig
         c = self.cfg
         return TrainJobConfig(data=self._data(), model=copy.deepcopy(c.teacher), loss=copy.deepcopy(c.teacher_loss),
                               train=copy.deepcopy(c.teacher_train), cluster=self._cluster("teacher"),
@@ -402,16 +400,12 @@ class Pipeline:
                               refresh=copy.deepcopy(c.refresh))
 
     def _student_job(self):
-        from embedray.config import TrainJobConfig
-        from embedray.models.config import ModelConfig
-        from embedray.models.student import layer_reduced_student
-        from embedray.training.config import DistillConfig
         c, s = self.cfg, self.cfg.student
         teacher = self.run / "teacher" / "final"
         if s.keep_layers is not None:
             init = self.run / "student-init"
             if not (init / "modules.json").exists():
-                layer_reduced_student(teacher, s.keep_layers, init, max_seq_length=s.max_seq_length)
+                students.layer_reduced_student(teacher, s.keep_layers, init, max_seq_length=s.max_seq_length)
             model = replace(c.teacher, name_or_path=str(init), max_seq_length=s.max_seq_length)
         else:
             model = copy.deepcopy(s.model) if s.model else ModelConfig()
@@ -447,9 +441,6 @@ def _read_json(path: Path) -> dict | None:
 
 def _flag_to_beir_folder(p, out: Path) -> Path:
     """FlagEmbedding JSONL (train/dev/test files) → one BEIR folder + train_pairs.jsonl."""
-    from embedray.data.beir import write_beir
-    from embedray.data.flag import flag_to_beir, iter_flag_jsonl
-    from embedray.data.jsonl import write_jsonl_atomic
     corpus, queries, qrels = {}, {}, {}
     for split, path in (("train", p.flag_train), ("dev", p.flag_dev), ("test", p.flag_test)):
         if not path:
@@ -462,17 +453,3 @@ def _flag_to_beir_folder(p, out: Path) -> Path:
     write_jsonl_atomic(({"query_id": q, "pos_id": d} for q, docs in qrels["train"].items() for d in docs),
                        out / "train_pairs.jsonl")
     return out
-
-
-def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("config", help="pipeline recipe (jobs/configs/*.yaml)")
-    parser.add_argument("overrides", nargs="*", metavar="key.path=value", help="dotted overrides")
-
-
-def run_pipeline(args: argparse.Namespace) -> int:
-    from embedray.config import load_config
-    cfg = load_config(PipelineConfig, args.config, args.overrides)
-    report = Pipeline(cfg).run_all()
-    _say(f"report: {report['paths']['report_md']}")
-    _say(f"model:  {report['paths']['model']}   (embedray serve {report['paths']['model']})")
-    return 0

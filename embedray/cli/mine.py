@@ -15,6 +15,7 @@ from typing import Any
 from embedray.mining.config import CrossEncoderConfig, MiningConfig
 from embedray.mining.index import INDEX_TYPES
 
+HELP = "mine hard negatives offline and rescore them (FlagEmbedding JSONL)"
 DESCRIPTION = """\
 Mine hard negatives for the queries of one split of a BEIR folder: encode the corpus (through
 the embedding cache), search a FAISS index, select negatives (rank window, margins, NV-Retriever
@@ -28,7 +29,7 @@ examples:
 """
 
 
-def add_mine_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Register the ``embedray mine`` flags on ``parser`` (a subcommand parser)."""
     d, c = MiningConfig(), CrossEncoderConfig()
     parser.description = DESCRIPTION
@@ -110,7 +111,7 @@ def _configs(a: dict[str, Any]) -> tuple[MiningConfig, CrossEncoderConfig]:
     return mining, ce
 
 
-def run_mine(args: argparse.Namespace | dict[str, Any]) -> int:
+def run(args: argparse.Namespace | dict[str, Any]) -> int:
     """Run ``embedray mine``; returns the exit code (0 ok, 2 bad input or config).
 
     Args:
@@ -120,7 +121,7 @@ def run_mine(args: argparse.Namespace | dict[str, Any]) -> int:
     from embedray.data.errors import DataError
     from embedray.models.bundled import UnknownModelError
 
-    defaults = vars(add_mine_arguments(argparse.ArgumentParser()).parse_args(
+    defaults = vars(add_arguments(argparse.ArgumentParser()).parse_args(
         ["--model", "-", "--data", "-", "--output", "-"]))
     a = {**defaults, **(vars(args) if isinstance(args, argparse.Namespace) else dict(args))}
     try:
@@ -174,8 +175,9 @@ def _mine_split(a: dict[str, Any], data, cfg: MiningConfig, ce_cfg: CrossEncoder
 
 def _train_ce(a: dict[str, Any], data, common: dict, ce_cfg: CrossEncoderConfig):
     """Mine bi-encoder negatives, train the cross-encoder on them, optionally evaluate it."""
+    from embedray.data.beir import pairs_from_data
     from embedray.mining.pipeline import mine
-    from embedray.models.cross_encoder import pairs_from_data, train_cross_encoder
+    from embedray.training.cross_encoder import train_cross_encoder
 
     first = mine(data.corpus, data.queries, data.qrels, **common)
     out = Path(a.get("ce_output") or f"{a['output']}.cross-encoder")
@@ -191,7 +193,7 @@ def _eval_reranker(a: dict[str, Any], ce_path: Path, common: dict, precision: st
     from embedray.data.beir import load_beir
     from embedray.mining.index import VectorIndex
     from embedray.mining.pipeline import encode_queries_and_corpus, st_encode_fn
-    from embedray.models.cross_encoder import evaluate_reranker
+    from embedray.training.cross_encoder import evaluate_reranker
 
     dev = load_beir(a["data"], a["eval_split"])
     qs = {q: dev.queries[q] for q in dev.qrels if q in dev.queries}
@@ -230,13 +232,3 @@ def _write_flag(pool, data, path: str | Path, with_scores: bool) -> int:
 
 def _say(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Standalone entry (``python -m embedray.mining.cli``) until the CLI wires it."""
-    parser = add_mine_arguments(argparse.ArgumentParser(prog="embedray mine"))
-    return run_mine(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,15 +1,15 @@
-"""``embedray serve`` and ``embedray ui``: flags and entry functions (wired by ``embedray/cli.py``)."""
+"""``embedray serve``: one flag per :class:`ServeConfig` field; Ray Serve (or ``--direct-port``)
+serves the model until Ctrl-C, the Gradio demo beside it with ``--ui``."""
 from __future__ import annotations
 
 import argparse
-import importlib
-import importlib.util
 import inspect
 import re
-import sys
 from dataclasses import MISSING, fields
 from pathlib import Path
 
+from embedray.cli.ui import RefuseKeyInArgv, start_ui_process
+from embedray.models.bundled import BUNDLED, resolve_model
 from embedray.serve.config import API_KEY_ENV, ServeConfig
 
 SERVE_DESCRIPTION = f"""\
@@ -26,28 +26,9 @@ examples:
   (or {API_KEY_ENV}=... in the environment; a key on the command line would be visible in `ps`)
 """
 
-UI_DESCRIPTION = """\
-The Gradio search demo (127.0.0.1:7860): a search box over the served corpus, a side-by-side
-comparison of two served models (e.g. the base model and the distilled student), and model info.
-It talks to 'embedray serve' over HTTP only; no share links.
-
-example:
-  embedray serve runs/demo/student --corpus data/debian &
-  embedray serve minilm-l6 --corpus data/debian --port 8001 &
-  embedray ui --api http://127.0.0.1:8000 --base-api http://127.0.0.1:8001
-"""
-
 # Fields set by their own flags (positional model) or never from the command line (the key
 # itself: argv is visible to every user of the machine; --api-key-file and the environment are not).
 _SPECIAL = {"model_dir", "api_key"}
-
-
-class _RefuseKeyInArgv(argparse.Action):
-    """``--api-key VALUE``: refused with the ways that keep the key out of the process list."""
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        parser.error(f"{option_string} would put the key in the process list (ps shows every argument); "
-                     f"pass --api-key-file FILE or set {API_KEY_ENV} instead")
 
 
 def _field_docs(cls) -> dict[str, str]:
@@ -65,7 +46,7 @@ def _field_docs(cls) -> dict[str, str]:
     return docs
 
 
-def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Register the ``embedray serve`` flags on ``parser`` (one per :class:`ServeConfig` field)."""
     parser.description = SERVE_DESCRIPTION
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
@@ -94,14 +75,12 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
                    "model_name": "NAME", "host": "HOST"}.get(f.name, {int: "N", float: "X"}.get(kind))
         parser.add_argument(flag, type=kind, default=default, metavar=metavar,
                             help=help_text + (" (default: %(default)s)" if default is not None else ""))
-    parser.add_argument("--api-key", action=_RefuseKeyInArgv, help=argparse.SUPPRESS)
+    parser.add_argument("--api-key", action=RefuseKeyInArgv, help=argparse.SUPPRESS)
     return parser
 
 
 def config_from_args(args: argparse.Namespace) -> ServeConfig:
     """Build a :class:`ServeConfig` from parsed ``embedray serve`` flags (resolves bundled names)."""
-    from embedray.models.bundled import resolve_model
-
     values = {f.name: getattr(args, f.name) for f in fields(ServeConfig)
               if f.name not in _SPECIAL and hasattr(args, f.name)}
     if values.get("model_name") is None:
@@ -111,17 +90,13 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
 
 def _display_name(model: str) -> str:
     """A bundled model keeps its short name (its folder is called ``model``); a folder its name."""
-    from embedray.models.bundled import BUNDLED
-
     return model if model in BUNDLED or model.startswith("tiny-bert@") else Path(model).expanduser().resolve().name
 
 
-def run_serve(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     """``embedray serve``: start Ray Serve with the model (and ``--base-model`` at ``/base``,
     and the UI with ``--ui``), print the URLs and block until Ctrl-C. Returns 0."""
     import dataclasses
-
-    from embedray.models.bundled import resolve_model
 
     cfg = config_from_args(args)
     base = None
@@ -132,51 +107,11 @@ def run_serve(args: argparse.Namespace) -> int:
     on_ready = None
     if getattr(args, "ui", False):
         def on_ready(urls: dict[str, str]):
-            ui = load_ui_module()
-            return ui.start_ui(urls["api"], urls["base_api"], cfg.api_key, "127.0.0.1", args.ui_port)
+            return start_ui_process(urls["api"], urls["base_api"], cfg.api_key, "127.0.0.1", args.ui_port)
 
-    from embedray.cluster.serve_app import serve_forever
+    from embedray.cluster.serve_app import serve_forever  # ray: only when serving
 
     return serve_forever(cfg, base=base, on_ready=on_ready)
 
 
-def add_ui_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Register the ``embedray ui`` flags on ``parser``."""
-    parser.description = UI_DESCRIPTION
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.add_argument("--api", default="http://127.0.0.1:8000", metavar="URL",
-                        help="the 'embedray serve' endpoint of the model to demo (default: %(default)s)")
-    parser.add_argument("--base-api", default=None, metavar="URL",
-                        help="a second endpoint (e.g. the base model) for the side-by-side comparison")
-    parser.add_argument("--api-key-file", default=None, metavar="FILE",
-                        help=f"file holding the API key for --api and --base-api (default: ${API_KEY_ENV})")
-    parser.add_argument("--api-key", action=_RefuseKeyInArgv, help=argparse.SUPPRESS)
-    parser.add_argument("--host", default="127.0.0.1", help="bind address (default: %(default)s)")
-    parser.add_argument("--port", type=int, default=7860, help="port (default: %(default)s)")
-    return parser
-
-
-def load_ui_module():
-    """Import ``ui/app.py``: as the ``ui`` package when importable, else from the source tree."""
-    try:
-        return importlib.import_module("ui.app")
-    except ImportError:
-        path = Path(__file__).resolve().parents[2] / "ui" / "app.py"
-        if not path.is_file():
-            raise FileNotFoundError(f"the Gradio demo is not installed ({path} is missing)") from None
-        spec = importlib.util.spec_from_file_location("embedray_ui_app", path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module
-        spec.loader.exec_module(module)
-        return module
-
-
-def run_ui(args: argparse.Namespace) -> int:
-    """``embedray ui``: launch the Gradio demo and block until Ctrl-C. Returns 0."""
-    import os
-
-    from embedray.serve.config import read_api_key_file
-
-    key = read_api_key_file(args.api_key_file) if args.api_key_file else os.environ.get(API_KEY_ENV) or None
-    ui = load_ui_module()
-    return ui.serve_ui(api=args.api, base_api=args.base_api, api_key=key, host=args.host, port=args.port)
+HELP = "serve a model over HTTP (OpenAI /v1/embeddings, /search, /rerank)"

@@ -19,12 +19,11 @@ IGNORED_FIELDS = frozenset({
     "name", "output_dir", "data.path",  # where things live; the data's identity is hashed instead
     "cluster.storage_path", "cluster.run_name", "cluster.cpus_per_worker", "cluster.max_failures",
     "cluster.num_to_keep", "refresh.num_cpus", "refresh.max_restarts", "refresh.keep_indexes",
-    "refresh.ray_data_encode", "refresh.debug_kill_at_refresh",
+    "refresh.ray_data_encode",
 })
 # Leaf names ignored wherever they are (teacher_train.*, student.train.*): an exact resume makes
-# the checkpoint cadence irrelevant, and threads/logging/fault injection change no result.
-IGNORED_LEAVES = frozenset({"log_every", "num_threads", "checkpoint_every", "debug_kill_at_step",
-                            "debug_kill_rank"})
+# the checkpoint cadence irrelevant, and threads and logging change no result.
+IGNORED_LEAVES = frozenset({"log_every", "num_threads", "checkpoint_every"})
 
 
 def fingerprint(inputs: dict) -> str:

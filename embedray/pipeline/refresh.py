@@ -1,35 +1,49 @@
-"""One negative refresh: weights snapshot → encode (cache-aware) → FAISS → mine → cross-encoder
-rescore/denoise → publish pool v(N+1). Plain Python; embedray/cluster/refresh.py runs it as a
-Ray actor, and a local run calls it in-process."""
+"""The refresh loop (ANCE): while a bi-encoder trains, its weights are snapshotted every
+``refresh.every`` steps, re-mined (encode, cache-aware → FAISS → select → cross-encoder
+rescore/denoise) and published as the next pool version, which the loop switches to.
+
+- :func:`prepare_negatives` — before training: the cross-encoder (trained if none is given)
+  and pool v1 mined by the base model;
+- :class:`NegativeRefresher` — one refresh: snapshot in, pool v(N+1) out;
+- :class:`RefreshDriver` — rank 0's side: hands snapshots over, never queues a backlog, logs;
+- :meth:`RefreshDriver.hooks` / :func:`reader_hooks` — the training loop's :class:`Hooks`.
+
+Plain Python: a local run calls the refresher in-process (:mod:`embedray.pipeline.runtime`);
+:mod:`embedray.cluster.refresh` runs it as a Ray actor.
+"""
 from __future__ import annotations
 
-import os
-import signal
 import time
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
-from embedray.mining.cache import encode_with_cache, state_dict_fingerprint, with_precision
+from embedray.atomic import write_json_atomic
+from embedray.mining.cache import live_model_key
 from embedray.mining.index import IndexStore
-from embedray.mining.pipeline import doc_text, mine
+from embedray.mining.pipeline import mine
 from embedray.mining.pool import NegativePool
 from embedray.mining.store import PoolStore
+from embedray.models.cross_encoder import load_cross_encoder
+from embedray.models.encoder import BiEncoder
+from embedray.pipeline.config import RefreshConfig
+from embedray.pipeline.cross_encoder import train_base_cross_encoder
+from embedray.training.data import training_examples
+from embedray.training.loop import Hooks, make_encode_fn
 
 
 def train_positives(job, data) -> dict[str, set[str]]:
     """The queries that are mined, with every known positive of each (never mined as a negative):
     the training rows' queries. Dev queries are not trained on, so their negatives are not mined."""
     out: dict[str, set[str]] = {}
-    for ex in _trained_examples(job, data):
+    for ex in trained_examples(job, data):
         out.setdefault(ex.query_id, set(data.positives.get(ex.query_id, ()))).add(ex.pos_id)
     return out
 
 
-def _trained_examples(job, data) -> list:
+def trained_examples(job, data) -> list:
     """The training examples the trainer uses; the trainer has raised or counted the bad rows
     already, so here they are only left out."""
-    from dataclasses import replace
-
-    from embedray.training.data import training_examples
     return training_examples(replace(job.data, on_error="skip"), data)
 
 
@@ -62,16 +76,13 @@ class NegativeRefresher:
     """Holds the corpus, a bi-encoder and the cross-encoder; each :meth:`refresh` publishes a pool."""
 
     def __init__(self, job, data, run_dir: str | Path, cross_encoder: str | None,
-                 encode_corpus_factory=None):
-        from embedray.models.encoder import BiEncoder
-
+                 encode_corpus_factory=None, before_publish: Callable[[int, int], None] | None = None):
         self.job, self.data, self.run_dir = job, data, Path(run_dir)
         self.pools = PoolStore(self.run_dir / "pools")
         self.indexes = IndexStore(self.run_dir / "indexes")
         self.cross_encoder = None
         if cross_encoder and job.refresh.denoise:
-            from embedray.models.cross_encoder import load_cross_encoder
-            self.cross_encoder = load_cross_encoder(cross_encoder, max_length=job.cross_encoder.max_length,
+                self.cross_encoder = load_cross_encoder(cross_encoder, max_length=job.cross_encoder.max_length,
                                                     precision=job.cross_encoder.precision)
         self.model = BiEncoder.from_config(job.model).eval()
         self.model.precision = job.mining.precision
@@ -79,15 +90,15 @@ class NegativeRefresher:
         # factory(live BiEncoder) -> texts → embeddings for cache misses (e.g. a Ray Data actor pool)
         self.encode_corpus_factory = encode_corpus_factory
         self.recipe = mining_recipe(job, cross_encoder)
+        # before_publish(step, version): called once a refresh has mined, before it publishes
+        self.before_publish = before_publish
 
     def refresh(self, step: int, weights: dict | None = None) -> dict:
         """Mine with ``weights`` (None: the base model) and publish the next pool version."""
-        from embedray.training.loop import make_encode_fn
-
         t0 = time.perf_counter()
         if weights is not None:
             self.model.load_state_dict({k: v for k, v in weights.items() if not k.startswith("__loss__.")})
-        fp = with_precision(state_dict_fingerprint(self.model.state_dict()), self.model.precision, self.model.device)
+        fp = live_model_key(self.model)
         if (same := self.pools.published_for(step, fp, self.recipe)) is not None:
             # A resumed run re-snapshots, at the same step, the very weights its killed attempt
             # mined from (exact resume): that pool is this refresh's, under the same version.
@@ -99,7 +110,8 @@ class NegativeRefresher:
                       cache_dir=self.run_dir / "cache", weights_fp=fp, version=version,
                       encode_corpus=self.encode_corpus_factory(self.model) if self.encode_corpus_factory else None)
         previous = self.pools.load(self.pools.latest_version()) if self.pools.latest_version() else None
-        self._maybe_die(step, version)
+        if self.before_publish is not None:
+            self.before_publish(step, version)  # a test's fault injection: dies here, mid-refresh
         if result.index is not None:
             self.indexes.publish(result.index, version)  # aside + rename: never seen half-built
             self.indexes.prune(self.job.refresh.keep_indexes)
@@ -117,43 +129,31 @@ class NegativeRefresher:
         return telemetry
 
 
-    def _maybe_die(self, step: int, version: int) -> None:
-        """Fault injection (``refresh.debug_kill_at_refresh``): die mid-write, once."""
-        nth = self.job.refresh.debug_kill_at_refresh
-        if nth is None or step == 0:
-            return
-        counter = self.run_dir / ".refreshes"
-        count = int(counter.read_text()) + 1 if counter.exists() else 1
-        counter.write_text(str(count))
-        marker = self.run_dir / f".refresher-killed-{nth}"
-        if count == nth and not marker.exists():
-            marker.write_text(str(version))
-            partial = self.indexes.root / f".v{version}.tmp-killed"
-            partial.mkdir(parents=True, exist_ok=True)
-            (partial / "index.faiss").write_bytes(b"half an index")  # what a crash leaves aside
-            os.kill(os.getpid(), signal.SIGKILL)
-
-
 class RefreshDriver:
-    """Rank 0's side of the loop: hands snapshots to a refresher (an actor or a local object),
-    never waits in ``async`` mode, and logs each finished refresh (or failure) as telemetry.
+    """Rank 0's side of the loop: every ``refresh.every`` steps it hands a snapshot of the weights
+    to a refresher (an actor or a local object), never waits in ``async`` mode, and logs each
+    finished refresh (or failure) as telemetry.
 
     ``submit(step, weights) -> handle``; ``ready(handle) -> bool``; ``result(handle) -> dict``
     (raises if the refresher died: training carries on with the last good pool).
     """
 
-    def __init__(self, mode: str, submit, ready, result):
-        self.mode, self.submit, self.ready, self.result = mode, submit, ready, result
+    def __init__(self, refresh: RefreshConfig, submit, ready, result, mode: str | None = None):
+        self.every, self.mode = refresh.every, mode or refresh.mode
+        self.submit, self.ready, self.result = submit, ready, result
         self.pending = None
         self.skipped = 0
         self.failures = 0
         self.history: list[dict] = []
 
-    def snapshot(self, step: int, weights: dict) -> None:
+    def snapshot(self, step: int, weights: Callable[[], dict]) -> None:
+        """The loop offers the weights after each step; a snapshot is taken every ``every`` steps."""
+        if step % self.every:
+            return
         if self.pending is not None and not self.ready(self.pending[1]):
             self.skipped += 1  # the previous refresh is still running: never queue a backlog
             return
-        self.pending = (step, self.submit(step, weights))
+        self.pending = (step, self.submit(step, weights()))
         while self.mode == "sync" and not self.ready(self.pending[1]):
             time.sleep(0.2)  # sync: training waits; on_step then logs the result at this step
 
@@ -174,10 +174,10 @@ class RefreshDriver:
         if log is not None:
             log.event("refresh", step, record)
 
-    def hooks(self, store: PoolStore, every: int):
+    def hooks(self, store: PoolStore):
         """Loop hooks for rank 0 (snapshots + telemetry) — other ranks use :func:`reader_hooks`."""
         h = reader_hooks(store, refreshing=True)
-        h.snapshot, h.snapshot_every = self.snapshot, every
+        h.snapshot = self.snapshot
         h.on_step.append(self.on_step)
         return h
 
@@ -189,8 +189,6 @@ def reader_hooks(store: PoolStore, refreshing: bool = False):
     the newest pool mined from its own or an earlier step's weights, so a resumed run switches at
     the steps the uninterrupted one did; otherwise (``static``) always the newest pool.
     """
-    from embedray.training.loop import Hooks
-
     def load(version: int):
         pool = store.load(version)
         scores = {q: dict(pool.positive_scores.get(q, {})) for q in pool.negatives}
@@ -209,16 +207,13 @@ def prepare_negatives(job, data, run_dir: str | Path) -> str | None:
     Idempotent: a finished cross-encoder or a published pool is reused (resumable).
     Returns the cross-encoder folder (None without denoising).
     """
-    import json
-
-    from embedray.training.logs import write_json_atomic
-
     run_dir = Path(run_dir)
     ce_path = job.refresh.cross_encoder
     if job.refresh.denoise and ce_path is None:
         ce_dir = run_dir / "cross-encoder"
         if not (ce_dir / "config.json").exists():
-            train_base_cross_encoder(job, data, ce_dir, run_dir)
+            train_base_cross_encoder(job, data, ce_dir, run_dir, train_positives(job, data),
+                                     trained_examples(job, data))
         ce_path = str(ce_dir)
     store = PoolStore(run_dir / "pools")
     if store.latest_version() == 0:
@@ -229,31 +224,14 @@ def prepare_negatives(job, data, run_dir: str | Path) -> str | None:
     return ce_path
 
 
-def train_base_cross_encoder(job, data, ce_dir: Path, run_dir: Path) -> None:
-    from embedray.eval.retrieval import evaluate_retrieval
-    from embedray.models.cross_encoder import evaluate_reranker, train_cross_encoder
-    from embedray.training.logs import write_json_atomic
-    from embedray.training.loop import make_encode_fn
-    from embedray.models.encoder import BiEncoder
-
-    model = BiEncoder.from_config(job.model).eval()
-    model.precision = job.mining.precision
-    encode = make_encode_fn(model, job.model)
-    weights_fp = with_precision(state_dict_fingerprint(model.state_dict()), model.precision, model.device)
-    base = mine(data.corpus, data.queries, train_positives(job, data), encode, job.mining,
-                cache_dir=run_dir / "cache", weights_fp=weights_fp)
-    pairs = [(ex.query_id, data.queries[ex.query_id], ex.pos_id) for ex in _trained_examples(job, data)]
-    print(f"[embedray] training the cross-encoder on {len(pairs)} pairs + mined negatives", flush=True)
-    train_cross_encoder(pairs, data.corpus, base.pool, job.cross_encoder, ce_dir)
-    depth = job.cross_encoder.dev_rerank_depth
-    if data.dev is not None and depth:
-        # The documents were just encoded for mining by the same weights: read them from the cache.
-        docs = encode_with_cache([doc_text(d) for d in data.dev.corpus.values()],
-                                 lambda texts: encode(texts, "doc"), weights_fp, run_dir / "cache",
-                                 prompt=f"d|{job.mining.corpus_prompt}")
-        first = evaluate_retrieval(encode, data.dev, k=depth, show_progress=False,
-                                   corpus_embeddings=docs.embeddings)
-        report = evaluate_reranker(str(ce_dir), data.dev, first.run, k=depth, precision=job.cross_encoder.precision)
-        write_json_atomic({**report, "depth": depth}, run_dir / "cross_encoder_dev.json")
-        print(f"[embedray] cross-encoder reranking dev top-{depth}: nDCG@10 {report['before']['ndcg@10']:.4f} "
-              f"→ {report['after']['ndcg@10']:.4f}", flush=True)
+def refresh_hooks_in_process(job, data, run_dir: Path) -> Hooks:
+    """The refresh loop in one process: pool v1 prepared, then each refresh runs inline at its
+    snapshot step (as ``sync`` would)."""
+    ce_path = prepare_negatives(job, data, run_dir)
+    store = PoolStore(run_dir / "pools")
+    if job.refresh.mode == "static":
+        return reader_hooks(store)
+    refresher = NegativeRefresher(job, data, run_dir, ce_path)
+    driver = RefreshDriver(job.refresh, submit=refresher.refresh, ready=lambda r: True, result=lambda r: r,
+                           mode="sync")
+    return driver.hooks(store)

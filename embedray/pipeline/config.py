@@ -1,4 +1,13 @@
-"""Configuration of the end-to-end pipeline (``jobs/pipeline.py`` / ``embedray pipeline``)."""
+"""The job schemas: what a recipe may say, in one place.
+
+- :class:`TrainJobConfig` — ``embedray train`` / ``jobs/train.py``: one bi-encoder run;
+- :class:`RefreshConfig` — negative refreshing while it trains (the ANCE loop);
+- :class:`PipelineConfig` — ``embedray pipeline`` / ``jobs/pipeline.py``: the end-to-end job.
+
+Each section below is the typed config of one stage library (``ModelConfig`` in
+:mod:`embedray.models.config`, ``LossConfig`` in :mod:`embedray.losses.config`, …); loading
+and validation are :mod:`embedray.config`'s.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -6,9 +15,67 @@ from typing import Literal
 
 from embedray.losses.config import LossConfig
 from embedray.mining.config import CrossEncoderConfig, MiningConfig
-from embedray.mining.refresh_config import RefreshConfig
 from embedray.models.config import ModelConfig
-from embedray.training.config import ClusterConfig, DataConfig, TrainConfig
+from embedray.training.config import ClusterConfig, DataConfig, DistillConfig, TrainConfig
+
+
+@dataclass
+class RefreshConfig:
+    """How hard negatives are produced and renewed while a bi-encoder trains."""
+
+    mode: Literal["off", "static", "async", "sync"] = "off"
+    """``off``: negatives as ``train.negatives`` says; ``static``: mined once before training;
+    ``async``: re-mined every ``every`` steps while training goes on; ``sync``: training waits."""
+    every: int = 50
+    """Optimizer steps between weight snapshots sent to the refresher."""
+    cross_encoder: str | None = None
+    """A trained cross-encoder folder; None = train one first (on base-model negatives)."""
+    denoise: bool = True
+    """Rescore mined negatives with the cross-encoder and drop likely false negatives."""
+    max_restarts: int = 2
+    """Times Ray restarts a crashed refresher actor (training keeps the last good pool meanwhile)."""
+    num_cpus: float = 0.25
+    """CPUs reserved for the refresher actor (fractional: training workers hold the rest)."""
+    ray_data_encode: bool = False
+    """Encode the corpus with a Ray Data actor pool instead of inside the refresher."""
+    keep_indexes: int = 2
+    """Published FAISS index versions kept on disk."""
+
+    def __post_init__(self) -> None:
+        if self.every < 1:
+            raise ValueError("refresh.every must be >= 1")
+        if self.num_cpus < 0 or self.max_restarts < 0:
+            raise ValueError("refresh.num_cpus and refresh.max_restarts must be >= 0")
+
+
+@dataclass
+class TrainJobConfig:
+    """``embedray train`` / ``jobs/train.py``: data, model, loss, loop, negatives, and the Ray layout."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    mining: MiningConfig = field(default_factory=MiningConfig)
+    cross_encoder: CrossEncoderConfig = field(default_factory=CrossEncoderConfig)
+    refresh: RefreshConfig = field(default_factory=RefreshConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+
+    def __post_init__(self) -> None:
+        if self.loss.distilling and not self.distill.teacher:
+            raise ValueError("loss.distill_score / loss.distill_embed need distill.teacher (a model folder)")
+        if self.distill.score_source == "cross_encoder" and self.loss.distill_in_batch:
+            raise ValueError("loss.distill_in_batch needs distill.score_source: teacher (the pool holds "
+                             "cross-encoder scores only for each query's own candidates)")
+        if self.distill.score_source == "cross_encoder" and self.refresh.mode == "off":
+            raise ValueError("distill.score_source: cross_encoder needs cross-encoder-scored pools "
+                             "(refresh.mode: static, async or sync)")
+        if self.refresh.mode != "off":
+            if self.train.negatives == "none":
+                raise ValueError("refresh.mode is on but train.negatives is 'none': mined negatives "
+                                 "need train.negatives: pool (and train.num_negatives >= 1)")
+            self.train.negatives = "pool"  # refreshed pools feed the sampler
 
 
 @dataclass
@@ -100,7 +167,7 @@ class EvalStageConfig:
     ``auto`` = bf16 where the hardware runs it fast, ``fp32`` or ``bf16``."""
 
     def __post_init__(self) -> None:
-        from embedray.models.precision import check_precision
+        from embedray.models.config import check_precision
 
         check_precision(self.precision, "eval.precision")
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from embedray.eval.config import EvalConfig
 
+HELP = "evaluate retrieval (nDCG@10, Recall@k, MRR@10) on a BEIR folder"
 DESCRIPTION = """\
 Evaluate embedding models on a BEIR folder (corpus.jsonl, queries.jsonl, qrels/<split>.tsv):
 encode every document (title + " " + text) and the split's queries, search exactly by cosine
@@ -27,7 +28,7 @@ def _columns(k: int) -> list[str]:
                                "docs/s"]))
 
 
-def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Register the ``embedray eval`` flags on ``parser`` (a subcommand parser)."""
     d = EvalConfig()
     parser.description = DESCRIPTION
@@ -74,17 +75,19 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     return parser
 
 
-def run_eval(args: argparse.Namespace | dict[str, Any]) -> int:
+def run(args: argparse.Namespace | dict[str, Any]) -> int:
     """Run ``embedray eval``; returns the process exit code (0 ok, 2 bad input).
 
     Args:
         args: the parsed namespace from :func:`add_eval_arguments`, or a dict with the same keys
             (``model`` may be a string or a list).
     """
+    from embedray.atomic import write_json_atomic
     from embedray.data.beir import load_beir
     from embedray.data.errors import DataError
-    from embedray.eval.report import format_table, write_json_atomic
-    from embedray.eval.retrieval import evaluate_retrieval, load_encoder
+    from embedray.eval.report import format_table
+    from embedray.eval.retrieval import evaluate_retrieval
+    from embedray.models.backends import load_encoder
     from embedray.models.bundled import UnknownModelError
 
     a = dict(vars(args)) if isinstance(args, argparse.Namespace) else dict(args)
@@ -129,13 +132,3 @@ def run_eval(args: argparse.Namespace | dict[str, Any]) -> int:
 
 def _say(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Standalone entry (``python -m embedray.eval.command``) until the CLI wires it."""
-    parser = add_eval_arguments(argparse.ArgumentParser(prog="embedray eval"))
-    return run_eval(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -4,7 +4,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from embedray.training.logs import write_json_atomic
+from embedray.atomic import write_json_atomic, write_text_atomic
+from embedray.models.rotation import variance_summary
 
 
 def _checks(rows: dict) -> dict:
@@ -102,7 +103,6 @@ def write_report(run: Path, cfg) -> dict:
     student_stage = run / "stages" / "student.json"
     rotation = json.loads(student_stage.read_text()).get("rotation") if student_stage.exists() else None
     if rotation:
-        from embedray.models.rotation import variance_summary
         verdict.append(f"- The student's embeddings are rotated onto their principal axes (fit on "
                        f"{rotation['fit_texts']} training texts; variance held by the first "
                        f"{variance_summary(rotation)}).")
@@ -122,7 +122,5 @@ def write_report(run: Path, cfg) -> dict:
           "## Plots", "", *[f"![{p}]({p})" for p in plots], "",
           "## Stages (seconds)", "", *[f"- {k}: {v:.0f}" for k, v in stages.items() if v is not None], "",
           f"Model: `{run / 'model'}` — `SentenceTransformer(path)` loads it; `embedray serve {run / 'model'}` serves it."]
-    tmp = run / ".report.md.tmp"
-    tmp.write_text("\n".join(md) + "\n")
-    tmp.replace(run / "report.md")
+    write_text_atomic("\n".join(md) + "\n", run / "report.md")
     return {"report": str(run / "report.md"), "checks": checks}

@@ -1,0 +1,10 @@
+"""The wiring layer: everything that connects the stage libraries below it.
+
+- :mod:`~embedray.pipeline.config` — the job schemas (train job, refresh, pipeline);
+- :mod:`~embedray.pipeline.refresh` — the refresh loop (ANCE): pool v1, refreshes, hooks;
+- :mod:`~embedray.pipeline.cross_encoder` — the cross-encoder as a stage;
+- :mod:`~embedray.pipeline.runtime` — the ``Runtime`` protocol and the in-process runtime;
+- :mod:`~embedray.pipeline.stages` — the end-to-end job's stages, fingerprints, report.
+
+Plain Python, no Ray: :mod:`embedray.cluster` provides the Ray runtime.
+"""

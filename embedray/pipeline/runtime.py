@@ -1,0 +1,48 @@
+"""Where a training job runs: the :class:`Runtime` protocol and the in-process one.
+
+The pipeline's stages and ``embedray train`` hand a :class:`TrainJobConfig` to a runtime and
+get the training summary back. :class:`LocalRuntime` runs the loop in this process, without
+Ray (debugging, small runs, tests); :class:`embedray.cluster.train.RayRuntime` runs it on Ray
+Train with the refresher as an actor. Both write the same outputs and follow the same resume
+rules, the pattern :mod:`embedray.training.session` follows one level down.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+from embedray.pipeline.refresh import refresh_hooks_in_process
+from embedray.training.data import load_training_data, training_examples
+from embedray.training.loop import Hooks, train
+from embedray.training.session import LocalSession
+
+#: ``callback(step, log)`` run after each optimizer step (:attr:`Hooks.on_step`).
+OnStep = Callable[[int, Any], None]
+
+
+class Runtime(Protocol):
+    """Runs (or resumes) one training job and returns its summary (``training_summary_report.json``)."""
+
+    def train(self, job, on_step: list[OnStep] | None = None) -> dict: ...
+
+
+class LocalRuntime:
+    """The loop in this process: one worker, refreshes inline at their snapshot steps."""
+
+    def train(self, job, on_step: list[OnStep] | None = None) -> dict:
+        return run_local(job, on_step=on_step)
+
+
+def run_local(job, hooks: Hooks | None = None, on_step: list[OnStep] | None = None) -> dict:
+    """Train ``job`` in one process; same outputs and resume rules as the Ray run."""
+    run_dir = Path(job.cluster.storage_path).expanduser().resolve() / job.cluster.run_name
+    data = load_training_data(job.data)
+    examples = training_examples(job.data, data, data.report)  # the summary reports data.report
+    if data.report.total:
+        print(f"[embedray] data: {data.report.summary()}", flush=True)
+    session = LocalSession(run_dir, examples, job.cluster.num_to_keep)
+    if hooks is None:
+        hooks = refresh_hooks_in_process(job, data, run_dir) if job.refresh.mode != "off" else Hooks()
+    hooks.on_step.extend(on_step or [])
+    return train(job, session, data, run_dir, hooks)
