@@ -27,11 +27,12 @@ from embedray.cluster.runtime import ensure_ray
 from embedray.config import build_config, to_dict
 from embedray.pipeline.config import TrainJobConfig
 from embedray.pipeline.refresh import prepare_negatives
+from embedray.pipeline.runtime import train_job
 from embedray.training import checkpoint as ckpt
 from embedray.training.batches import Example
 from embedray.training.data import (TrainingData, example_rows, examples_from_rows, load_training_data,
                                     pairs_source, training_examples)
-from embedray.training.loop import Hooks, train
+from embedray.training.loop import Hooks
 
 
 class RayTrainSession:
@@ -118,7 +119,7 @@ def _worker(config: dict) -> None:
     factory = config.get("hooks_factory")
     hooks = factory() if factory else Hooks()
     hooks.on_step.extend(config.get("on_step") or [])
-    train(job, session, data, Path(config["run_dir"]), hooks=hooks)
+    train_job(job, session, data, Path(config["run_dir"]), hooks)
 
 
 def training_dataset(examples: list[Example]):

@@ -15,7 +15,7 @@ class DistillationObjective(nn.Module):
 
     Args:
         task_loss: the contrastive loss (e.g. ``InfoNCELoss`` or ``MatryoshkaLoss(InfoNCELoss())``);
-            called as ``task_loss(q, d_pos, d_neg, **task_kwargs)``.
+            called as ``task_loss.batch_loss(q, d_pos, d_neg, **task_kwargs)``.
         score_loss: ``ScoreMSELoss``, ``MarginMSELoss`` or ``KLDistillLoss``, or ``None``; called as
             ``score_loss(q, d_pos, d_neg, teacher_scores)``.
         embed_loss: ``EmbeddingDistillLoss`` or ``None``; called as ``embed_loss(student_emb, teacher_emb)``.
@@ -84,7 +84,7 @@ class DistillationObjective(nn.Module):
             if teacher_scores is not None:
                 raise ValueError("pass teacher_scores or teacher_cosines, not both")
             teacher_scores = teacher_cosines / self.temperature
-        parts = {"task": self.task_loss(q, d_pos, d_neg, **task_kwargs)}
+        parts = {"task": self.task_loss.batch_loss(q, d_pos, d_neg, **task_kwargs)}
         if self.score_loss is not None:
             if teacher_scores is None:
                 raise ValueError("score distillation is on: pass teacher_scores (B, 1 + N)")

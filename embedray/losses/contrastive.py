@@ -1,6 +1,7 @@
 """Pairwise contrastive loss (Hadsell et al., 2006) over two embeddings and a 1/0 label."""
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -70,6 +71,17 @@ class ContrastiveLoss(nn.Module):
         if ((labels != 0) & (labels != 1)).any():
             raise ValueError("labels must be 0 or 1")
         return contrastive(a, b, labels, self.margin, self.distance)
+
+    def batch_loss(self, q: Tensor, d_pos: Tensor, d_neg: Tensor | None = None, **ids) -> Tensor:
+        """A training batch as labelled pairs: (query, positive) similar, (query, each of its hard
+        negatives) dissimilar."""
+        if d_neg is None or d_neg.shape[1] == 0:
+            raise ValueError("loss.name: contrastive needs dissimilar pairs: set train.num_negatives >= 1")
+        b, n = d_neg.shape[:2]
+        a = torch.cat([q, q.repeat_interleave(n, dim=0)])                 # (B + B*N, dim)
+        other = torch.cat([d_pos, d_neg.reshape(b * n, -1)])               # (B + B*N, dim)
+        labels = torch.cat([q.new_ones(b), q.new_zeros(b * n)])
+        return self(a, other, labels)
 
     def extra_repr(self) -> str:
         return f"margin={self.margin}, distance={self.distance!r}"

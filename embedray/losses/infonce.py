@@ -218,6 +218,12 @@ class InfoNCELoss(nn.Module):
         return info_nce(q, d_pos, d_neg, self.temperature, q_ids, pos_ids, neg_ids, self.symmetric,
                         similarity=self.similarity, rows=rows)
 
+    def batch_loss(self, q: Tensor, d_pos: Tensor, d_neg: Tensor | None = None, *, q_ids: Tensor | None = None,
+                   pos_ids: Tensor | None = None, neg_ids: Tensor | None = None) -> Tensor:
+        """The loss of one training batch (queries, positives, ``(B, N, dim)`` hard negatives and
+        their ids), the form every task loss takes in the training loop."""
+        return self(q, d_pos, d_neg, q_ids, pos_ids, neg_ids)
+
     def extra_repr(self) -> str:
         return (f"temperature={self.temperature}, symmetric={self.symmetric}, similarity={self.similarity!r}, "
                 f"gather={self.gather_fn is not None}")

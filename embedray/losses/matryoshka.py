@@ -73,6 +73,14 @@ class MatryoshkaLoss(nn.Module):
             total = total + weight * self.base_loss(*cut_args, **cut_kwargs)
         return total
 
+    def batch_loss(self, q: Tensor, d_pos: Tensor, d_neg: Tensor | None = None, **ids) -> Tensor:
+        """The base loss's :meth:`batch_loss` at each truncated size."""
+        if max(self.dims) > q.shape[-1]:
+            raise ValueError(f"matryoshka dims {self.dims} exceed the embedding size {q.shape[-1]}")
+        return sum(weight * self.base_loss.batch_loss(truncate(q, dim), truncate(d_pos, dim),
+                                                      None if d_neg is None else truncate(d_neg, dim), **ids)
+                   for dim, weight in zip(self.dims, self.weights))
+
     def extra_repr(self) -> str:
         return f"dims={self.dims}, weights={self.weights}"
 

@@ -100,3 +100,10 @@ class SimCSELoss(nn.Module):
         # differ, so duplicate texts in a batch need ids to be masked.
         return info_nce(view1, view2, None, self.temperature, q_ids=ids, pos_ids=ids,
                         similarity=self.similarity, rows=rows)
+
+    def batch_loss(self, q: Tensor, d_pos: Tensor, d_neg: Tensor | None = None, *, q_ids: Tensor | None = None,
+                   **ids) -> Tensor:
+        """A training batch of (text, same text) pairs: the loop encodes queries and positives in
+        separate forward passes with dropout on, which are the two views; hard negatives are not
+        part of SimCSE and are ignored."""
+        return self(q, d_pos, ids=q_ids)

@@ -69,5 +69,12 @@ class TripletLoss(nn.Module):
                              f"{tuple(anchor.shape)}, {tuple(positive.shape)}, {tuple(negative.shape)}")
         return triplet(anchor, positive, negative, self.margin, self.distance)
 
+    def batch_loss(self, q: Tensor, d_pos: Tensor, d_neg: Tensor | None = None, **ids) -> Tensor:
+        """A training batch: each query is the anchor, its positive the positive, and each of its
+        hard negatives a negative (ids are not needed: every triplet names its own negatives)."""
+        if d_neg is None or d_neg.shape[1] == 0:
+            raise ValueError("loss.name: triplet needs a negative per query: set train.num_negatives >= 1")
+        return self(q, d_pos, d_neg)
+
     def extra_repr(self) -> str:
         return f"margin={self.margin}, distance={self.distance!r}"

@@ -12,6 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
+from embedray.config import to_dict
+from embedray.pipeline.evaluation import DevEvaluation
 from embedray.pipeline.refresh import refresh_hooks_in_process
 from embedray.training.data import load_training_data, training_examples
 from embedray.training.loop import Hooks, train
@@ -45,4 +47,13 @@ def run_local(job, hooks: Hooks | None = None, on_step: list[OnStep] | None = No
     if hooks is None:
         hooks = refresh_hooks_in_process(job, data, run_dir) if job.refresh.mode != "off" else Hooks()
     hooks.on_step.extend(on_step or [])
-    return train(job, session, data, run_dir, hooks)
+    return train_job(job, session, data, run_dir, hooks)
+
+
+def train_job(job, session, data, run_dir: Path, hooks: Hooks) -> dict:
+    """The loop on one worker for ``job``: its own sections, dev evaluation through the run's
+    cache, and the whole job saved with the final model (the same call on Ray Train's workers)."""
+    if data.dev is not None and hooks.evaluate is None:
+        hooks.evaluate = DevEvaluation(job, data, run_dir)
+    return train(job.model, job.loss, job.train, session, data, run_dir, hooks, distill=job.distill,
+                 card=to_dict(job))

@@ -32,13 +32,13 @@ from embedray.models.encoder import BiEncoder
 from embedray.models import rotation
 from embedray.models import student as students  # module attributes: looked up at each call
 from embedray.pipeline.config import PipelineConfig, TrainJobConfig
+from embedray.pipeline.evaluation import cached_doc_embeddings
 from embedray.pipeline.fingerprint import config_fields, describe_changes, files_identity, fingerprint
 from embedray.pipeline.report import write_report
 from embedray.pipeline.runtime import LocalRuntime, Runtime
 from embedray.training.config import DistillConfig
 from embedray.training.cross_encoder import evaluate_reranker
 from embedray.training.data import load_training_data, pair_rows
-from embedray.training.loop import cached_doc_embeddings
 
 STAGES = ["prepare", "baseline", "teacher", "student", "evaluate", "export", "report"]
 # What each stage reads: config sections or fields, and the stages whose outputs it uses.

@@ -8,7 +8,9 @@ import torch
 
 from embedray.losses.similarity import similarity_matrix
 
+from embedray.models.bundled import resolve_model
 from embedray.models.config import ModelConfig
+from embedray.training.config import DistillConfig
 
 
 class Teacher:
@@ -107,18 +109,16 @@ class Teacher:
         return list(out.unbind(2))                                                   # layers × (n, seq, H)
 
 
-def hidden_layer_map(job) -> list[int]:
+def hidden_layer_map(distill: DistillConfig, student: ModelConfig) -> list[int]:
     """The teacher layer each student layer copies under ``loss.distill_hidden``:
     ``distill.hidden_layers``, else the ``kept_layers`` a layer-reduced student records."""
-
-    from embedray.models.bundled import resolve_model
-    if job.distill.hidden_layers is not None:
-        return list(job.distill.hidden_layers)
-    meta = resolve_model(job.model.name_or_path) / "embedray.json"
+    if distill.hidden_layers is not None:
+        return list(distill.hidden_layers)
+    meta = resolve_model(student.name_or_path) / "embedray.json"
     training = json.loads(meta.read_text(encoding="utf-8")).get("training", {}) if meta.exists() else {}
     kept = training.get("kept_layers") if training.get("init") == "layer_reduced_student" else None
     if not kept:
-        raise ValueError(f"loss.distill_hidden: {job.model.name_or_path} is not a layer-reduced copy of the "
+        raise ValueError(f"loss.distill_hidden: {student.name_or_path} is not a layer-reduced copy of the "
                          f"teacher (no kept_layers in its embedray.json); set distill.hidden_layers")
     return list(kept)
 

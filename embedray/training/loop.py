@@ -1,8 +1,10 @@
 """The per-worker training loop: plain torch, read top to bottom.
 
 The same function runs in one local process (``LocalSession``) and on every Ray Train worker
-(``embedray.cluster.train``); only the session differs. Negative refreshes plug in through
-``hooks`` (newest pool at a step boundary; weight snapshots every K steps).
+(``embedray.cluster.train``); only the session differs. It reads its own config sections
+(model, loss, train, distill); negative refreshes and dev evaluation plug in through ``hooks``
+(newest pool at a step boundary, weight snapshots, dev metrics), provided by
+:mod:`embedray.pipeline`.
 """
 from __future__ import annotations
 
@@ -18,15 +20,14 @@ import torch
 from tqdm.auto import tqdm
 
 from embedray.atomic import write_json_atomic
-from embedray.config import to_dict
-from embedray.eval.retrieval import evaluate_retrieval
 from embedray.losses import build_objective, set_dropout
 from embedray.losses.infonce import ids_to_tensor
-from embedray.mining.cache import cached_embeddings, doc_key, encode_with_cache, live_model_key
-from embedray.mining.pipeline import doc_text
+from embedray.losses.config import LossConfig
+from embedray.models.config import ModelConfig
 from embedray.models.encoder import BiEncoder
 from embedray.models.precision import resolve_precision
 from embedray.training import checkpoint as ckpt
+from embedray.training.config import DistillConfig, TrainConfig
 from embedray.training.batches import BatchPlan, NegativeSampler, canonical_order
 from embedray.training.data import TrainingData
 from embedray.training.distill import Teacher, candidate_cosines, hidden_layer_map, in_batch_cosines, pool_scores
@@ -48,12 +49,16 @@ class Hooks:
     ``snapshot(step, weights)`` (rank 0) is offered the weights after each step but the last
     (``weights()`` copies them; the refresh loop takes them every ``refresh.every`` steps).
     ``on_step(step, log)`` runs on every rank after each step (before its checkpoint).
+    ``evaluate(model, when)`` (rank 0, with every core of the node) returns the live model's dev
+    metrics at ``when`` = ``start``, ``step`` (every ``train.eval_every`` steps, for early
+    stopping) or ``final``; None: no dev evaluation.
     """
 
     pool_version: Callable[[int], int] | None = None
     load_pool: Callable[[int], tuple[dict[str, list[str]], dict, dict]] | None = None
     snapshot: Callable[[int, Callable[[], dict[str, torch.Tensor]]], None] | None = None
     on_step: list[Callable[[int, RunLogger], None]] = field(default_factory=list)
+    evaluate: Callable[[Any, str], dict[str, float]] | None = None
 
 
 def _lr_lambda(cfg, total: int) -> Callable[[int], float]:
@@ -86,42 +91,6 @@ def make_encode_fn(model, model_cfg, batch_size: int = 64) -> Callable[[list[str
     return encode
 
 
-def evaluate_dev(model, job, data: TrainingData, cache_dir: Path | None = None, store: bool = False) -> dict[str, float]:
-    """nDCG@10 etc. of the live model on (a deterministic subset of) the dev split.
-
-    With ``cache_dir`` (the run's embedding cache), documents that a mining round already
-    encoded with these exact weights are read from it: the teacher's first evaluation reuses
-    the corpus its base weights were mined with. With ``store`` too, the documents it encodes
-    are written there (the final weights: the pipeline's test evaluation reads them back).
-    """
-    dev = data.dev
-    if job.train.eval_max_queries and len(dev.qrels) > job.train.eval_max_queries:
-        keep = sorted(dev.qrels)[: job.train.eval_max_queries]
-        dev = type(dev)(dev.corpus, dev.queries, {q: dev.qrels[q] for q in keep}, dev.split, dev.path)
-    was_training = model.training
-    with _every_core():
-        docs = (cached_doc_embeddings(model, job.model, job.mining.corpus_prompt, dev.corpus, cache_dir, store)
-                if cache_dir is not None else None)
-        result = evaluate_retrieval(make_encode_fn(model, job.model), dev, show_progress=False,
-                                    corpus_embeddings=docs)
-    model.train(was_training)
-    return result.metrics
-
-
-def cached_doc_embeddings(model, model_cfg, corpus_prompt: str, corpus, cache_dir: Path, store: bool = False,
-                          batch_size: int = 64):
-    """A corpus (id → Document, in order) as mining encodes it with ``model``'s weights, from the
-    run's embedding cache (same weights fingerprint, same text key): ``None`` when any document
-    is missing; with ``store``, what the cache lacks is encoded and written to it."""
-    texts = [doc_text(d) for d in corpus.values()]
-    fp = live_model_key(model)
-    prompt = doc_key(corpus_prompt)
-    if store:
-        encode = make_encode_fn(model, model_cfg, batch_size=batch_size)
-        return encode_with_cache(texts, lambda batch: encode(batch, "doc"), fp, cache_dir, prompt=prompt).embeddings
-    return cached_embeddings(texts, fp, cache_dir, prompt=prompt)
-
-
 @contextlib.contextmanager
 def _every_core():
     """torch threads = the node's cores for a while: rank 0 evaluates dev alone while the other
@@ -134,35 +103,41 @@ def _every_core():
         torch.set_num_threads(threads)
 
 
-def train(job, session, data: TrainingData, run_dir: Path, hooks: Hooks | None = None) -> dict:
-    """Train ``job.model`` with ``job.loss`` for ``job.train.max_steps`` steps; return the summary.
+def train(model_cfg: ModelConfig, loss_cfg: LossConfig, train_cfg: TrainConfig, session, data: TrainingData,
+          run_dir: Path, hooks: Hooks | None = None, distill: DistillConfig | None = None,
+          card: dict | None = None) -> dict:
+    """Train the ``model_cfg`` bi-encoder with the ``loss_cfg`` objective for
+    ``train_cfg.max_steps`` steps; return the summary. ``distill`` names the teacher when the
+    objective distills; ``card`` (the whole job, for instance) is saved with the final model.
 
     Resumes from ``session.restore()`` (the newest complete checkpoint) when there is one,
     exactly: same batches, same negatives, same dropout masks as an uninterrupted run with the
     same seed, and the same pool switches (the state records the step each pool version was
     first trained on; ``hooks.pool_version`` answers per step).
     """
-    tc, hooks, rank0 = job.train, hooks or Hooks(), session.rank == 0
+    tc, hooks, rank0 = train_cfg, hooks or Hooks(), session.rank == 0
     run_dir = Path(run_dir)
     torch.manual_seed(tc.seed)  # identical initialisation of any new head on every rank
     if tc.num_threads:
         torch.set_num_threads(tc.num_threads)
 
-    core = BiEncoder.from_config(job.model)
+    core = BiEncoder.from_config(model_cfg)
     core.precision = resolve_precision(tc.precision, session.device)  # the backbone's; losses stay fp32
-    if job.loss.dropout is not None:
-        set_dropout(core, job.loss.dropout)
+    if loss_cfg.dropout is not None:
+        set_dropout(core, loss_cfg.dropout)
     model = session.prepare_model(core)
     teacher = None
-    if job.loss.distilling:
-        layers = hidden_layer_map(job) if job.loss.distill_hidden else None
+    if loss_cfg.distilling:
+        if distill is None or not distill.teacher:
+            raise ValueError("loss.distill_score / loss.distill_embed need distill.teacher (a model folder)")
+        layers = hidden_layer_map(distill, model_cfg) if loss_cfg.distill_hidden else None
         if layers is not None and len(layers) != core.backbone.config.num_hidden_layers:
             raise ValueError(f"distill.hidden_layers: {layers} names {len(layers)} teacher layers for a student "
                              f"with {core.backbone.config.num_hidden_layers}")
-        teacher = Teacher(job.distill.teacher, job.model, session.device, hidden_layers=layers,
+        teacher = Teacher(distill.teacher, model_cfg, session.device, hidden_layers=layers,
                           precision=core.precision)
-    gather = gather_fn_for_loss() if job.loss.gather_across_workers and session.world_size > 1 else None
-    loss_fn = build_objective(job.loss, gather_fn=gather, student_dim=core.embedding_dim,
+    gather = gather_fn_for_loss() if loss_cfg.gather_across_workers and session.world_size > 1 else None
+    loss_fn = build_objective(loss_cfg, gather_fn=gather, student_dim=core.embedding_dim,
                               teacher_dim=teacher.dim if teacher else None)
     optimizer = adamw(_param_groups(core, list(loss_fn.parameters()), tc.weight_decay), lr=tc.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(tc, tc.max_steps))
@@ -192,8 +167,8 @@ def train(job, session, data: TrainingData, run_dir: Path, hooks: Hooks | None =
         print(f"[embedray] {'resuming at step ' + str(start_step) if start_step else 'starting'}: "
               f"{len(examples)} pairs, {plan.batches_per_epoch} global batches/epoch, "
               f"{session.world_size} worker(s), {tc.max_steps} steps", flush=True)
-    if start_step == 0 and data.dev is not None and rank0:
-        log.event("dev", 0, evaluate_dev(core, job, data, cache_dir=run_dir / "cache"))
+    if start_step == 0 and hooks.evaluate is not None and rank0:
+        log.event("dev", 0, _evaluate(hooks.evaluate, core, "start"))
 
     def checkpoint(step: int) -> None:
         trainer_state = {"step": step, "state": state, "seed": tc.seed, "world_size": session.world_size}
@@ -216,8 +191,8 @@ def train(job, session, data: TrainingData, run_dir: Path, hooks: Hooks | None =
             negs = [sampler.sample(ex, index, slot) for slot, ex in enumerate(batch)]
             sync = micro == tc.grad_accum - 1 or not hasattr(model, "no_sync")
             with contextlib.nullcontext() if sync else model.no_sync():
-                loss = _batch_loss(model, core, loss_fn, job, data, batch, negs, session.device,
-                                   teacher, sampler.scores)
+                loss = _batch_loss(model, core, loss_fn, model_cfg, train_cfg, data, batch, negs, session.device,
+                                   teacher, sampler.scores, distill, loss_cfg.distill_in_batch)
                 (loss / tc.grad_accum).backward()
             total += loss.item() / tc.grad_accum
         params = [p for g in optimizer.param_groups for p in g["params"]]
@@ -240,9 +215,9 @@ def train(job, session, data: TrainingData, run_dir: Path, hooks: Hooks | None =
         for cb in hooks.on_step:
             cb(done, log)
         stop = False
-        if tc.eval_every and done % tc.eval_every == 0 and data.dev is not None and done < tc.max_steps:
+        if tc.eval_every and done % tc.eval_every == 0 and hooks.evaluate is not None and done < tc.max_steps:
             if rank0:
-                stop = _dev_and_early_stop(core, job, data, log, state, done)
+                stop = _dev_and_early_stop(hooks.evaluate, core, tc, log, state, done)
             stop = broadcast_flag(stop)
         if (tc.checkpoint_every and done % tc.checkpoint_every == 0) or done == tc.max_steps or stop:
             log.flush()
@@ -251,48 +226,50 @@ def train(job, session, data: TrainingData, run_dir: Path, hooks: Hooks | None =
             break
     bar.close()
     wall = time.perf_counter() - t_start
-    summary = _finish(core, job, data, log, state, run_dir, step + 1 - start_step, wall, rank0, len(examples))
+    summary = _finish(core, loss_cfg, tc, hooks, data, log, state, run_dir, step + 1 - start_step, wall, rank0,
+                      len(examples), card)
     barrier()
     return summary
 
 
-def _batch_loss(model, core, loss_fn, job, data, batch, negs, device, teacher=None, ce_scores=None) -> torch.Tensor:
+def _batch_loss(model, core, loss_fn, model_cfg, train_cfg, data, batch, negs, device, teacher=None, ce_scores=None,
+                distill=None, in_batch: bool = False) -> torch.Tensor:
     """Encode queries and all documents (positives + negatives in one forward pass), then the loss
     (plus the distillation terms when a teacher is given)."""
-    q_texts = [job.model.query_prefix + data.queries[ex.query_id] for ex in batch]
+    q_texts = [model_cfg.query_prefix + data.queries[ex.query_id] for ex in batch]
     doc_ids = [ex.pos_id for ex in batch] + [d for n in negs for d in n]
-    d_texts = [job.model.doc_prefix + data.doc_text(d) for d in doc_ids]
-    q_tok = {k: v.to(device) for k, v in core.tokenize(q_texts, max_length=job.train.max_query_length).items()}
-    d_tok = {k: v.to(device) for k, v in core.tokenize(d_texts, max_length=job.train.max_doc_length).items()}
-    hidden = teacher is not None and job.loss.distill_hidden
+    d_texts = [model_cfg.doc_prefix + data.doc_text(d) for d in doc_ids]
+    q_tok = {k: v.to(device) for k, v in core.tokenize(q_texts, max_length=train_cfg.max_query_length).items()}
+    d_tok = {k: v.to(device) for k, v in core.tokenize(d_texts, max_length=train_cfg.max_doc_length).items()}
+    hidden = teacher is not None and teacher.hidden_layers is not None
     if hidden:
         (q, q_states), (d, d_states) = model(**q_tok, return_hidden=True), model(**d_tok, return_hidden=True)
     else:
         q = model(**q_tok)                               # (B, dim)
         d = model(**d_tok)                               # (B + B*N, dim)
-    b, n = len(batch), job.train.num_negatives
+    b, n = len(batch), train_cfg.num_negatives
     d_pos, d_neg = d[:b], (d[b:].view(b, n, -1) if n else None)   # (B, dim), (B, N, dim)
     pos_ids = ids_to_tensor(doc_ids[:b]).to(device)
     neg_ids = ids_to_tensor(doc_ids[b:]).view(b, n).to(device) if n else None
     q_ids = ids_to_tensor([ex.query_id for ex in batch]).to(device)
     ids = {"q_ids": q_ids, "pos_ids": pos_ids, "neg_ids": neg_ids}
     if teacher is None:
-        return loss_fn(q, d_pos, d_neg, **ids)
-    tq = teacher.encode(q_texts, job.train.max_query_length)           # (B, D_t)
-    td = teacher.encode(d_texts, job.train.max_doc_length)             # (B + B*N, D_t)
+        return loss_fn.batch_loss(q, d_pos, d_neg, **ids)  # each task loss reads the batch its own way
+    tq = teacher.encode(q_texts, train_cfg.max_query_length)           # (B, D_t)
+    td = teacher.encode(d_texts, train_cfg.max_doc_length)             # (B + B*N, D_t)
     # The cross-encoder's scores are the teacher's logits; the teacher bi-encoder's cosines go to
     # the objective, which puts them on its own logit scale (its temperature).
-    if job.distill.score_source == "cross_encoder":
+    if distill.score_source == "cross_encoder":
         targets = {"teacher_scores": pool_scores([ex.query_id for ex in batch], doc_ids[:b],
                                                  [doc_ids[b + i * n: b + (i + 1) * n] for i in range(b)],
                                                  ce_scores).to(device)}
-    elif job.loss.distill_in_batch:
+    elif in_batch:
         targets = {"teacher_cosines": in_batch_cosines(tq, td)}          # (B, B + B*N)
     else:
         targets = {"teacher_cosines": candidate_cosines(tq, td, b, n)}   # (B, 1+N)
     embed = {"teacher_emb": torch.cat([tq, td[:b]])}
     if hidden:  # every layer's token states, queries and all documents
-        ml = job.train.max_query_length, job.train.max_doc_length
+        ml = train_cfg.max_query_length, train_cfg.max_doc_length
         embed["hidden"] = [(q_states, teacher.states(q_texts, ml[0], q_tok["attention_mask"]), q_tok["attention_mask"]),
                            (d_states, teacher.states(d_texts, ml[1], d_tok["attention_mask"]), d_tok["attention_mask"])]
     total, _parts = loss_fn(q, d_pos, d_neg, **targets, **embed, **ids)
@@ -313,31 +290,38 @@ def _maybe_switch_pool(hooks, sampler, state, log, step, rank0) -> None:
                                  "staleness_steps": None if snap is None else step - snap})
 
 
-def _dev_and_early_stop(core, job, data, log, state, step) -> bool:
-    metrics = evaluate_dev(core, job, data)
+def _evaluate(evaluate, core, when: str) -> dict[str, float]:
+    was_training = core.training
+    with _every_core():
+        metrics = evaluate(core, when)
+    core.train(was_training)
+    return metrics
+
+
+def _dev_and_early_stop(evaluate, core, tc, log, state, step) -> bool:
+    metrics = _evaluate(evaluate, core, "step")
     log.event("dev", step, metrics)
     best = state["best_dev"]
     if best is None or metrics["ndcg@10"] > best:
         state["best_dev"], state["evals_without_gain"] = metrics["ndcg@10"], 0
     else:
         state["evals_without_gain"] += 1
-    patience = job.train.early_stop_patience
+    patience = tc.early_stop_patience
     return bool(patience and state["evals_without_gain"] >= patience)
 
 
-def _finish(core, job, data, log, state, run_dir, steps_run, wall, rank0, pairs: int) -> dict:
+def _finish(core, loss_cfg, tc, hooks, data, log, state, run_dir, steps_run, wall, rank0, pairs: int,
+            card: dict | None) -> dict:
     if not rank0:
         return {}
-    # A mining run keeps an embedding cache: its final corpus encoding goes there for the
-    # pipeline's test evaluation of the same weights.
-    cache = run_dir / "cache" if job.refresh.mode != "off" else None
-    dev = evaluate_dev(core, job, data, cache_dir=cache, store=True) if data.dev is not None else {}
+    dev = _evaluate(hooks.evaluate, core, "final") if hooks.evaluate is not None else {}
     if dev:
-        log.event("dev", job.train.max_steps, dev)
+        log.event("dev", tc.max_steps, dev)
     final = run_dir / "final"
-    core.save_sentence_transformer(final, extra_card={"training": to_dict(job), "metrics": {"dev": dev}},
-                                   matryoshka_dims=job.loss.matryoshka_dims or None)
-    write_json_atomic(to_dict(job), final / "training_config.json")
+    card = card or {}
+    core.save_sentence_transformer(final, extra_card={"training": card, "metrics": {"dev": dev}},
+                                   matryoshka_dims=loss_cfg.matryoshka_dims or None)
+    write_json_atomic(card, final / "training_config.json")
     dev_events = [e for e in log.events if e["kind"] == "dev"]
     summary = {"final_model": str(final), "steps": log.steps[-1]["step"] if log.steps else 0,
                "steps_this_session": steps_run, "wall_s": wall,

@@ -155,7 +155,7 @@ def test_trained_teacher_documents_are_read_back_from_its_final_dev_evaluation(t
     from embedray.models.encoder import BiEncoder
     from embedray.pipeline.stages import Pipeline
     from embedray.training.data import load_training_data
-    from embedray.training.loop import evaluate_dev
+    from embedray.pipeline.evaluation import evaluate_dev
 
     cfg = build_config(PipelineConfig, {"name": "t", "output_dir": str(tmp_path), "prepare": {"source": "beir"},
                                         "data": {"path": str(topic_beir)}, "teacher": {"name_or_path": "tiny-bert"},

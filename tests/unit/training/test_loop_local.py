@@ -103,7 +103,8 @@ def test_dev_evaluation_reads_documents_mining_encoded_with_the_same_weights(top
     from embedray.mining.pipeline import doc_text
     from embedray.models.encoder import BiEncoder
     from embedray.training.data import load_training_data
-    from embedray.training.loop import evaluate_dev, make_encode_fn
+    from embedray.pipeline.evaluation import evaluate_dev
+    from embedray.training.loop import make_encode_fn
 
     job = _job(topic_beir, tmp_path, "cache")
     data = load_training_data(job.data)
