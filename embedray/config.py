@@ -2,13 +2,16 @@
 dotted command-line overrides (``train.lr=3e-5``).
 
 Validation is pydantic's (types, nested dataclasses, ``__post_init__`` checks); unknown keys are
-rejected with a suggestion, so a typo never silently falls back to a default.
+rejected with a suggestion, so a typo never silently falls back to a default. A key that was
+renamed or moved still loads, with a warning naming its new place: a section's dataclass lists
+them in ``RENAMED`` (old key → new dotted key, relative to that section).
 """
 from __future__ import annotations
 
 import dataclasses
 import difflib
 import typing
+import warnings
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -51,11 +54,38 @@ def merge(base: dict, extra: dict) -> dict:
     return out
 
 
-def _check_keys(cls: type, data: Any, where: str, source: str) -> None:
+def _apply_renames(cls: type, data: dict, where: str, source: str) -> dict:
+    """``data`` with the keys ``cls.RENAMED`` lists moved to their new place (warning once each)."""
+    renamed = getattr(cls, "RENAMED", {})
+    if not any(k in renamed for k in data):
+        return data
+    out = {k: v for k, v in data.items() if k not in renamed}
+    for old, new in renamed.items():
+        if old not in data:
+            continue
+        warnings.warn(f"{source}: '{where}{old}' is now '{where}{new}' (the old key still works; rename it)",
+                      FutureWarning, stacklevel=4)
+        *parents, leaf = new.split(".")
+        node = out
+        for p in parents:
+            child = node.get(p, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"{source}: '{where}{old}' moves into '{where}{p}', which is a value")
+            node[p] = node = dict(child)  # a copy: the caller's dicts stay as they were
+        if leaf in node:
+            raise ConfigError(f"{source}: both '{where}{old}' and its new name '{where}{new}' are set")
+        node[leaf] = data[old]
+    return out
+
+
+def _check_keys(cls: type, data: Any, where: str, source: str) -> Any:
+    """``data`` checked against ``cls`` (unknown keys are an error) with renamed keys applied."""
     if not (dataclasses.is_dataclass(cls) and isinstance(data, dict)):
-        return
+        return data
+    data = _apply_renames(cls, data, where, source)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
+    out = dict(data)
     for key, value in data.items():
         if key not in fields:
             close = difflib.get_close_matches(key, fields, n=1)
@@ -64,12 +94,14 @@ def _check_keys(cls: type, data: Any, where: str, source: str) -> None:
         sub = hints.get(key)
         for cand in (sub, *typing.get_args(sub)):
             if dataclasses.is_dataclass(cand):
-                _check_keys(cand, value, f"{where}{key}.", source)
+                out[key] = _check_keys(cand, value, f"{where}{key}.", source)
+                break
+    return out
 
 
 def build_config(cls: type[T], data: dict, source: str = "<config>") -> T:
     """Validate ``data`` against dataclass ``cls`` (nested), with errors naming ``source`` and key."""
-    _check_keys(cls, data, "", source)
+    data = _check_keys(cls, data, "", source)
     try:
         return pydantic.TypeAdapter(cls).validate_python(data)
     except pydantic.ValidationError as e:

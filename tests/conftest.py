@@ -42,6 +42,28 @@ def topic_beir(tmp_path_factory) -> Path:
     return make_topic_beir(tmp_path_factory.mktemp("topic_beir"))
 
 
+def as_parquet_beir(beir: Path, root: Path) -> Path:
+    """The same BEIR folder with its corpus and queries as Parquet tables, and its train
+    judgements as a ``train_pairs.parquet`` (query_id, pos_id)."""
+    import shutil
+
+    from embedray.data import (TrainPair, iter_corpus, iter_qrels, iter_queries, write_corpus_parquet,
+                               write_pairs_parquet, write_queries_parquet)
+
+    root.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(beir / "qrels", root / "qrels")
+    write_corpus_parquet(iter_corpus(beir / "corpus.jsonl"), root / "corpus.parquet")
+    write_queries_parquet(iter_queries(beir / "queries.jsonl"), root / "queries.parquet")
+    write_pairs_parquet((TrainPair(q, d) for _, q, d, rel in iter_qrels(beir / "qrels" / "train.tsv") if rel > 0),
+                        root / "train_pairs.parquet")
+    return root
+
+
+@pytest.fixture(scope="session")
+def parquet_beir(topic_beir, tmp_path_factory) -> Path:
+    return as_parquet_beir(topic_beir, tmp_path_factory.mktemp("parquet_beir"))
+
+
 @pytest.fixture(scope="session")
 def shared_datasets() -> Path:
     if not SHARED_DATASETS.is_dir():

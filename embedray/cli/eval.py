@@ -45,9 +45,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="texts per encoder batch (default: %(default)s)")
     parser.add_argument("--max-seq-length", type=int, default=d.max_seq_length, metavar="N",
                         help="tokens per text (default: the model folder's own, e.g. 256 for MiniLM)")
-    parser.add_argument("--query-prefix", default=d.query_prefix, metavar="STR",
+    parser.add_argument("--query-prompt", "--query-prefix", default=d.query_prompt, metavar="STR",
                         help="text prepended to every query, e.g. 'query: ' (default: none)")
-    parser.add_argument("--doc-prefix", default=d.doc_prefix, metavar="STR",
+    parser.add_argument("--doc-prompt", "--doc-prefix", default=d.doc_prompt, metavar="STR",
                         help="text prepended to every document, e.g. 'passage: ' (default: none)")
     parser.add_argument("--ignore-identical-ids", choices=("auto", "on", "off"),
                         default=d.ignore_identical_ids,
@@ -106,7 +106,7 @@ def run(args: argparse.Namespace | dict[str, Any]) -> int:
             model = load_encoder(name, cfg.device, cfg.max_seq_length, cfg.precision, cfg.backend,
                                  cfg.onnx_file)
             res = evaluate_retrieval(model, data, k=cfg.k, batch_size=cfg.batch_size,
-                                     query_prefix=cfg.query_prefix, doc_prefix=cfg.doc_prefix,
+                                     query_prompt=cfg.query_prompt, doc_prompt=cfg.doc_prompt,
                                      ignore_identical_ids=cfg.ignore_identical_ids,
                                      show_progress=not a.get("no_progress", False),
                                      truncate_dim=cfg.truncate_dim)

@@ -72,7 +72,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help="compute precision of the bi-encoder and the cross-encoder: auto = bf16 where the "
                         "hardware runs it fast (CUDA bf16, CPU AMX/AVX512-BF16), else fp32 (default: %(default)s)")
     g.add_argument("--query-prompt", default="", help="text prepended to queries")
-    g.add_argument("--corpus-prompt", default="", help="text prepended to documents")
+    g.add_argument("--doc-prompt", "--corpus-prompt", default="", help="text prepended to documents")
     x = parser.add_argument_group("cross-encoder")
     x.add_argument("--denoise-margin", type=float, default=c.denoise_margin,
                    help="drop a negative with ce >= positive ce - margin (default: %(default)s)")
@@ -103,7 +103,7 @@ def _configs(a: dict[str, Any]) -> tuple[MiningConfig, CrossEncoderConfig]:
         sampling_strategy=a["sampling_strategy"], seed=a["seed"],
         rescore_candidates=a["rescore_candidates"], index_factory=a["index_factory"],
         index_type=a.get("index_type") or "flat",
-        batch_size=a["batch_size"], query_prompt=a["query_prompt"], corpus_prompt=a["corpus_prompt"],
+        batch_size=a["batch_size"], query_prompt=a["query_prompt"], doc_prompt=a["doc_prompt"],
         precision=a.get("precision") or "auto")
     ce = CrossEncoderConfig(base_model=a["ce_base_model"], loss=a["ce_loss"], epochs=a["ce_epochs"],
                             max_steps=a["ce_max_steps"], max_length=a["ce_max_length"], seed=a["seed"],
@@ -153,7 +153,7 @@ def _mine_split(a: dict[str, Any], data, cfg: MiningConfig, ce_cfg: CrossEncoder
 
         ensure_ray()
         encode_corpus = ray_encode_fn(model_dir, cfg.batch_size, a["num_actors"], a["cpus_per_actor"],
-                                      a["gpus_per_actor"], prompt=cfg.corpus_prompt, precision=cfg.precision)
+                                      a["gpus_per_actor"], prompt=cfg.doc_prompt, precision=cfg.precision)
     _say(f"{data.path}: {len(data.corpus)} documents, {len(data.qrels)} {data.split} queries")
     with tempfile.TemporaryDirectory(prefix="embedray-mine-") as scratch:
         # Training a cross-encoder mines twice (before and after); a scratch cache makes the
@@ -199,7 +199,7 @@ def _eval_reranker(a: dict[str, Any], ce_path: Path, common: dict, precision: st
     qs = {q: dev.queries[q] for q in dev.qrels if q in dev.queries}
     cfg: MiningConfig = common["cfg"]
     enc = encode_queries_and_corpus(st_encode_fn(common["model"], cfg.batch_size, cfg.query_prompt,
-                                                 cfg.corpus_prompt), qs, dev.corpus, cfg,
+                                                 cfg.doc_prompt), qs, dev.corpus, cfg,
                                     common["weights_fp"], common["cache_dir"])
     k = min(100, len(enc.doc_ids))
     scores, ids = VectorIndex.build(enc.doc_emb, enc.doc_ids).search(enc.query_emb, k)

@@ -115,7 +115,7 @@ def encode_corpus_ray(docs: Sequence[Document] | Sequence[tuple[str, str]] | "ra
 
     Args:
         docs: :class:`Document` list, ``(id, text)`` pairs, a Ray Dataset with ``id``/``_id``,
-            ``text`` (and ``title``) columns, or the path of a BEIR ``corpus.jsonl``.
+            ``text`` (and ``title``) columns, or the path of a BEIR ``corpus.jsonl`` / ``corpus.parquet``.
         model_dir_or_spec: a bundled model name or sentence-transformers folder.
         batch_size: texts per forward pass (a Ray batch holds 4 of them).
         num_actors: encoder actors in the pool.
@@ -138,7 +138,8 @@ def encode_corpus_ray(docs: Sequence[Document] | Sequence[tuple[str, str]] | "ra
 
     model_dir = resolve_model(model_dir_or_spec)
     if isinstance(docs, (str, os.PathLike)):
-        docs = ray.data.read_json(str(Path(docs).expanduser().resolve()))
+        path = Path(docs).expanduser().resolve()
+        docs = ray.data.read_parquet(str(path)) if path.suffix.lower() == ".parquet" else ray.data.read_json(str(path))
     ids, texts = _dataset_rows(docs) if isinstance(docs, ray.data.Dataset) else _rows(docs)
     if len(set(ids)) != len(ids):
         raise ValueError("duplicate document ids in the corpus")

@@ -45,7 +45,7 @@ def _ray_data_encoder(job):
         weights = model.to_sentence_transformer().state_dict()
         return ray_encode_fn(resolve_model(job.model.name_or_path), batch_size=job.mining.batch_size,
                              num_actors=1, num_cpus_per_actor=job.refresh.num_cpus, state_dict=weights,
-                             prompt=job.model.doc_prefix, precision=job.mining.precision)
+                             prompt=job.model.doc_prompt, precision=job.mining.precision)
     return factory
 
 

@@ -1,5 +1,6 @@
 """BEIR folders: ``corpus.jsonl`` {_id,title,text}, ``queries.jsonl`` {_id,text},
-``qrels/<split>.tsv`` (header ``query-id corpus-id score``)."""
+``qrels/<split>.tsv`` (header ``query-id corpus-id score``). The corpus and the queries may
+be Parquet tables with the same columns instead (``corpus.parquet``, ``queries.parquet``)."""
 from __future__ import annotations
 
 import logging
@@ -49,7 +50,12 @@ class RetrievalData:
 
 def iter_corpus(path: str | Path, on_error: OnError = "raise",
                 report: SkipReport | None = None) -> Iterator[Document]:
-    """Stream ``corpus.jsonl`` as :class:`Document`; duplicate ids are errors."""
+    """Stream ``corpus.jsonl`` (or a ``.parquet`` table) as :class:`Document`; duplicate ids are errors."""
+    if Path(path).suffix.lower() == ".parquet":
+        from embedray.data.parquet import iter_corpus_parquet
+
+        yield from iter_corpus_parquet(path, on_error, report)
+        return
     seen: set[str] = set()
     for lineno, obj in iter_jsonl(path, on_error, report):
         try:
@@ -67,9 +73,24 @@ def iter_corpus(path: str | Path, on_error: OnError = "raise",
         yield Document(doc_id, text, title)
 
 
+def beir_file(root: str | Path, name: str) -> Path:
+    """``root/<name>.jsonl`` or ``root/<name>.parquet``, whichever is there (``.jsonl`` when
+    neither is, for the caller's not-found message); both at once is ambiguous and an error."""
+    root = Path(root)
+    jsonl, parquet = root / f"{name}.jsonl", root / f"{name}.parquet"
+    if jsonl.is_file() and parquet.is_file():
+        raise ValueError(f"{root}: holds both {jsonl.name} and {parquet.name}; keep one")
+    return parquet if parquet.is_file() else jsonl
+
+
 def iter_queries(path: str | Path, on_error: OnError = "raise",
                  report: SkipReport | None = None) -> Iterator[tuple[str, str]]:
-    """Stream ``queries.jsonl`` as ``(id, text)``; duplicate ids are errors."""
+    """Stream ``queries.jsonl`` (or a ``.parquet`` table) as ``(id, text)``; duplicate ids are errors."""
+    if Path(path).suffix.lower() == ".parquet":
+        from embedray.data.parquet import iter_queries_parquet
+
+        yield from iter_queries_parquet(path, on_error, report)
+        return
     seen: set[str] = set()
     for lineno, obj in iter_jsonl(path, on_error, report):
         try:
@@ -165,7 +186,7 @@ def load_beir(path: str | Path, split: str = "test", on_error: OnError = "raise"
             counted in ``missing_doc_judgements``.
     """
     root = Path(path).expanduser().resolve()
-    files = {"corpus": root / "corpus.jsonl", "queries": root / "queries.jsonl",
+    files = {"corpus": beir_file(root, "corpus"), "queries": beir_file(root, "queries"),
              "qrels": root / "qrels" / f"{split}.tsv"}
     for what, file in files.items():
         if not file.is_file():
@@ -174,7 +195,7 @@ def load_beir(path: str | Path, split: str = "test", on_error: OnError = "raise"
                 have = sorted(p.stem for p in (root / "qrels").glob("*.tsv"))
                 hint = f" (splits here: {', '.join(have) or 'none'})"
             raise FileNotFoundError(f"{file}: not found; a BEIR folder needs corpus.jsonl, "
-                                    f"queries.jsonl and qrels/{split}.tsv{hint}")
+                                    f"queries.jsonl (or .parquet) and qrels/{split}.tsv{hint}")
     report = SkipReport()
     corpus = {d.id: d for d in iter_corpus(files["corpus"], on_error, report)}
     queries = dict(iter_queries(files["queries"], on_error, report))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 _SWITCH = ("auto", "on", "off")
 _MISSING = ("keep", "skip", "raise")
@@ -17,8 +18,8 @@ class EvalConfig:
         batch_size: texts per encoder call.
         max_seq_length: tokens per text; ``None`` keeps the model folder's own (256 for
             all-MiniLM-L6-v2, which published figures use).
-        query_prefix: prepended to every query (``"query: "`` for E5-style models).
-        doc_prefix: prepended to every document.
+        query_prompt: prepended to every query (``"query: "`` for E5-style models).
+        doc_prompt: prepended to every document.
         ignore_identical_ids: drop a query's own id from its ranking: ``auto`` (on when at least half
             of the split's query ids are corpus ids: queries are documents, as in ArguAna, where
             1,298 of 1,406 are), ``on`` or ``off``.
@@ -38,8 +39,8 @@ class EvalConfig:
     k: int = 100
     batch_size: int = 64
     max_seq_length: int | None = None
-    query_prefix: str = ""
-    doc_prefix: str = ""
+    query_prompt: str = ""
+    doc_prompt: str = ""
     ignore_identical_ids: str = "auto"
     missing_docs: str = "keep"
     truncate_dim: int | None = None
@@ -47,6 +48,8 @@ class EvalConfig:
     precision: str = "auto"
     backend: str = "torch"
     onnx_file: str = "model.onnx"
+
+    RENAMED: ClassVar[dict[str, str]] = {"query_prefix": "query_prompt", "doc_prefix": "doc_prompt"}
 
     def __post_init__(self) -> None:
         if not self.split or "/" in self.split or "\\" in self.split or self.split.startswith("."):

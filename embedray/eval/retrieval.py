@@ -162,7 +162,7 @@ def _to_numpy(x: Any) -> np.ndarray:
 
 
 def evaluate_retrieval(model_or_encode_fn: Encoder | EncodeFn, data: RetrievalData, k: int = 100,
-                       batch_size: int = 64, query_prefix: str = "", doc_prefix: str = "",
+                       batch_size: int = 64, query_prompt: str = "", doc_prompt: str = "",
                        ignore_identical_ids: IgnoreIdentical = "auto", show_progress: bool = True,
                        corpus_embeddings: np.ndarray | None = None,
                        truncate_dim: int | None = None,
@@ -176,8 +176,8 @@ def evaluate_retrieval(model_or_encode_fn: Encoder | EncodeFn, data: RetrievalDa
         data: from :func:`embedray.data.beir.load_beir`; its ``qrels`` pick the queries.
         k: documents retrieved per query (Recall@100 needs ``k >= 100``).
         batch_size: texts per encoder call.
-        query_prefix: prepended to every query (e.g. ``"query: "`` for E5-style models).
-        doc_prefix: prepended to every document.
+        query_prompt: prepended to every query (e.g. ``"query: "`` for E5-style models).
+        doc_prompt: prepended to every document.
         ignore_identical_ids: drop a query's own id from its ranking: ``"auto"`` (when at
             least half of the query ids are corpus ids), ``True``/``"on"`` or ``False``/``"off"``.
         show_progress: progress bars while encoding.
@@ -205,7 +205,7 @@ def evaluate_retrieval(model_or_encode_fn: Encoder | EncodeFn, data: RetrievalDa
 
     t0 = time.perf_counter()
     if corpus_embeddings is None:
-        doc_texts = [doc_prefix + data.corpus[d].text_for_model for d in doc_ids]
+        doc_texts = [doc_prompt + data.corpus[d].text_for_model for d in doc_ids]
         doc_emb = encode_texts(model_or_encode_fn, doc_texts, "doc", batch_size, show_progress)
     else:
         doc_emb = np.array(_to_numpy(corpus_embeddings), dtype=np.float32)  # a copy: normalized below
@@ -216,7 +216,7 @@ def evaluate_retrieval(model_or_encode_fn: Encoder | EncodeFn, data: RetrievalDa
     encode_docs_s = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    query_emb = encode_texts(model_or_encode_fn, [query_prefix + queries[q] for q in query_ids],
+    query_emb = encode_texts(model_or_encode_fn, [query_prompt + queries[q] for q in query_ids],
                              "query", batch_size, show_progress)
     encode_queries_s = time.perf_counter() - t0
     if query_emb.shape[1] != doc_emb.shape[1]:
@@ -239,8 +239,8 @@ def evaluate_retrieval(model_or_encode_fn: Encoder | EncodeFn, data: RetrievalDa
     timings = Timings(encode_docs_s=encode_docs_s, encode_queries_s=encode_queries_s,
                       search_s=search_s, num_docs=len(doc_ids), num_queries=len(query_ids),
                       docs_per_s=len(doc_ids) / encode_docs_s if corpus_embeddings is None else None)
-    settings = {"split": data.split, "k": k, "batch_size": batch_size, "query_prefix": query_prefix,
-                "doc_prefix": doc_prefix, "ignore_identical_ids": drop_self,
+    settings = {"split": data.split, "k": k, "batch_size": batch_size, "query_prompt": query_prompt,
+                "doc_prompt": doc_prompt, "ignore_identical_ids": drop_self,
                 "dim": int(doc_emb.shape[1]),
                 "missing_doc_judgements": data.missing_doc_judgements}
     return EvalResult(metrics, run, timings, settings, doc_emb if return_embeddings else None)

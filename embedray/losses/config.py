@@ -8,6 +8,22 @@ SCORE_DISTILL = ("margin_mse", "kl", "mse")
 _IN_BATCH = ("infonce", "mnrl", "simcse")
 
 
+@dataclass(frozen=True)
+class LoopNeeds:
+    """What an objective asks of the training loop: the loop reads this, never a loss field."""
+
+    #: Dropout rate to set on the model once before training (None: the model's own).
+    dropout: float | None = None
+    #: A teacher encodes every batch (distillation).
+    teacher: bool = False
+    #: The teacher also returns every layer's token states (hidden-state distillation).
+    teacher_hidden: bool = False
+    #: Teacher cosines over every document of the batch, not only each query's own candidates.
+    teacher_in_batch: bool = False
+    #: Matryoshka sizes the saved model records (None: the full size only).
+    matryoshka_dims: tuple[int, ...] | None = None
+
+
 @dataclass
 class LossConfig:
     """What the training loop optimises; :func:`embedray.losses.build_objective` turns it into a module."""
@@ -104,6 +120,12 @@ class LossConfig:
             raise bad("dropout", f"must be in [0, 1), got {self.dropout}")
         if self.name == "simcse" and self.dropout == 0:
             raise bad("dropout", "simcse needs dropout > 0 to make two different views (0.1 is usual)")
+
+    def loop_needs(self) -> LoopNeeds:
+        """What the training loop must provide for this objective."""
+        return LoopNeeds(dropout=self.dropout, teacher=self.distilling, teacher_hidden=self.distill_hidden,
+                         teacher_in_batch=self.distill_in_batch,
+                         matryoshka_dims=tuple(self.matryoshka_dims) if self.matryoshka_dims else None)
 
     @property
     def distilling(self) -> bool:

@@ -44,8 +44,9 @@ def build_objective(cfg: LossConfig, *, gather_fn: GatherFn | None = None, stude
 
     Args:
         cfg: the loss config.
-        gather_fn: required when ``cfg.gather_across_workers``:
-            ``embedray.training.gather.gather_fn_for_loss()``.
+        gather_fn: how in-batch losses see other workers' documents
+            (``embedray.training.gather.gather_fn_for_loss()``); used only when
+            ``cfg.gather_across_workers``, required then.
         student_dim, teacher_dim: embedding sizes, required when ``cfg.distill_embed``.
 
     Returns:

@@ -7,7 +7,7 @@ Field semantics of the score rules follow sentence-transformers' ``mine_hard_neg
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 from embedray.mining.index import INDEX_TYPES, IndexType
 from embedray.models.config import PRECISIONS
@@ -54,8 +54,10 @@ class MiningConfig:
             candidates rescored with the fp32 vectors). ``int8``/``binary`` need
             ``index_factory: Flat``.
         batch_size: encoding batch size of the bi-encoder.
-        query_prompt: text prepended to queries before encoding (e.g. an instruction).
-        corpus_prompt: text prepended to documents before encoding.
+        query_prompt: text prepended to queries before encoding (e.g. an instruction); in a
+            train job or pipeline, the model's ``query_prompt`` when left empty.
+        doc_prompt: text prepended to documents before encoding (the model's ``doc_prompt``
+            when left empty in a train job or pipeline).
         precision: compute precision of the bi-encoder that mines (the base model and the
             refresher): ``auto`` (bf16 where the hardware runs it fast), ``fp32`` or ``bf16``.
     """
@@ -76,8 +78,10 @@ class MiningConfig:
     index_type: IndexType = "flat"
     batch_size: int = 32
     query_prompt: str = ""
-    corpus_prompt: str = ""
+    doc_prompt: str = ""
     precision: str = "auto"
+
+    RENAMED: ClassVar[dict[str, str]] = {"corpus_prompt": "doc_prompt"}
 
     def __post_init__(self) -> None:
         _check(self.k >= 1, "k", f"must be >= 1, got {self.k}")

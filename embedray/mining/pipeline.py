@@ -35,7 +35,7 @@ EncodeFn = Callable[[list[str], Kind], np.ndarray]
 Positives = Mapping[str, set[str] | Sequence[str] | Mapping[str, int]]
 
 
-def st_encode_fn(model, batch_size: int = 32, query_prompt: str = "", corpus_prompt: str = "",
+def st_encode_fn(model, batch_size: int = 32, query_prompt: str = "", doc_prompt: str = "",
                  show_progress: bool = False) -> EncodeFn:
     """Wrap a ``SentenceTransformer`` as an :data:`EncodeFn` (normalised embeddings).
 
@@ -44,7 +44,7 @@ def st_encode_fn(model, batch_size: int = 32, query_prompt: str = "", corpus_pro
     """
     def encode(texts: list[str], kind: Kind) -> np.ndarray:
         fn = model.encode_query if kind == "query" else model.encode_document
-        prompt = (query_prompt if kind == "query" else corpus_prompt) or None
+        prompt = (query_prompt if kind == "query" else doc_prompt) or None
         return np.asarray(fn(texts, batch_size=batch_size, prompt=prompt, normalize_embeddings=True,
                              convert_to_numpy=True, show_progress_bar=show_progress), np.float32)
     return encode
@@ -88,7 +88,7 @@ def encode_queries_and_corpus(encode_fn: EncodeFn, queries: Mapping[str, str],
     doc_ids = list(corpus)
     doc_fn = encode_corpus or (lambda texts: encode_fn(texts, "doc"))
     docs: EncodeResult = encode_with_cache([doc_text(corpus[d]) for d in doc_ids], doc_fn,
-                                           weights_fp or "", cache, prompt=doc_key(cfg.corpus_prompt))
+                                           weights_fp or "", cache, prompt=doc_key(cfg.doc_prompt))
     query_ids = list(queries)
     qs: EncodeResult = encode_with_cache([queries[q] for q in query_ids],
                                          lambda texts: encode_fn(texts, "query"), weights_fp or "",
@@ -302,7 +302,7 @@ def _as_encode_fn(model, cfg: MiningConfig, weights_fp: str | None,
     if hasattr(model, "encode_query") and hasattr(model, "encode_document"):
         if weights_fp is None:
             weights_fp = with_precision(model_fingerprint(model), getattr(model, "embedray_precision", "fp32"))
-        return st_encode_fn(model, cfg.batch_size, cfg.query_prompt, cfg.corpus_prompt,
+        return st_encode_fn(model, cfg.batch_size, cfg.query_prompt, cfg.doc_prompt,
                             show_progress), weights_fp
     if callable(model):
         return model, weights_fp

@@ -4,7 +4,7 @@ reading a recipe or building the command line imports no torch."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
 
 POOLING_MODES = ("auto", "mean", "cls", "last")
 FINETUNE_MODES = ("full", "lora", "qlora")
@@ -57,9 +57,9 @@ class ModelConfig:
             never adapted (its output is unused by embedding pooling).
         qlora_bits: Weight precision of the frozen backbone under ``finetune: qlora`` (4 or 8).
         dtype: Compute dtype of the backbone weights: ``"float32"`` or ``"bfloat16"``.
-        query_prefix: Text prepended to queries (e.g. ``"query: "`` for E5-style models); saved
+        query_prompt: Text prepended to queries (e.g. ``"query: "`` for E5-style models); saved
             as the exported model's ``query`` prompt.
-        doc_prefix: Text prepended to documents; saved as the exported ``document`` prompt.
+        doc_prompt: Text prepended to documents; saved as the exported ``document`` prompt.
     """
 
     name_or_path: str = "minilm-l6"
@@ -74,8 +74,11 @@ class ModelConfig:
     lora_target_modules: list[str] | None = field(default=None)
     qlora_bits: int = 4
     dtype: str = "float32"
-    query_prefix: str = ""
-    doc_prefix: str = ""
+    query_prompt: str = ""
+    doc_prompt: str = ""
+
+    #: Earlier names of fields (a recipe that uses them still loads, with a warning).
+    RENAMED: ClassVar[dict[str, str]] = {"query_prefix": "query_prompt", "doc_prefix": "doc_prompt"}
 
     def __post_init__(self) -> None:
         self.name_or_path = str(self.name_or_path)
@@ -99,7 +102,7 @@ class ModelConfig:
                 raise ValueError("model.lora_target_modules: expected a non-empty list of module "
                                  f"names such as ['query', 'value'], got {self.lora_target_modules!r}")
             self.lora_target_modules = list(self.lora_target_modules)
-        for name in ("query_prefix", "doc_prefix"):
+        for name in ("query_prompt", "doc_prompt"):
             if not isinstance(getattr(self, name), str):
                 raise ValueError(f"model.{name}: expected a string, got {getattr(self, name)!r}")
 

@@ -174,7 +174,7 @@ class BiEncoder(nn.Module):
 
     @torch.no_grad()
     def encode(self, texts: Sequence[str], batch_size: int = 64, show_progress_bar: bool = False,
-               prefix: str = "") -> np.ndarray:
+               prompt: str = "") -> np.ndarray:
         """Embed ``texts`` for inference, in input order.
 
         Texts are sorted by length and batched so that each batch pads little (as
@@ -185,12 +185,12 @@ class BiEncoder(nn.Module):
             texts: Strings to embed.
             batch_size: Texts per forward pass.
             show_progress_bar: Show a tqdm bar over batches.
-            prefix: Text prepended to every input (see :meth:`encode_queries`).
+            prompt: Text prepended to every input (see :meth:`encode_queries`).
 
         Returns:
             ``(len(texts), dim)`` float32 array.
         """
-        texts = [prefix + t for t in texts]
+        texts = [prompt + t for t in texts]
         order = np.argsort([-len(t) for t in texts], kind="stable")
         was_training = self.training
         self.eval()
@@ -210,12 +210,12 @@ class BiEncoder(nn.Module):
         return out
 
     def encode_queries(self, texts: Sequence[str], **kwargs: Any) -> np.ndarray:
-        """:meth:`encode` with ``config.query_prefix`` prepended."""
-        return self.encode(texts, prefix=self.config.query_prefix, **kwargs)
+        """:meth:`encode` with ``config.query_prompt`` prepended."""
+        return self.encode(texts, prompt=self.config.query_prompt, **kwargs)
 
     def encode_documents(self, texts: Sequence[str], **kwargs: Any) -> np.ndarray:
-        """:meth:`encode` with ``config.doc_prefix`` prepended."""
-        return self.encode(texts, prefix=self.config.doc_prefix, **kwargs)
+        """:meth:`encode` with ``config.doc_prompt`` prepended."""
+        return self.encode(texts, prompt=self.config.doc_prompt, **kwargs)
 
     # ------------------------------------------------------------------ export
     def merged_backbone(self) -> nn.Module:
@@ -281,7 +281,7 @@ class BiEncoder(nn.Module):
             card.all_hyperparameters = _flatten(extra_card.get("training", {}))
             return SentenceTransformer(
                 modules=modules, device="cpu", model_card_data=card,
-                prompts={"query": self.config.query_prefix, "document": self.config.doc_prefix},
+                prompts={"query": self.config.query_prompt, "document": self.config.doc_prompt},
                 similarity_fn_name="cosine" if self.config.normalize else "dot")
         finally:
             if owned:

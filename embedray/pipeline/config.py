@@ -10,8 +10,8 @@ and validation are :mod:`embedray.config`'s.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Literal
+from dataclasses import dataclass, field, fields
+from typing import ClassVar, Literal
 
 from embedray.losses.config import LossConfig
 from embedray.mining.config import CrossEncoderConfig, MiningConfig
@@ -63,6 +63,7 @@ class TrainJobConfig:
     distill: DistillConfig = field(default_factory=DistillConfig)
 
     def __post_init__(self) -> None:
+        _mine_with_the_model_prompts(self.mining, self.model)
         if self.loss.distilling and not self.distill.teacher:
             raise ValueError("loss.distill_score / loss.distill_embed need distill.teacher (a model folder)")
         if self.distill.score_source == "cross_encoder" and self.loss.distill_in_batch:
@@ -102,6 +103,23 @@ class PrepareConfig:
     def __post_init__(self) -> None:
         if self.source == "flag" and not (self.flag_train and self.flag_test):
             raise ValueError("prepare.source: flag needs prepare.flag_train and prepare.flag_test")
+
+
+@dataclass
+class TeacherConfig:
+    """The bi-encoder fine-tuned on the task's pairs with refreshed negatives: the train job's
+    ``model``, ``loss`` and ``train`` sections, as they are."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """The base model and how it is built (its prompts are the pipeline's)."""
+    loss: LossConfig = field(default_factory=LossConfig)
+    """The training objective."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """Loop settings of the teacher run."""
+
+    #: A model key given directly under ``teacher:`` (the earlier layout) belongs to ``teacher.model``.
+    RENAMED: ClassVar[dict[str, str]] = {**{f.name: f"model.{f.name}" for f in fields(ModelConfig)},
+                                         **{old: f"model.{new}" for old, new in ModelConfig.RENAMED.items()}}
 
 
 @dataclass
@@ -182,12 +200,22 @@ class PipelineConfig:
     """Root folder of pipeline runs (shared storage on a cluster)."""
     prepare: PrepareConfig = field(default_factory=PrepareConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    teacher: ModelConfig = field(default_factory=ModelConfig)
-    teacher_loss: LossConfig = field(default_factory=LossConfig)
-    teacher_train: TrainConfig = field(default_factory=TrainConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
     mining: MiningConfig = field(default_factory=MiningConfig)
     cross_encoder: CrossEncoderConfig = field(default_factory=CrossEncoderConfig)
     refresh: RefreshConfig = field(default_factory=lambda: RefreshConfig(mode="async"))
     student: StudentConfig = field(default_factory=StudentConfig)
     eval: EvalStageConfig = field(default_factory=EvalStageConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
+
+    RENAMED: ClassVar[dict[str, str]] = {"teacher_loss": "teacher.loss", "teacher_train": "teacher.train"}
+
+    def __post_init__(self) -> None:
+        _mine_with_the_model_prompts(self.mining, self.teacher.model)
+
+
+def _mine_with_the_model_prompts(mining: MiningConfig, model: ModelConfig) -> None:
+    """Mining encodes with the prompts the model trains with unless the recipe says otherwise: one
+    prompt per side, so embeddings and their cache keys agree across training, mining and dev."""
+    mining.query_prompt = mining.query_prompt or model.query_prompt
+    mining.doc_prompt = mining.doc_prompt or model.doc_prompt

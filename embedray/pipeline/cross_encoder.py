@@ -32,7 +32,7 @@ def train_base_cross_encoder(job, data, ce_dir: Path, run_dir: Path, positives: 
         # The documents were just encoded for mining by the same weights: read them from the cache.
         docs = encode_with_cache([doc_text(d) for d in data.dev.corpus.values()],
                                  lambda texts: encode(texts, "doc"), weights_fp, run_dir / "cache",
-                                 prompt=doc_key(job.mining.corpus_prompt))
+                                 prompt=doc_key(job.mining.doc_prompt))
         first = evaluate_retrieval(encode, data.dev, k=depth, show_progress=False,
                                    corpus_embeddings=docs.embeddings)
         report = evaluate_reranker(str(ce_dir), data.dev, first.run, k=depth, precision=job.cross_encoder.precision)

@@ -42,21 +42,21 @@ def evaluate_dev(model, job, data: TrainingData, cache_dir: Path | None = None, 
         keep = sorted(dev.qrels)[: job.train.eval_max_queries]
         dev = type(dev)(dev.corpus, dev.queries, {q: dev.qrels[q] for q in keep}, dev.split, dev.path)
     was_training = model.training
-    docs = (cached_doc_embeddings(model, job.model, job.mining.corpus_prompt, dev.corpus, cache_dir, store)
+    docs = (cached_doc_embeddings(model, job.model, job.mining.doc_prompt, dev.corpus, cache_dir, store)
             if cache_dir is not None else None)
     result = evaluate_retrieval(make_encode_fn(model, job.model), dev, show_progress=False, corpus_embeddings=docs)
     model.train(was_training)
     return result.metrics
 
 
-def cached_doc_embeddings(model, model_cfg, corpus_prompt: str, corpus, cache_dir: Path, store: bool = False,
+def cached_doc_embeddings(model, model_cfg, doc_prompt: str, corpus, cache_dir: Path, store: bool = False,
                           batch_size: int = 64):
     """A corpus (id → Document, in order) as mining encodes it with ``model``'s weights, from the
     run's embedding cache (same weights fingerprint, same text key): ``None`` when any document
     is missing; with ``store``, what the cache lacks is encoded and written to it."""
     texts = [doc_text(d) for d in corpus.values()]
     fp = live_model_key(model)
-    prompt = doc_key(corpus_prompt)
+    prompt = doc_key(doc_prompt)
     if store:
         encode = make_encode_fn(model, model_cfg, batch_size=batch_size)
         return encode_with_cache(texts, lambda batch: encode(batch, "doc"), fp, cache_dir, prompt=prompt).embeddings

@@ -21,7 +21,7 @@ IGNORED_FIELDS = frozenset({
     "cluster.num_to_keep", "refresh.num_cpus", "refresh.max_restarts", "refresh.keep_indexes",
     "refresh.ray_data_encode",
 })
-# Leaf names ignored wherever they are (teacher_train.*, student.train.*): an exact resume makes
+# Leaf names ignored wherever they are (teacher.train.*, student.train.*): an exact resume makes
 # the checkpoint cadence irrelevant, and threads and logging change no result.
 IGNORED_LEAVES = frozenset({"log_every", "num_threads", "checkpoint_every"})
 
@@ -71,7 +71,7 @@ def files_identity(paths: Iterable[Path], root: Path | None = None) -> dict[str,
 
 
 def describe_changes(old: dict, new: dict) -> str:
-    """What differs between two stage inputs, e.g. ``config changed (teacher_train.max_steps
+    """What differs between two stage inputs, e.g. ``config changed (teacher.train.max_steps
     8 → 12)``, ``input data changed (corpus.jsonl)``, ``teacher changed``."""
     parts = []
     was, now = old.get("config", {}), new.get("config", {})

@@ -44,13 +44,12 @@ STAGES = ["prepare", "baseline", "teacher", "student", "evaluate", "export", "re
 # What each stage reads: config sections or fields, and the stages whose outputs it uses.
 STAGE_READS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "prepare": (("prepare",), ()),
-    "baseline": (("data.test_split", "teacher", "student.keep_layers", "student.model", "student.max_seq_length",
-                  "eval.batch_size", "eval.extra_models", "mining.corpus_prompt"), ("prepare",)),
-    "teacher": (("data", "teacher", "teacher_loss", "teacher_train", "mining", "cross_encoder", "refresh",
-                 "cluster"), ("prepare",)),
-    "student": (("data", "teacher", "student", "mining", "cross_encoder", "refresh", "cluster", "eval.batch_size"),
+    "baseline": (("data.test_split", "teacher.model", "student.keep_layers", "student.model", "student.max_seq_length",
+                  "eval.batch_size", "eval.extra_models", "mining.doc_prompt"), ("prepare",)),
+    "teacher": (("data", "teacher", "mining", "cross_encoder", "refresh", "cluster"), ("prepare",)),
+    "student": (("data", "teacher.model", "student", "mining", "cross_encoder", "refresh", "cluster", "eval.batch_size"),
                 ("teacher",)),
-    "evaluate": (("data.test_split", "teacher", "student", "eval"), ("baseline", "teacher", "student")),
+    "evaluate": (("data.test_split", "teacher.model", "student", "eval"), ("baseline", "teacher", "student")),
     "export": (("data.test_split",), ("student", "evaluate")),
     "report": (("data.test_split",), ("baseline", "teacher", "student", "evaluate", "export")),
 }
@@ -199,7 +198,7 @@ class Pipeline:
         return {"data": str(self.data_dir)}
 
     def stage_baseline(self) -> dict:
-        student, teacher = self._base_student(), self.cfg.teacher.name_or_path
+        student, teacher = self._base_student(), self.cfg.teacher.model.name_or_path
         # Their encode speeds are timed by the evaluate stage, on the trained models of the same
         # architecture (weights do not change the speed).
         if resolve_model(student) == resolve_model(teacher):
@@ -252,7 +251,7 @@ class Pipeline:
                 row["docs_per_s"] = speeds[timed]
                 if label in same_arch:
                     row["docs_per_s_timed_as"] = timed
-        for label, path in [("base teacher", c.teacher.name_or_path), ("trained teacher", teacher),
+        for label, path in [("base teacher", c.teacher.model.name_or_path), ("trained teacher", teacher),
                             ("base student", self._base_student())]:
             rows[label]["size"] = students.model_size(path)
         for label in rows:
@@ -307,9 +306,9 @@ class Pipeline:
         first mining round, cross-encoder check and first dev evaluation; the trained teacher's
         were written by its final dev evaluation (the dev corpus is the test corpus)."""
         c = self.cfg
-        model = BiEncoder.from_config(replace(c.teacher, name_or_path=str(name_or_path))).eval()
+        model = BiEncoder.from_config(replace(c.teacher.model, name_or_path=str(name_or_path))).eval()
         model.precision = c.eval.precision  # part of the cache key: as the stages that share it encode
-        return cached_doc_embeddings(model, c.teacher, c.mining.corpus_prompt, self._test_data().corpus,
+        return cached_doc_embeddings(model, c.teacher.model, c.mining.doc_prompt, self._test_data().corpus,
                                      self.run / "teacher" / "cache", store=True, batch_size=c.eval.batch_size)
 
     def _seed_student_pool(self) -> None:
@@ -327,12 +326,12 @@ class Pipeline:
     def _base_student(self) -> str:
         s = self.cfg.student
         if s.keep_layers is None:
-            return s.model.name_or_path if s.model else self.cfg.teacher.name_or_path
-        if students.keeps_every_layer(self.cfg.teacher.name_or_path, s.keep_layers) and s.max_seq_length is None:
-            return self.cfg.teacher.name_or_path  # before training, the student is the base teacher
+            return s.model.name_or_path if s.model else self.cfg.teacher.model.name_or_path
+        if students.keeps_every_layer(self.cfg.teacher.model.name_or_path, s.keep_layers) and s.max_seq_length is None:
+            return self.cfg.teacher.model.name_or_path  # before training, the student is the base teacher
         out = self.run / "base-student"
         if not (out / "modules.json").exists():
-            students.layer_reduced_student(resolve_model(self.cfg.teacher.name_or_path), s.keep_layers, out,
+            students.layer_reduced_student(resolve_model(self.cfg.teacher.model.name_or_path), s.keep_layers, out,
                                   max_seq_length=s.max_seq_length)
         return str(out)
 
@@ -347,7 +346,7 @@ class Pipeline:
         caller); with ``keep``, also its :class:`EvalResult` (run and document embeddings)."""
         model = load_encoder(str(name_or_path), precision=self.cfg.eval.precision)
         res = evaluate_retrieval(model, self._test_data(), k=100, batch_size=self.cfg.eval.batch_size,
-                                 query_prefix=self.cfg.teacher.query_prefix, doc_prefix=self.cfg.teacher.doc_prefix,
+                                 query_prompt=self.cfg.teacher.model.query_prompt, doc_prompt=self.cfg.teacher.model.doc_prompt,
                                  show_progress=False, truncate_dim=truncate_dim, corpus_embeddings=corpus_embeddings,
                                  return_embeddings=keep)
         dim = truncate_dim or model.get_sentence_embedding_dimension()
@@ -394,8 +393,8 @@ class Pipeline:
 
     def _teacher_job(self):
         c = self.cfg
-        return TrainJobConfig(data=self._data(), model=copy.deepcopy(c.teacher), loss=copy.deepcopy(c.teacher_loss),
-                              train=copy.deepcopy(c.teacher_train), cluster=self._cluster("teacher"),
+        return TrainJobConfig(data=self._data(), model=copy.deepcopy(c.teacher.model), loss=copy.deepcopy(c.teacher.loss),
+                              train=copy.deepcopy(c.teacher.train), cluster=self._cluster("teacher"),
                               mining=copy.deepcopy(c.mining), cross_encoder=copy.deepcopy(c.cross_encoder),
                               refresh=copy.deepcopy(c.refresh))
 
@@ -406,7 +405,7 @@ class Pipeline:
             init = self.run / "student-init"
             if not (init / "modules.json").exists():
                 students.layer_reduced_student(teacher, s.keep_layers, init, max_seq_length=s.max_seq_length)
-            model = replace(c.teacher, name_or_path=str(init), max_seq_length=s.max_seq_length)
+            model = replace(c.teacher.model, name_or_path=str(init), max_seq_length=s.max_seq_length)
         else:
             model = copy.deepcopy(s.model) if s.model else ModelConfig()
         loss = replace(s.loss, matryoshka_dims=s.matryoshka_dims, matryoshka_weights=s.matryoshka_weights)

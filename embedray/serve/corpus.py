@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from embedray.data.beir import Document, iter_corpus
+from embedray.data.beir import Document, beir_file, iter_corpus
 
 log = logging.getLogger(__name__)
 
@@ -20,17 +20,18 @@ _WORD = re.compile(r"\w+", re.UNICODE)
 
 
 def load_corpus(path: str | Path) -> list[Document]:
-    """Read a corpus: a BEIR folder (its ``corpus.jsonl``) or a JSONL file of ``{_id,title,text}``.
+    """Read a corpus: a BEIR folder (its ``corpus.jsonl`` or ``corpus.parquet``), or a JSONL or
+    Parquet file of ``{_id, title, text}``.
 
     Raises:
         DataError: a malformed row (file:line: field), including duplicate ids.
         ValueError: the path holds no corpus or the corpus is empty.
     """
     path = Path(path).expanduser().resolve()
-    file = path / "corpus.jsonl" if path.is_dir() else path
+    file = beir_file(path, "corpus") if path.is_dir() else path
     if not file.is_file():
-        raise ValueError(f"{path}: no corpus here (expected a BEIR folder with corpus.jsonl, "
-                         "or a .jsonl file of {_id, title, text})")
+        raise ValueError(f"{path}: no corpus here (expected a BEIR folder with corpus.jsonl or "
+                         "corpus.parquet, or a .jsonl / .parquet file of {_id, title, text})")
     docs = list(iter_corpus(file))
     if not docs:
         raise ValueError(f"{file}: the corpus is empty")

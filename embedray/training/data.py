@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
 
-from embedray.data.beir import Document, RetrievalData, iter_corpus, iter_qrels, iter_queries, judged_split
+from embedray.data.beir import Document, RetrievalData, beir_file, iter_corpus, iter_qrels, iter_queries, judged_split
 from embedray.data.errors import DataError, SkipReport, handle
 from embedray.data.jsonl import iter_jsonl, require_list, require_str
 from embedray.data.parquet import iter_pair_rows
@@ -36,8 +36,8 @@ def load_training_data(cfg: DataConfig) -> TrainingData:
     """
     root = Path(cfg.path).expanduser().resolve()
     report = SkipReport()
-    corpus = {d.id: d for d in iter_corpus(root / "corpus.jsonl", cfg.on_error, report)}
-    queries = dict(iter_queries(root / "queries.jsonl", cfg.on_error, report))
+    corpus = {d.id: d for d in iter_corpus(beir_file(root, "corpus"), cfg.on_error, report)}
+    queries = dict(iter_queries(beir_file(root, "queries"), cfg.on_error, report))
     positives: dict[str, set[str]] = {}
     dev = None
     for split in dict.fromkeys(s for s in (cfg.train_split, cfg.dev_split) if s):

@@ -34,8 +34,8 @@ class Teacher:
                  max_state_bytes: int = 1 << 30, precision: str = "fp32"):
         from embedray.models.encoder import BiEncoder
 
-        cfg = ModelConfig(name_or_path=name_or_path, query_prefix=student_cfg.query_prefix,
-                          doc_prefix=student_cfg.doc_prefix)
+        cfg = ModelConfig(name_or_path=name_or_path, query_prompt=student_cfg.query_prompt,
+                          doc_prompt=student_cfg.doc_prompt)
         self.model = BiEncoder.from_config(cfg).eval().to(device)
         self.model.precision = precision
         for p in self.model.parameters():

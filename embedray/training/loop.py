@@ -86,7 +86,7 @@ def _param_groups(model: torch.nn.Module, extra: list, weight_decay: float) -> l
 def make_encode_fn(model, model_cfg, batch_size: int = 64) -> Callable[[list[str], str], Any]:
     """``encode_fn(texts, kind)`` over the live model, with the configured prefixes."""
     def encode(texts: list[str], kind: str):
-        prefix = model_cfg.query_prefix if kind == "query" else model_cfg.doc_prefix
+        prefix = model_cfg.query_prompt if kind == "query" else model_cfg.doc_prompt
         return model.encode([prefix + t for t in texts], batch_size=batch_size)
     return encode
 
@@ -123,21 +123,21 @@ def train(model_cfg: ModelConfig, loss_cfg: LossConfig, train_cfg: TrainConfig, 
 
     core = BiEncoder.from_config(model_cfg)
     core.precision = resolve_precision(tc.precision, session.device)  # the backbone's; losses stay fp32
-    if loss_cfg.dropout is not None:
-        set_dropout(core, loss_cfg.dropout)
+    needs = loss_cfg.loop_needs()  # the objective's own fields stay the objective's
+    if needs.dropout is not None:
+        set_dropout(core, needs.dropout)
     model = session.prepare_model(core)
     teacher = None
-    if loss_cfg.distilling:
+    if needs.teacher:
         if distill is None or not distill.teacher:
             raise ValueError("loss.distill_score / loss.distill_embed need distill.teacher (a model folder)")
-        layers = hidden_layer_map(distill, model_cfg) if loss_cfg.distill_hidden else None
+        layers = hidden_layer_map(distill, model_cfg) if needs.teacher_hidden else None
         if layers is not None and len(layers) != core.backbone.config.num_hidden_layers:
             raise ValueError(f"distill.hidden_layers: {layers} names {len(layers)} teacher layers for a student "
                              f"with {core.backbone.config.num_hidden_layers}")
         teacher = Teacher(distill.teacher, model_cfg, session.device, hidden_layers=layers,
                           precision=core.precision)
-    gather = gather_fn_for_loss() if loss_cfg.gather_across_workers and session.world_size > 1 else None
-    loss_fn = build_objective(loss_cfg, gather_fn=gather, student_dim=core.embedding_dim,
+    loss_fn = build_objective(loss_cfg, gather_fn=gather_fn_for_loss(), student_dim=core.embedding_dim,
                               teacher_dim=teacher.dim if teacher else None)
     optimizer = adamw(_param_groups(core, list(loss_fn.parameters()), tc.weight_decay), lr=tc.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(tc, tc.max_steps))
@@ -170,7 +170,10 @@ def train(model_cfg: ModelConfig, loss_cfg: LossConfig, train_cfg: TrainConfig, 
     if start_step == 0 and hooks.evaluate is not None and rank0:
         log.event("dev", 0, _evaluate(hooks.evaluate, core, "start"))
 
+    saved_at = [start_step] if start_step else []
+
     def checkpoint(step: int) -> None:
+        saved_at.append(step)
         trainer_state = {"step": step, "state": state, "seed": tc.seed, "world_size": session.world_size}
         weights = {**core.state_dict(), **{LOSS_PREFIX + k: v for k, v in loss_fn.state_dict().items()}}
         session.save_checkpoint(step, {"step": step}, model_state=weights,
@@ -192,16 +195,18 @@ def train(model_cfg: ModelConfig, loss_cfg: LossConfig, train_cfg: TrainConfig, 
             sync = micro == tc.grad_accum - 1 or not hasattr(model, "no_sync")
             with contextlib.nullcontext() if sync else model.no_sync():
                 loss = _batch_loss(model, core, loss_fn, model_cfg, train_cfg, data, batch, negs, session.device,
-                                   teacher, sampler.scores, distill, loss_cfg.distill_in_batch)
+                                   teacher, sampler.scores, distill, needs.teacher_in_batch)
                 (loss / tc.grad_accum).backward()
             total += loss.item() / tc.grad_accum
+        step_loss = mean_across_workers(total)  # the same on every rank: all stop together
+        if not math.isfinite(step_loss):
+            raise FloatingPointError(_not_finite(step_loss, step + 1, tc, saved_at[-1] if saved_at else None))
         params = [p for g in optimizer.param_groups for p in g["params"]]
         grad_norm = torch.nn.utils.clip_grad_norm_(params, tc.max_grad_norm if tc.max_grad_norm > 0 else float("inf"))
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         done = step + 1
-        step_loss = mean_across_workers(total)
         dt = time.perf_counter() - t0
         log.step({"step": done, "epoch": plan.epoch_of(step * tc.grad_accum), "loss": step_loss,
                   "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
@@ -226,7 +231,7 @@ def train(model_cfg: ModelConfig, loss_cfg: LossConfig, train_cfg: TrainConfig, 
             break
     bar.close()
     wall = time.perf_counter() - t_start
-    summary = _finish(core, loss_cfg, tc, hooks, data, log, state, run_dir, step + 1 - start_step, wall, rank0,
+    summary = _finish(core, needs.matryoshka_dims, tc, hooks, data, log, state, run_dir, step + 1 - start_step, wall, rank0,
                       len(examples), card)
     barrier()
     return summary
@@ -236,9 +241,9 @@ def _batch_loss(model, core, loss_fn, model_cfg, train_cfg, data, batch, negs, d
                 distill=None, in_batch: bool = False) -> torch.Tensor:
     """Encode queries and all documents (positives + negatives in one forward pass), then the loss
     (plus the distillation terms when a teacher is given)."""
-    q_texts = [model_cfg.query_prefix + data.queries[ex.query_id] for ex in batch]
+    q_texts = [model_cfg.query_prompt + data.queries[ex.query_id] for ex in batch]
     doc_ids = [ex.pos_id for ex in batch] + [d for n in negs for d in n]
-    d_texts = [model_cfg.doc_prefix + data.doc_text(d) for d in doc_ids]
+    d_texts = [model_cfg.doc_prompt + data.doc_text(d) for d in doc_ids]
     q_tok = {k: v.to(device) for k, v in core.tokenize(q_texts, max_length=train_cfg.max_query_length).items()}
     d_tok = {k: v.to(device) for k, v in core.tokenize(d_texts, max_length=train_cfg.max_doc_length).items()}
     hidden = teacher is not None and teacher.hidden_layers is not None
@@ -276,6 +281,13 @@ def _batch_loss(model, core, loss_fn, model_cfg, train_cfg, data, batch, negs, d
     return total
 
 
+def _not_finite(loss: float, step: int, tc: TrainConfig, saved: int | None) -> str:
+    """Why the run stops before a step whose loss is NaN/inf (its weights are never updated)."""
+    return (f"train: the loss is {loss} at step {step} (lr {tc.lr:g}, precision {tc.precision}); the weights "
+            "were not updated with it" + (f" and the checkpoint of step {saved} is intact" if saved else "")
+            + ". Lower train.lr, set train.max_grad_norm, or train with train.precision: fp32")
+
+
 def _maybe_switch_pool(hooks, sampler, state, log, step, rank0) -> None:
     """Switch to the newest pool this step boundary may use (same version on every rank), and
     record the switch (step, version) in the checkpointed state."""
@@ -310,7 +322,7 @@ def _dev_and_early_stop(evaluate, core, tc, log, state, step) -> bool:
     return bool(patience and state["evals_without_gain"] >= patience)
 
 
-def _finish(core, loss_cfg, tc, hooks, data, log, state, run_dir, steps_run, wall, rank0, pairs: int,
+def _finish(core, matryoshka_dims, tc, hooks, data, log, state, run_dir, steps_run, wall, rank0, pairs: int,
             card: dict | None) -> dict:
     if not rank0:
         return {}
@@ -320,7 +332,7 @@ def _finish(core, loss_cfg, tc, hooks, data, log, state, run_dir, steps_run, wal
     final = run_dir / "final"
     card = card or {}
     core.save_sentence_transformer(final, extra_card={"training": card, "metrics": {"dev": dev}},
-                                   matryoshka_dims=loss_cfg.matryoshka_dims or None)
+                                   matryoshka_dims=list(matryoshka_dims) if matryoshka_dims else None)
     write_json_atomic(card, final / "training_config.json")
     dev_events = [e for e in log.events if e["kind"] == "dev"]
     summary = {"final_model": str(final), "steps": log.steps[-1]["step"] if log.steps else 0,

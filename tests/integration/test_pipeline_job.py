@@ -76,9 +76,9 @@ def test_pipeline_artifacts_and_resume_after_kill(ray_head, topic_beir, tmp_path
                 for s in ("prepare", "baseline", "teacher", "student", "evaluate", "export", "report")}
 
     before = fingerprints()
-    third = _submit(ray_head, *common, "teacher_train.max_steps=10")
+    third = _submit(ray_head, *common, "teacher.train.max_steps=10")
     assert third.returncode == 0, third.stdout[-3000:]
-    assert ("teacher: config changed (teacher_train.max_steps 8 → 10), re-running teacher, student, evaluate, "
+    assert ("teacher: config changed (teacher.train.max_steps 8 → 10), re-running teacher, student, evaluate, "
             "export, report") in third.stdout
     assert "baseline: done earlier, skipped" in third.stdout
     teacher = json.loads((run / "teacher" / "training_summary_report.json").read_text())

@@ -48,3 +48,22 @@ def test_workers_train_on_the_validated_rows_and_the_summary_counts_the_skips(lo
     assert skipped["total"] == 3
     assert skipped["by_reason"] == {"unknown document id": 1, "malformed JSON": 1, "unknown query id": 1}
     assert [e.split(": ")[0] for e in skipped["examples"]] == [f"{pairs}:{n}" for n in (3, 4, 6)]
+
+
+def test_ray_train_reads_a_parquet_corpus_queries_and_pairs(local_ray, parquet_beir, tmp_path):
+    from embedray.cluster.train import run_training
+
+    assert not (parquet_beir / "corpus.jsonl").exists() and not (parquet_beir / "queries.jsonl").exists()
+    job = build_config(TrainJobConfig, {
+        "data": {"path": str(parquet_beir), "train_pairs": str(parquet_beir / "train_pairs.parquet"),
+                 "dev_split": "dev"},
+        "model": {"name_or_path": "tiny-bert"},
+        "loss": {"name": "infonce", "temperature": 0.1},
+        "train": {"max_steps": 3, "batch_size": 4, "num_negatives": 1, "checkpoint_every": 0, "eval_every": 0,
+                  "log_every": 1, "max_doc_length": 32, "num_threads": 1},
+        "cluster": {"num_workers": 2, "cpus_per_worker": 0.5, "storage_path": str(tmp_path / "runs"),
+                    "run_name": "parquet", "max_failures": 0},
+    })
+    summary = run_training(job)
+    assert summary["steps"] == 3 and summary["train_pairs"] == 32
+    assert summary["dev_after"]["ndcg@10"] > 0  # the dev split's queries came from queries.parquet

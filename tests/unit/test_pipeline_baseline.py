@@ -13,7 +13,7 @@ from embedray.pipeline.stages import Pipeline
 
 def _pipeline(tmp_path: Path, keep_layers) -> Pipeline:
     cfg = build_config(PipelineConfig, {"name": "t", "output_dir": str(tmp_path), "prepare": {"source": "debian"},
-                                        "teacher": {"name_or_path": "tiny-bert"},
+                                        "teacher": {"model": {"name_or_path": "tiny-bert"}},
                                         "student": {"keep_layers": keep_layers}}, "test")
     return Pipeline(cfg)
 
@@ -121,7 +121,7 @@ def test_base_teacher_documents_land_in_the_cache_the_teacher_stage_mines_with(t
     from embedray.training.data import load_training_data
 
     cfg = build_config(PipelineConfig, {"name": "t", "output_dir": str(tmp_path), "prepare": {"source": "beir"},
-                                        "data": {"path": str(topic_beir)}, "teacher": {"name_or_path": "tiny-bert"},
+                                        "data": {"path": str(topic_beir)}, "teacher": {"model": {"name_or_path": "tiny-bert"}},
                                         "student": {"keep_layers": 1}}, "test")
     p = Pipeline(cfg)
     docs = p._teacher_docs("tiny-bert")
@@ -130,7 +130,7 @@ def test_base_teacher_documents_land_in_the_cache_the_teacher_stage_mines_with(t
     fp = with_precision(state_dict_fingerprint(BiEncoder.from_config(job.model).state_dict()),  # as the teacher
                         job.mining.precision)                                                   # stage mines
     cached = cached_embeddings([doc_text(d) for d in data.corpus.values()], fp, p.run / "teacher" / "cache",
-                               prompt=f"d|{job.mining.corpus_prompt}")
+                               prompt=f"d|{job.mining.doc_prompt}")
     assert cached is not None and cached.shape == docs.shape
     st = SentenceTransformer(str(resolve_model("tiny-bert")), device="cpu")
     texts = [d.text_for_model for d in p._test_data().corpus.values()]
@@ -158,7 +158,7 @@ def test_trained_teacher_documents_are_read_back_from_its_final_dev_evaluation(t
     from embedray.pipeline.evaluation import evaluate_dev
 
     cfg = build_config(PipelineConfig, {"name": "t", "output_dir": str(tmp_path), "prepare": {"source": "beir"},
-                                        "data": {"path": str(topic_beir)}, "teacher": {"name_or_path": "tiny-bert"},
+                                        "data": {"path": str(topic_beir)}, "teacher": {"model": {"name_or_path": "tiny-bert"}},
                                         "student": {"keep_layers": 1}}, "test")
     p = Pipeline(cfg)
     job = p._teacher_job()
@@ -175,6 +175,6 @@ def test_trained_teacher_documents_are_read_back_from_its_final_dev_evaluation(t
     reloaded = BiEncoder.from_config(job.model.__class__(name_or_path=str(final)))
     texts = [doc_text(d) for d in p._test_data().corpus.values()]
     stored = cached_embeddings(texts, with_precision(state_dict_fingerprint(reloaded.state_dict()), cfg.eval.precision), cache,
-                               prompt=f"d|{job.mining.corpus_prompt}")
+                               prompt=f"d|{job.mining.doc_prompt}")
     assert stored is not None
     assert np.allclose(p._teacher_docs(final), stored)

@@ -20,8 +20,8 @@ class Interrupted(RuntimeError):
 
 def _config(data: Path, out: Path, **over) -> PipelineConfig:
     cfg = {"name": "fp", "output_dir": str(out), "prepare": {"source": "beir"},
-           "data": {"path": str(data)}, "teacher": {"name_or_path": "tiny-bert"},
-           "teacher_train": {"max_steps": 8, "checkpoint_every": 4},
+           "data": {"path": str(data)},
+           "teacher": {"model": {"name_or_path": "tiny-bert"}, "train": {"max_steps": 8, "checkpoint_every": 4}},
            "cluster": {"num_workers": 2, "num_to_keep": 2}, "eval": {"rerank_depth": 10},
            "refresh": {"mode": "async"}}
     for dotted, value in over.items():
@@ -70,7 +70,7 @@ def test_unchanged_rerun_skips_and_changed_config_reruns_the_stage_and_what_foll
     out = tmp_path / "runs"
     assert _run(_config(beir, out), monkeypatch) == STAGES
     marker = json.loads((out / "fp" / "stages" / "teacher.json").read_text())
-    assert len(marker["fingerprint"]) == 64 and marker["inputs"]["config"]["teacher_train.max_steps"] == 8
+    assert len(marker["fingerprint"]) == 64 and marker["inputs"]["config"]["teacher.train.max_steps"] == 8
     capsys.readouterr()
 
     assert _run(_config(beir, out), monkeypatch) == []
@@ -78,15 +78,15 @@ def test_unchanged_rerun_skips_and_changed_config_reruns_the_stage_and_what_foll
 
     # Settings that change no result: output-side names, CPUs, retries, logging, checkpoint cadence.
     same = _config(beir, out, **{"cluster.num_to_keep": 5, "cluster.max_failures": 0, "cluster.cpus_per_worker": 0.5,
-                                 "teacher_train.log_every": 1, "teacher_train.checkpoint_every": 2,
-                                 "teacher_train.num_threads": 1, "refresh.num_cpus": 0.5})
+                                 "teacher.train.log_every": 1, "teacher.train.checkpoint_every": 2,
+                                 "teacher.train.num_threads": 1, "refresh.num_cpus": 0.5})
     assert _run(same, monkeypatch) == []
 
     old_checkpoint = out / "fp" / "teacher" / "checkpoint-000004" / "seen_by"
-    longer = _config(beir, out, **{"teacher_train.max_steps": 12})
+    longer = _config(beir, out, **{"teacher.train.max_steps": 12})
     assert _run(longer, monkeypatch) == ["teacher", "student", "evaluate", "export", "report"]
     said = capsys.readouterr().out
-    assert ("teacher: config changed (teacher_train.max_steps 8 → 12), re-running teacher, student, evaluate, "
+    assert ("teacher: config changed (teacher.train.max_steps 8 → 12), re-running teacher, student, evaluate, "
             "export, report") in said
     assert "prepare: done earlier, skipped" in said and "baseline: done earlier, skipped" in said
     # The old teacher's checkpoints were moved aside before the stage ran: never resumed from.
@@ -95,7 +95,7 @@ def test_unchanged_rerun_skips_and_changed_config_reruns_the_stage_and_what_foll
     assert _run(longer, monkeypatch) == []
 
     # A baseline setting re-runs the baseline and what reads it, not the training stages.
-    assert _run(_config(beir, out, **{"teacher_train.max_steps": 12, "eval.extra_models": ["tiny-bert"]}),
+    assert _run(_config(beir, out, **{"teacher.train.max_steps": 12, "eval.extra_models": ["tiny-bert"]}),
                 monkeypatch) == ["baseline", "evaluate", "export", "report"]
     assert "baseline: config changed (eval.extra_models [] → [\"tiny-bert\"]), re-running baseline, evaluate, " \
            "export, report" in capsys.readouterr().out
@@ -118,9 +118,9 @@ def test_interrupted_stage_resumes_unless_its_config_changed_meanwhile(beir, tmp
     assert _run(_config(beir, out), monkeypatch, fail="teacher") == ["teacher"]  # same config: resumes
     assert (checkpoint / "seen_by").exists() and not (out / "fp" / ".stale").exists()
     capsys.readouterr()
-    assert _run(_config(beir, out, **{"teacher_train.lr": 1e-3}), monkeypatch) == STAGES[2:]
+    assert _run(_config(beir, out, **{"teacher.train.lr": 1e-3}), monkeypatch) == STAGES[2:]
     said = capsys.readouterr().out
-    assert ("teacher: config changed (teacher_train.lr 2e-05 → 0.001) since it was interrupted, "
+    assert ("teacher: config changed (teacher.train.lr 2e-05 → 0.001) since it was interrupted, "
             "re-running teacher") in said
     assert (out / "fp" / ".stale" / "teacher" / "teacher" / "checkpoint-000004").is_dir()
 

@@ -15,7 +15,7 @@ from embedray.pipeline.stages import Pipeline
 def _pipeline(tmp_path: Path, data: Path, **student) -> Pipeline:
     cfg = build_config(PipelineConfig, {
         "name": "t", "output_dir": str(tmp_path), "prepare": {"source": "beir"},
-        "data": {"path": str(data)}, "teacher": {"name_or_path": "tiny-bert"},
+        "data": {"path": str(data)}, "teacher": {"model": {"name_or_path": "tiny-bert"}},
         "student": {"keep_layers": None, "matryoshka_dims": [32, 16, 8], **student}}, "test")
     return Pipeline(cfg)
 

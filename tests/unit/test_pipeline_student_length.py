@@ -13,7 +13,7 @@ from embedray.pipeline.stages import Pipeline
 def test_base_and_distilled_student_carry_the_cap(tmp_path, topic_beir):
     cfg = build_config(PipelineConfig, {
         "name": "t", "output_dir": str(tmp_path), "prepare": {"source": "beir"},
-        "data": {"path": str(topic_beir)}, "teacher": {"name_or_path": "tiny-bert"},
+        "data": {"path": str(topic_beir)}, "teacher": {"model": {"name_or_path": "tiny-bert"}},
         "student": {"keep_layers": [1], "max_seq_length": 16, "matryoshka_dims": [32, 16]}}, "test")
     p = Pipeline(cfg)
     base = p._base_student()                              # the baseline's "base student" row
@@ -28,7 +28,7 @@ def test_base_and_distilled_student_carry_the_cap(tmp_path, topic_beir):
 def test_every_layer_with_a_cap_is_still_a_capped_copy(tmp_path, topic_beir):
     cfg = build_config(PipelineConfig, {
         "name": "t", "output_dir": str(tmp_path), "prepare": {"source": "beir"},
-        "data": {"path": str(topic_beir)}, "teacher": {"name_or_path": "tiny-bert"},
+        "data": {"path": str(topic_beir)}, "teacher": {"model": {"name_or_path": "tiny-bert"}},
         "student": {"keep_layers": 2, "max_seq_length": 16, "matryoshka_dims": [32, 16]}}, "test")
     base = Pipeline(cfg)._base_student()
     assert base != "tiny-bert" and SentenceTransformer(base, device="cpu").max_seq_length == 16

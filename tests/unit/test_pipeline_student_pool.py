@@ -11,7 +11,7 @@ from embedray.pipeline.stages import Pipeline
 def _pipeline(tmp_path: Path, negatives: str) -> Pipeline:
     cfg = build_config(PipelineConfig, {
         "name": "t", "output_dir": str(tmp_path), "prepare": {"source": "debian"},
-        "teacher": {"name_or_path": "tiny-bert"},
+        "teacher": {"model": {"name_or_path": "tiny-bert"}},
         "refresh": {"mode": "async"},
         "student": {"keep_layers": None, "model": {"name_or_path": "tiny-bert"},
                     "train": {"negatives": negatives, "num_negatives": 1}}}, "test")
@@ -58,7 +58,7 @@ def test_student_matryoshka_weights_go_with_its_dims(tmp_path):
     def job(student):
         cfg = build_config(PipelineConfig, {
             "name": "t", "output_dir": str(tmp_path), "prepare": {"source": "debian"},
-            "teacher": {"name_or_path": "tiny-bert"},
+            "teacher": {"model": {"name_or_path": "tiny-bert"}},
             "student": {"keep_layers": None, "model": {"name_or_path": "tiny-bert"}, **student}}, "test")
         return Pipeline(cfg)._student_job()
 

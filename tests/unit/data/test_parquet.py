@@ -91,3 +91,19 @@ def test_pairs_from_jsonl(write_lines):
     assert list(iter_pairs(path, on_error="skip", report=report)) == [
         TrainPair("q1", "d1"), TrainPair("q2", "d2", ("d1",))]
     assert report.skipped["missing field"] == 1 and f"{path}:3: field 'pos_id'" in report.examples[0]
+
+
+def test_a_beir_folder_may_hold_its_corpus_and_queries_as_parquet(topic_beir, parquet_beir, tmp_path):
+    from embedray.data import load_beir
+    from embedray.serve.corpus import load_corpus
+
+    jsonl, parquet = load_beir(topic_beir, "test"), load_beir(parquet_beir, "test")
+    assert parquet.corpus == jsonl.corpus and parquet.queries == jsonl.queries and parquet.qrels == jsonl.qrels
+    assert [d.id for d in load_corpus(parquet_beir)] == list(jsonl.corpus)
+    both = tmp_path / "both"
+    import shutil
+
+    shutil.copytree(parquet_beir, both)
+    shutil.copy(topic_beir / "corpus.jsonl", both / "corpus.jsonl")
+    with pytest.raises(ValueError, match="holds both corpus.jsonl and corpus.parquet; keep one"):
+        load_beir(both, "test")

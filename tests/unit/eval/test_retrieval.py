@@ -104,7 +104,7 @@ def test_prefixes_reach_the_encoder(beir_dir):
         seen[kind].extend(texts)
         return keyword_encode(texts, kind)
 
-    evaluate_retrieval(fn, data, k=3, query_prefix="query: ", doc_prefix="passage: ",
+    evaluate_retrieval(fn, data, k=3, query_prompt="query: ", doc_prompt="passage: ",
                        show_progress=False)
     assert all(t.startswith("query: tell me") for t in seen["query"])
     assert "passage: apple facts all about the apple and nothing else" in seen["doc"]

@@ -20,7 +20,7 @@ def test_defaults_are_valid():
     ({"lora_target_modules": "query"}, "lora_target_modules"),
     ({"lora_target_modules": []}, "lora_target_modules"),
     ({"name_or_path": " "}, "name_or_path"),
-    ({"query_prefix": None}, "query_prefix"),
+    ({"query_prompt": None}, "query_prompt"),
 ])
 def test_invalid_values_name_the_field(kwargs, field):
     with pytest.raises(ValueError, match=f"model.{field}"):

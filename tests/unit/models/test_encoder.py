@@ -151,7 +151,7 @@ def test_pool_on_hand_made_tensors():
 
 
 def test_prefixes_are_exported_as_prompts(tmp_path):
-    model = build(query_prefix="query: ", doc_prefix="passage: ")
+    model = build(query_prompt="query: ", doc_prompt="passage: ")
     q = model.encode_queries(TEXTS[:2])
     np.testing.assert_allclose(q, model.encode(["query: " + t for t in TEXTS[:2]]), atol=1e-6)
     assert np.abs(q - model.encode(TEXTS[:2])).max() > 1e-4

@@ -120,7 +120,7 @@ def test_dev_evaluation_reads_documents_mining_encoded_with_the_same_weights(top
 
     encode = make_encode_fn(model, job.model)  # what a mining round of these weights leaves behind
     encode_with_cache([doc_text(d) for d in data.dev.corpus.values()], lambda t: encode(t, "doc"),
-                      state_dict_fingerprint(model.state_dict()), cache, prompt=f"d|{job.mining.corpus_prompt}")
+                      state_dict_fingerprint(model.state_dict()), cache, prompt=f"d|{job.mining.doc_prompt}")
     encoded.clear()
     reused = evaluate_dev(model, job, data, cache_dir=cache)
     assert len(encoded) == n_queries  # documents came from the cache

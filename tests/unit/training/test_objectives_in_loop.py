@@ -1,5 +1,5 @@
 """Every task objective trains in the real training loop (local, tiny-bert, the learnable topic
-data), and its loss falls; not only its formula is right."""
+data) from every input format, and its loss falls; not only its formula is right."""
 import json
 
 import pytest
@@ -18,9 +18,9 @@ OBJECTIVES = {
 }
 
 
-def _job(beir, storage, name, loss, num_negatives=1):
+def _job(beir, storage, name, loss, num_negatives=1, train_pairs=None):
     return build_config(TrainJobConfig, {
-        "data": {"path": str(beir)},
+        "data": {"path": str(beir), "train_pairs": str(train_pairs) if train_pairs else None},
         "model": {"name_or_path": "tiny-bert"},
         "loss": loss,
         "train": {"max_steps": 30, "batch_size": 8, "num_negatives": num_negatives, "lr": 3e-3,
@@ -30,12 +30,18 @@ def _job(beir, storage, name, loss, num_negatives=1):
     })
 
 
+#: BEIR JSONL with qrels pairs; Parquet corpus, queries and training pairs.
+FORMATS = ["beir-jsonl", "parquet"]
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("objective", OBJECTIVES, ids=lambda o: o.replace(" + ", "-"))
-def test_each_objective_trains_in_the_loop_and_its_loss_falls(objective, topic_beir, tmp_path):
-    summary = run_local(_job(topic_beir, tmp_path, "run", OBJECTIVES[objective]))
+def test_each_objective_trains_in_the_loop_and_its_loss_falls(objective, fmt, topic_beir, parquet_beir, tmp_path):
+    beir, pairs = (topic_beir, None) if fmt == "beir-jsonl" else (parquet_beir, parquet_beir / "train_pairs.parquet")
+    summary = run_local(_job(beir, tmp_path, "run", OBJECTIVES[objective], train_pairs=pairs))
     steps = json.loads((tmp_path / "run" / "detailed_training_logs.json").read_text())["steps"]
     losses = [r["loss"] for r in steps]
-    assert summary["steps"] == 30 and len(losses) == 30
+    assert summary["steps"] == 30 and len(losses) == 30 and summary["train_pairs"] == 32
     first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
     assert last < 0.8 * first, f"{objective}: loss {first:.4f} → {last:.4f}"
     assert summary["dev_after"]["ndcg@10"] >= summary["dev_before"]["ndcg@10"], objective
