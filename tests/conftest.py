@@ -64,6 +64,33 @@ def parquet_beir(topic_beir, tmp_path_factory) -> Path:
     return as_parquet_beir(topic_beir, tmp_path_factory.mktemp("parquet_beir"))
 
 
+def make_topic_flag(beir: Path, root: Path, prompt: str = "Find the package: ", leak: int = 1) -> dict[str, Path]:
+    """The topic data as FlagEmbedding JSONL per split: each row has its query, its document as
+    ``pos``, three other topics' documents and three distractors as ``neg``, teacher scores and
+    ``prompt``; the first ``leak`` test rows are repeated in train."""
+    from embedray.data import FlagExample, iter_corpus, iter_qrels, iter_queries, write_flag_jsonl
+
+    docs = {d.id: d.text for d in iter_corpus(beir / "corpus.jsonl")}
+    queries = dict(iter_queries(beir / "queries.jsonl"))
+    topics = sorted((d for d in docs if d.startswith("d")), key=lambda d: int(d[1:]))
+    distractors = sorted(d for d in docs if d.startswith("x"))
+    files, rows = {}, {}
+    for split in ("train", "dev", "test"):
+        rows[split] = []
+        for _, q, d, _ in iter_qrels(beir / "qrels" / f"{split}.tsv"):
+            i = topics.index(d)
+            negs = ([docs[topics[(i + k) % len(topics)]] for k in (5, 17, 29)]
+                    + [docs[x] for x in distractors[i % 8::8][:3]])
+            rows[split].append(FlagExample(queries[q], [docs[d]], negs, [4.0], [0.0, -1.0, -1.0, -2.0, -2.0, -3.0],
+                                           prompt))
+    rows["train"] += rows["test"][:leak]
+    root.mkdir(parents=True, exist_ok=True)
+    for split, examples in rows.items():
+        write_flag_jsonl(examples, root / f"{split}.jsonl")
+        files[split] = root / f"{split}.jsonl"
+    return files
+
+
 @pytest.fixture(scope="session")
 def shared_datasets() -> Path:
     if not SHARED_DATASETS.is_dir():

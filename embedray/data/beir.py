@@ -255,6 +255,27 @@ def write_beir(path: str | Path, corpus: Iterable[Document], queries: Iterable[t
     return root
 
 
+def held_out_leakage(path: str | Path, train_split: str, held_out: Iterable[str]) -> dict[str, list[str]]:
+    """Per held-out split, the texts of its judged queries that are also judged training
+    queries (same text, whatever the ids; compared after stripping and case folding)."""
+    root = Path(path).expanduser().resolve()
+    queries = dict(iter_queries(beir_file(root, "queries"), "skip"))
+
+    def judged(split: str) -> set[str]:
+        file = root / "qrels" / f"{split}.tsv"
+        return {q for _, q, _, rel in iter_qrels(file, "skip") if rel > 0} if file.is_file() else set()
+
+    train = {queries[q].strip().casefold(): q for q in judged(train_split) if q in queries}
+    out = {}
+    for split in held_out:
+        if split == train_split:
+            continue
+        leaked = sorted(queries[q] for q in judged(split) if q in queries and queries[q].strip().casefold() in train)
+        if leaked:
+            out[split] = leaked
+    return out
+
+
 #: ``(query_id, query_text, positive_doc_id)``.
 JudgedPair = tuple[str, str, str]
 

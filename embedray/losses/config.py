@@ -14,9 +14,13 @@ class LoopNeeds:
 
     #: Dropout rate to set on the model once before training (None: the model's own).
     dropout: float | None = None
-    #: A teacher encodes every batch (distillation).
+    #: Any distillation term is on.
     teacher: bool = False
-    #: The teacher also returns every layer's token states (hidden-state distillation).
+    #: Teacher scores over each query's candidates (score distillation).
+    teacher_scores: bool = False
+    #: Teacher embeddings of the batch's queries and positives (embedding distillation).
+    teacher_embeddings: bool = False
+    #: The teacher's token states of every layer (hidden-state distillation).
     teacher_hidden: bool = False
     #: Teacher cosines over every document of the batch, not only each query's own candidates.
     teacher_in_batch: bool = False
@@ -123,7 +127,8 @@ class LossConfig:
 
     def loop_needs(self) -> LoopNeeds:
         """What the training loop must provide for this objective."""
-        return LoopNeeds(dropout=self.dropout, teacher=self.distilling, teacher_hidden=self.distill_hidden,
+        return LoopNeeds(dropout=self.dropout, teacher=self.distilling, teacher_scores=self.distill_score is not None,
+                         teacher_embeddings=self.distill_embed, teacher_hidden=self.distill_hidden,
                          teacher_in_batch=self.distill_in_batch,
                          matryoshka_dims=tuple(self.matryoshka_dims) if self.matryoshka_dims else None)
 

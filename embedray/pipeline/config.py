@@ -64,8 +64,17 @@ class TrainJobConfig:
 
     def __post_init__(self) -> None:
         _mine_with_the_model_prompts(self.mining, self.model)
-        if self.loss.distilling and not self.distill.teacher:
+        needs_model = (self.loss.distill_embed or self.loss.distill_hidden
+                       or (self.loss.distill_score is not None and self.distill.score_source == "teacher"))
+        if needs_model and not self.distill.teacher:
             raise ValueError("loss.distill_score / loss.distill_embed need distill.teacher (a model folder)")
+        if self.distill.score_source == "data" and self.loss.distill_score is not None:
+            if self.train.negatives != "given":
+                raise ValueError("distill.score_source: data scores each row's own negatives: it needs "
+                                 f"train.negatives: given, got {self.train.negatives!r}")
+            if self.loss.distill_in_batch:
+                raise ValueError("loss.distill_in_batch needs distill.score_source: teacher (the rows "
+                                 "score only their own candidates)")
         if self.distill.score_source == "cross_encoder" and self.loss.distill_in_batch:
             raise ValueError("loss.distill_in_batch needs distill.score_source: teacher (the pool holds "
                              "cross-encoder scores only for each query's own candidates)")
@@ -73,6 +82,9 @@ class TrainJobConfig:
             raise ValueError("distill.score_source: cross_encoder needs cross-encoder-scored pools "
                              "(refresh.mode: static, async or sync)")
         if self.refresh.mode != "off":
+            if self.train.negatives == "given":
+                raise ValueError("refresh.mode is on, so negatives come from the refreshed pool; keep the "
+                                 "rows' own with train.negatives: pool and train.given_negatives: mix or instead")
             if self.train.negatives == "none":
                 raise ValueError("refresh.mode is on but train.negatives is 'none': mined negatives "
                                  "need train.negatives: pool (and train.num_negatives >= 1)")
@@ -99,6 +111,10 @@ class PrepareConfig:
     """FlagEmbedding JSONL held out for dev evaluation (``source: flag``)."""
     flag_test: str | None = None
     """FlagEmbedding JSONL held out for the report (``source: flag``)."""
+    leakage: Literal["drop", "keep", "error"] = "drop"
+    """A dev/test query of the FlagEmbedding files that is also a training query: ``drop`` it
+    from the held-out split (counted and reported), ``keep`` it (reported), or ``error``. A BEIR
+    folder is never changed: its leaked query texts are reported."""
 
     def __post_init__(self) -> None:
         if self.source == "flag" and not (self.flag_train and self.flag_test):
@@ -151,8 +167,10 @@ class StudentConfig:
     """Task + distillation loss of the student (``matryoshka_dims`` above is applied to it)."""
     train: TrainConfig = field(default_factory=TrainConfig)
     """Loop settings of the student run."""
-    score_source: Literal["teacher", "cross_encoder"] = "teacher"
-    """Teacher scores for score distillation: the trained teacher bi-encoder or the cross-encoder."""
+    score_source: Literal["teacher", "cross_encoder", "data"] = "teacher"
+    """Teacher scores for score distillation: the trained teacher bi-encoder, the cross-encoder,
+    or the scores the training rows carry (FlagEmbedding ``pos_scores`` / ``neg_scores``; needs
+    ``train.negatives: given``)."""
 
     def __post_init__(self) -> None:
         if self.max_seq_length is not None:

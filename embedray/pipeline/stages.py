@@ -19,10 +19,9 @@ from pathlib import Path
 
 from embedray.atomic import write_json_atomic
 from embedray.config import to_dict
-from embedray.data.beir import load_beir, write_beir
+from embedray.data.beir import held_out_leakage, load_beir
 from embedray.data.debian import DEFAULT_LISTS_DIR, build_debian, find_translation_files
-from embedray.data.flag import flag_to_beir, iter_flag_jsonl
-from embedray.data.jsonl import write_jsonl_atomic
+from embedray.data.flag import write_flag_folder
 from embedray.eval.retrieval import evaluate_retrieval
 from embedray.mining.store import PoolStore
 from embedray.models.backends import load_encoder
@@ -193,9 +192,18 @@ class Pipeline:
                                  split_queries=p.debian_split_queries)
             return {"data": str(self.data_dir), "summary": stats.summary()}
         if p.source == "flag":
-            return {"data": str(_flag_to_beir_folder(p, self.data_dir))}
-        load_beir(self.data_dir, self.cfg.data.test_split, missing_docs="keep")  # validate early
-        return {"data": str(self.data_dir)}
+            files = {s: f for s, f in (("train", p.flag_train), ("dev", p.flag_dev), ("test", p.flag_test)) if f}
+            stats = write_flag_folder(files, self.data_dir, leakage=p.leakage)
+            say(f"  prepare: {stats.summary()}")
+            return {"data": str(self.data_dir), **stats.as_dict()}
+        d = self.cfg.data
+        load_beir(self.data_dir, d.test_split, missing_docs="keep")  # validate early
+        leaked = held_out_leakage(self.data_dir, d.train_split, [s for s in (d.dev_split, d.test_split) if s])
+        for split, texts in leaked.items():
+            say(f"  prepare: leakage: {len(texts)} {split} query text(s) are also {d.train_split} queries "
+                f"(kept: the folder is yours); e.g. " + "; ".join(repr(t[:80]) for t in texts[:3]))
+        return {"data": str(self.data_dir), "leaked_queries": {s: len(v) for s, v in leaked.items()},
+                "leaked_examples": {s: v[:5] for s, v in leaked.items()}}
 
     def stage_baseline(self) -> dict:
         student, teacher = self._base_student(), self.cfg.teacher.model.name_or_path
@@ -438,17 +446,3 @@ def _read_json(path: Path) -> dict | None:
         return None
 
 
-def _flag_to_beir_folder(p, out: Path) -> Path:
-    """FlagEmbedding JSONL (train/dev/test files) → one BEIR folder + train_pairs.jsonl."""
-    corpus, queries, qrels = {}, {}, {}
-    for split, path in (("train", p.flag_train), ("dev", p.flag_dev), ("test", p.flag_test)):
-        if not path:
-            continue
-        docs, qs, judged = flag_to_beir(iter_flag_jsonl(path))
-        corpus.update({d.id: d for d in docs})
-        queries.update(dict(qs))
-        qrels[split] = judged
-    write_beir(out, corpus.values(), queries.items(), qrels)
-    write_jsonl_atomic(({"query_id": q, "pos_id": d} for q, docs in qrels["train"].items() for d in docs),
-                       out / "train_pairs.jsonl")
-    return out

@@ -11,6 +11,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+#: How a row's own negatives meet a mined pool (``train.given_negatives``).
+GIVEN_NEGATIVES = ("fallback", "mix", "instead")
+
 
 @dataclass(frozen=True)
 class Example:
@@ -19,6 +22,9 @@ class Example:
     query_id: str
     pos_id: str
     neg_ids: tuple[str, ...] = ()
+    #: The row's own teacher scores of ``(pos_id, *neg_ids)`` (FlagEmbedding ``pos_scores`` /
+    #: ``neg_scores``), for distillation with ``distill.score_source: data``; None when it has none.
+    scores: tuple[float, ...] | None = None
 
 
 @dataclass
@@ -33,7 +39,7 @@ class Batch:
 def canonical_order(examples: Sequence[Example]) -> list[Example]:
     """Sort and de-duplicate examples so every worker agrees on one order, whatever Ray Data's
     block order was."""
-    return sorted(set(examples), key=lambda e: (e.query_id, e.pos_id, e.neg_ids))
+    return sorted(set(examples), key=lambda e: (e.query_id, e.pos_id, e.neg_ids, e.scores or ()))
 
 
 class BatchPlan:
@@ -82,15 +88,21 @@ class BatchPlan:
 
 
 class NegativeSampler:
-    """Chooses each example's hard negatives: from a mined pool, at random, or none.
+    """Chooses each example's hard negatives: from a mined pool, the row's own (given) ones, at
+    random, or none; too few candidates are topped up with random corpus documents.
 
+    ``given`` says how a row's own negatives meet a mined pool (mode ``pool``): ``fallback`` uses
+    them only for a query the pool lacks, ``mix`` samples from both, ``instead`` prefers them.
+    A given negative that is a judged positive of the query is never used.
     Choices depend only on (seed, micro-batch index, example), so they are reproducible.
     """
 
     def __init__(self, doc_ids: Sequence[str], positives: dict[str, set[str]], *,
-                 num_negatives: int, mode: str, seed: int):
+                 num_negatives: int, mode: str, seed: int, given: str = "fallback"):
+        if given not in GIVEN_NEGATIVES:
+            raise ValueError(f"train.given_negatives: {given!r} is not one of {', '.join(GIVEN_NEGATIVES)}")
         self.doc_ids = list(doc_ids)
-        self.positives, self.k, self.mode, self.seed = positives, num_negatives, mode, seed
+        self.positives, self.k, self.mode, self.seed, self.given = positives, num_negatives, mode, seed, given
         self.pool: dict[str, list[str]] = {}
         self.scores: dict[str, dict[str, float]] = {}
         self.pool_version = 0
@@ -105,12 +117,25 @@ class NegativeSampler:
         if self.k == 0 or self.mode == "none":
             return []
         rng = np.random.default_rng([self.seed, index, slot, 7])
-        mined = self.pool.get(ex.query_id) or list(ex.neg_ids)
-        if self.mode == "pool" and mined:
-            if len(mined) >= self.k:
-                return [mined[i] for i in rng.choice(len(mined), self.k, replace=False)]
-            return list(mined) + self._random(ex, rng, self.k - len(mined), exclude=set(mined))
+        cands = self.candidates(ex)
+        if cands:
+            if len(cands) >= self.k:
+                return [cands[i] for i in rng.choice(len(cands), self.k, replace=False)]
+            return list(cands) + self._random(ex, rng, self.k - len(cands), exclude=set(cands))
         return self._random(ex, rng, self.k, exclude=set())
+
+    def candidates(self, ex: Example) -> list[str]:
+        """The hard negatives ``ex`` samples from (before any random top-up)."""
+        if self.mode not in ("pool", "given"):
+            return []
+        judged = self.positives.get(ex.query_id, {ex.pos_id})
+        given = [d for d in ex.neg_ids if d not in judged]
+        if self.mode == "given":
+            return given
+        mined = list(self.pool.get(ex.query_id) or [])
+        if self.given == "mix":
+            return list(dict.fromkeys(mined + given))
+        return (given or mined) if self.given == "instead" else (mined or given)
 
     def _random(self, ex: Example, rng: np.random.Generator, n: int, exclude: set[str]) -> list[str]:
         banned = self.positives.get(ex.query_id, {ex.pos_id}) | exclude

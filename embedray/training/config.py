@@ -15,8 +15,14 @@ class TrainConfig:
     """Queries per micro-batch on each worker (the global batch is this × workers × grad_accum)."""
     num_negatives: int = 1
     """Hard negatives per query, drawn from the negative pool or at random from the corpus."""
-    negatives: Literal["none", "random", "pool"] = "random"
-    """``none``: in-batch only; ``random``: random corpus documents; ``pool``: a mined pool."""
+    negatives: Literal["none", "random", "given", "pool"] = "random"
+    """``none``: in-batch only; ``random``: random corpus documents; ``given``: each row's own
+    negatives (``neg_ids``, FlagEmbedding ``neg``); ``pool``: a mined pool. Too few candidates
+    are topped up with random documents."""
+    given_negatives: Literal["fallback", "mix", "instead"] = "fallback"
+    """With ``negatives: pool``, how a row's own negatives meet the mined ones: ``fallback``
+    (only for queries the pool lacks), ``mix`` (sample from both) or ``instead`` (the row's own
+    when it has any)."""
     lr: float = 2e-5
     """Peak learning rate of AdamW."""
     weight_decay: float = 0.01
@@ -140,9 +146,11 @@ class DistillConfig:
 
     teacher: str | None = None
     """The teacher bi-encoder (bundled name or folder); required when ``loss.distill_*`` is on."""
-    score_source: Literal["teacher", "cross_encoder"] = "teacher"
+    score_source: Literal["teacher", "cross_encoder", "data"] = "teacher"
     """Teacher scores over each query's candidates: the teacher bi-encoder's (cosine / temperature),
-    or the cross-encoder scores carried by the negative pool (needs ``train.negatives: pool``)."""
+    the cross-encoder scores carried by the negative pool (needs ``train.negatives: pool``), or
+    the scores the training rows carry (FlagEmbedding ``pos_scores`` / ``neg_scores``; needs
+    ``train.negatives: given``)."""
     hidden_layers: list[int] | None = None
     """Under ``loss.distill_hidden``: the teacher layer (0-based) whose token states each student
     layer copies, one per student layer. None: the layers a layer-reduced student was cut from

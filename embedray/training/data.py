@@ -1,6 +1,7 @@
 """Training data by id: a BEIR corpus/queries plus (query_id, pos_id, neg_ids) rows."""
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import islice
@@ -108,17 +109,38 @@ def _example(row: dict, data: TrainingData, source: Path, where: int | str) -> E
     qid = require_str(row, "query_id", source, where)
     pid = require_str(row, "pos_id", source, where)
     negs = require_list(row, "neg_ids", source, where, str, required=False) or []
+    scores = _row_scores(row, negs, source, where)
     if qid not in data.queries:
         raise DataError(source, where, "query_id", f"unknown query id {qid!r} (not in queries.jsonl)")
     for field_name, did in [("pos_id", pid), *((f"neg_ids[{j}]", n) for j, n in enumerate(negs))]:
         if did not in data.corpus:
             raise DataError(source, where, field_name, f"unknown document id {did!r} (not in corpus.jsonl)")
-    return Example(qid, pid, tuple(negs))
+    return Example(qid, pid, tuple(negs), scores)
+
+
+def _row_scores(row: dict, negs: list[str], source: Path, where: int | str) -> tuple[float, ...] | None:
+    """``(pos_score, *neg_scores)`` of a row that carries both (teacher scores for distillation)."""
+    pos, neg = row.get("pos_score"), row.get("neg_scores")
+    if pos is None and neg is None:
+        return None
+    if pos is None or neg is None:
+        raise DataError(source, where, "pos_score" if pos is None else "neg_scores",
+                        "missing: a row's scores come as pos_score and neg_scores together")
+    if isinstance(pos, bool) or not isinstance(pos, (int, float)) or not math.isfinite(pos):
+        raise DataError(source, where, "pos_score", f"expected a finite number, got {pos!r}")
+    neg = require_list(row, "neg_scores", source, where, float)
+    if len(neg) != len(negs):
+        raise DataError(source, where, "neg_scores", f"has {len(neg)} score(s) for {len(negs)} neg_ids")
+    for i, v in enumerate(neg):
+        if not math.isfinite(v):
+            raise DataError(source, where, f"neg_scores[{i}]", f"expected a finite number, got {v}")
+    return (float(pos), *(float(v) for v in neg))
 
 
 def example_rows(examples: Iterable[Example]) -> list[dict]:
     """Examples as plain id rows (what Ray Data carries to the workers)."""
-    return [{"query_id": e.query_id, "pos_id": e.pos_id, "neg_ids": list(e.neg_ids)} for e in examples]
+    return [{"query_id": e.query_id, "pos_id": e.pos_id, "neg_ids": list(e.neg_ids),
+             "scores": list(e.scores or ())} for e in examples]  # [] = none: one Arrow type for all rows
 
 
 def examples_from_rows(rows: Iterable[dict], data: TrainingData,
@@ -128,9 +150,10 @@ def examples_from_rows(rows: Iterable[dict], data: TrainingData,
     this node read other files under ``data.path`` than the driver did."""
     out = []
     for row in rows:
-        negs = row.get("neg_ids")
+        negs, scores = row.get("neg_ids"), row.get("scores")
         negs = () if negs is None else negs  # a list, or an array from Ray Data
-        ex = Example(str(row["query_id"]), str(row["pos_id"]), tuple(str(n) for n in negs))
+        ex = Example(str(row["query_id"]), str(row["pos_id"]), tuple(str(n) for n in negs),
+                     tuple(float(s) for s in scores) if scores is not None and len(scores) else None)
         unknown = [i for i in (ex.pos_id, *ex.neg_ids) if i not in data.corpus]
         if ex.query_id not in data.queries or unknown:
             raise RuntimeError(f"{source}: the driver validated {ex}, but this worker's data lacks "

@@ -138,14 +138,20 @@ def in_batch_cosines(q: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
 
 
 def pool_scores(query_ids: list[str], pos_ids: list[str], neg_ids: list[list[str]],
-                scores: dict[str, dict[str, float]]) -> torch.Tensor:
-    """(B, 1+N) cross-encoder scores from the pool; a missing score is an error (not a silent 0)."""
+                scores: dict[str, dict[str, float]], source: str = "cross_encoder") -> torch.Tensor:
+    """(B, 1+N) teacher scores by query and document: the pool's cross-encoder scores or the
+    rows' own (``source`` ``data``); a missing score is an error (not a silent 0)."""
     rows = []
     for q, p, negs in zip(query_ids, pos_ids, neg_ids):
         by_doc = scores.get(q, {})
         try:
             rows.append([by_doc[p], *(by_doc[d] for d in negs)])
         except KeyError as e:
+            if source == "data":
+                raise ValueError(f"distill.score_source=data: the training rows give no score for query {q!r}, "
+                                 f"document {e.args[0]!r}; every row needs pos_scores and neg_scores, and "
+                                 "train.num_negatives may not exceed the negatives a row scores (random "
+                                 "top-ups have no score)") from None
             raise ValueError(f"distill.score_source=cross_encoder: the pool has no cross-encoder score for "
                              f"query {q!r}, document {e.args[0]!r}; mine with a cross-encoder "
                              f"(refresh.denoise: true) or use score_source: teacher") from None

@@ -127,9 +127,9 @@ def train(model_cfg: ModelConfig, loss_cfg: LossConfig, train_cfg: TrainConfig, 
     if needs.dropout is not None:
         set_dropout(core, needs.dropout)
     model = session.prepare_model(core)
-    teacher = None
-    if needs.teacher:
-        if distill is None or not distill.teacher:
+    teacher, distill = None, distill or DistillConfig()
+    if _needs_teacher_model(needs, distill):
+        if not distill.teacher:
             raise ValueError("loss.distill_score / loss.distill_embed need distill.teacher (a model folder)")
         layers = hidden_layer_map(distill, model_cfg) if needs.teacher_hidden else None
         if layers is not None and len(layers) != core.backbone.config.num_hidden_layers:
@@ -147,7 +147,11 @@ def train(model_cfg: ModelConfig, loss_cfg: LossConfig, train_cfg: TrainConfig, 
     plan = BatchPlan(examples, tok_len, batch_size=tc.batch_size, world_size=session.world_size,
                      seed=tc.seed, bucket_batches=tc.bucket_batches if tc.length_bucketing else 1)
     sampler = NegativeSampler(sorted(data.corpus), data.positives, num_negatives=tc.num_negatives,
-                              mode=tc.negatives, seed=tc.seed)
+                              mode=tc.negatives, seed=tc.seed, given=tc.given_negatives)
+    row_scores = _row_scores(examples) if distill.score_source == "data" else {}
+    if needs.teacher_scores and distill.score_source == "data" and not row_scores:
+        raise ValueError("distill.score_source: data, but no training row carries scores (FlagEmbedding "
+                         "pos_scores / neg_scores)")
 
     start_step, state = 0, {"best_dev": None, "evals_without_gain": 0, "pool_version": 0, "pool_switches": []}
     if (saved := session.restore(seed=tc.seed)) is not None:
@@ -194,8 +198,9 @@ def train(model_cfg: ModelConfig, loss_cfg: LossConfig, train_cfg: TrainConfig, 
             negs = [sampler.sample(ex, index, slot) for slot, ex in enumerate(batch)]
             sync = micro == tc.grad_accum - 1 or not hasattr(model, "no_sync")
             with contextlib.nullcontext() if sync else model.no_sync():
+                scores = row_scores if distill.score_source == "data" else sampler.scores
                 loss = _batch_loss(model, core, loss_fn, model_cfg, train_cfg, data, batch, negs, session.device,
-                                   teacher, sampler.scores, distill, needs.teacher_in_batch)
+                                   needs, teacher, scores, distill)
                 (loss / tc.grad_accum).backward()
             total += loss.item() / tc.grad_accum
         step_loss = mean_across_workers(total)  # the same on every rank: all stop together
@@ -237,10 +242,26 @@ def train(model_cfg: ModelConfig, loss_cfg: LossConfig, train_cfg: TrainConfig, 
     return summary
 
 
-def _batch_loss(model, core, loss_fn, model_cfg, train_cfg, data, batch, negs, device, teacher=None, ce_scores=None,
-                distill=None, in_batch: bool = False) -> torch.Tensor:
+def _needs_teacher_model(needs, distill: DistillConfig) -> bool:
+    """Whether the objective needs the teacher bi-encoder itself (not only scores from the pool
+    or the rows)."""
+    return (needs.teacher_embeddings or needs.teacher_hidden
+            or (needs.teacher_scores and distill.score_source == "teacher"))
+
+
+def _row_scores(examples) -> dict[str, dict[str, float]]:
+    """The scores training rows carry, by query and document (a later row wins a repeat)."""
+    out: dict[str, dict[str, float]] = {}
+    for ex in examples:
+        if ex.scores is not None:
+            out.setdefault(ex.query_id, {}).update(zip((ex.pos_id, *ex.neg_ids), ex.scores))
+    return out
+
+
+def _batch_loss(model, core, loss_fn, model_cfg, train_cfg, data, batch, negs, device, needs,
+                teacher=None, scores=None, distill=None) -> torch.Tensor:
     """Encode queries and all documents (positives + negatives in one forward pass), then the loss
-    (plus the distillation terms when a teacher is given)."""
+    (plus the distillation terms the objective asks for)."""
     q_texts = [model_cfg.query_prompt + data.queries[ex.query_id] for ex in batch]
     doc_ids = [ex.pos_id for ex in batch] + [d for n in negs for d in n]
     d_texts = [model_cfg.doc_prompt + data.doc_text(d) for d in doc_ids]
@@ -258,21 +279,23 @@ def _batch_loss(model, core, loss_fn, model_cfg, train_cfg, data, batch, negs, d
     neg_ids = ids_to_tensor(doc_ids[b:]).view(b, n).to(device) if n else None
     q_ids = ids_to_tensor([ex.query_id for ex in batch]).to(device)
     ids = {"q_ids": q_ids, "pos_ids": pos_ids, "neg_ids": neg_ids}
-    if teacher is None:
+    if not needs.teacher:
         return loss_fn.batch_loss(q, d_pos, d_neg, **ids)  # each task loss reads the batch its own way
-    tq = teacher.encode(q_texts, train_cfg.max_query_length)           # (B, D_t)
-    td = teacher.encode(d_texts, train_cfg.max_doc_length)             # (B + B*N, D_t)
-    # The cross-encoder's scores are the teacher's logits; the teacher bi-encoder's cosines go to
-    # the objective, which puts them on its own logit scale (its temperature).
-    if distill.score_source == "cross_encoder":
+    if teacher is not None:
+        tq = teacher.encode(q_texts, train_cfg.max_query_length)           # (B, D_t)
+        td = teacher.encode(d_texts, train_cfg.max_doc_length)             # (B + B*N, D_t)
+    # The cross-encoder's (or the rows') scores are the teacher's logits; the teacher bi-encoder's
+    # cosines go to the objective, which puts them on its own logit scale (its temperature).
+    targets: dict = {}
+    if needs.teacher_scores and distill.score_source in ("cross_encoder", "data"):
         targets = {"teacher_scores": pool_scores([ex.query_id for ex in batch], doc_ids[:b],
                                                  [doc_ids[b + i * n: b + (i + 1) * n] for i in range(b)],
-                                                 ce_scores).to(device)}
-    elif in_batch:
+                                                 scores, distill.score_source).to(device)}
+    elif needs.teacher_scores and needs.teacher_in_batch:
         targets = {"teacher_cosines": in_batch_cosines(tq, td)}          # (B, B + B*N)
-    else:
+    elif needs.teacher_scores:
         targets = {"teacher_cosines": candidate_cosines(tq, td, b, n)}   # (B, 1+N)
-    embed = {"teacher_emb": torch.cat([tq, td[:b]])}
+    embed = {"teacher_emb": torch.cat([tq, td[:b]])} if needs.teacher_embeddings else {}
     if hidden:  # every layer's token states, queries and all documents
         ml = train_cfg.max_query_length, train_cfg.max_doc_length
         embed["hidden"] = [(q_states, teacher.states(q_texts, ml[0], q_tok["attention_mask"]), q_tok["attention_mask"]),

@@ -1,3 +1,4 @@
+import json
 import math
 
 import pytest
@@ -81,3 +82,47 @@ def test_flag_to_beir_dedupes_with_stable_ids():
     corpus2, queries2, _ = flag_to_beir([FlagExample("q two", ["doc a"])])
     assert corpus2[0].id == ids["doc a"] and queries2[0][0] == q2
     assert ids["doc a"].startswith("d:") and q1.startswith("q:") and text_id("doc a") == ids["doc a"]
+
+
+def test_a_flag_folder_keeps_negatives_scores_and_prompts_and_drops_leaked_queries(topic_beir, tmp_path):
+    import json
+
+    from embedray.data import load_beir
+    from embedray.data.flag import write_flag_folder
+    from tests.conftest import make_topic_flag
+
+    files = make_topic_flag(topic_beir, tmp_path / "flag", leak=2)
+    stats = write_flag_folder(files, tmp_path / "beir")
+    assert stats.queries == {"train": 34, "dev": 8, "test": 6}  # 8 test queries, 2 of them also in train
+    assert len(stats.leaked["test"]) == 2 and "dev" not in stats.leaked
+    assert stats.leaked["test"][0].startswith("Find the package: ")
+    assert "leakage: 2 test queries also in train, dropped from test" in stats.summary()
+    rows = [json.loads(line) for line in (tmp_path / "beir" / "train_pairs.jsonl").read_text().splitlines()]
+    assert len(rows) == stats.train_pairs == stats.given_negatives == stats.scored_pairs == 34
+    assert all(len(r["neg_ids"]) == 6 and r["pos_score"] == 4.0 and r["neg_scores"] == [0.0, -1.0, -1.0, -2.0, -2.0, -3.0]
+               for r in rows)
+    test = load_beir(tmp_path / "beir", "test")
+    assert len(test.qrels) == 6 and all(test.queries[q].startswith("Find the package: ") for q in test.qrels)
+    assert not set(test.qrels) & {r["query_id"] for r in rows}
+
+    kept = write_flag_folder(files, tmp_path / "kept", leakage="keep")
+    assert kept.queries["test"] == 8 and "kept in test (its figures include them)" in kept.summary()
+    with pytest.raises(ValueError, match=r"test.jsonl: 2 queries also in .*train.jsonl .*prepare.leakage"):
+        write_flag_folder(files, tmp_path / "strict", leakage="error")
+
+
+def test_a_beir_folder_reports_query_texts_shared_by_train_and_test(topic_beir, tmp_path):
+    import shutil
+
+    from embedray.data.beir import held_out_leakage
+
+    beir = tmp_path / "beir"
+    shutil.copytree(topic_beir, beir)
+    assert held_out_leakage(beir, "train", ["dev", "test"]) == {}
+    queries = (beir / "queries.jsonl").read_text().splitlines()
+    test_q = (beir / "qrels" / "test.tsv").read_text().splitlines()[1].split("\t")[0]
+    text = next(json.loads(line)["text"] for line in queries if json.loads(line)["_id"] == test_q)
+    (beir / "queries.jsonl").write_text("\n".join(queries + [json.dumps({"_id": "copy", "text": f" {text.upper()} "})]) + "\n")
+    with open(beir / "qrels" / "train.tsv", "a") as f:
+        f.write("copy\td0\t1\n")
+    assert held_out_leakage(beir, "train", ["dev", "test"]) == {"test": [text]}

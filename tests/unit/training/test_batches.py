@@ -61,3 +61,23 @@ def test_negatives_never_positive_and_reproducible():
 def test_canonical_order_ignores_input_order():
     ex = _examples(10)
     assert canonical_order(ex[::-1]) == canonical_order(ex)
+
+
+def test_given_negatives_by_mode():
+    docs = [f"d{i}" for i in range(30)]
+    positives = {"q1": {"d1", "d2"}}
+    ex = Example("q1", "d1", ("d2", "d20", "d21"))  # d2 is a judged positive: never a negative
+    given = NegativeSampler(docs, positives, num_negatives=2, mode="given", seed=0)
+    assert given.candidates(ex) == ["d20", "d21"] and set(given.sample(ex, 0, 0)) == {"d20", "d21"}
+    topped = NegativeSampler(docs, positives, num_negatives=4, mode="given", seed=0).sample(ex, 3, 1)
+    assert {"d20", "d21"} <= set(topped) and len(set(topped)) == 4 and not set(topped) & {"d1", "d2"}
+    assert NegativeSampler(docs, positives, num_negatives=2, mode="random", seed=0).candidates(ex) == []
+    by_mode = {}
+    for mode in ("fallback", "mix", "instead"):
+        s = NegativeSampler(docs, positives, num_negatives=2, mode="pool", seed=0, given=mode)
+        assert s.candidates(ex) == ["d20", "d21"]  # no pool yet: the row's own
+        s.set_pool({"q1": ["d5", "d6"]}, version=1)
+        by_mode[mode] = s.candidates(ex)
+    assert by_mode == {"fallback": ["d5", "d6"], "mix": ["d5", "d6", "d20", "d21"], "instead": ["d20", "d21"]}
+    with pytest.raises(ValueError, match="train.given_negatives: 'both' is not one of fallback, mix, instead"):
+        NegativeSampler(docs, positives, num_negatives=2, mode="pool", seed=0, given="both")
