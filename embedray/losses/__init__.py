@@ -20,6 +20,7 @@ _LAZY = {
     "MatryoshkaEmbedDistillLoss": "embedray.losses.matryoshka",
     "MatryoshkaLoss": "embedray.losses.matryoshka",
     "MatryoshkaScoreLoss": "embedray.losses.matryoshka",
+    "NTXentLoss": "embedray.losses.ntxent",
     "ScoreMSELoss": "embedray.losses.score_mse",
     "SimCSELoss": "embedray.losses.simcse",
     "TripletLoss": "embedray.losses.triplet",
@@ -27,6 +28,7 @@ _LAZY = {
     "build_objective": "embedray.losses.objective",
     "ids_to_tensor": "embedray.losses.infonce",
     "info_nce": "embedray.losses.infonce",
+    "nt_xent": "embedray.losses.ntxent",
     "set_dropout": "embedray.losses.simcse",
 }
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-TASK_LOSSES = ("infonce", "mnrl", "triplet", "contrastive", "simcse")
+TASK_LOSSES = ("infonce", "mnrl", "triplet", "contrastive", "simcse", "ntxent")
 SCORE_DISTILL = ("margin_mse", "kl", "mse")
 _IN_BATCH = ("infonce", "mnrl", "simcse")
 
@@ -32,9 +32,10 @@ class LoopNeeds:
 class LossConfig:
     """What the training loop optimises; :func:`embedray.losses.build_objective` turns it into a module."""
 
-    #: Task loss: "infonce" (= "mnrl"), "triplet", "contrastive" or "simcse".
+    #: Task loss: "infonce" (= "mnrl"), "triplet", "contrastive", "simcse" or "ntxent" (SimCLR:
+    #: query and positive are two views; every other embedding of the batch is a negative).
     name: str = "infonce"
-    #: Softmax temperature of InfoNCE / SimCSE (scale = 1 / temperature). Score distillation
+    #: Softmax temperature of InfoNCE / SimCSE / NT-Xent (scale = 1 / temperature). Score distillation
     #: compares the teacher's scores with the same student logits, cosine / temperature.
     temperature: float = 0.05
     #: InfoNCE only: add the doc→query term.
@@ -44,6 +45,10 @@ class LossConfig:
     #: Distance of the triplet ("cosine", "euclidean", "dot") or contrastive ("cosine",
     #: "euclidean") loss.
     distance: str = "cosine"
+    #: Ranking losses (infonce/mnrl, triplet): only each query's k hardest negatives count,
+    #: chosen among every document of the worker's batch (other rows' positives and the hard
+    #: negatives; known positives never). Triplet then needs no train.num_negatives. None: all.
+    hardest_negatives: int | None = None
     #: Matryoshka sizes, e.g. [384, 192, 96, 48]; None trains the full size only.
     matryoshka_dims: list[int] | None = None
     #: One weight per Matryoshka size; None = all 1.
@@ -90,6 +95,12 @@ class LossConfig:
                 raise bad("margin", f"only applies to triplet/contrastive, not {self.name!r}")
             if self.margin < 0:
                 raise bad("margin", f"must be >= 0, got {self.margin}")
+        if self.hardest_negatives is not None:
+            if self.name not in ("infonce", "mnrl", "triplet"):
+                raise bad("hardest_negatives", f"only applies to the ranking losses infonce/mnrl and triplet, "
+                                               f"not {self.name!r}")
+            if self.hardest_negatives < 1:
+                raise bad("hardest_negatives", f"must be >= 1 or null, got {self.hardest_negatives}")
         distances = {"triplet": ("cosine", "euclidean", "dot"), "contrastive": ("cosine", "euclidean")}
         if self.distance not in distances.get(self.name, ("cosine",)):
             raise bad("distance", f"{self.distance!r} is not valid for {self.name!r}; choose one of "
@@ -109,7 +120,7 @@ class LossConfig:
                                                f"not {self.name!r}")
         if self.distill_score not in (None, *SCORE_DISTILL):
             raise bad("distill_score", f"choose one of {list(SCORE_DISTILL)} or null, got {self.distill_score!r}")
-        if self.distilling and self.name in ("contrastive", "simcse"):
+        if self.distilling and self.name in ("contrastive", "simcse", "ntxent"):
             raise bad("name", f"distillation needs (query, positive, negatives) batches; {self.name!r} has none")
         if self.distill_in_batch and self.distill_score != "kl":
             raise bad("distill_in_batch", f"needs distill_score: kl, got {self.distill_score!r}")

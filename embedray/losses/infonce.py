@@ -37,6 +37,7 @@ def info_nce(
     *,
     similarity: Similarity = "cosine",
     rows: slice | None = None,
+    hardest: int | None = None,
 ) -> Tensor:
     """InfoNCE with in-batch and hard negatives; known positives among the candidates are masked.
 
@@ -58,6 +59,8 @@ def info_nce(
         similarity: ``"cosine"`` or ``"dot"``.
         rows: the rows whose loss terms are computed here (this worker's slice of a gathered batch);
             default all rows.
+        hardest: keep only each query's ``hardest`` highest-scoring negatives (in-batch and hard
+            ones alike) in its softmax; ``None`` keeps every candidate.
 
     Returns:
         Scalar loss: mean over ``rows`` of the cross-entropy (averaged over the two directions
@@ -73,21 +76,12 @@ def info_nce(
     target = torch.arange(batch, device=q.device)[rows]  # (b,) own positive = column i of cands
     diag = (torch.arange(len(target), device=q.device), target)
 
-    with torch.no_grad():
-        cand_ids = _candidate_ids(cands, pos_ids, neg_ids)  # (C,)
-        pos_ids = cand_ids[:batch]  # (B,)
-        if q_ids is None:
-            known = pos_ids[rows, None] == cand_ids[None, :]  # (b, C)
-        else:
-            # known[i, c]: (query i, candidate c) is the (query, positive) pair of some row. Pairs are
-            # keyed exactly as q * C + c over dense re-numberings of the query and doc ids.
-            qd = torch.unique(q_ids, return_inverse=True)[1]  # (B,) in [0, B)
-            cd = torch.unique(cand_ids, return_inverse=True)[1]  # (C,) in [0, C)
-            n = cands.shape[0]
-            known = torch.isin(qd[rows, None] * n + cd[None, :], qd * n + cd[:batch])  # (b, C)
-        known[diag] = False
+    known, cand_ids = known_positives(cands, batch, q_ids, pos_ids, neg_ids, rows)
+    pos_ids = cand_ids[:batch]  # (B,)
 
     logits = similarity_matrix(q[rows], cands, similarity) / temperature  # (b, C)
+    if hardest is not None:
+        known = known | _beyond_hardest(logits, known, diag, hardest)
     loss = F.cross_entropy(logits.masked_fill(known, float("-inf")), target)
     if not symmetric:
         return loss
@@ -101,6 +95,42 @@ def info_nce(
     logits_dq = similarity_matrix(d_pos[rows], q, similarity) / temperature  # (b, B)
     loss_dq = F.cross_entropy(logits_dq.masked_fill(also_right, float("-inf")), target)
     return (loss + loss_dq) / 2
+
+
+def known_positives(cands: Tensor, batch: int, q_ids: Tensor | None, pos_ids: Tensor | None,
+                    neg_ids: Tensor | None, rows: slice) -> tuple[Tensor, Tensor]:
+    """``(known, cand_ids)``: ``known[i, c]`` is True when candidate ``c`` (of ``[positives,
+    flattened negatives]``) is a known positive of query ``rows[i]`` other than its own (column
+    ``i``): the same document as the positive of any row with the same query id, or of the row
+    itself. ``cand_ids`` are the candidates' ``(C,)`` doc ids."""
+    with torch.no_grad():
+        cand_ids = _candidate_ids(cands, pos_ids, neg_ids)  # (C,)
+        own = cand_ids[:batch]  # (B,)
+        if q_ids is None:
+            known = own[rows, None] == cand_ids[None, :]  # (b, C)
+        else:
+            # known[i, c]: (query i, candidate c) is the (query, positive) pair of some row. Pairs are
+            # keyed exactly as q * C + c over dense re-numberings of the query and doc ids.
+            qd = torch.unique(q_ids, return_inverse=True)[1]  # (B,) in [0, B)
+            cd = torch.unique(cand_ids, return_inverse=True)[1]  # (C,) in [0, C)
+            n = cands.shape[0]
+            known = torch.isin(qd[rows, None] * n + cd[None, :], qd * n + cd[:batch])  # (b, C)
+        target = torch.arange(batch, device=cands.device)[rows]
+        known[torch.arange(len(target), device=cands.device), target] = False
+    return known, cand_ids
+
+
+def _beyond_hardest(logits: Tensor, known: Tensor, diag: tuple[Tensor, Tensor], k: int) -> Tensor:
+    """``(b, C)`` mask of the negatives that are not among each row's ``k`` highest-scoring ones."""
+    with torch.no_grad():
+        negs = logits.detach().masked_fill(known, float("-inf"))
+        negs[diag] = float("-inf")
+        k = min(k, negs.shape[1])
+        keep = torch.zeros_like(known)
+        keep.scatter_(1, negs.topk(k, dim=1).indices, True)
+        keep &= torch.isfinite(negs)
+        keep[diag] = True
+        return ~keep
 
 
 def _candidate_ids(cands: Tensor, pos_ids: Tensor | None, neg_ids: Tensor | None) -> Tensor:
@@ -141,6 +171,9 @@ class InfoNCELoss(nn.Module):
         symmetric: add the doc→query term (each positive against all queries), averaged with the
             query→doc term.
         similarity: ``"cosine"`` (default) or ``"dot"``.
+        hardest_negatives: keep only each query's k highest-scoring negatives (in-batch and hard
+            ones, after masking known positives) in its softmax: hardest in-batch negative
+            selection; ``None`` (default) keeps every candidate.
         gather_fn: opt-in cross-worker negatives. ``None`` (default): only this worker's batch. Pass
             ``embedray.training.gather.gather_fn_for_loss()`` under DDP to score local queries
             against the documents of all workers; see that module for the loss-scaling convention.
@@ -180,8 +213,12 @@ class InfoNCELoss(nn.Module):
         symmetric: bool = False,
         similarity: Similarity = "cosine",
         gather_fn: GatherFn | None = None,
+        hardest_negatives: int | None = None,
     ) -> None:
         super().__init__()
+        if hardest_negatives is not None and hardest_negatives < 1:
+            raise ValueError(f"hardest_negatives must be >= 1 or None, got {hardest_negatives}")
+        self.hardest_negatives = hardest_negatives
         if temperature is not None and scale is not None:
             raise ValueError("give temperature or scale (= 1 / temperature), not both")
         temperature = 1.0 / scale if scale is not None else (0.05 if temperature is None else temperature)
@@ -216,7 +253,7 @@ class InfoNCELoss(nn.Module):
             d_pos, d_neg, q_ids, pos_ids, neg_ids = (
                 None if t is None else self.gather_fn(t)[0] for t in (d_pos, d_neg, q_ids, pos_ids, neg_ids))
         return info_nce(q, d_pos, d_neg, self.temperature, q_ids, pos_ids, neg_ids, self.symmetric,
-                        similarity=self.similarity, rows=rows)
+                        similarity=self.similarity, rows=rows, hardest=self.hardest_negatives)
 
     def batch_loss(self, q: Tensor, d_pos: Tensor, d_neg: Tensor | None = None, *, q_ids: Tensor | None = None,
                    pos_ids: Tensor | None = None, neg_ids: Tensor | None = None) -> Tensor:
@@ -226,4 +263,4 @@ class InfoNCELoss(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"temperature={self.temperature}, symmetric={self.symmetric}, similarity={self.similarity!r}, "
-                f"gather={self.gather_fn is not None}")
+                f"gather={self.gather_fn is not None}, hardest_negatives={self.hardest_negatives}")

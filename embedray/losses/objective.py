@@ -12,6 +12,7 @@ from embedray.losses.hidden_distill import HiddenStateDistillLoss
 from embedray.losses.infonce import GatherFn, InfoNCELoss
 from embedray.losses.kl_distill import KLDistillLoss
 from embedray.losses.margin_mse import MarginMSELoss
+from embedray.losses.ntxent import NTXentLoss
 from embedray.losses.matryoshka import MatryoshkaEmbedDistillLoss, MatryoshkaLoss, MatryoshkaScoreLoss
 from embedray.losses.score_mse import ScoreMSELoss
 from embedray.losses.simcse import SimCSELoss
@@ -24,6 +25,7 @@ LOSSES: dict[str, type[nn.Module]] = {
     "triplet": TripletLoss,
     "contrastive": ContrastiveLoss,
     "simcse": SimCSELoss,
+    "ntxent": NTXentLoss,
 }
 
 
@@ -56,11 +58,14 @@ def build_objective(cfg: LossConfig, *, gather_fn: GatherFn | None = None, stude
     """
     kwargs: dict = {}
     if cfg.name in ("infonce", "mnrl"):
-        kwargs = {"temperature": cfg.temperature, "symmetric": cfg.symmetric}
-    elif cfg.name == "simcse":
+        kwargs = {"temperature": cfg.temperature, "symmetric": cfg.symmetric,
+                  "hardest_negatives": cfg.hardest_negatives}
+    elif cfg.name in ("simcse", "ntxent"):
         kwargs = {"temperature": cfg.temperature}
     else:
         kwargs = {"distance": cfg.distance} | ({} if cfg.margin is None else {"margin": cfg.margin})
+        if cfg.name == "triplet":
+            kwargs["hardest_negatives"] = cfg.hardest_negatives
     if cfg.gather_across_workers:
         if gather_fn is None:
             raise ValueError("loss.gather_across_workers is on: pass "

@@ -1,8 +1,11 @@
 """Triplet margin loss over (anchor, positive, negative) embeddings."""
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from embedray.losses.infonce import known_positives
 
 from embedray.losses.similarity import DISTANCES, Distance, check_choice, pairwise_distance
 
@@ -37,6 +40,9 @@ class TripletLoss(nn.Module):
         margin: required gap between the distances (default 0.2, suited to the cosine distance of
             normalised embeddings; sentence-transformers uses 5 with unnormalised euclidean).
         distance: ``"cosine"`` (default, ``1 - cos``), ``"euclidean"`` or ``"dot"`` (``-a·b``).
+        hardest_negatives: in :meth:`batch_loss`, each query's negatives are its k closest
+            documents of the whole batch (other rows' positives and every hard negative, known
+            positives excluded): batch-hard triplets. ``None`` (default): its own hard negatives.
 
     Inputs:
         +----------------------+------------------------------------------+
@@ -54,10 +60,13 @@ class TripletLoss(nn.Module):
             loss.backward()
     """
 
-    def __init__(self, margin: float = 0.2, distance: Distance = "cosine") -> None:
+    def __init__(self, margin: float = 0.2, distance: Distance = "cosine", hardest_negatives: int | None = None) -> None:
         super().__init__()
         if margin < 0:
             raise ValueError(f"margin must be >= 0, got {margin}")
+        if hardest_negatives is not None and hardest_negatives < 1:
+            raise ValueError(f"hardest_negatives must be >= 1 or None, got {hardest_negatives}")
+        self.hardest_negatives = hardest_negatives
         check_choice(distance, DISTANCES, "distance")
         self.margin = float(margin)
         self.distance = distance
@@ -69,12 +78,31 @@ class TripletLoss(nn.Module):
                              f"{tuple(anchor.shape)}, {tuple(positive.shape)}, {tuple(negative.shape)}")
         return triplet(anchor, positive, negative, self.margin, self.distance)
 
-    def batch_loss(self, q: Tensor, d_pos: Tensor, d_neg: Tensor | None = None, **ids) -> Tensor:
+    def batch_loss(self, q: Tensor, d_pos: Tensor, d_neg: Tensor | None = None, *, q_ids: Tensor | None = None,
+                   pos_ids: Tensor | None = None, neg_ids: Tensor | None = None) -> Tensor:
         """A training batch: each query is the anchor, its positive the positive, and each of its
-        hard negatives a negative (ids are not needed: every triplet names its own negatives)."""
+        hard negatives a negative; with ``hardest_negatives``, its closest documents of the batch."""
+        if self.hardest_negatives is not None:
+            return self(q, d_pos, self._batch_hard(q, d_pos, d_neg, q_ids, pos_ids, neg_ids))
         if d_neg is None or d_neg.shape[1] == 0:
             raise ValueError("loss.name: triplet needs a negative per query: set train.num_negatives >= 1")
         return self(q, d_pos, d_neg)
 
+    def _batch_hard(self, q, d_pos, d_neg, q_ids, pos_ids, neg_ids) -> Tensor:
+        """``(B, k, dim)``: each query's k closest non-positive documents of the batch."""
+        b = q.shape[0]
+        has_negs = d_neg is not None and d_neg.shape[1] > 0
+        cands = torch.cat([d_pos, d_neg.flatten(0, 1)]) if has_negs else d_pos  # (C, dim)
+        known, _ = known_positives(cands, b, q_ids, pos_ids, neg_ids if has_negs else None, slice(0, b))
+        with torch.no_grad():
+            dist = pairwise_distance(q.unsqueeze(1), cands.unsqueeze(0), self.distance)  # (B, C)
+            dist = dist.masked_fill(known, float("inf"))
+            dist[torch.arange(b), torch.arange(b)] = float("inf")  # its own positive
+            k = min(self.hardest_negatives, cands.shape[0] - 1)
+            if k < 1:
+                raise ValueError("loss.hardest_negatives: the batch holds no other document")
+            idx = dist.topk(k, dim=1, largest=False).indices  # (B, k)
+        return cands[idx]  # (B, k, dim), with gradients
+
     def extra_repr(self) -> str:
-        return f"margin={self.margin}, distance={self.distance!r}"
+        return f"margin={self.margin}, distance={self.distance!r}, hardest_negatives={self.hardest_negatives}"

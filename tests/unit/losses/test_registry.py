@@ -9,7 +9,7 @@ from embedray.losses import (LOSSES, DistillationObjective, InfoNCELoss, KLDisti
 
 
 def test_build_loss_by_name():
-    assert set(LOSSES) == {"infonce", "mnrl", "triplet", "contrastive", "simcse"}
+    assert set(LOSSES) == {"infonce", "mnrl", "triplet", "contrastive", "simcse", "ntxent"}
     for name, cls in LOSSES.items():
         assert isinstance(build_loss(name), cls)
     assert build_loss("mnrl", scale=20.0).temperature == pytest.approx(0.05)

@@ -13,6 +13,9 @@ OBJECTIVES = {
     "triplet": {"name": "triplet", "margin": 0.3},
     "contrastive": {"name": "contrastive", "margin": 0.5},
     "simcse": {"name": "simcse", "temperature": 0.1, "dropout": 0.1},
+    "ntxent": {"name": "ntxent", "temperature": 0.1},
+    "infonce + hardest": {"name": "infonce", "temperature": 0.1, "hardest_negatives": 2},
+    "triplet + batch-hard": {"name": "triplet", "margin": 0.3, "hardest_negatives": 1},
     "triplet + matryoshka": {"name": "triplet", "matryoshka_dims": [32, 16]},
     "contrastive + matryoshka": {"name": "contrastive", "matryoshka_dims": [32, 16]},
 }
