@@ -16,7 +16,7 @@ from embedray import __version__
 #: (command, module under embedray.cli); ``data`` has subcommands (one per dataset).
 COMMANDS = [("eval", "eval"), ("train", "train"), ("mine", "mine"), ("pipeline", "pipeline"), ("rotate", "rotate"),
             ("export", "export"), ("serve", "serve"), ("ui", "ui"), ("models", "models")]
-DATASETS = [("debian", "data"), ("flag", "data_flag")]
+DATASETS = [("debian", "data"), ("flag", "data_flag"), ("build", "data_build")]
 
 
 def _add(sub, name: str, module: str) -> None:
