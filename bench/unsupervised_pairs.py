@@ -51,12 +51,14 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--scifact", type=Path, default=Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
                     / "scifact")
+    ap.add_argument("--corpora", default="debian,scifact", help="which of debian, scifact")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="embedray-bench-pairs-"))
     debian = tmp / "debian"
-    build_debian(debian, max_docs=1000, max_queries=600, split_queries={"test": 300})
-    corpora = {"debian": debian, "scifact": args.scifact}
+    if "debian" in args.corpora.split(","):
+        build_debian(debian, max_docs=1000, max_queries=600, split_queries={"test": 300})
+    corpora = {k: v for k, v in {"debian": debian, "scifact": args.scifact}.items() if k in args.corpora.split(",")}
     base = load_encoder("minilm-l6")
     rows = []
     for name, folder in corpora.items():

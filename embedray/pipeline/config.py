@@ -68,6 +68,9 @@ class TrainJobConfig:
                        or (self.loss.distill_score is not None and self.distill.score_source == "teacher"))
         if needs_model and not self.distill.teacher:
             raise ValueError("loss.distill_score / loss.distill_embed need distill.teacher (a model folder)")
+        if self.train.mini_batch_size and self.loss.distill_hidden:
+            raise ValueError("train.mini_batch_size (GradCache) caches embeddings, not the token states "
+                             "loss.distill_hidden needs; turn one of them off")
         if self.distill.score_source == "data" and self.loss.distill_score is not None:
             if self.train.negatives != "given":
                 raise ValueError("distill.score_source: data scores each row's own negatives: it needs "

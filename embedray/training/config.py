@@ -32,7 +32,12 @@ class TrainConfig:
     schedule: Literal["linear", "cosine", "constant"] = "linear"
     """Decay after warm-up."""
     grad_accum: int = 1
-    """Micro-batches accumulated per optimizer step."""
+    """Micro-batches accumulated per optimizer step. Accumulation adds no in-batch negatives:
+    each micro-batch's queries see only its own documents (``mini_batch_size`` does)."""
+    mini_batch_size: int | None = None
+    """GradCache: embed each batch in mini-batches of this many texts without a graph, compute the
+    loss on the whole batch, then back-propagate mini-batch by mini-batch: a ``batch_size``
+    larger than memory, with every document of it an in-batch negative. None: one pass."""
     max_grad_norm: float = 1.0
     """Gradient clipping by global norm (0 disables)."""
     precision: Literal["auto", "fp32", "bf16"] = "auto"
@@ -75,6 +80,7 @@ class TrainConfig:
             (self.max_grad_norm >= 0, "train.max_grad_norm must be >= 0 (0 disables clipping)"),
             (self.max_query_length > 0 and self.max_doc_length > 0, "train.max_*_length must be > 0"),
             (self.bucket_batches >= 1, "train.bucket_batches must be >= 1"),
+            (self.mini_batch_size is None or self.mini_batch_size >= 1, "train.mini_batch_size must be >= 1 or null"),
             (self.log_every >= 1, "train.log_every must be >= 1"),
             (self.eval_every >= 0 and self.checkpoint_every >= 0, "train.eval_every/checkpoint_every must be >= 0"),
         ]

@@ -33,6 +33,7 @@ from embedray.training.data import TrainingData
 from embedray.training.distill import Teacher, candidate_cosines, hidden_layer_map, in_batch_cosines, pool_scores
 from embedray.training.distributed import barrier, broadcast_flag, broadcast_int, mean_across_workers
 from embedray.training.gather import gather_fn_for_loss
+from embedray.training.grad_cache import CachedEmbeddings, backward_through_model, embed_without_graph
 from embedray.training.logs import RunLogger
 from embedray.training.optim import adamw
 from embedray.training.plots import plot_run
@@ -197,11 +198,15 @@ def train(model_cfg: ModelConfig, loss_cfg: LossConfig, train_cfg: TrainConfig, 
             batch = [examples[i] for i in plan.rank_indices(index, session.rank)]
             negs = [sampler.sample(ex, index, slot) for slot, ex in enumerate(batch)]
             sync = micro == tc.grad_accum - 1 or not hasattr(model, "no_sync")
-            with contextlib.nullcontext() if sync else model.no_sync():
+            # Cached (GradCache): the loss's backward stops at the embeddings; the model's comes after.
+            hold = hasattr(model, "no_sync") and (not sync or tc.mini_batch_size)
+            with model.no_sync() if hold else contextlib.nullcontext():
                 scores = row_scores if distill.score_source == "data" else sampler.scores
-                loss = _batch_loss(model, core, loss_fn, model_cfg, train_cfg, data, batch, negs, session.device,
-                                   needs, teacher, scores, distill)
+                loss, cached = _batch_loss(model, core, loss_fn, model_cfg, train_cfg, data, batch, negs,
+                                           session.device, needs, teacher, scores, distill)
                 (loss / tc.grad_accum).backward()
+            if cached:
+                backward_through_model(model, cached, sync=sync)
             total += loss.item() / tc.grad_accum
         step_loss = mean_across_workers(total)  # the same on every rank: all stop together
         if not math.isfinite(step_loss):
@@ -259,16 +264,23 @@ def _row_scores(examples) -> dict[str, dict[str, float]]:
 
 
 def _batch_loss(model, core, loss_fn, model_cfg, train_cfg, data, batch, negs, device, needs,
-                teacher=None, scores=None, distill=None) -> torch.Tensor:
+                teacher=None, scores=None, distill=None) -> tuple[torch.Tensor, list[CachedEmbeddings] | None]:
     """Encode queries and all documents (positives + negatives in one forward pass), then the loss
-    (plus the distillation terms the objective asks for)."""
+    (plus the distillation terms the objective asks for). With ``train.mini_batch_size`` the
+    embeddings come from :mod:`embedray.training.grad_cache` without a graph, and are returned
+    for its second pass: ``(loss, cached or None)``."""
     q_texts = [model_cfg.query_prompt + data.queries[ex.query_id] for ex in batch]
     doc_ids = [ex.pos_id for ex in batch] + [d for n in negs for d in n]
     d_texts = [model_cfg.doc_prompt + data.doc_text(d) for d in doc_ids]
     q_tok = {k: v.to(device) for k, v in core.tokenize(q_texts, max_length=train_cfg.max_query_length).items()}
     d_tok = {k: v.to(device) for k, v in core.tokenize(d_texts, max_length=train_cfg.max_doc_length).items()}
     hidden = teacher is not None and teacher.hidden_layers is not None
-    if hidden:
+    cached = None
+    if train_cfg.mini_batch_size:
+        cached = [embed_without_graph(model, q_tok, train_cfg.mini_batch_size),
+                  embed_without_graph(model, d_tok, train_cfg.mini_batch_size)]
+        q, d = cached[0].reps, cached[1].reps
+    elif hidden:
         (q, q_states), (d, d_states) = model(**q_tok, return_hidden=True), model(**d_tok, return_hidden=True)
     else:
         q = model(**q_tok)                               # (B, dim)
@@ -280,7 +292,7 @@ def _batch_loss(model, core, loss_fn, model_cfg, train_cfg, data, batch, negs, d
     q_ids = ids_to_tensor([ex.query_id for ex in batch]).to(device)
     ids = {"q_ids": q_ids, "pos_ids": pos_ids, "neg_ids": neg_ids}
     if not needs.teacher:
-        return loss_fn.batch_loss(q, d_pos, d_neg, **ids)  # each task loss reads the batch its own way
+        return loss_fn.batch_loss(q, d_pos, d_neg, **ids), cached  # each task loss reads the batch its own way
     if teacher is not None:
         tq = teacher.encode(q_texts, train_cfg.max_query_length)           # (B, D_t)
         td = teacher.encode(d_texts, train_cfg.max_doc_length)             # (B + B*N, D_t)
@@ -301,7 +313,7 @@ def _batch_loss(model, core, loss_fn, model_cfg, train_cfg, data, batch, negs, d
         embed["hidden"] = [(q_states, teacher.states(q_texts, ml[0], q_tok["attention_mask"]), q_tok["attention_mask"]),
                            (d_states, teacher.states(d_texts, ml[1], d_tok["attention_mask"]), d_tok["attention_mask"])]
     total, _parts = loss_fn(q, d_pos, d_neg, **targets, **embed, **ids)
-    return total
+    return total, cached
 
 
 def _not_finite(loss: float, step: int, tc: TrainConfig, saved: int | None) -> str:

@@ -10,9 +10,12 @@ from embedray.pipeline.config import TrainJobConfig
 pytestmark = pytest.mark.integration
 
 CASES = {
-    "triplet-batch-hard-parquet": ({"name": "triplet", "margin": 0.3, "hardest_negatives": 1}, "parquet", "random"),
-    "simcse-jsonl": ({"name": "simcse", "temperature": 0.1, "dropout": 0.1}, "beir-jsonl", "random"),
-    "contrastive-flag": ({"name": "contrastive", "margin": 0.5}, "flag", "given"),
+    "triplet-batch-hard-parquet": ({"name": "triplet", "margin": 0.3, "hardest_negatives": 1}, "parquet", "random", {}),
+    "simcse-jsonl": ({"name": "simcse", "temperature": 0.1, "dropout": 0.1}, "beir-jsonl", "random", {}),
+    "contrastive-flag": ({"name": "contrastive", "margin": 0.5}, "flag", "given", {}),
+    # GradCache with cross-worker negatives: mini-batches of 2, the gather over both workers' batches.
+    "infonce-gather-gradcache": ({"name": "infonce", "temperature": 0.1, "gather_across_workers": True}, "beir-jsonl",
+                                 "random", {"mini_batch_size": 2}),
 }
 
 
@@ -30,7 +33,7 @@ def flag_beir(topic_beir, tmp_path_factory):
 def test_objective_trains_on_ray_and_its_loss_falls(case, local_ray, topic_beir, parquet_beir, flag_beir, tmp_path):
     from embedray.cluster.train import run_training
 
-    loss, fmt, negatives = CASES[case]
+    loss, fmt, negatives, extra = CASES[case]
     beir, pairs = {"beir-jsonl": (topic_beir, None), "parquet": (parquet_beir, parquet_beir / "train_pairs.parquet"),
                    "flag": (flag_beir, flag_beir / "train_pairs.jsonl")}[fmt]
     job = build_config(TrainJobConfig, {
@@ -38,7 +41,7 @@ def test_objective_trains_on_ray_and_its_loss_falls(case, local_ray, topic_beir,
         "model": {"name_or_path": "tiny-bert"}, "loss": loss,
         "train": {"max_steps": 16, "batch_size": 4, "num_negatives": 1, "negatives": negatives, "lr": 3e-3,
                   "checkpoint_every": 0, "eval_every": 0, "log_every": 1, "max_doc_length": 48, "num_threads": 1,
-                  "precision": "fp32"},
+                  "precision": "fp32", **extra},
         "cluster": {"num_workers": 2, "cpus_per_worker": 0.5, "storage_path": str(tmp_path / "runs"),
                     "run_name": case, "max_failures": 0},
     })

@@ -14,8 +14,8 @@ def test_a_nan_loss_stops_the_run_before_the_update(topic_beir, tmp_path, monkey
 
     def nan_at_step_3(*args, **kwargs):
         calls.append(1)
-        out = real(*args, **kwargs)
-        return out * float("nan") if len(calls) == 3 else out
+        loss, cached = real(*args, **kwargs)
+        return (loss * float("nan") if len(calls) == 3 else loss), cached
 
     monkeypatch.setattr(loop, "_batch_loss", nan_at_step_3)
     job = build_config(TrainJobConfig, {
