@@ -4,7 +4,9 @@ apt keeps the English package descriptions in ``/var/lib/apt/lists/*_Translation
 paragraphs with ``Package:`` and ``Description-en:``). A package's one-line summary is the query
 and its long description the relevant document (the summary never appears in the document).
 :func:`build_debian` turns them into a BEIR folder with deterministic train/dev/test splits, plus
-``train.jsonl`` (FlagEmbedding) and ``train_pairs.jsonl`` (ids) for the trainers.
+``train.jsonl`` (FlagEmbedding) and ``train_pairs.jsonl`` (ids) for the trainers, and, from the
+``*_Packages`` lists beside them, ``labels.jsonl``: each document's ``Section`` (utils, libs,
+net, admin, devel, …) for the classification objective, with the document's split.
 """
 from __future__ import annotations
 
@@ -43,6 +45,7 @@ SELECT_RULE = ("under --max-queries/--split-queries/--max-docs, queries (per spl
                "distractor documents are taken in ascending order of sha1(f'{seed}:{package}')")
 # Translation-en plus apt's compressed variants; not Translation-en_GB etc.
 _TRANSLATION_RE = re.compile(r"Translation-en(\.(gz|xz|lz4|bz2|zst))?$")
+_PACKAGES_RE = re.compile(r"_Packages(\.(gz|xz|lz4|bz2|zst))?$")
 
 
 @dataclass
@@ -60,6 +63,9 @@ class DebianStats:
         usable_pairs: packages left after the drops (each one a query/document pair).
         queries: queries written per split.
         corpus: documents written.
+        labelled: corpus documents with a ``Section`` label in ``labels.jsonl`` (0 when apt's
+            ``*_Packages`` lists are not there).
+        sections: distinct sections among them.
         seconds: wall time of the build.
     """
 
@@ -72,6 +78,8 @@ class DebianStats:
     usable_pairs: int = 0
     queries: dict[str, int] = field(default_factory=dict)
     corpus: int = 0
+    labelled: int = 0
+    sections: int = 0
     seconds: float = 0.0
 
     def summary(self) -> str:
@@ -82,6 +90,8 @@ class DebianStats:
                 f"{self.packages} packages ({self.repeated_entries} repeated entries ignored)\n"
                 f"dropped: {drops}\n"
                 f"usable pairs: {self.usable_pairs}; queries: {splits}; corpus: {self.corpus} docs\n"
+                + (f"labels: {self.labelled} docs in {self.sections} sections (labels.jsonl)\n" if self.labelled else "")
+                +
                 f"wrote {self.out_dir} in {self.seconds:.1f} s")
 
 
@@ -93,6 +103,27 @@ def find_translation_files(lists_dir: str | Path) -> list[Path]:
     if not root.is_dir():
         return []
     return sorted(p for p in root.iterdir() if p.is_file() and _TRANSLATION_RE.search(p.name))
+
+
+def find_packages_files(lists_dir: str | Path) -> list[Path]:
+    """The binary ``*_Packages*`` lists directly in ``lists_dir``, sorted by name."""
+    root = Path(lists_dir)
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if p.is_file() and _PACKAGES_RE.search(p.name))
+
+
+def read_sections(files: Sequence[Path]) -> dict[str, str]:
+    """``{package: section}`` from Packages lists (the first entry of a package wins); the
+    archive area is dropped (``contrib/utils`` → ``utils``)."""
+    sections: dict[str, str] = {}
+    for path in files:
+        with _open_lines(path) as lines:
+            for para in iter_paragraphs(lines):
+                name, section = (para.get("Package") or [""])[0], (para.get("Section") or [""])[0]
+                if name and section and name not in sections:
+                    sections[name] = section.rsplit("/", 1)[-1]
+    return sections
 
 
 def _is_root() -> bool:
@@ -320,7 +351,9 @@ def build_debian(out_dir: str | Path, max_docs: int | None = None, max_queries: 
 
     Args:
         out_dir: folder to write: ``corpus.jsonl``, ``queries.jsonl``, ``qrels/{train,dev,test}.tsv``,
-            ``train.jsonl`` (FlagEmbedding), ``train_pairs.jsonl`` (``query_id``/``pos_id``) and
+            ``train.jsonl`` (FlagEmbedding), ``train_pairs.jsonl`` (``query_id``/``pos_id``),
+            ``labels.jsonl`` (``_id``, ``label`` = the package's Section, ``split``; when
+            ``lists_dir`` has ``*_Packages`` lists and ``sources`` is not given) and
             ``dataset.json`` (counts, sources, rules).
         max_docs: corpus size cap. The corpus always holds every selected query's document, then
             other packages' descriptions as distractors up to ``max_docs``. None: all packages.
@@ -378,10 +411,16 @@ def build_debian(out_dir: str | Path, max_docs: int | None = None, max_queries: 
     train = sorted(by_split["train"])
     write_flag_jsonl((FlagExample(kept[n][0], [kept[n][1]], []) for n in train), out / "train.jsonl")
     write_jsonl_atomic(({"query_id": f"q:{n}", "pos_id": n} for n in train), out / "train_pairs.jsonl")
+    sections = read_sections(find_packages_files(lists_dir)) if sources is None else {}
+    labelled = [(d.id, sections[d.id]) for d in corpus if d.id in sections]
+    if labelled:
+        write_jsonl_atomic(({"_id": name, "label": section, "split": split_of(name)} for name, section in labelled),
+                           out / "labels.jsonl")
 
     stats = DebianStats(out, [str(f) for f in files], counts["entries"], counts["repeated"],
                         len(packages), dict(dropped), len(kept),
-                        {s: len(names) for s, names in by_split.items()}, len(corpus))
+                        {s: len(names) for s, names in by_split.items()}, len(corpus), len(labelled),
+                        len({s for _, s in labelled}))
     meta = {"name": "debian-package-descriptions", "query": "package summary (Description-en first line)",
             "document": "long description, Debian formatting undone; title empty",
             "seed": seed, "max_docs": max_docs, "max_queries": max_queries,

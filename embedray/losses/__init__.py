@@ -8,6 +8,7 @@ from __future__ import annotations
 # Imported on first use: reading a LossConfig (a recipe, the command line) imports no torch.
 _LAZY = {
     "LOSSES": "embedray.losses.objective",
+    "ClassificationLoss": "embedray.losses.classification",
     "ContrastiveLoss": "embedray.losses.contrastive",
     "DistillationObjective": "embedray.losses.combined",
     "EmbeddingDistillLoss": "embedray.losses.embed_distill",

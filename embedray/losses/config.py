@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-TASK_LOSSES = ("infonce", "mnrl", "triplet", "contrastive", "simcse", "ntxent")
+TASK_LOSSES = ("infonce", "mnrl", "triplet", "contrastive", "simcse", "ntxent", "classification")
 SCORE_DISTILL = ("margin_mse", "kl", "mse")
 _IN_BATCH = ("infonce", "mnrl", "simcse")
 
@@ -26,16 +26,21 @@ class LoopNeeds:
     teacher_in_batch: bool = False
     #: Matryoshka sizes the saved model records (None: the full size only).
     matryoshka_dims: tuple[int, ...] | None = None
+    #: Rows carry a query to encode (classification rows are one labelled text).
+    queries: bool = True
+    #: Rows carry a label (classification).
+    labels: bool = False
 
 
 @dataclass
 class LossConfig:
     """What the training loop optimises; :func:`embedray.losses.build_objective` turns it into a module."""
 
-    #: Task loss: "infonce" (= "mnrl"), "triplet", "contrastive", "simcse" or "ntxent" (SimCLR:
-    #: query and positive are two views; every other embedding of the batch is a negative).
+    #: Task loss: "infonce" (= "mnrl"), "triplet", "contrastive", "simcse", "ntxent" (SimCLR:
+    #: query and positive are two views; every other embedding of the batch is a negative) or
+    #: "classification" (a linear head on the embedding, cross-entropy on ``data.train_labels``).
     name: str = "infonce"
-    #: Softmax temperature of InfoNCE / SimCSE / NT-Xent (scale = 1 / temperature). Score distillation
+    #: Softmax temperature of InfoNCE / SimCSE / NT-Xent / classification (scale = 1 / temperature). Score distillation
     #: compares the teacher's scores with the same student logits, cosine / temperature.
     temperature: float = 0.05
     #: InfoNCE only: add the doc→query term.
@@ -120,7 +125,9 @@ class LossConfig:
                                                f"not {self.name!r}")
         if self.distill_score not in (None, *SCORE_DISTILL):
             raise bad("distill_score", f"choose one of {list(SCORE_DISTILL)} or null, got {self.distill_score!r}")
-        if self.distilling and self.name in ("contrastive", "simcse", "ntxent"):
+        if self.name == "classification" and self.matryoshka_dims:
+            raise bad("matryoshka_dims", "do not apply to classification (the head reads the full embedding)")
+        if self.distilling and self.name in ("contrastive", "simcse", "ntxent", "classification"):
             raise bad("name", f"distillation needs (query, positive, negatives) batches; {self.name!r} has none")
         if self.distill_in_batch and self.distill_score != "kl":
             raise bad("distill_in_batch", f"needs distill_score: kl, got {self.distill_score!r}")
@@ -140,7 +147,8 @@ class LossConfig:
         """What the training loop must provide for this objective."""
         return LoopNeeds(dropout=self.dropout, teacher=self.distilling, teacher_scores=self.distill_score is not None,
                          teacher_embeddings=self.distill_embed, teacher_hidden=self.distill_hidden,
-                         teacher_in_batch=self.distill_in_batch,
+                         teacher_in_batch=self.distill_in_batch, queries=self.name != "classification",
+                         labels=self.name == "classification",
                          matryoshka_dims=tuple(self.matryoshka_dims) if self.matryoshka_dims else None)
 
     @property

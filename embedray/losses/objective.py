@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from embedray.losses.classification import ClassificationLoss
 from embedray.losses.combined import DistillationObjective
 from embedray.losses.config import LossConfig
 from embedray.losses.contrastive import ContrastiveLoss
@@ -26,6 +27,7 @@ LOSSES: dict[str, type[nn.Module]] = {
     "contrastive": ContrastiveLoss,
     "simcse": SimCSELoss,
     "ntxent": NTXentLoss,
+    "classification": ClassificationLoss,
 }
 
 
@@ -41,7 +43,7 @@ def build_loss(name: str, **kwargs) -> nn.Module:
 
 
 def build_objective(cfg: LossConfig, *, gather_fn: GatherFn | None = None, student_dim: int | None = None,
-                    teacher_dim: int | None = None) -> nn.Module:
+                    teacher_dim: int | None = None, labels: list[str] | None = None) -> nn.Module:
     """Build the whole objective a :class:`LossConfig` describes.
 
     Args:
@@ -49,7 +51,9 @@ def build_objective(cfg: LossConfig, *, gather_fn: GatherFn | None = None, stude
         gather_fn: how in-batch losses see other workers' documents
             (``embedray.training.gather.gather_fn_for_loss()``); used only when
             ``cfg.gather_across_workers``, required then.
-        student_dim, teacher_dim: embedding sizes, required when ``cfg.distill_embed``.
+        student_dim, teacher_dim: embedding sizes, required when ``cfg.distill_embed`` (and
+            ``student_dim`` for classification).
+        labels: the label names of a classification objective (its head's outputs).
 
     Returns:
         The task loss (wrapped in :class:`MatryoshkaLoss` when dims are set), or, when distilling, a
@@ -57,6 +61,10 @@ def build_objective(cfg: LossConfig, *, gather_fn: GatherFn | None = None, stude
         ``objective.parameters()`` to the optimizer too (embedding-distillation projection).
     """
     kwargs: dict = {}
+    if cfg.name == "classification":
+        if student_dim is None or not labels:
+            raise ValueError("loss.name: classification: pass student_dim and the labels")
+        return ClassificationLoss(student_dim, labels, temperature=cfg.temperature)
     if cfg.name in ("infonce", "mnrl"):
         kwargs = {"temperature": cfg.temperature, "symmetric": cfg.symmetric,
                   "hardest_negatives": cfg.hardest_negatives}

@@ -64,6 +64,13 @@ class TrainJobConfig:
 
     def __post_init__(self) -> None:
         _mine_with_the_model_prompts(self.mining, self.model)
+        if (self.loss.name == "classification") != bool(self.data.train_labels):
+            raise ValueError("loss.name: classification trains on data.train_labels (labelled texts), and "
+                             "data.train_labels needs loss.name: classification")
+        if self.loss.name == "classification":
+            if self.refresh.mode != "off":
+                raise ValueError("refresh.mode: classification rows have no query to mine negatives for")
+            self.train.negatives, self.train.num_negatives = "none", 0  # one labelled text per row
         needs_model = (self.loss.distill_embed or self.loss.distill_hidden
                        or (self.loss.distill_score is not None and self.distill.score_source == "teacher"))
         if needs_model and not self.distill.teacher:

@@ -25,6 +25,8 @@ class Example:
     #: The row's own teacher scores of ``(pos_id, *neg_ids)`` (FlagEmbedding ``pos_scores`` /
     #: ``neg_scores``), for distillation with ``distill.score_source: data``; None when it has none.
     scores: tuple[float, ...] | None = None
+    #: The class of ``pos_id``'s text (the classification objective; its rows have no query).
+    label: str | None = None
 
 
 @dataclass
@@ -39,7 +41,7 @@ class Batch:
 def canonical_order(examples: Sequence[Example]) -> list[Example]:
     """Sort and de-duplicate examples so every worker agrees on one order, whatever Ray Data's
     block order was."""
-    return sorted(set(examples), key=lambda e: (e.query_id, e.pos_id, e.neg_ids, e.scores or ()))
+    return sorted(set(examples), key=lambda e: (e.query_id, e.pos_id, e.neg_ids, e.scores or (), e.label or ""))
 
 
 class BatchPlan:

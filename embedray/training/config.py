@@ -99,6 +99,10 @@ class DataConfig:
     """A BEIR folder (corpus.jsonl, queries.jsonl, qrels/); ``train_pairs`` and eval splits refer to it."""
     train_pairs: str | None = None
     """JSONL of ``{"query_id", "pos_id", "neg_ids"?}``; None = built from ``qrels/<train_split>.tsv``."""
+    train_labels: str | None = None
+    """Classification rows instead of pairs: JSONL of ``{"_id": corpus document id, "label",
+    "split"?}`` (``embedray data debian`` writes ``labels.jsonl``: each package's Section); only
+    rows without a split or of ``train_split`` train. Needs ``loss.name: classification``."""
     train_split: str = "train"
     """Split whose judgements make the training pairs when ``train_pairs`` is not given."""
     dev_split: str | None = "dev"

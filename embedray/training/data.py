@@ -82,13 +82,44 @@ def pair_rows(cfg: DataConfig) -> list[dict]:
     return [row for _, _, row in islice(_training_rows(cfg, None), cfg.max_train_pairs)]
 
 
+def label_examples(cfg: DataConfig, data: TrainingData, report: SkipReport | None = None) -> list[Example]:
+    """Classification rows of ``cfg.train_labels`` (``_id``, ``label``, ``split``?) of the train
+    split, as examples whose document is the labelled text; bad rows raise ``file:line`` or are
+    counted; at most ``cfg.max_train_pairs``."""
+    path = Path(cfg.train_labels).expanduser().resolve()
+    out: list[Example] = []
+    for lineno, row in iter_jsonl(path, cfg.on_error, report):
+        try:
+            did = require_str(row, "_id", path, lineno)
+            label = require_str(row, "label", path, lineno)
+            split = row.get("split")
+            if split is not None and not isinstance(split, str):
+                raise DataError(path, lineno, "split", f"expected a string, got {type(split).__name__}")
+            if did not in data.corpus:
+                raise DataError(path, lineno, "_id", f"unknown document id {did!r} (not in the corpus)")
+        except DataError as e:
+            handle(e, cfg.on_error, report)
+            continue
+        if split in (None, cfg.train_split):
+            out.append(Example("", did, label=label))
+        if cfg.max_train_pairs is not None and len(out) >= cfg.max_train_pairs:
+            break
+    if len({e.label for e in out}) < 2:
+        raise ValueError(f"{path}: classification needs at least 2 labels among the {cfg.train_split} rows, "
+                         f"got {sorted({e.label for e in out})}")
+    return out
+
+
 def training_examples(cfg: DataConfig, data: TrainingData, report: SkipReport | None = None) -> list[Example]:
     """The examples a run trains on: the first ``cfg.max_train_pairs`` valid rows (all when None).
 
     Rows are checked against ``data`` (fields, unknown query/document ids); a bad row raises
     ``file:line: field: what`` (the file's line, or ``row N`` of a Parquet file) or, with
     ``on_error: skip``, is counted in ``report``. Raises ValueError when no row is usable.
+    With ``cfg.train_labels``, the classification rows (:func:`label_examples`).
     """
+    if cfg.train_labels:
+        return label_examples(cfg, data, report)
     out: list[Example] = []
     for source, where, row in _training_rows(cfg, report):
         try:
@@ -140,7 +171,8 @@ def _row_scores(row: dict, negs: list[str], source: Path, where: int | str) -> t
 def example_rows(examples: Iterable[Example]) -> list[dict]:
     """Examples as plain id rows (what Ray Data carries to the workers)."""
     return [{"query_id": e.query_id, "pos_id": e.pos_id, "neg_ids": list(e.neg_ids),
-             "scores": list(e.scores or ())} for e in examples]  # [] = none: one Arrow type for all rows
+             "scores": list(e.scores or ()), "label": e.label or ""}  # [] / "" = none: one Arrow type for all rows
+            for e in examples]
 
 
 def examples_from_rows(rows: Iterable[dict], data: TrainingData,
@@ -153,9 +185,10 @@ def examples_from_rows(rows: Iterable[dict], data: TrainingData,
         negs, scores = row.get("neg_ids"), row.get("scores")
         negs = () if negs is None else negs  # a list, or an array from Ray Data
         ex = Example(str(row["query_id"]), str(row["pos_id"]), tuple(str(n) for n in negs),
-                     tuple(float(s) for s in scores) if scores is not None and len(scores) else None)
+                     tuple(float(s) for s in scores) if scores is not None and len(scores) else None,
+                     str(row["label"]) if row.get("label") else None)
         unknown = [i for i in (ex.pos_id, *ex.neg_ids) if i not in data.corpus]
-        if ex.query_id not in data.queries or unknown:
+        if (ex.query_id not in data.queries and ex.label is None) or unknown:
             raise RuntimeError(f"{source}: the driver validated {ex}, but this worker's data lacks "
                                f"{[ex.query_id] if ex.query_id not in data.queries else unknown}; every "
                                "node must see the same data.path files as the driver")

@@ -138,12 +138,15 @@ def train(model_cfg: ModelConfig, loss_cfg: LossConfig, train_cfg: TrainConfig, 
                              f"with {core.backbone.config.num_hidden_layers}")
         teacher = Teacher(distill.teacher, model_cfg, session.device, hidden_layers=layers,
                           precision=core.precision)
+    examples = canonical_order(session.training_examples())
+    label_names = sorted({ex.label for ex in examples if ex.label is not None}) if needs.labels else None
+    if needs.labels and not label_names:
+        raise ValueError("loss.name: classification trains on labelled rows: set data.train_labels")
     loss_fn = build_objective(loss_cfg, gather_fn=gather_fn_for_loss(), student_dim=core.embedding_dim,
-                              teacher_dim=teacher.dim if teacher else None)
+                              teacher_dim=teacher.dim if teacher else None, labels=label_names)
     optimizer = adamw(_param_groups(core, list(loss_fn.parameters()), tc.weight_decay), lr=tc.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(tc, tc.max_steps))
 
-    examples = canonical_order(session.training_examples())
     tok_len = lambda did: len(data.doc_text(did))  # characters: a cheap, monotone proxy of tokens
     plan = BatchPlan(examples, tok_len, batch_size=tc.batch_size, world_size=session.world_size,
                      seed=tc.seed, bucket_batches=tc.bucket_batches if tc.length_bucketing else 1)
@@ -203,7 +206,7 @@ def train(model_cfg: ModelConfig, loss_cfg: LossConfig, train_cfg: TrainConfig, 
             with model.no_sync() if hold else contextlib.nullcontext():
                 scores = row_scores if distill.score_source == "data" else sampler.scores
                 loss, cached = _batch_loss(model, core, loss_fn, model_cfg, train_cfg, data, batch, negs,
-                                           session.device, needs, teacher, scores, distill)
+                                           session.device, needs, teacher, scores, distill, label_names)
                 (loss / tc.grad_accum).backward()
             if cached:
                 backward_through_model(model, cached, sync=sync)
@@ -241,7 +244,7 @@ def train(model_cfg: ModelConfig, loss_cfg: LossConfig, train_cfg: TrainConfig, 
             break
     bar.close()
     wall = time.perf_counter() - t_start
-    summary = _finish(core, needs.matryoshka_dims, tc, hooks, data, log, state, run_dir, step + 1 - start_step, wall, rank0,
+    summary = _finish(core, loss_fn, needs.matryoshka_dims, tc, hooks, data, log, state, run_dir, step + 1 - start_step, wall, rank0,
                       len(examples), card)
     barrier()
     return summary
@@ -264,16 +267,23 @@ def _row_scores(examples) -> dict[str, dict[str, float]]:
 
 
 def _batch_loss(model, core, loss_fn, model_cfg, train_cfg, data, batch, negs, device, needs,
-                teacher=None, scores=None, distill=None) -> tuple[torch.Tensor, list[CachedEmbeddings] | None]:
+                teacher=None, scores=None, distill=None, label_names=None,
+                ) -> tuple[torch.Tensor, list[CachedEmbeddings] | None]:
     """Encode queries and all documents (positives + negatives in one forward pass), then the loss
     (plus the distillation terms the objective asks for). With ``train.mini_batch_size`` the
     embeddings come from :mod:`embedray.training.grad_cache` without a graph, and are returned
     for its second pass: ``(loss, cached or None)``."""
-    q_texts = [model_cfg.query_prompt + data.queries[ex.query_id] for ex in batch]
     doc_ids = [ex.pos_id for ex in batch] + [d for n in negs for d in n]
     d_texts = [model_cfg.doc_prompt + data.doc_text(d) for d in doc_ids]
-    q_tok = {k: v.to(device) for k, v in core.tokenize(q_texts, max_length=train_cfg.max_query_length).items()}
     d_tok = {k: v.to(device) for k, v in core.tokenize(d_texts, max_length=train_cfg.max_doc_length).items()}
+    if not needs.queries:  # classification: one labelled text per row
+        targets = torch.tensor([label_names.index(ex.label) for ex in batch], device=device)
+        if train_cfg.mini_batch_size:
+            cached = [embed_without_graph(model, d_tok, train_cfg.mini_batch_size)]
+            return loss_fn.batch_loss(None, cached[0].reps, labels=targets), cached
+        return loss_fn.batch_loss(None, model(**d_tok), labels=targets), None
+    q_texts = [model_cfg.query_prompt + data.queries[ex.query_id] for ex in batch]
+    q_tok = {k: v.to(device) for k, v in core.tokenize(q_texts, max_length=train_cfg.max_query_length).items()}
     hidden = teacher is not None and teacher.hidden_layers is not None
     cached = None
     if train_cfg.mini_batch_size:
@@ -357,7 +367,7 @@ def _dev_and_early_stop(evaluate, core, tc, log, state, step) -> bool:
     return bool(patience and state["evals_without_gain"] >= patience)
 
 
-def _finish(core, matryoshka_dims, tc, hooks, data, log, state, run_dir, steps_run, wall, rank0, pairs: int,
+def _finish(core, loss_fn, matryoshka_dims, tc, hooks, data, log, state, run_dir, steps_run, wall, rank0, pairs: int,
             card: dict | None) -> dict:
     if not rank0:
         return {}
@@ -369,6 +379,8 @@ def _finish(core, matryoshka_dims, tc, hooks, data, log, state, run_dir, steps_r
     core.save_sentence_transformer(final, extra_card={"training": card, "metrics": {"dev": dev}},
                                    matryoshka_dims=list(matryoshka_dims) if matryoshka_dims else None)
     write_json_atomic(card, final / "training_config.json")
+    if hasattr(loss_fn, "save_head"):  # a classifier head: kept beside the embedder, not part of it
+        loss_fn.save_head(final / "classifier")
     dev_events = [e for e in log.events if e["kind"] == "dev"]
     summary = {"final_model": str(final), "steps": log.steps[-1]["step"] if log.steps else 0,
                "steps_this_session": steps_run, "wall_s": wall,

@@ -14,6 +14,7 @@ CASES = {
     "simcse-jsonl": ({"name": "simcse", "temperature": 0.1, "dropout": 0.1}, "beir-jsonl", "random", {}),
     "contrastive-flag": ({"name": "contrastive", "margin": 0.5}, "flag", "given", {}),
     # GradCache with cross-worker negatives: mini-batches of 2, the gather over both workers' batches.
+    "classification-labels": ({"name": "classification"}, "labels", "none", {}),
     "infonce-gather-gradcache": ({"name": "infonce", "temperature": 0.1, "gather_across_workers": True}, "beir-jsonl",
                                  "random", {"mini_batch_size": 2}),
 }
@@ -29,15 +30,27 @@ def flag_beir(topic_beir, tmp_path_factory):
     return root / "beir"
 
 
+@pytest.fixture(scope="module")
+def labels(topic_beir, tmp_path_factory):
+    """Each topic document labelled by the first of its rare words."""
+    rows = [json.loads(line) for line in (topic_beir / "corpus.jsonl").read_text().splitlines()]
+    path = tmp_path_factory.mktemp("labels") / "labels.jsonl"
+    path.write_text("".join(json.dumps({"_id": d["_id"], "label": d["text"].split()[3]}) + "\n"
+                            for d in rows if d["_id"].startswith("d")))
+    return path
+
+
 @pytest.mark.parametrize("case", CASES)
-def test_objective_trains_on_ray_and_its_loss_falls(case, local_ray, topic_beir, parquet_beir, flag_beir, tmp_path):
+def test_objective_trains_on_ray_and_its_loss_falls(case, local_ray, topic_beir, parquet_beir, flag_beir, labels,
+                                                    tmp_path):
     from embedray.cluster.train import run_training
 
     loss, fmt, negatives, extra = CASES[case]
     beir, pairs = {"beir-jsonl": (topic_beir, None), "parquet": (parquet_beir, parquet_beir / "train_pairs.parquet"),
-                   "flag": (flag_beir, flag_beir / "train_pairs.jsonl")}[fmt]
+                   "flag": (flag_beir, flag_beir / "train_pairs.jsonl"), "labels": (topic_beir, None)}[fmt]
     job = build_config(TrainJobConfig, {
-        "data": {"path": str(beir), "train_pairs": str(pairs) if pairs else None, "dev_split": None},
+        "data": {"path": str(beir), "train_pairs": str(pairs) if pairs else None, "dev_split": None,
+                 "train_labels": str(labels) if fmt == "labels" else None},
         "model": {"name_or_path": "tiny-bert"}, "loss": loss,
         "train": {"max_steps": 16, "batch_size": 4, "num_negatives": 1, "negatives": negatives, "lr": 3e-3,
                   "checkpoint_every": 0, "eval_every": 0, "log_every": 1, "max_doc_length": 48, "num_threads": 1,

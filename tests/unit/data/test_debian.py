@@ -193,3 +193,15 @@ def test_cli_split_queries(tmp_path, capsys):
     assert "test 3" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         main(["data", "debian", str(tmp_path / "x"), "--split-queries", "test:3"])
+
+
+def test_labels_are_each_documents_section_with_its_split(full):
+    out, stats = full
+    rows = [json.loads(line) for line in (out / "labels.jsonl").read_text().splitlines()]
+    corpus = {json.loads(line)["_id"] for line in (out / "corpus.jsonl").read_text().splitlines()}
+    sections = debian.read_sections(debian.find_packages_files(LISTS))
+    assert stats.labelled == len(rows) > 0 and {r["_id"] for r in rows} == corpus & set(sections)
+    assert all(r["label"] == sections[r["_id"]] and r["split"] == split_of(r["_id"]) for r in rows)
+    assert "/" not in "".join(sections.values())  # contrib/net → net
+    assert sections["lapwing"] == "net" and sections["merlin-data"] == "games"
+    assert f"labels: {stats.labelled} docs in {stats.sections} sections" in stats.summary()

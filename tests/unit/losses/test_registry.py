@@ -9,9 +9,10 @@ from embedray.losses import (LOSSES, DistillationObjective, InfoNCELoss, KLDisti
 
 
 def test_build_loss_by_name():
-    assert set(LOSSES) == {"infonce", "mnrl", "triplet", "contrastive", "simcse", "ntxent"}
+    assert set(LOSSES) == {"infonce", "mnrl", "triplet", "contrastive", "simcse", "ntxent", "classification"}
     for name, cls in LOSSES.items():
-        assert isinstance(build_loss(name), cls)
+        kwargs = {"dim": 8, "labels": ["a", "b"]} if name == "classification" else {}
+        assert isinstance(build_loss(name, **kwargs), cls)
     assert build_loss("mnrl", scale=20.0).temperature == pytest.approx(0.05)
     with pytest.raises(ValueError, match="unknown loss 'nce'"):
         build_loss("nce")
