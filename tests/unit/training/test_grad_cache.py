@@ -79,3 +79,37 @@ def test_a_cached_run_follows_the_uncached_one(topic_beir, tmp_path):
     for a, b in zip(losses["plain"], losses["cached"]):
         assert abs(a - b) < 1e-3 * max(1.0, abs(a)), losses
     assert losses["cached"][-1] < losses["cached"][0]
+
+
+def test_gradient_accumulation_adds_no_in_batch_negatives(topic_beir, tmp_path):
+    """Step 1 of a grad_accum=2 run logs the mean of its two micro-batches' losses, each over its
+    own in-batch documents, which is not the loss of one batch holding both (GradCache's)."""
+    from embedray.training.batches import BatchPlan, canonical_order
+    from embedray.training.data import load_training_data, training_examples
+
+    job = build_config(TrainJobConfig, {
+        "data": {"path": str(topic_beir), "dev_split": None}, "model": {"name_or_path": "tiny-bert"},
+        "loss": {"name": "infonce", "temperature": 0.1, "dropout": 0.0},
+        "train": {"max_steps": 1, "batch_size": 4, "grad_accum": 2, "negatives": "none", "checkpoint_every": 0,
+                  "eval_every": 0, "max_doc_length": 48, "precision": "fp32"},
+        "cluster": {"storage_path": str(tmp_path), "run_name": "accum"}})
+    run_local(job)
+    logged = json.loads((tmp_path / "accum" / "detailed_training_logs.json").read_text())["steps"][0]["loss"]
+
+    data = load_training_data(job.data)
+    examples = canonical_order(training_examples(job.data, data))
+    plan = BatchPlan(examples, lambda d: len(data.doc_text(d)), batch_size=4, world_size=1, seed=0, bucket_batches=16)
+    model, loss_fn = _model(), InfoNCELoss(temperature=0.1)
+    micro = [[examples[i] for i in plan.rank_indices(k, 0)] for k in range(2)]
+
+    def loss_of(batch):
+        q = model(**model.tokenize([data.queries[e.query_id] for e in batch], max_length=64))
+        d = model(**model.tokenize([data.doc_text(e.pos_id) for e in batch], max_length=48))
+        return loss_fn.batch_loss(q, d, pos_ids=ids_to_tensor([e.pos_id for e in batch]),
+                                  q_ids=ids_to_tensor([e.query_id for e in batch])).item()
+
+    with torch.no_grad():
+        separate = (loss_of(micro[0]) + loss_of(micro[1])) / 2
+        together = loss_of(micro[0] + micro[1])
+    assert abs(logged - separate) < 1e-4, (logged, separate)
+    assert together > separate + 0.1  # twice the in-batch negatives: a harder softmax
