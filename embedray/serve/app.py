@@ -23,7 +23,7 @@ import hmac
 import logging
 import time
 from collections.abc import Awaitable
-from pathlib import PurePath
+from pathlib import Path, PurePath
 from typing import Any, TypeVar
 
 import numpy as np
@@ -40,12 +40,12 @@ from embedray.serve.embedder import TokenCounter, load_tokenizer
 from embedray.serve.errors import ApiError, error_body, install_error_handlers
 from embedray.serve.metrics import ServeMetrics
 from embedray.serve.model_card import ModelCard, read_model_card
-from embedray.serve.schemas import (EmbeddingRequest, EmbeddingResponse, ErrorResponse, RerankRequest,
-                                    RerankResponse, SearchRequest, SearchResponse)
+from embedray.serve.schemas import (EmbeddingRequest, EmbeddingResponse, ErrorResponse, ModelEntry, ModelList,
+                                    RerankRequest, RerankResponse, SearchRequest, SearchResponse)
 
 log = logging.getLogger(__name__)
 
-ROUTES = {"/v1/embeddings", "/search", "/rerank", "/health", "/info", "/metrics"}
+ROUTES = {"/v1/embeddings", "/v1/models", "/search", "/rerank", "/health", "/info", "/metrics"}
 PUBLIC_ROUTES = {"/health"}
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse} for code in (400, 401, 404, 408, 413, 415, 422, 503, 504)}
@@ -187,6 +187,14 @@ class _Service:
         self.allowed_dims = card.allowed_dims(self.dim)
         self.budget = max(int(info.get("max_batch_tokens") or config.max_batch_tokens),
                           int(info["max_seq_length"]))
+        try:  # when the model folder was written (the models API's ``created``, Unix seconds)
+            self.created = int(Path(config.model_dir).expanduser().stat().st_mtime)
+        except OSError:
+            self.created = 0
+
+    def model_entry(self) -> dict[str, Any]:
+        """The served model as the OpenAI models API lists one (``client.models.list()``)."""
+        return {"id": self.cfg.model_name, "object": "model", "created": self.created, "owned_by": "embedray"}
 
     async def bounded(self, work: Awaitable[T]) -> T:
         """``await work`` within ``request_timeout_s``, else a 504 (the work is cancelled)."""
@@ -438,6 +446,17 @@ def create_app(config: ServeConfig, backend: Backend, info: dict[str, Any], coun
     @app.post("/rerank", response_model=RerankResponse, responses=ERROR_RESPONSES)
     async def rerank(req: RerankRequest) -> dict[str, Any]:
         return await svc.bounded(svc.rerank(req))
+
+    @app.get("/v1/models", response_model=ModelList, responses=ERROR_RESPONSES)
+    async def models() -> dict[str, Any]:
+        return {"object": "list", "data": [svc.model_entry()]}
+
+    @app.get("/v1/models/{model_id:path}", response_model=ModelEntry, responses=ERROR_RESPONSES)
+    async def model(model_id: str) -> dict[str, Any]:
+        if model_id != config.model_name:
+            raise ApiError(404, f"model {model_id!r} is not served here; this server serves "
+                                f"{config.model_name!r} (GET /v1/models)", "model_not_found")
+        return svc.model_entry()
 
     @app.get("/health")
     async def health() -> dict[str, str]:

@@ -29,6 +29,22 @@ class EmbeddingRequest(_Request):
                                               "instead of answering 413.")
 
 
+class ModelEntry(BaseModel):
+    """One served model, as the OpenAI models API describes it."""
+
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str
+
+
+class ModelList(BaseModel):
+    """``GET /v1/models``: what ``client.models.list()`` reads."""
+
+    object: Literal["list"] = "list"
+    data: list[ModelEntry]
+
+
 class EmbeddingData(BaseModel):
     object: Literal["embedding"] = "embedding"
     index: int

@@ -159,3 +159,14 @@ def test_queue_full_gives_503_while_held_requests_complete(apps):
             assert len(r.json()["data"][0]["embedding"]) == 32
     assert httpx.get(apps["tight"] + "/health").status_code == 200
     assert httpx.post(url, json={"input": "after the burst"}, timeout=60).status_code == 200
+
+
+def test_openai_sdk_lists_and_retrieves_the_model(apps):
+    import openai
+
+    client = openai.OpenAI(base_url=apps["main"] + "/v1", api_key=API_KEY, max_retries=0)
+    assert [m.id for m in client.models.list()] == ["minilm"]
+    model = client.models.retrieve("minilm")
+    assert model.owned_by == "embedray" and model.created > 0
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("text-embedding-3-small")

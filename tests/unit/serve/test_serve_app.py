@@ -211,7 +211,7 @@ def test_rerank_scores_equal_cross_encoder(make_client, tiny_model, tiny_cross_e
 
 ROUTES = [("POST", "/v1/embeddings", {"input": "hello"}), ("POST", "/search", {"query": "coffee"}),
           ("POST", "/rerank", {"query": "coffee", "texts": ["a", "b"]}), ("GET", "/info", None),
-          ("GET", "/metrics", None), ("GET", "/health", None)]
+          ("GET", "/metrics", None), ("GET", "/v1/models", None), ("GET", "/health", None)]
 
 
 def test_auth_matrix(make_client, tiny_model, corpus_file, tiny_cross_encoder, error_shape):
@@ -282,3 +282,14 @@ def test_bf16_serving_stays_close_to_fp32(make_client, tiny_model, st_model, tin
     assert fp32["precision"] == "fp32"
     scores = client.post("/rerank", json={"query": "compression", "texts": ["zstd", "gzip"]}).json()["results"]
     assert len(scores) == 2
+
+
+def test_the_models_api_lists_the_served_model(make_client, tiny_model, error_shape):
+    client = make_client(tiny_model)
+    name = client.get("/info").json()["model"]
+    listed = client.get("/v1/models").json()
+    assert listed["object"] == "list" and [m["id"] for m in listed["data"]] == [name]
+    entry = listed["data"][0]
+    assert entry["object"] == "model" and entry["owned_by"] == "embedray" and entry["created"] > 1_600_000_000
+    assert client.get(f"/v1/models/{name}").json() == entry
+    error_shape(client.get("/v1/models/gpt-4"), 404, "model_not_found")
