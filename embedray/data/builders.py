@@ -59,6 +59,16 @@ class BuildStats:
 
 # -- readers -----------------------------------------------------------------------------
 
+def _stripped_lines(path: Path, on_error: OnError, report: SkipReport | None) -> Iterator[tuple[int, str]]:
+    """``(line, stripped text)`` of every UTF-8 line of a text file, blank ones included."""
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            try:
+                yield lineno, decode_utf8(raw, path, lineno).strip()
+            except DataError as e:
+                handle(e, on_error, report)
+
+
 def iter_texts(path: str | Path, field_name: str = "text", on_error: OnError = "raise",
                report: SkipReport | None = None) -> Iterator[tuple[int, str]]:
     """``(line, text)`` of a ``.jsonl`` file (its ``field_name``) or of a text file (one text per
@@ -71,15 +81,7 @@ def iter_texts(path: str | Path, field_name: str = "text", on_error: OnError = "
             except DataError as e:
                 handle(e, on_error, report)
         return
-    with open(path, "rb") as f:
-        for lineno, raw in enumerate(f, start=1):
-            try:
-                text = decode_utf8(raw, path, lineno).strip()
-            except DataError as e:
-                handle(e, on_error, report)
-                continue
-            if text:
-                yield lineno, text
+    yield from ((lineno, text) for lineno, text in _stripped_lines(path, on_error, report) if text)
 
 
 def iter_documents(path: str | Path, field_name: str = "text", on_error: OnError = "raise",
@@ -92,19 +94,13 @@ def iter_documents(path: str | Path, field_name: str = "text", on_error: OnError
         return
     block: list[str] = []
     start = 0
-    with open(path, "rb") as f:
-        for lineno, raw in enumerate(f, start=1):
-            try:
-                text = decode_utf8(raw, path, lineno).strip()
-            except DataError as e:
-                handle(e, on_error, report)
-                continue
-            if text:
-                start = start or lineno
-                block.append(text)
-            elif block:
-                yield start, " ".join(block)
-                block, start = [], 0
+    for lineno, text in _stripped_lines(path, on_error, report):
+        if text:
+            start = start or lineno
+            block.append(text)
+        elif block:
+            yield start, " ".join(block)
+            block, start = [], 0
     if block:
         yield start, " ".join(block)
 

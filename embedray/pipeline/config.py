@@ -71,9 +71,7 @@ class TrainJobConfig:
             if self.refresh.mode != "off":
                 raise ValueError("refresh.mode: classification rows have no query to mine negatives for")
             self.train.negatives, self.train.num_negatives = "none", 0  # one labelled text per row
-        needs_model = (self.loss.distill_embed or self.loss.distill_hidden
-                       or (self.loss.distill_score is not None and self.distill.score_source == "teacher"))
-        if needs_model and not self.distill.teacher:
+        if self.distill.needs_model(self.loss.loop_needs()) and not self.distill.teacher:
             raise ValueError("loss.distill_score / loss.distill_embed need distill.teacher (a model folder)")
         if self.train.mini_batch_size and self.loss.distill_hidden:
             raise ValueError("train.mini_batch_size (GradCache) caches embeddings, not the token states "

@@ -165,3 +165,9 @@ class DistillConfig:
     """Under ``loss.distill_hidden``: the teacher layer (0-based) whose token states each student
     layer copies, one per student layer. None: the layers a layer-reduced student was cut from
     (``kept_layers`` in its ``embedray.json``)."""
+
+    def needs_model(self, needs) -> bool:
+        """Whether an objective with these :class:`~embedray.losses.config.LoopNeeds` needs the
+        teacher bi-encoder itself (not only scores from the pool or the rows)."""
+        return (needs.teacher_embeddings or needs.teacher_hidden
+                or (needs.teacher_scores and self.score_source == "teacher"))

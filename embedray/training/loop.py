@@ -129,7 +129,7 @@ def train(model_cfg: ModelConfig, loss_cfg: LossConfig, train_cfg: TrainConfig, 
         set_dropout(core, needs.dropout)
     model = session.prepare_model(core)
     teacher, distill = None, distill or DistillConfig()
-    if _needs_teacher_model(needs, distill):
+    if distill.needs_model(needs):
         if not distill.teacher:
             raise ValueError("loss.distill_score / loss.distill_embed need distill.teacher (a model folder)")
         layers = hidden_layer_map(distill, model_cfg) if needs.teacher_hidden else None
@@ -248,13 +248,6 @@ def train(model_cfg: ModelConfig, loss_cfg: LossConfig, train_cfg: TrainConfig, 
                       len(examples), card)
     barrier()
     return summary
-
-
-def _needs_teacher_model(needs, distill: DistillConfig) -> bool:
-    """Whether the objective needs the teacher bi-encoder itself (not only scores from the pool
-    or the rows)."""
-    return (needs.teacher_embeddings or needs.teacher_hidden
-            or (needs.teacher_scores and distill.score_source == "teacher"))
 
 
 def _row_scores(examples) -> dict[str, dict[str, float]]:
