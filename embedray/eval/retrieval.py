@@ -22,6 +22,7 @@ import numpy as np
 from embedray.data.beir import RetrievalData
 from embedray.eval.metrics import compute_metrics
 from embedray.mining.index import VectorIndex
+from embedray.models.prompts import model_prompts, role_prompt
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +116,8 @@ def encode_texts(model_or_encode_fn: Encoder | EncodeFn, texts: list[str], kind:
         raise ValueError(f"no {kind} texts to encode")
     if isinstance(model_or_encode_fn, Encoder):
         kwargs = {"normalize_embeddings": normalize, "convert_to_numpy": True}
+        if hasattr(model_or_encode_fn, "prompts"):  # texts carry their prompt: none of the model's default
+            kwargs["prompt"] = ""
         emb = model_or_encode_fn.encode(texts, batch_size=batch_size,
                                         show_progress_bar=show_progress, **kwargs)
     elif callable(model_or_encode_fn):
@@ -176,8 +179,9 @@ def evaluate_retrieval(model_or_encode_fn: Encoder | EncodeFn, data: RetrievalDa
         data: from :func:`embedray.data.beir.load_beir`; its ``qrels`` pick the queries.
         k: documents retrieved per query (Recall@100 needs ``k >= 100``).
         batch_size: texts per encoder call.
-        query_prompt: prepended to every query (e.g. ``"query: "`` for E5-style models).
-        doc_prompt: prepended to every document.
+        query_prompt: prepended to every query (e.g. ``"query: "`` for E5-style models); empty:
+            a sentence-transformers model's own ``query`` prompt (what ``encode_query`` uses).
+        doc_prompt: prepended to every document; empty: the model's ``document`` prompt.
         ignore_identical_ids: drop a query's own id from its ranking: ``"auto"`` (when at
             least half of the query ids are corpus ids), ``True``/``"on"`` or ``False``/``"off"``.
         show_progress: progress bars while encoding.
@@ -202,6 +206,9 @@ def evaluate_retrieval(model_or_encode_fn: Encoder | EncodeFn, data: RetrievalDa
     if not query_ids:
         raise ValueError(f"{data.path or 'data'}: split {data.split!r} has no judged queries")
     drop_self = resolve_ignore_identical(ignore_identical_ids, query_ids, data.corpus)
+    prompts, default_name = model_prompts(model_or_encode_fn)
+    query_prompt = query_prompt or role_prompt(prompts, default_name, "query")
+    doc_prompt = doc_prompt or role_prompt(prompts, default_name, "document")
 
     t0 = time.perf_counter()
     if corpus_embeddings is None:

@@ -35,6 +35,7 @@ from embedray.atomic import replace_dir
 from embedray.models.bundled import resolve_model
 from embedray.models.config import ModelConfig
 from embedray.models.precision import autocast
+from embedray.models.prompts import export_prompts
 
 #: Our pooling names -> sentence-transformers ``Pooling`` modes.
 ST_POOLING = {"mean": "mean", "cls": "cls", "last": "lasttoken"}
@@ -241,16 +242,19 @@ class BiEncoder(nn.Module):
         set_peft_model_state_dict(wrapped, adapter)
         return wrapped.merge_and_unload()
 
-    def to_sentence_transformer(self, extra_card: dict | None = None, workdir: Path | None = None):
+    def to_sentence_transformer(self, extra_card: dict | None = None, workdir: Path | None = None,
+                                prompts: dict[str, str] | None = None):
         """Build a CPU float32 ``SentenceTransformer`` equal to this model (merged adapter).
 
         Args:
             extra_card: Optional ``model_name`` and ``data`` (dataset names) for the model card.
             workdir: Folder for the intermediate Hugging Face save (a temp dir when ``None``).
+            prompts: Named prompts beside ``query`` / ``document`` (a multi-task recipe's).
 
         Returns:
-            A ``SentenceTransformer`` (Transformer -> Pooling -> [Dense] -> [Normalize]) with
-            the query/document prefixes as its prompts.
+            A ``SentenceTransformer`` (Transformer -> Pooling -> [Dense] -> [Normalize]) with the
+            config's query/document prompts (and ``prompts``) as its prompts, ``document`` the
+            default when it is not empty (:func:`embedray.models.prompts.export_prompts`).
         """
         from sentence_transformers import (
             SentenceTransformer,
@@ -279,10 +283,10 @@ class BiEncoder(nn.Module):
             # The card template renders these under "Training Hyperparameters". Its dataset
             # entries need trainer-collected stats (columns, loss), so data goes in card_section.
             card.all_hyperparameters = _flatten(extra_card.get("training", {}))
+            named, default = export_prompts(self.config.query_prompt, self.config.doc_prompt, prompts)
             return SentenceTransformer(
-                modules=modules, device="cpu", model_card_data=card,
-                prompts={"query": self.config.query_prompt, "document": self.config.doc_prompt},
-                similarity_fn_name="cosine" if self.config.normalize else "dot")
+                modules=modules, device="cpu", model_card_data=card, prompts=named,
+                default_prompt_name=default, similarity_fn_name="cosine" if self.config.normalize else "dot")
         finally:
             if owned:
                 shutil.rmtree(workdir, ignore_errors=True)
@@ -295,7 +299,8 @@ class BiEncoder(nn.Module):
                                    init_weight=_cpu_float32(proj.weight).clone(), init_bias=bias)
 
     def save_sentence_transformer(self, path: str | Path, extra_card: dict | None = None,
-                                  matryoshka_dims: Sequence[int] | None = None) -> Path:
+                                  matryoshka_dims: Sequence[int] | None = None,
+                                  prompts: dict[str, str] | None = None) -> Path:
         """Export a sentence-transformers folder (safetensors) plus ``embedray.json``, atomically.
 
         Modules: Transformer (merged backbone + tokenizer) -> Pooling -> Dense (identity
@@ -309,6 +314,8 @@ class BiEncoder(nn.Module):
                 "metrics": dict, "training": dict}`` for the model card and ``embedray.json``.
             matryoshka_dims: Truncation sizes the model was trained for; validated against the
                 embedding size, sorted descending, the full size always included.
+            prompts: Named prompts beside the config's ``query`` / ``document`` ones (a
+                multi-task recipe's ``<task>-query`` ...), saved as sentence-transformers prompts.
 
         Returns:
             The resolved target folder.
@@ -318,7 +325,7 @@ class BiEncoder(nn.Module):
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
         try:
-            st_model = self.to_sentence_transformer(extra_card, workdir=tmp)
+            st_model = self.to_sentence_transformer(extra_card, workdir=tmp, prompts=prompts)
             out = tmp / "model"
             st_model.save(str(out), safe_serialization=True)
             meta = self._embedray_meta(extra_card or {}, dims)

@@ -32,6 +32,7 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
 
 import embedray
+from embedray.models.prompts import INPUT_TYPES, role_prompt
 from embedray.serve.backend import Backend, Encoded
 from embedray.serve.batching import Part, QueueTimeout, reassemble, split_by_token_budget
 from embedray.serve.config import ServeConfig
@@ -187,6 +188,8 @@ class _Service:
         self.allowed_dims = card.allowed_dims(self.dim)
         self.budget = max(int(info.get("max_batch_tokens") or config.max_batch_tokens),
                           int(info["max_seq_length"]))
+        self.prompts: dict[str, str] = dict(info.get("prompts") or {})
+        self.default_prompt_name: str | None = info.get("default_prompt_name")
         try:  # when the model folder was written (the models API's ``created``, Unix seconds)
             self.created = int(Path(config.model_dir).expanduser().stat().st_mtime)
         except OSError:
@@ -235,6 +238,24 @@ class _Service:
                     raise ApiError(413, f"{field}[{i}]: {n} tokens is more than the model's maximum of "
                                         f"{limit}; shorten it or pass \"truncate\": true", "too_many_tokens")
         return [min(n, limit) for n in lengths]
+
+    def prompt(self, input_type: str | None, prompt_name: str | None, field: str = "prompt_name",
+               default_role: str | None = None) -> str:
+        """The text put before each input: the named prompt, the ``input_type``'s role prompt, or
+        (neither given) ``default_role``'s prompt / the model's default prompt."""
+        if prompt_name is not None and input_type is not None:
+            raise ApiError(422, "give input_type or prompt_name, not both: input_type picks the model's "
+                                "query or document prompt, prompt_name any prompt by its name", "conflicting_prompt")
+        if prompt_name is not None:
+            if prompt_name not in self.prompts:
+                known = ", ".join(repr(n) for n in self.prompts) or "none: this model has no prompts"
+                raise ApiError(422, f"{field}: {prompt_name!r} is not a prompt of this model; its prompts: "
+                                    f"{known} (GET /info)", "unknown_prompt")
+            return self.prompts[prompt_name]
+        role = INPUT_TYPES[input_type] if input_type is not None else default_role
+        if role is not None:
+            return role_prompt(self.prompts, self.default_prompt_name, role)
+        return self.prompts.get(self.default_prompt_name, "") if self.default_prompt_name else ""
 
     def check_model(self, model: str | None) -> None:
         if model is not None and model != self.cfg.model_name:
@@ -289,8 +310,11 @@ class _Service:
         self.check_model(req.model)
         if req.dimensions is not None and req.dimensions not in self.allowed_dims:
             self.truncate_dims(np.zeros((0, self.dim), np.float32), req.dimensions)  # raises the 422
+        prompt = self.prompt(req.input_type, req.prompt_name)
         texts = [req.input] if isinstance(req.input, str) else list(req.input)
         self.check_texts(texts, "input")
+        if prompt:
+            texts = [prompt + t for t in texts]
         lengths = await self.token_lengths(texts, req.truncate, "input")
         emb = await self.embed(texts, lengths)
         return await asyncio.to_thread(self._embedding_body, emb, req, sum(lengths))
@@ -326,14 +350,15 @@ class _Service:
             if value is not None and value > self.cfg.max_top_k:
                 raise ApiError(422, f"{name}: {value} is more than the limit of {self.cfg.max_top_k}",
                                "top_k_too_large")
+        prompt = self.prompt(None, req.prompt_name, default_role="query")
         self.check_texts([req.query], "query")
-        lengths = await self.token_lengths([req.query], req.truncate, "query")
+        lengths = await self.token_lengths([prompt + req.query], req.truncate, "query")
         top_k = req.top_k or min(10, self.cfg.max_top_k)
         n_candidates = (req.rerank_top_n or max(top_k, 20)) if req.rerank else top_k
         n_candidates = min(max(n_candidates, top_k), self.cfg.max_top_k)
         self.metrics.queue_depth.inc()
         try:
-            hits, enc = await self.backend.search(Part([req.query], lengths, [0]), n_candidates)
+            hits, enc = await self.backend.search(Part([prompt + req.query], lengths, [0]), n_candidates)
         except QueueTimeout:
             raise self.queue_timeout() from None
         finally:
@@ -390,6 +415,7 @@ class _Service:
             "normalized": bool(self.info.get("normalized")), "precision": self.info.get("precision"),
             "backend": self.info.get("backend", "torch"), "onnx_file": self.info.get("onnx_file"),
             "base_model": self.card.base_model,
+            "prompts": self.prompts, "default_prompt_name": self.default_prompt_name,
             "metrics": self.card.metrics, "training": self.card.training,
             "corpus": {"documents": int(self.info.get("corpus_size") or 0),
                        "index_type": self.info.get("index_type")} if self.info.get("corpus_size")

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from embedray.models.precision import use_precision
+from embedray.models.prompts import model_prompts, role_prompt
 from embedray.serve.batching import Part, padded_chunks
 from embedray.serve.corpus import CorpusIndex, Hit, load_corpus, load_index
 
@@ -109,6 +110,9 @@ class EmbedderCore:
         self.normalized = any(type(m).__name__ == "Normalize" for m in self.model)
         self.max_batch_tokens = max(int(max_batch_tokens), self.max_seq_length)
         self.counter = TokenCounter(self.model.tokenizer, self.max_seq_length)
+        # The HTTP layer puts the prompt before each text (so that token counts include it);
+        # the model is then always called with an explicit empty prompt.
+        self.prompts, self.default_prompt_name = model_prompts(self.model)
         self._run_lock = threading.Lock()  # one model run at a time (the health check waits its turn)
         self.corpus: CorpusIndex | None = None
         if corpus is not None:
@@ -123,7 +127,8 @@ class EmbedderCore:
                 log.warning("index %s is a %s index; serving it as saved (index_type=%s applies only "
                             "to an index built at start-up)", index, loaded.index_type, index_type)
             return CorpusIndex(docs, index=loaded)
-        texts = [d.text_for_model for d in docs]
+        prompt = role_prompt(self.prompts, self.default_prompt_name, "document")
+        texts = [prompt + d.text_for_model for d in docs]
         lengths = [min(n, self.max_seq_length) for n in self.counter.count(texts)]
         (emb,) = self.encode_parts([Part(texts, lengths, list(range(len(texts))))])  # (n_docs, dim)
         log.info("indexed %d documents from %s", len(docs), corpus)
@@ -140,7 +145,7 @@ class EmbedderCore:
         out = np.empty((len(texts), self.dim), dtype=np.float32)  # (n_texts, dim)
         with self._run_lock:
             for chunk in padded_chunks(lengths, self.max_batch_tokens):
-                out[chunk] = self.model.encode([texts[i] for i in chunk], batch_size=len(chunk),
+                out[chunk] = self.model.encode([texts[i] for i in chunk], batch_size=len(chunk), prompt="",
                                                convert_to_numpy=True, show_progress_bar=False)
         results, start = [], 0
         for p in parts:
@@ -161,12 +166,13 @@ class EmbedderCore:
         return self.corpus.search(query_vec, k)
 
     def describe(self) -> dict[str, Any]:
-        """Facts the HTTP layer needs: dims, max tokens, normalization, corpus size."""
+        """Facts the HTTP layer needs: dims, max tokens, normalization, prompts, corpus size."""
         return {"dim": self.dim, "max_seq_length": self.max_seq_length, "normalized": self.normalized,
                 "precision": self.precision, "backend": self.backend, "onnx_file": self.onnx_file,
                 "corpus_size": len(self.corpus) if self.corpus is not None else 0,
                 "index_type": self.corpus.index_type if self.corpus is not None else None,
-                "max_batch_tokens": self.max_batch_tokens}
+                "max_batch_tokens": self.max_batch_tokens, "prompts": dict(self.prompts),
+                "default_prompt_name": self.default_prompt_name}
 
 
 class RerankerCore:

@@ -17,7 +17,7 @@ class _Request(BaseModel):
 
 
 class EmbeddingRequest(_Request):
-    """``POST /v1/embeddings``: the OpenAI schema, plus ``truncate``."""
+    """``POST /v1/embeddings``: the OpenAI schema, plus ``truncate``, ``input_type`` and ``prompt_name``."""
 
     input: str | list[str] = Field(description="A text or a list of texts (token-id input is not supported).")
     model: str | None = Field(None, description="Served model name (see /info); checked when given.")
@@ -27,6 +27,12 @@ class EmbeddingRequest(_Request):
     user: str | None = Field(None, description="Accepted for OpenAI compatibility; ignored.")
     truncate: bool = Field(False, description="Truncate texts longer than the model's max tokens "
                                               "instead of answering 413.")
+    input_type: Literal["query", "document", "search_query", "search_document"] | None = Field(
+        None, description="Embed the texts as queries or as documents: the model's query or document "
+                          "prompt goes before each (as Voyage and Cohere clients send it).")
+    prompt_name: str | None = Field(
+        None, description="A prompt of the model by name (see /info 'prompts'), e.g. a task's "
+                          "'<task>-query'. Neither field: the model's default prompt.")
 
 
 class ModelEntry(BaseModel):
@@ -73,6 +79,8 @@ class SearchRequest(_Request):
     rerank_top_n: int | None = Field(None, ge=1, description="Candidates to rerank (default: "
                                                              "max(top_k, 20), at most max_top_k).")
     truncate: bool = Field(False, description="Truncate a query longer than the model's max tokens.")
+    prompt_name: str | None = Field(None, description="The prompt the query is encoded with (see /info "
+                                                      "'prompts'); default: the model's query prompt.")
 
 
 class SearchHit(BaseModel):

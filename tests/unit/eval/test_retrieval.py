@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ from embedray.cli.eval import run as run_eval
 from embedray.data.beir import Document, load_beir, write_beir
 from embedray.eval.retrieval import encode_texts, evaluate_retrieval, resolve_ignore_identical
 from embedray.models.backends import load_encoder
+from embedray.models.bundled import resolve_model
 
 TOPICS = ["apple", "river", "engine", "violin", "glacier", "pepper", "comet", "saddle"]
 
@@ -108,6 +110,26 @@ def test_prefixes_reach_the_encoder(beir_dir):
                        show_progress=False)
     assert all(t.startswith("query: tell me") for t in seen["query"])
     assert "passage: apple facts all about the apple and nothing else" in seen["doc"]
+
+
+def test_a_models_own_prompts_apply_once(beir_dir, tiny, tmp_path):
+    """An exported model's prompts (query, and document as the default) are used when the
+    evaluation gives none, exactly once each: the same run as passing them to a prompt-less model."""
+    folder = tmp_path / "prompted"
+    shutil.copytree(resolve_model("tiny-bert"), folder)
+    cfg = json.loads((folder / "config_sentence_transformers.json").read_text())
+    cfg.update(prompts={"query": "query: ", "document": "passage: "}, default_prompt_name="document")
+    (folder / "config_sentence_transformers.json").write_text(json.dumps(cfg))
+    data = load_beir(beir_dir, "test")
+    own = evaluate_retrieval(load_encoder(str(folder)), data, k=8, show_progress=False)
+    given = evaluate_retrieval(tiny, data, k=8, query_prompt="query: ", doc_prompt="passage: ",
+                               show_progress=False)
+    plain = evaluate_retrieval(tiny, data, k=8, show_progress=False)
+    assert own.settings["query_prompt"] == "query: " and own.settings["doc_prompt"] == "passage: "
+    for q in given.run:
+        assert list(own.run[q]) == list(given.run[q])
+        np.testing.assert_allclose(list(own.run[q].values()), list(given.run[q].values()), atol=1e-5)
+    assert any(abs(own.run[q][d] - plain.run[q][d]) > 1e-3 for q in plain.run for d in plain.run[q])
 
 
 def test_ignore_identical_ids(self_match_dir):

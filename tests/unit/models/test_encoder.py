@@ -159,6 +159,22 @@ def test_prefixes_are_exported_as_prompts(tmp_path):
     np.testing.assert_allclose(loaded.encode_query(TEXTS[:2]), q, atol=1e-5)
     np.testing.assert_allclose(loaded.encode_document(TEXTS[:2]), model.encode_documents(TEXTS[:2]),
                                atol=1e-5)
+    # The document prompt is the default: a plain encode() embeds documents as training did.
+    assert loaded.default_prompt_name == "document"
+    np.testing.assert_allclose(loaded.encode(TEXTS[:2]), model.encode_documents(TEXTS[:2]), atol=1e-5)
+
+
+def test_task_prompts_are_exported_by_name(tmp_path):
+    model = build(query_prompt="query: ")
+    extra = {"sections-query": "Classify the Debian section: ", "scifact-query": "claim: "}
+    path = model.save_sentence_transformer(tmp_path / "m", prompts=extra)
+    loaded = SentenceTransformer(str(path), device="cpu")
+    assert loaded.prompts == {"query": "query: ", "document": "", **extra}
+    assert loaded.default_prompt_name is None  # an empty document prompt is no default
+    np.testing.assert_allclose(loaded.encode(TEXTS[:2], prompt_name="sections-query"),
+                               model.encode(TEXTS[:2], prompt=extra["sections-query"]), atol=1e-5)
+    with pytest.raises(ValueError, match="'query' is given twice"):
+        model.save_sentence_transformer(tmp_path / "n", prompts={"query": "other: "})
 
 
 def test_exported_projection_reloads_into_biencoder(tmp_path):

@@ -117,3 +117,19 @@ def _assert_error_shape(response, status: int, code: str | None = None) -> dict:
 def error_shape():
     """``error_shape(response, status, code=None)`` asserts the JSON error shape, returns the error."""
     return _assert_error_shape
+
+
+PROMPTS = {"query": "query: ", "document": "passage: ", "sections-query": "Classify the Debian section: "}
+
+
+@pytest.fixture(scope="session")
+def prompted_model(tiny_model, tmp_path_factory) -> Path:
+    """A copy of tiny-bert whose sentence-transformers config has E5-style prompts (``document``
+    the default) and a task prompt, as a multi-task export writes them."""
+    folder = tmp_path_factory.mktemp("prompted") / "tiny-prompted"
+    shutil.copytree(tiny_model, folder)
+    cfg_path = folder / "config_sentence_transformers.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg.update(prompts=PROMPTS, default_prompt_name="document")
+    cfg_path.write_text(json.dumps(cfg))
+    return folder

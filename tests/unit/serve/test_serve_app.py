@@ -293,3 +293,59 @@ def test_the_models_api_lists_the_served_model(make_client, tiny_model, error_sh
     assert entry["object"] == "model" and entry["owned_by"] == "embedray" and entry["created"] > 1_600_000_000
     assert client.get(f"/v1/models/{name}").json() == entry
     error_shape(client.get("/v1/models/gpt-4"), 404, "model_not_found")
+
+
+def test_prompts_travel_to_embeddings_search_and_info(make_client, prompted_model, corpus_file, error_shape):
+    st = SentenceTransformer(str(prompted_model), device="cpu")
+    client = make_client(prompted_model, corpus=str(corpus_file))
+    texts = TEXTS[:2]
+
+    def embed(**fields):
+        r = client.post("/v1/embeddings", json={"input": texts, **fields})
+        assert r.status_code == 200, r.text
+        return np.array([d["embedding"] for d in r.json()["data"]], dtype=np.float32), r.json()["usage"]
+
+    # No field: the model's default prompt (document), as SentenceTransformer.encode applies it.
+    default, usage = embed()
+    np.testing.assert_allclose(default, st.encode(texts), atol=1e-5)
+    np.testing.assert_allclose(default, st.encode_document(texts), atol=1e-5)
+    assert usage["prompt_tokens"] == sum(len(ids) for ids in st.tokenizer(["passage: " + t for t in texts])["input_ids"])
+    query, _ = embed(input_type="query")
+    np.testing.assert_allclose(query, st.encode_query(texts), atol=1e-5)
+    assert np.abs(query - default).max() > 1e-3  # the prompt changes the vector
+    np.testing.assert_allclose(embed(input_type="search_document")[0], default, atol=1e-6)
+    task, _ = embed(prompt_name="sections-query")
+    np.testing.assert_allclose(task, st.encode(texts, prompt_name="sections-query"), atol=1e-5)
+
+    err = error_shape(client.post("/v1/embeddings", json={"input": texts, "prompt_name": "classify"}),
+                      422, "unknown_prompt")
+    assert "'sections-query'" in err["message"] and "'query'" in err["message"]
+    error_shape(client.post("/v1/embeddings", json={"input": texts, "prompt_name": "query", "input_type": "query"}),
+                422, "conflicting_prompt")
+    error_shape(client.post("/v1/embeddings", json={"input": texts, "input_type": "passage"}), 422, "validation_error")
+
+    # /search: the query with the query prompt against documents indexed with the document prompt.
+    doc = "zstd Zstandard is a fast lossless compression algorithm with a command line tool for compressing files."
+    r = client.post("/search", json={"query": doc, "top_k": 5})
+    assert r.status_code == 200, r.text
+    by_id = {h["id"]: h["score"] for h in r.json()["results"]}
+    expected = float(st.encode_query([doc])[0] @ st.encode_document([doc])[0])
+    assert by_id["zst"] == pytest.approx(expected, abs=1e-5) and expected < 1 - 1e-4
+    r = client.post("/search", json={"query": doc, "top_k": 5, "prompt_name": "document"})
+    assert {h["id"]: h["score"] for h in r.json()["results"]}["zst"] == pytest.approx(1.0, abs=1e-5)
+    error_shape(client.post("/search", json={"query": doc, "prompt_name": "nope"}), 422, "unknown_prompt")
+
+    info = client.get("/info").json()
+    assert info["prompts"] == {"query": "query: ", "document": "passage: ",
+                               "sections-query": "Classify the Debian section: "}
+    assert info["default_prompt_name"] == "document"
+
+
+def test_a_model_without_prompts_encodes_texts_as_given(make_client, tiny_model, st_model, error_shape):
+    client = make_client(tiny_model)
+    r = client.post("/v1/embeddings", json={"input": TEXTS[:2], "input_type": "query"})
+    got = np.array([d["embedding"] for d in r.json()["data"]], dtype=np.float32)
+    np.testing.assert_allclose(got, st_model.encode(TEXTS[:2]), atol=1e-5)
+    err = error_shape(client.post("/v1/embeddings", json={"input": "x", "prompt_name": "classify"}), 422,
+                      "unknown_prompt")
+    assert "'query', 'document'" in err["message"]  # tiny-bert's config has empty query/document prompts
