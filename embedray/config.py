@@ -96,6 +96,10 @@ def _check_keys(cls: type, data: Any, where: str, source: str) -> Any:
             if dataclasses.is_dataclass(cand):
                 out[key] = _check_keys(cand, value, f"{where}{key}.", source)
                 break
+            item = typing.get_args(cand)
+            if typing.get_origin(cand) is list and item and dataclasses.is_dataclass(item[0]) and isinstance(value, list):
+                out[key] = [_check_keys(item[0], v, f"{where}{key}[{i}].", source) for i, v in enumerate(value)]
+                break
     return out
 
 

@@ -27,12 +27,13 @@ from embedray.cluster.runtime import ensure_ray
 from embedray.config import build_config, to_dict
 from embedray.pipeline.config import TrainJobConfig
 from embedray.pipeline.refresh import prepare_negatives
-from embedray.pipeline.runtime import train_job
+from embedray.pipeline.runtime import job_data, train_job
 from embedray.training import checkpoint as ckpt
 from embedray.training.batches import Example
 from embedray.training.data import (TrainingData, example_rows, examples_from_rows, load_training_data,
-                                    pairs_source, training_examples)
+                                    pairs_source)
 from embedray.training.loop import Hooks
+from embedray.training.tasks import load_tasks
 
 
 class RayTrainSession:
@@ -111,7 +112,7 @@ class RayTrainSession:
 
 def _worker(config: dict) -> None:
     job = build_config(TrainJobConfig, config["job"], "train_loop_config")
-    data = load_training_data(job.data)
+    data, per_task = (load_tasks(job.tasks, rows=False)[:2] if job.tasks else (load_training_data(job.data), None))
     data.report = config["skipped"]  # the driver's count, training pairs included (the summary reports it)
     session = RayTrainSession(data, config["source"], Path(config["run_dir"]))
     if job.train.num_threads is None:
@@ -119,7 +120,7 @@ def _worker(config: dict) -> None:
     factory = config.get("hooks_factory")
     hooks = factory() if factory else Hooks()
     hooks.on_step.extend(config.get("on_step") or [])
-    train_job(job, session, data, Path(config["run_dir"]), hooks)
+    train_job(job, session, data, Path(config["run_dir"]), hooks, per_task)
 
 
 def training_dataset(examples: list[Example]):
@@ -143,8 +144,10 @@ def absolute_paths(job):
     def resolve(value: str | None) -> str | None:
         return str(Path(value).expanduser().resolve()) if value and Path(value).expanduser().exists() else value
 
-    job.data.path = str(Path(job.data.path).expanduser().resolve())
-    job.data.train_pairs = resolve(job.data.train_pairs)
+    for data in [t.data for t in job.tasks] if job.tasks else [job.data]:
+        data.path = str(Path(data.path).expanduser().resolve())
+        data.train_pairs = resolve(data.train_pairs)
+        data.train_labels = resolve(data.train_labels)
     job.cluster.storage_path = str(Path(job.cluster.storage_path).expanduser().resolve())
     job.model.name_or_path = resolve(job.model.name_or_path)
     job.distill.teacher = resolve(job.distill.teacher)
@@ -182,8 +185,7 @@ def run_training(job, on_step: list[Callable[[int, Any], None]] | None = None,
     job = absolute_paths(job)
     run_dir = (Path(job.cluster.storage_path).expanduser().resolve() / job.cluster.run_name)
     run_dir.mkdir(parents=True, exist_ok=True)
-    data = load_training_data(job.data)
-    examples = training_examples(job.data, data, data.report)
+    data, _, examples = job_data(job)
     if data.report.total:
         print(f"[embedray] data: {data.report.summary()}", flush=True)
     _check_resources(job)
@@ -194,7 +196,7 @@ def run_training(job, on_step: list[Callable[[int, Any], None]] | None = None,
         hooks_factory = RefreshHooks(actor, run_dir, job.refresh)
     trainer = TorchTrainer(
         train_loop_per_worker=_worker,
-        train_loop_config={"job": to_dict(job), "run_dir": str(run_dir), "source": str(pairs_source(job.data)),
+        train_loop_config={"job": to_dict(job), "run_dir": str(run_dir), "source": "the tasks' rows" if job.tasks else str(pairs_source(job.data)),
                            "skipped": data.report, "on_step": list(on_step or []),
                            **({"hooks_factory": hooks_factory} if hooks_factory else {})},
         scaling_config=ScalingConfig(num_workers=job.cluster.num_workers, use_gpu=job.cluster.use_gpu,

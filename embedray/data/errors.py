@@ -39,6 +39,11 @@ class SkipReport:
     def total(self) -> int:
         return sum(self.skipped.values())
 
+    def merge(self, other: SkipReport) -> None:
+        """Add ``other``'s counts (and first examples) to this report."""
+        self.skipped.update(other.skipped)
+        self.examples.extend(other.examples[: max(0, 5 - len(self.examples))])
+
     def summary(self, examples: int = 3) -> str:
         """One line: the total, the counts by reason and the first ``examples`` ``file:line`` errors."""
         if not self.total:

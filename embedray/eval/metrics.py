@@ -62,3 +62,28 @@ def _top_k(run: dict[str, dict[str, float]], k: int) -> dict[str, dict[str, floa
     """Keep each query's k best documents, ordered as trec_eval orders them (score, then id desc)."""
     return {q: dict(sorted(docs.items(), key=lambda x: (x[1], x[0]), reverse=True)[:k])
             for q, docs in run.items()}
+
+
+def per_query_ndcg(qrels: Qrels, run: Run, k: int = 10) -> dict[str, float]:
+    """nDCG@k of each judged query (0 for a query the run lacks), as :func:`compute_metrics` averages it."""
+    qrels = {str(q): {str(d): int(r) for d, r in docs.items()} for q, docs in qrels.items() if docs}
+    run = {str(q): {str(d): float(s) for d, s in docs.items()} for q, docs in run.items() if str(q) in qrels and docs}
+    scores = pytrec_eval.RelevanceEvaluator(qrels, {f"ndcg_cut.{k}"}).evaluate(run)
+    return {q: scores[q][f"ndcg_cut_{k}"] if q in scores else 0.0 for q in qrels}
+
+
+def paired_bootstrap(a: Mapping[str, float], b: Mapping[str, float], rounds: int = 2000,
+                     seed: int = 0, level: float = 0.95) -> dict[str, float]:
+    """Mean of ``b - a`` over the queries both score, with a percentile bootstrap interval
+    (queries resampled with replacement ``rounds`` times): ``{"diff", "low", "high", "queries"}``."""
+    import numpy as np
+
+    queries = sorted(set(a) & set(b))
+    if not queries:
+        raise ValueError("paired_bootstrap: the two runs share no query")
+    diff = np.array([b[q] - a[q] for q in queries])  # (n,)
+    rng = np.random.default_rng(seed)
+    means = diff[rng.integers(0, len(diff), size=(rounds, len(diff)))].mean(axis=1)  # (rounds,)
+    tail = (1 - level) / 2 * 100
+    return {"diff": float(diff.mean()), "low": float(np.percentile(means, tail)),
+            "high": float(np.percentile(means, 100 - tail)), "queries": len(queries)}

@@ -10,6 +10,7 @@ and validation are :mod:`embedray.config`'s.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, fields
 from typing import ClassVar, Literal
 
@@ -48,6 +49,65 @@ class RefreshConfig:
             raise ValueError("refresh.num_cpus and refresh.max_restarts must be >= 0")
 
 
+#: A task name: it prefixes the task's ids in the merged data and names its exported prompts.
+TASK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+@dataclass
+class TaskConfig:
+    """One task of a multi-task train job: its data, objective, share of the batches, instructions
+    and negatives. Unset fields take the job's (``model.*_prompt``, ``train.*negatives``)."""
+
+    name: str
+    """Task id (letters, digits, ``_.-``): the exported prompts are ``<name>-query`` / ``<name>-document``."""
+    data: DataConfig
+    """The task's data: a BEIR folder (JSONL or Parquet), with ``train_pairs`` (a FlagEmbedding
+    conversion, a pair builder's output, Parquet pairs) or ``train_labels`` (classification)."""
+    loss: LossConfig = field(default_factory=LossConfig)
+    """The task's objective (any of a train job's, but the distillation terms)."""
+    weight: float | None = None
+    """Relative share of batches under ``train.task_sampling: weighted``; None = the task's
+    number of training rows (proportional sampling)."""
+    query_prompt: str | None = None
+    """Instruction before the task's queries; None = ``model.query_prompt``."""
+    doc_prompt: str | None = None
+    """Instruction before the task's documents; None = ``model.doc_prompt``."""
+    negatives: Literal["none", "random", "given", "pool"] | None = None
+    """The task's ``train.negatives``; None = the job's."""
+    num_negatives: int | None = None
+    """The task's ``train.num_negatives``; None = the job's."""
+    given_negatives: Literal["fallback", "mix", "instead"] | None = None
+    """The task's ``train.given_negatives``; None = the job's."""
+
+    def __post_init__(self) -> None:
+        where = f"tasks[{self.name}]"
+        if not isinstance(self.name, str) or not TASK_NAME.fullmatch(self.name):
+            raise ValueError(f"tasks: name {self.name!r} must be 1-64 letters, digits, '_', '.' or '-' "
+                             "(starting with a letter or digit)")
+        if self.weight is not None and not self.weight > 0:
+            raise ValueError(f"{where}.weight must be > 0 (or null: proportional to its rows), got {self.weight}")
+        if self.num_negatives is not None and self.num_negatives < 0:
+            raise ValueError(f"{where}.num_negatives must be >= 0")
+        if (self.loss.name == "classification") != bool(self.data.train_labels):
+            raise ValueError(f"{where}: loss.name: classification trains on data.train_labels, and "
+                             "data.train_labels needs loss.name: classification")
+        if self.loss.loop_needs().teacher:
+            raise ValueError(f"{where}.loss: distillation terms need one teacher for the whole job; "
+                             "distill in a single-task job (no tasks:)")
+        if self.loss.name == "classification":
+            self.negatives, self.num_negatives = "none", 0  # one labelled text per row
+
+    def resolve(self, model: ModelConfig, train: TrainConfig) -> None:
+        """Fill the unset fields from the job's sections."""
+        self.query_prompt = model.query_prompt if self.query_prompt is None else self.query_prompt
+        self.doc_prompt = model.doc_prompt if self.doc_prompt is None else self.doc_prompt
+        self.negatives = self.negatives or train.negatives
+        self.num_negatives = train.num_negatives if self.num_negatives is None else self.num_negatives
+        self.given_negatives = self.given_negatives or train.given_negatives
+        if self.negatives == "none":
+            self.num_negatives = 0
+
+
 @dataclass
 class TrainJobConfig:
     """``embedray train`` / ``jobs/train.py``: data, model, loss, loop, negatives, and the Ray layout."""
@@ -61,9 +121,15 @@ class TrainJobConfig:
     cross_encoder: CrossEncoderConfig = field(default_factory=CrossEncoderConfig)
     refresh: RefreshConfig = field(default_factory=RefreshConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
+    tasks: list[TaskConfig] | None = None
+    """Several tasks in one model (each with its own ``data`` and ``loss``, replacing the job's);
+    each batch holds one task's rows (``train.task_sampling``)."""
 
     def __post_init__(self) -> None:
         _mine_with_the_model_prompts(self.mining, self.model)
+        if self.tasks is not None:
+            self._check_tasks()
+            return
         if (self.loss.name == "classification") != bool(self.data.train_labels):
             raise ValueError("loss.name: classification trains on data.train_labels (labelled texts), and "
                              "data.train_labels needs loss.name: classification")
@@ -97,6 +163,34 @@ class TrainJobConfig:
                 raise ValueError("refresh.mode is on but train.negatives is 'none': mined negatives "
                                  "need train.negatives: pool (and train.num_negatives >= 1)")
             self.train.negatives = "pool"  # refreshed pools feed the sampler
+
+    def _check_tasks(self) -> None:
+        if not self.tasks:
+            raise ValueError("tasks: empty; list at least one task, or leave tasks out for a single-task job")
+        if self.data != DataConfig() or self.loss != LossConfig():
+            raise ValueError("tasks: each task holds its own data and loss; move the job's data / loss "
+                             "sections into its tasks")
+        names = [t.name for t in self.tasks]
+        if len(set(names)) != len(names):
+            raise ValueError(f"tasks: names must be unique, got {names}")
+        if self.refresh.mode != "off":
+            raise ValueError("tasks: negative refreshing mines one corpus; a multi-task job takes "
+                             "refresh.mode: off (per-task negatives: random, given or none)")
+        for t in self.tasks:
+            t.resolve(self.model, self.train)
+            if t.negatives == "pool":
+                raise ValueError(f"tasks[{t.name}].negatives: pool needs a mined pool (refresh), which a "
+                                 "multi-task job does not run; use random, given or none")
+        dims = {tuple(t.loss.loop_needs().matryoshka_dims or ()) for t in self.tasks} - {()}
+        if len(dims) > 1:
+            raise ValueError(f"tasks: Matryoshka dims differ between tasks ({sorted(dims)}); the saved model "
+                             "records one list")
+
+    def task_prompts(self) -> dict[str, str]:
+        """The tasks' instructions as named prompts for the export (``<task>-query``, ``<task>-document``)."""
+        from embedray.training.tasks import task_prompts
+
+        return task_prompts(self.tasks)
 
 
 @dataclass
@@ -144,6 +238,38 @@ class TeacherConfig:
     #: A model key given directly under ``teacher:`` (the earlier layout) belongs to ``teacher.model``.
     RENAMED: ClassVar[dict[str, str]] = {**{f.name: f"model.{f.name}" for f in fields(ModelConfig)},
                                          **{old: f"model.{new}" for old, new in ModelConfig.RENAMED.items()}}
+
+
+@dataclass
+class PretrainConfig:
+    """A pre-training stage before the teacher's fine-tuning: unsupervised pairs built from the
+    prepared corpus's texts (no query, no judgement, no split is read), trained with their own
+    objective and loop; the teacher then fine-tunes from these weights."""
+
+    builder: Literal["nsp", "span", "simcse"] = "span"
+    """Pairs from each text (``embedray data build``): ``nsp`` (sentence, next sentence), ``span``
+    (two views, each with another span of words removed), ``simcse`` (a text and itself: train
+    with ``loss.name: simcse``, whose dropout makes the two views differ)."""
+    max_texts: int | None = None
+    """Corpus texts the pairs are built from (the first N; None = all)."""
+    span_ratio: float = 0.15
+    """``span``: share of a text's words removed from each view."""
+    seed: int = 0
+    """``span``: which spans are removed."""
+    loss: LossConfig = field(default_factory=lambda: LossConfig(name="infonce", temperature=0.05))
+    """The pre-training objective."""
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(max_steps=100, batch_size=64, negatives="none",
+                                                                   checkpoint_every=50))
+    """Loop settings of the pre-training run (often a larger batch: ``mini_batch_size`` caches it)."""
+
+    def __post_init__(self) -> None:
+        if self.max_texts is not None and self.max_texts < 1:
+            raise ValueError("pretrain.max_texts must be >= 1 or null (every corpus text)")
+        if not 0 < self.span_ratio < 1:
+            raise ValueError(f"pretrain.span_ratio must be in (0, 1), got {self.span_ratio}")
+        if self.loss.loop_needs().teacher or self.loss.name == "classification":
+            raise ValueError("pretrain.loss: a pre-training objective learns from the pairs alone (no teacher, "
+                             "no labels)")
 
 
 @dataclass
@@ -218,7 +344,8 @@ class EvalStageConfig:
 
 @dataclass
 class PipelineConfig:
-    """prepare → baseline → cross-encoder → teacher (refreshed negatives) → student → eval → export → report."""
+    """prepare → baseline → [pretrain] → teacher (cross-encoder, refreshed negatives) → student → eval →
+    export → report."""
 
     name: str = "pipeline"
     """Run name: the run folder is ``output_dir/name``; re-submitting it resumes."""
@@ -226,6 +353,9 @@ class PipelineConfig:
     """Root folder of pipeline runs (shared storage on a cluster)."""
     prepare: PrepareConfig = field(default_factory=PrepareConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    pretrain: PretrainConfig | None = None
+    """A pre-training stage on unsupervised pairs from the corpus before the teacher's fine-tuning
+    (None: the teacher fine-tunes its base model)."""
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     mining: MiningConfig = field(default_factory=MiningConfig)
     cross_encoder: CrossEncoderConfig = field(default_factory=CrossEncoderConfig)

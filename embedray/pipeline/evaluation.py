@@ -29,6 +29,39 @@ class DevEvaluation:
         return evaluate_dev(model, self.job, self.data)
 
 
+class TaskDevEvaluation:
+    """``Hooks.evaluate`` of a multi-task job: each retrieval task's dev split, encoded with the
+    task's own instructions; ``ndcg@10`` is their mean (what early stopping reads), and every
+    task's metrics are there as ``<task>/<metric>``."""
+
+    def __init__(self, job, per_task: dict[str, TrainingData]):
+        from dataclasses import replace
+
+        self.job = job
+        self.tasks = [(t, per_task[t.name], replace(job.model, query_prompt=t.query_prompt, doc_prompt=t.doc_prompt))
+                      for t in job.tasks if per_task[t.name].dev is not None and t.loss.name != "classification"]
+
+    def __bool__(self) -> bool:
+        return bool(self.tasks)
+
+    def __call__(self, model, when: str) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for task, data, model_cfg in self.tasks:
+            dev = _capped(data.dev, self.job.train.eval_max_queries)
+            metrics = evaluate_retrieval(make_encode_fn(model, model_cfg), dev, show_progress=False).metrics
+            out.update({f"{task.name}/{k}": v for k, v in metrics.items()})
+        out["ndcg@10"] = sum(out[f"{t.name}/ndcg@10"] for t, _, _ in self.tasks) / len(self.tasks)
+        return out
+
+
+def _capped(dev, max_queries: int | None):
+    """``dev`` with at most ``max_queries`` judged queries (the first by id: the same every time)."""
+    if max_queries and len(dev.qrels) > max_queries:
+        keep = sorted(dev.qrels)[:max_queries]
+        return type(dev)(dev.corpus, dev.queries, {q: dev.qrels[q] for q in keep}, dev.split, dev.path)
+    return dev
+
+
 def evaluate_dev(model, job, data: TrainingData, cache_dir: Path | None = None, store: bool = False) -> dict[str, float]:
     """nDCG@10 etc. of the live model on (a deterministic subset of) the dev split.
 
@@ -37,10 +70,7 @@ def evaluate_dev(model, job, data: TrainingData, cache_dir: Path | None = None, 
     the corpus its base weights were mined with. With ``store`` too, the documents it encodes
     are written there (the final weights: the pipeline's test evaluation reads them back).
     """
-    dev = data.dev
-    if job.train.eval_max_queries and len(dev.qrels) > job.train.eval_max_queries:
-        keep = sorted(dev.qrels)[: job.train.eval_max_queries]
-        dev = type(dev)(dev.corpus, dev.queries, {q: dev.qrels[q] for q in keep}, dev.split, dev.path)
+    dev = _capped(data.dev, job.train.eval_max_queries)
     was_training = model.training
     docs = (cached_doc_embeddings(model, job.model, job.mining.doc_prompt, dev.corpus, cache_dir, store)
             if cache_dir is not None else None)

@@ -44,7 +44,7 @@ def _plots(run: Path, rows: dict) -> list[str]:
         ax[0].set(xscale="log", xlabel="embedding dimensions", ylabel="test nDCG@10", title="quality vs dimension")
         ax[0].legend(fontsize=8)
     for label, r in rows.items():
-        if "docs_per_s" in r and "@" not in label:
+        if r.get("docs_per_s") is not None and "@" not in label:
             ax[1].scatter(r["docs_per_s"], r["ndcg@10"])
             ax[1].annotate(label, (r["docs_per_s"], r["ndcg@10"]), fontsize=7, xytext=(4, 2),
                            textcoords="offset points")

@@ -13,11 +13,12 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from embedray.config import to_dict
-from embedray.pipeline.evaluation import DevEvaluation
+from embedray.pipeline.evaluation import DevEvaluation, TaskDevEvaluation
 from embedray.pipeline.refresh import refresh_hooks_in_process
 from embedray.training.data import load_training_data, training_examples
 from embedray.training.loop import Hooks, train
 from embedray.training.session import LocalSession
+from embedray.training.tasks import load_tasks
 
 #: ``callback(step, log)`` run after each optimizer step (:attr:`Hooks.on_step`).
 OnStep = Callable[[int, Any], None]
@@ -39,21 +40,32 @@ class LocalRuntime:
 def run_local(job, hooks: Hooks | None = None, on_step: list[OnStep] | None = None) -> dict:
     """Train ``job`` in one process; same outputs and resume rules as the Ray run."""
     run_dir = Path(job.cluster.storage_path).expanduser().resolve() / job.cluster.run_name
-    data = load_training_data(job.data)
-    examples = training_examples(job.data, data, data.report)  # the summary reports data.report
+    data, per_task, examples = job_data(job)  # the summary reports data.report
     if data.report.total:
         print(f"[embedray] data: {data.report.summary()}", flush=True)
     session = LocalSession(run_dir, examples, job.cluster.num_to_keep)
     if hooks is None:
         hooks = refresh_hooks_in_process(job, data, run_dir) if job.refresh.mode != "off" else Hooks()
     hooks.on_step.extend(on_step or [])
-    return train_job(job, session, data, run_dir, hooks)
+    return train_job(job, session, data, run_dir, hooks, per_task)
 
 
-def train_job(job, session, data, run_dir: Path, hooks: Hooks) -> dict:
+def job_data(job) -> tuple:
+    """``(data, per_task, examples)`` of a train job: its data and rows, or (``tasks``) every task's
+    merged under ``<task>::`` ids, each task's own data by name, and all their rows."""
+    if job.tasks:
+        return load_tasks(job.tasks)
+    data = load_training_data(job.data)
+    return data, None, training_examples(job.data, data, data.report)
+
+
+def train_job(job, session, data, run_dir: Path, hooks: Hooks, per_task: dict | None = None) -> dict:
     """The loop on one worker for ``job``: its own sections, dev evaluation through the run's
     cache, and the whole job saved with the final model (the same call on Ray Train's workers)."""
-    if data.dev is not None and hooks.evaluate is None:
+    if job.tasks:
+        if hooks.evaluate is None and (dev := TaskDevEvaluation(job, per_task)):
+            hooks.evaluate = dev
+    elif data.dev is not None and hooks.evaluate is None:
         hooks.evaluate = DevEvaluation(job, data, run_dir)
     return train(job.model, job.loss, job.train, session, data, run_dir, hooks, distill=job.distill,
-                 card=to_dict(job))
+                 card=to_dict(job), tasks=job.tasks)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from embedray.atomic import write_json_atomic
 from embedray.config import to_dict
-from embedray.data.beir import held_out_leakage, load_beir
+from embedray.data.beir import beir_file, held_out_leakage, iter_corpus, load_beir
 from embedray.data.debian import DEFAULT_LISTS_DIR, build_debian, find_translation_files
 from embedray.data.flag import write_flag_folder
 from embedray.eval.retrieval import evaluate_retrieval
@@ -35,20 +35,23 @@ from embedray.pipeline.evaluation import cached_doc_embeddings
 from embedray.pipeline.fingerprint import config_fields, describe_changes, files_identity, fingerprint
 from embedray.pipeline.report import write_report
 from embedray.pipeline.runtime import LocalRuntime, Runtime
-from embedray.training.config import DistillConfig
+from embedray.training.config import DataConfig, DistillConfig
 from embedray.training.cross_encoder import evaluate_reranker
 from embedray.training.data import load_training_data, pair_rows
 
-STAGES = ["prepare", "baseline", "teacher", "student", "evaluate", "export", "report"]
+#: The stages of a pipeline, in order; ``pretrain`` runs only when the recipe has a ``pretrain`` section.
+ALL_STAGES = ["prepare", "baseline", "pretrain", "teacher", "student", "evaluate", "export", "report"]
+STAGES = [s for s in ALL_STAGES if s != "pretrain"]  # a pipeline without pre-training
 # What each stage reads: config sections or fields, and the stages whose outputs it uses.
 STAGE_READS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "prepare": (("prepare",), ()),
     "baseline": (("data.test_split", "teacher.model", "student.keep_layers", "student.model", "student.max_seq_length",
                   "eval.batch_size", "eval.extra_models", "mining.doc_prompt"), ("prepare",)),
-    "teacher": (("data", "teacher", "mining", "cross_encoder", "refresh", "cluster"), ("prepare",)),
+    "pretrain": (("pretrain", "teacher.model", "cluster"), ("prepare",)),
+    "teacher": (("data", "teacher", "mining", "cross_encoder", "refresh", "cluster"), ("prepare", "pretrain")),
     "student": (("data", "teacher.model", "student", "mining", "cross_encoder", "refresh", "cluster", "eval.batch_size"),
                 ("teacher",)),
-    "evaluate": (("data.test_split", "teacher.model", "student", "eval"), ("baseline", "teacher", "student")),
+    "evaluate": (("data.test_split", "teacher.model", "student", "eval"), ("baseline", "pretrain", "teacher", "student")),
     "export": (("data.test_split",), ("student", "evaluate")),
     "report": (("data.test_split",), ("baseline", "teacher", "student", "evaluate", "export")),
 }
@@ -69,6 +72,7 @@ class Pipeline:
         self.data_dir = Path(cfg.data.path).expanduser().resolve() if cfg.prepare.source == "beir" \
             else self.run / "data"
         self.fingerprints: dict[str, str] = {}  # stage → fingerprint (see plan)
+        self.stages = [s for s in ALL_STAGES if s != "pretrain" or cfg.pretrain is not None]
 
     # -- bookkeeping ---------------------------------------------------------------------
     def _done(self, stage: str) -> Path:
@@ -88,9 +92,9 @@ class Pipeline:
         config = to_dict(self.cfg)
         write_json_atomic(config, self.run / "pipeline_config.json")
         plan = self.plan(config)
-        for stage in (s for s in STAGES if plan[s] == "redo"):
+        for stage in (s for s in self.stages if plan[s] == "redo"):
             self._set_aside(stage)
-        for stage in STAGES:
+        for stage in self.stages:
             marker = self._done(stage)
             if plan[stage] == "skip":
                 say(f"{stage}: done earlier, skipped ({marker})")
@@ -113,21 +117,21 @@ class Pipeline:
         aside first) for each stage, from the fingerprints; says which stages re-run and why."""
         self.fingerprints = {}
         plan, reasons = {}, {}
-        for stage in STAGES:
+        for stage in self.stages:
             inputs = self._stage_inputs(stage, config)
             self.fingerprints[stage] = fingerprint(inputs)
             plan[stage], reasons[stage] = self._decide(stage, inputs, plan)
         listed: set[str] = set()
-        for stage in STAGES:
+        for stage in self.stages:
             if plan[stage] == "redo" and stage not in listed:
-                affected = [s for s in STAGES if s == stage or (plan[s] != "skip" and stage in _upstream(s))]
+                affected = [s for s in self.stages if s == stage or (plan[s] != "skip" and stage in _upstream(s))]
                 listed.update(affected)
                 say(f"{stage}: {reasons[stage]}, re-running {', '.join(affected)}")
         return plan
 
     def _decide(self, stage: str, inputs: dict, plan: dict[str, str]) -> tuple[str, str | None]:
         fp = self.fingerprints[stage]
-        upstream = [s for s in STAGE_READS[stage][1] if plan[s] != "skip"]
+        upstream = [s for s in self._reads(stage)[1] if plan[s] != "skip"]
         done, started = _read_json(self._done(stage)), _read_json(self._started(stage))
         if done is not None:
             if done.get("fingerprint") is None:
@@ -141,9 +145,14 @@ class Pipeline:
             return "redo", f"{upstream[0]} runs again"
         return "run", None
 
+    def _reads(self, stage: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """:data:`STAGE_READS` of ``stage``, without the stages this pipeline does not run."""
+        fields, after = STAGE_READS[stage]
+        return fields, tuple(s for s in after if s in self.stages)
+
     def _stage_inputs(self, stage: str, config: dict) -> dict:
         """What decides ``stage``'s result: config fields, input files, upstream fingerprints."""
-        fields, after = STAGE_READS[stage]
+        fields, after = self._reads(stage)
         return {"config": config_fields(config, fields), "files": self._input_files(stage),
                 "after": {s: self.fingerprints.get(s) for s in after}}
 
@@ -166,6 +175,7 @@ class Pipeline:
         r = self.run
         return {"prepare": [self.data_dir] if self.cfg.prepare.source != "beir" else [],
                 "baseline": [r / "baseline.json", r / "base-student"],
+                "pretrain": [r / "pretrain", r / "pretrain-data"],
                 "teacher": [r / "teacher"], "student": [r / "student", r / "student-init"],
                 "evaluate": [r / "test_results.json"], "export": [r / "model", r / ".model.tmp"],
                 "report": [r / "report.json", r / "report.md", r / "plots"]}[stage]
@@ -222,6 +232,17 @@ class Pipeline:
         write_json_atomic(rows, self.run / "baseline.json")
         return rows
 
+    def stage_pretrain(self) -> dict:
+        """Unsupervised pairs from the prepared corpus's texts (``pretrain.builder``), then the base
+        teacher model trained on them: the weights the teacher's fine-tuning starts from."""
+        p = self.cfg.pretrain
+        data = self.run / "pretrain-data"
+        if not (data / "train_pairs.jsonl").exists():
+            corpus = {d.id: d for d in iter_corpus(beir_file(self.data_dir, "corpus"))}  # texts only: no query, no split
+            stats = pretrain_pairs(corpus, p, data)
+            say(f"  pretrain: {stats}")
+        return self.runtime.train(self._pretrain_job(data))
+
     def stage_teacher(self) -> dict:
         return self.runtime.train(self._teacher_job())
 
@@ -236,6 +257,8 @@ class Pipeline:
         rows = json.loads((self.run / "baseline.json").read_text())
         teacher = self.run / "teacher" / "final"
         student = self._student_model()
+        if c.pretrain is not None:
+            rows["pre-trained teacher"] = self._evaluate_model(self.run / "pretrain" / "final", speed=False)
         rows["trained teacher"], first = self._evaluate_model(teacher, keep=True, speed=False,
                                                               corpus_embeddings=self._teacher_docs(teacher))
         ce = self.run / "teacher" / "cross-encoder"
@@ -252,7 +275,8 @@ class Pipeline:
         # The speed-up in the verdict compares these two: timed in turns, in the same minute. Each
         # base model has its trained model's architecture (layers, length), so it takes that speed.
         speeds = self._encode_speeds({"trained teacher": teacher, "distilled student": student})
-        same_arch = {"base teacher": "trained teacher", "base student": "distilled student"}
+        same_arch = {"base teacher": "trained teacher", "pre-trained teacher": "trained teacher",
+                     "base student": "distilled student"}
         for label, row in rows.items():
             timed = same_arch.get(label) or next((t for t in speeds if label.startswith(t)), None)
             if timed:
@@ -399,9 +423,22 @@ class Pipeline:
         return replace(self.cfg.data, path=str(self.data_dir),
                        train_pairs=str(pairs) if pairs.exists() else self.cfg.data.train_pairs)
 
+    def _pretrain_job(self, data: Path):
+        c = self.cfg
+        pairs = DataConfig(path=str(data), train_pairs=str(data / "train_pairs.jsonl"), dev_split=None)
+        return TrainJobConfig(data=pairs, model=copy.deepcopy(c.teacher.model), loss=copy.deepcopy(c.pretrain.loss),
+                              train=copy.deepcopy(c.pretrain.train), cluster=self._cluster("pretrain"))
+
+    def _teacher_start(self) -> ModelConfig:
+        """The teacher's model section, starting from the pre-trained weights when there are some."""
+        model = copy.deepcopy(self.cfg.teacher.model)
+        if self.cfg.pretrain is not None:
+            model.name_or_path = str(self.run / "pretrain" / "final")
+        return model
+
     def _teacher_job(self):
         c = self.cfg
-        return TrainJobConfig(data=self._data(), model=copy.deepcopy(c.teacher.model), loss=copy.deepcopy(c.teacher.loss),
+        return TrainJobConfig(data=self._data(), model=self._teacher_start(), loss=copy.deepcopy(c.teacher.loss),
                               train=copy.deepcopy(c.teacher.train), cluster=self._cluster("teacher"),
                               mining=copy.deepcopy(c.mining), cross_encoder=copy.deepcopy(c.cross_encoder),
                               refresh=copy.deepcopy(c.refresh))
@@ -431,6 +468,33 @@ class Pipeline:
                               cluster=self._cluster("student"), mining=copy.deepcopy(c.mining),
                               cross_encoder=copy.deepcopy(c.cross_encoder), refresh=refresh,
                               distill=DistillConfig(teacher=str(teacher), score_source=s.score_source))
+
+
+def pretrain_pairs(corpus, cfg, out: Path) -> str:
+    """Write ``cfg.builder``'s pairs from the first ``cfg.max_texts`` corpus texts as a BEIR folder
+    with ``train_pairs.jsonl`` (:func:`embedray.data.flag.write_flag_folder`) at ``out``, atomically;
+    returns the builder's counts."""
+    import tempfile
+
+    from embedray.atomic import replace_dir
+    from embedray.data import builders
+    from embedray.data.flag import write_flag_jsonl
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.tmp-") as tmp:
+        texts = Path(tmp) / "texts.jsonl"
+        docs = list(corpus.values())[: cfg.max_texts]
+        texts.write_text("".join(json.dumps({"text": d.text_for_model}) + "\n" for d in docs), encoding="utf-8")
+        build = {"nsp": lambda: builders.build_nsp(texts, progress=True),
+                 "span": lambda: builders.build_span(texts, ratio=cfg.span_ratio, seed=cfg.seed),
+                 "simcse": lambda: builders.build_simcse(texts)}[cfg.builder]
+        rows, stats = build()
+        if not rows:
+            raise ValueError(f"pretrain.builder {cfg.builder}: no pairs from {len(docs)} corpus texts ({stats.summary()})")
+        write_flag_jsonl(rows, Path(tmp) / "pairs.jsonl")
+        write_flag_folder({"train": Path(tmp) / "pairs.jsonl"}, Path(tmp) / "data")
+        replace_dir(Path(tmp) / "data", out)
+    return stats.summary()
 
 
 def _upstream(stage: str) -> set[str]:

@@ -27,6 +27,8 @@ class Example:
     scores: tuple[float, ...] | None = None
     #: The class of ``pos_id``'s text (the classification objective; its rows have no query).
     label: str | None = None
+    #: The task of a multi-task run the row belongs to (its ids carry the ``<task>::`` prefix).
+    task: str = ""
 
 
 @dataclass
@@ -41,7 +43,7 @@ class Batch:
 def canonical_order(examples: Sequence[Example]) -> list[Example]:
     """Sort and de-duplicate examples so every worker agrees on one order, whatever Ray Data's
     block order was."""
-    return sorted(set(examples), key=lambda e: (e.query_id, e.pos_id, e.neg_ids, e.scores or (), e.label or ""))
+    return sorted(set(examples), key=lambda e: (e.task, e.query_id, e.pos_id, e.neg_ids, e.scores or (), e.label or ""))
 
 
 class BatchPlan:

@@ -65,6 +65,9 @@ class TrainConfig:
     """Stop after this many dev evaluations without improvement (0 = never)."""
     checkpoint_every: int = 100
     """Steps between checkpoints (0 = only the final one)."""
+    task_sampling: Literal["weighted", "round_robin"] = "weighted"
+    """With several ``tasks``: which task each batch comes from (every batch holds one task's rows).
+    ``weighted``: drawn by the tasks' weights, seeded; ``round_robin``: the tasks in turn."""
     num_threads: int | None = None
     """torch intra-op threads per worker (None = the CPUs given to the worker). Dev evaluation,
     which rank 0 runs while the other workers wait, uses every core of its node."""

@@ -171,7 +171,8 @@ def _row_scores(row: dict, negs: list[str], source: Path, where: int | str) -> t
 def example_rows(examples: Iterable[Example]) -> list[dict]:
     """Examples as plain id rows (what Ray Data carries to the workers)."""
     return [{"query_id": e.query_id, "pos_id": e.pos_id, "neg_ids": list(e.neg_ids),
-             "scores": list(e.scores or ()), "label": e.label or ""}  # [] / "" = none: one Arrow type for all rows
+             "scores": list(e.scores or ()), "label": e.label or "",  # [] / "" = none: one Arrow type for all rows
+             "task": e.task}
             for e in examples]
 
 
@@ -186,7 +187,7 @@ def examples_from_rows(rows: Iterable[dict], data: TrainingData,
         negs = () if negs is None else negs  # a list, or an array from Ray Data
         ex = Example(str(row["query_id"]), str(row["pos_id"]), tuple(str(n) for n in negs),
                      tuple(float(s) for s in scores) if scores is not None and len(scores) else None,
-                     str(row["label"]) if row.get("label") else None)
+                     str(row["label"]) if row.get("label") else None, str(row.get("task") or ""))
         unknown = [i for i in (ex.pos_id, *ex.neg_ids) if i not in data.corpus]
         if (ex.query_id not in data.queries and ex.label is None) or unknown:
             raise RuntimeError(f"{source}: the driver validated {ex}, but this worker's data lacks "

@@ -39,3 +39,15 @@ def broadcast_int(value: int) -> int:
     t = torch.tensor([int(value)], dtype=torch.int64)
     dist.broadcast(t, src=0)
     return int(t.item())
+
+
+def average_gradients(params) -> None:
+    """Average over workers the gradients of parameters DDP does not wrap (a loss's own head:
+    a classifier, a distillation projection), so every worker applies the same update."""
+    if not is_distributed():
+        return
+    world = dist.get_world_size()
+    for p in params:
+        if p.grad is not None:
+            dist.all_reduce(p.grad)
+            p.grad.div_(world)

@@ -12,7 +12,7 @@ import contextlib
 import math
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -31,12 +31,13 @@ from embedray.training.config import DistillConfig, TrainConfig
 from embedray.training.batches import BatchPlan, NegativeSampler, canonical_order
 from embedray.training.data import TrainingData
 from embedray.training.distill import Teacher, candidate_cosines, hidden_layer_map, in_batch_cosines, pool_scores
-from embedray.training.distributed import barrier, broadcast_flag, broadcast_int, mean_across_workers
+from embedray.training.distributed import average_gradients, barrier, broadcast_flag, broadcast_int, mean_across_workers
 from embedray.training.gather import gather_fn_for_loss
 from embedray.training.grad_cache import CachedEmbeddings, backward_through_model, embed_without_graph
 from embedray.training.logs import RunLogger
 from embedray.training.optim import adamw
 from embedray.training.plots import plot_run
+from embedray.training.tasks import SEP, TaskSchedule, task_prompts
 
 LOSS_PREFIX = "__loss__."  # trainable loss parameters (e.g. a distillation projection) in checkpoints
 
@@ -104,12 +105,32 @@ def _every_core():
         torch.set_num_threads(threads)
 
 
+@dataclass
+class LoopTask:
+    """What the loop holds for one task: its prompts and negatives (``model_cfg`` / ``train_cfg``),
+    its objective, its rows and their batch plan, its negative sampler. A single-task run has one,
+    named ``""``."""
+
+    name: str
+    model_cfg: ModelConfig
+    train_cfg: TrainConfig
+    needs: Any
+    loss_fn: torch.nn.Module
+    label_names: list[str] | None
+    examples: list
+    plan: BatchPlan
+    sampler: NegativeSampler
+    weight: float
+
+
 def train(model_cfg: ModelConfig, loss_cfg: LossConfig, train_cfg: TrainConfig, session, data: TrainingData,
           run_dir: Path, hooks: Hooks | None = None, distill: DistillConfig | None = None,
-          card: dict | None = None) -> dict:
+          card: dict | None = None, tasks: list | None = None) -> dict:
     """Train the ``model_cfg`` bi-encoder with the ``loss_cfg`` objective for
     ``train_cfg.max_steps`` steps; return the summary. ``distill`` names the teacher when the
     objective distills; ``card`` (the whole job, for instance) is saved with the final model.
+    ``tasks`` (``TaskConfig``s, resolved): train several tasks instead of ``loss_cfg``, each batch
+    one task's rows (``data`` then holds every task's data under ``<task>::`` ids).
 
     Resumes from ``session.restore()`` (the newest complete checkpoint) when there is one,
     exactly: same batches, same negatives, same dropout masks as an uninterrupted run with the
@@ -124,9 +145,13 @@ def train(model_cfg: ModelConfig, loss_cfg: LossConfig, train_cfg: TrainConfig, 
 
     core = BiEncoder.from_config(model_cfg)
     core.precision = resolve_precision(tc.precision, session.device)  # the backbone's; losses stay fp32
-    needs = loss_cfg.loop_needs()  # the objective's own fields stay the objective's
-    if needs.dropout is not None:
-        set_dropout(core, needs.dropout)
+    specs = _task_specs(model_cfg, loss_cfg, tc, tasks)
+    needs = specs[0][2].loop_needs()  # the teacher and distillation: single-task only (the job checks)
+    dropouts = {s[2].loop_needs().dropout for s in specs} - {None}
+    if len(dropouts) > 1:
+        raise ValueError(f"tasks: the objectives set different dropout rates {sorted(dropouts)}; one model has one")
+    if dropouts:
+        set_dropout(core, dropouts.pop())
     model = session.prepare_model(core)
     teacher, distill = None, distill or DistillConfig()
     if distill.needs_model(needs):
@@ -139,19 +164,15 @@ def train(model_cfg: ModelConfig, loss_cfg: LossConfig, train_cfg: TrainConfig, 
         teacher = Teacher(distill.teacher, model_cfg, session.device, hidden_layers=layers,
                           precision=core.precision)
     examples = canonical_order(session.training_examples())
-    label_names = sorted({ex.label for ex in examples if ex.label is not None}) if needs.labels else None
-    if needs.labels and not label_names:
-        raise ValueError("loss.name: classification trains on labelled rows: set data.train_labels")
-    loss_fn = build_objective(loss_cfg, gather_fn=gather_fn_for_loss(), student_dim=core.embedding_dim,
-                              teacher_dim=teacher.dim if teacher else None, labels=label_names)
-    optimizer = adamw(_param_groups(core, list(loss_fn.parameters()), tc.weight_decay), lr=tc.lr)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(tc, tc.max_steps))
-
     tok_len = lambda did: len(data.doc_text(did))  # characters: a cheap, monotone proxy of tokens
-    plan = BatchPlan(examples, tok_len, batch_size=tc.batch_size, world_size=session.world_size,
-                     seed=tc.seed, bucket_batches=tc.bucket_batches if tc.length_bucketing else 1)
-    sampler = NegativeSampler(sorted(data.corpus), data.positives, num_negatives=tc.num_negatives,
-                              mode=tc.negatives, seed=tc.seed, given=tc.given_negatives)
+    loop_tasks = [_loop_task(i, spec, examples, data, core, teacher, tc, session, tok_len)
+                  for i, spec in enumerate(specs)]
+    multi = tasks is not None
+    schedule = TaskSchedule([t.weight for t in loop_tasks], tc.seed, tc.task_sampling, tc.max_steps * tc.grad_accum)
+    loss_params = [p for t in loop_tasks for p in t.loss_fn.parameters()]
+    optimizer = adamw(_param_groups(core, loss_params, tc.weight_decay), lr=tc.lr)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(tc, tc.max_steps))
+    sampler, plan = loop_tasks[0].sampler, loop_tasks[0].plan  # the refreshed pool and epochs: single-task
     row_scores = _row_scores(examples) if distill.score_source == "data" else {}
     if needs.teacher_scores and distill.score_source == "data" and not row_scores:
         raise ValueError("distill.score_source: data, but no training row carries scores (FlagEmbedding "
@@ -160,20 +181,28 @@ def train(model_cfg: ModelConfig, loss_cfg: LossConfig, train_cfg: TrainConfig, 
     start_step, state = 0, {"best_dev": None, "evals_without_gain": 0, "pool_version": 0, "pool_switches": []}
     if (saved := session.restore(seed=tc.seed)) is not None:
         core.load_state_dict({k: v for k, v in saved["model"].items() if not k.startswith(LOSS_PREFIX)})
-        loss_fn.load_state_dict({k[len(LOSS_PREFIX):]: v for k, v in saved["model"].items()
-                                 if k.startswith(LOSS_PREFIX)})
+        for t in loop_tasks:
+            prefix = _loss_prefix(t.name)
+            t.loss_fn.load_state_dict({k[len(prefix):]: v for k, v in saved["model"].items() if k.startswith(prefix)})
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         ckpt.restore_rng(saved["rng"])
         state.update(saved["trainer_state"]["state"])
         start_step = saved["trainer_state"]["step"]
+        if multi and state.get("task_cursors") != schedule.cursors(start_step * tc.grad_accum):
+            raise RuntimeError(f"checkpoint of step {start_step}: its task cursors {state.get('task_cursors')} are not "
+                               f"this run's {schedule.cursors(start_step * tc.grad_accum)}: the tasks, their weights or "
+                               "train.task_sampling changed since it was written; resume with the same recipe")
         if hooks.load_pool and state["pool_version"]:  # the very pool the checkpoint trained on
             negatives, _, scores = hooks.load_pool(state["pool_version"])
             sampler.set_pool(negatives, state["pool_version"], scores)
     log = RunLogger(run_dir, start_step, enabled=rank0)
     if rank0:
-        print(f"[embedray] {'resuming at step ' + str(start_step) if start_step else 'starting'}: "
-              f"{len(examples)} pairs, {plan.batches_per_epoch} global batches/epoch, "
+        what = (f"{len(examples)} rows in {len(loop_tasks)} tasks ("
+                + ", ".join(f"{t.name}: {len(t.examples)}, {t.plan.batches_per_epoch} global batches/epoch"
+                            for t in loop_tasks) + ")" if multi
+                else f"{len(examples)} pairs, {plan.batches_per_epoch} global batches/epoch")
+        print(f"[embedray] {'resuming at step ' + str(start_step) if start_step else 'starting'}: {what}, "
               f"{session.world_size} worker(s), {tc.max_steps} steps", flush=True)
     if start_step == 0 and hooks.evaluate is not None and rank0:
         log.event("dev", 0, _evaluate(hooks.evaluate, core, "start"))
@@ -182,8 +211,12 @@ def train(model_cfg: ModelConfig, loss_cfg: LossConfig, train_cfg: TrainConfig, 
 
     def checkpoint(step: int) -> None:
         saved_at.append(step)
+        if multi:
+            state["task_cursors"] = schedule.cursors(step * tc.grad_accum)
         trainer_state = {"step": step, "state": state, "seed": tc.seed, "world_size": session.world_size}
-        weights = {**core.state_dict(), **{LOSS_PREFIX + k: v for k, v in loss_fn.state_dict().items()}}
+        weights = dict(core.state_dict())
+        for t in loop_tasks:
+            weights.update({_loss_prefix(t.name) + k: v for k, v in t.loss_fn.state_dict().items()})
         session.save_checkpoint(step, {"step": step}, model_state=weights,
                                 optimizer_state=optimizer.state_dict(),
                                 scheduler_state=scheduler.state_dict(), trainer_state=trainer_state)
@@ -195,18 +228,22 @@ def train(model_cfg: ModelConfig, loss_cfg: LossConfig, train_cfg: TrainConfig, 
         if hooks.pool_version and hooks.load_pool:
             _maybe_switch_pool(hooks, sampler, state, log, step, rank0)
         t0 = time.perf_counter()
-        total = 0.0
+        total, step_tasks = 0.0, []
         for micro in range(tc.grad_accum):
             index = step * tc.grad_accum + micro
-            batch = [examples[i] for i in plan.rank_indices(index, session.rank)]
-            negs = [sampler.sample(ex, index, slot) for slot, ex in enumerate(batch)]
+            ti, cursor = schedule.at(index)  # the same task on every rank: DDP reduces one graph
+            task = loop_tasks[ti]
+            step_tasks.append((task, cursor))
+            batch = [task.examples[i] for i in task.plan.rank_indices(cursor, session.rank)]
+            negs = [task.sampler.sample(ex, cursor, slot) for slot, ex in enumerate(batch)]
             sync = micro == tc.grad_accum - 1 or not hasattr(model, "no_sync")
             # Cached (GradCache): the loss's backward stops at the embeddings; the model's comes after.
             hold = hasattr(model, "no_sync") and (not sync or tc.mini_batch_size)
             with model.no_sync() if hold else contextlib.nullcontext():
-                scores = row_scores if distill.score_source == "data" else sampler.scores
-                loss, cached = _batch_loss(model, core, loss_fn, model_cfg, train_cfg, data, batch, negs,
-                                           session.device, needs, teacher, scores, distill, label_names)
+                scores = row_scores if distill.score_source == "data" else task.sampler.scores
+                loss, cached = _batch_loss(model, core, task.loss_fn, task.model_cfg, task.train_cfg, data, batch,
+                                           negs, session.device, task.needs, teacher, scores, distill,
+                                           task.label_names)
                 (loss / tc.grad_accum).backward()
             if cached:
                 backward_through_model(model, cached, sync=sync)
@@ -214,6 +251,7 @@ def train(model_cfg: ModelConfig, loss_cfg: LossConfig, train_cfg: TrainConfig, 
         step_loss = mean_across_workers(total)  # the same on every rank: all stop together
         if not math.isfinite(step_loss):
             raise FloatingPointError(_not_finite(step_loss, step + 1, tc, saved_at[-1] if saved_at else None))
+        average_gradients(loss_params)  # a loss's own head is not in DDP's model
         params = [p for g in optimizer.param_groups for p in g["params"]]
         grad_norm = torch.nn.utils.clip_grad_norm_(params, tc.max_grad_norm if tc.max_grad_norm > 0 else float("inf"))
         optimizer.step()
@@ -221,9 +259,14 @@ def train(model_cfg: ModelConfig, loss_cfg: LossConfig, train_cfg: TrainConfig, 
         optimizer.zero_grad(set_to_none=True)
         done = step + 1
         dt = time.perf_counter() - t0
-        log.step({"step": done, "epoch": plan.epoch_of(step * tc.grad_accum), "loss": step_loss,
+        first, first_cursor = step_tasks[0]
+        record = {"step": done, "epoch": first.plan.epoch_of(first_cursor), "loss": step_loss,
                   "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
-                  "pairs_per_s": plan.global_batch * tc.grad_accum / dt, "pool_version": sampler.pool_version})
+                  "pairs_per_s": plan.global_batch * tc.grad_accum / dt, "pool_version": sampler.pool_version}
+        if multi:
+            record["task"] = first.name if len({t.name for t, _ in step_tasks}) == 1 else \
+                ",".join(t.name for t, _ in step_tasks)
+        log.step(record)
         bar.update(1)
         if done % tc.log_every == 0:
             bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
@@ -244,10 +287,51 @@ def train(model_cfg: ModelConfig, loss_cfg: LossConfig, train_cfg: TrainConfig, 
             break
     bar.close()
     wall = time.perf_counter() - t_start
-    summary = _finish(core, loss_fn, needs.matryoshka_dims, tc, hooks, data, log, state, run_dir, step + 1 - start_step, wall, rank0,
-                      len(examples), card)
+    dims = next((t.needs.matryoshka_dims for t in loop_tasks if t.needs.matryoshka_dims), None)
+    summary = _finish(core, loop_tasks, dims, tc, hooks, data, log, state, run_dir, step + 1 - start_step, wall,
+                      rank0, len(examples), card, task_prompts(tasks) if multi else None)
     barrier()
     return summary
+
+
+def _loss_prefix(task: str) -> str:
+    """Where a task's loss parameters sit in a checkpoint (a single-task run: right after the prefix)."""
+    return LOSS_PREFIX + (f"{task}." if task else "")
+
+
+def _task_specs(model_cfg, loss_cfg, tc, tasks) -> list[tuple]:
+    """``(name, weight, loss_cfg, model_cfg, train_cfg)`` of each task (one, named "", without ``tasks``)."""
+    if tasks is None:
+        return [("", 1.0, loss_cfg, model_cfg, tc)]
+    return [(t.name, t.weight, t.loss,
+             replace(model_cfg, query_prompt=t.query_prompt, doc_prompt=t.doc_prompt),
+             replace(tc, negatives=t.negatives, num_negatives=t.num_negatives, given_negatives=t.given_negatives))
+            for t in tasks]
+
+
+def _loop_task(i, spec, examples, data, core, teacher, tc, session, tok_len) -> LoopTask:
+    name, weight, loss_cfg, model_cfg, task_tc = spec
+    needs = loss_cfg.loop_needs()
+    rows = [ex for ex in examples if ex.task == name]
+    where = f"tasks[{name}]: " if name else ""
+    if not rows:
+        raise ValueError(f"{where}no training rows reached this worker")
+    label_names = sorted({ex.label for ex in rows if ex.label is not None}) if needs.labels else None
+    if needs.labels and not label_names:
+        raise ValueError(f"{where}loss.name: classification trains on labelled rows: set data.train_labels")
+    loss_fn = build_objective(loss_cfg, gather_fn=gather_fn_for_loss(), student_dim=core.embedding_dim,
+                              teacher_dim=teacher.dim if teacher else None, labels=label_names)
+    seed = tc.seed + i  # the first task's batches are a single-task run's
+    try:
+        plan = BatchPlan(rows, tok_len, batch_size=tc.batch_size, world_size=session.world_size, seed=seed,
+                         bucket_batches=tc.bucket_batches if tc.length_bucketing else 1)
+    except ValueError as e:
+        raise ValueError(f"{where}{e}") from None
+    doc_ids = sorted(data.corpus) if not name else sorted(d for d in data.corpus if d.startswith(name + SEP))
+    sampler = NegativeSampler(doc_ids, data.positives, num_negatives=task_tc.num_negatives,
+                              mode=task_tc.negatives, seed=tc.seed, given=task_tc.given_negatives)
+    return LoopTask(name, model_cfg, task_tc, needs, loss_fn, label_names, rows, plan, sampler,
+                    float(weight if weight is not None else len(rows)))
 
 
 def _row_scores(examples) -> dict[str, dict[str, float]]:
@@ -267,7 +351,9 @@ def _batch_loss(model, core, loss_fn, model_cfg, train_cfg, data, batch, negs, d
     embeddings come from :mod:`embedray.training.grad_cache` without a graph, and are returned
     for its second pass: ``(loss, cached or None)``."""
     doc_ids = [ex.pos_id for ex in batch] + [d for n in negs for d in n]
-    d_texts = [model_cfg.doc_prompt + data.doc_text(d) for d in doc_ids]
+    # A labelled text is what a classification task is asked about: it takes the query instruction.
+    prompt = model_cfg.doc_prompt if needs.queries else model_cfg.query_prompt
+    d_texts = [prompt + data.doc_text(d) for d in doc_ids]
     d_tok = {k: v.to(device) for k, v in core.tokenize(d_texts, max_length=train_cfg.max_doc_length).items()}
     if not needs.queries:  # classification: one labelled text per row
         targets = torch.tensor([label_names.index(ex.label) for ex in batch], device=device)
@@ -360,8 +446,8 @@ def _dev_and_early_stop(evaluate, core, tc, log, state, step) -> bool:
     return bool(patience and state["evals_without_gain"] >= patience)
 
 
-def _finish(core, loss_fn, matryoshka_dims, tc, hooks, data, log, state, run_dir, steps_run, wall, rank0, pairs: int,
-            card: dict | None) -> dict:
+def _finish(core, loop_tasks, matryoshka_dims, tc, hooks, data, log, state, run_dir, steps_run, wall, rank0, pairs: int,
+            card: dict | None, prompts: dict[str, str] | None = None) -> dict:
     if not rank0:
         return {}
     dev = _evaluate(hooks.evaluate, core, "final") if hooks.evaluate is not None else {}
@@ -370,10 +456,12 @@ def _finish(core, loss_fn, matryoshka_dims, tc, hooks, data, log, state, run_dir
     final = run_dir / "final"
     card = card or {}
     core.save_sentence_transformer(final, extra_card={"training": card, "metrics": {"dev": dev}},
-                                   matryoshka_dims=list(matryoshka_dims) if matryoshka_dims else None)
+                                   matryoshka_dims=list(matryoshka_dims) if matryoshka_dims else None,
+                                   prompts=prompts)
     write_json_atomic(card, final / "training_config.json")
-    if hasattr(loss_fn, "save_head"):  # a classifier head: kept beside the embedder, not part of it
-        loss_fn.save_head(final / "classifier")
+    for t in loop_tasks:
+        if hasattr(t.loss_fn, "save_head"):  # a classifier head: kept beside the embedder, not part of it
+            t.loss_fn.save_head(final / "classifier" / t.name if t.name else final / "classifier")
     dev_events = [e for e in log.events if e["kind"] == "dev"]
     summary = {"final_model": str(final), "steps": log.steps[-1]["step"] if log.steps else 0,
                "steps_this_session": steps_run, "wall_s": wall,

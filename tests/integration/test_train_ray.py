@@ -77,3 +77,43 @@ def test_a_corrupt_newest_checkpoint_falls_back_to_the_previous_one(local_ray, t
     assert again["steps"] == 12 and again["steps_this_session"] == 8  # resumed at 4, not 8, not 0
     assert [r["step"] for r in _steps(run)] == list(range(1, 13))
     assert ckpt.is_complete(ckpt.latest_complete(run)) and ckpt.latest_complete(run).name == "checkpoint-000012"
+
+
+def test_tasks_on_two_workers_share_each_batch_and_resume_exactly(local_ray, topic_beir, tmp_path):
+    """A retrieval task and a classification task on 2 DDP workers (one task per step on both
+    ranks; the classifier head outside DDP has its gradients averaged by the loop): a worker
+    SIGKILLed mid-run resumes with the same task sequence and losses."""
+    import numpy as np
+    from safetensors.numpy import load_file
+
+    from embedray.cluster.train import run_training
+
+    labels = tmp_path / "labels.jsonl"
+    docs = [json.loads(line) for line in (topic_beir / "corpus.jsonl").read_text().splitlines()]
+    labels.write_text("".join(json.dumps({"_id": d["_id"], "label": d["text"].split()[3]}) + "\n"
+                              for d in docs if d["_id"].startswith("d")))
+
+    def job(name):
+        cfg = _job(topic_beir, tmp_path, name, train__max_steps=8)
+        return build_config(TrainJobConfig, {
+            "tasks": [{"name": "topics", "data": {"path": str(topic_beir)},
+                       "loss": {"name": "infonce", "temperature": 0.1, "gather_across_workers": True}},
+                      {"name": "sections", "data": {"path": str(topic_beir), "train_labels": str(labels),
+                                                    "dev_split": None},
+                       "loss": {"name": "classification"}, "weight": 16}],
+            "model": {"name_or_path": "tiny-bert"},
+            "train": {**{k: getattr(cfg.train, k) for k in ("max_steps", "batch_size", "lr", "checkpoint_every",
+                                                             "eval_every", "log_every", "max_doc_length",
+                                                             "num_threads", "precision")}},
+            "cluster": {"num_workers": 2, "cpus_per_worker": 0.5, "storage_path": str(tmp_path), "run_name": name}})
+
+    ref = run_training(job("tasks-ref"))
+    steps = _steps(tmp_path / "tasks-ref")
+    assert ref["steps"] == 8 and {r["task"] for r in steps} == {"topics", "sections"}
+    killed = run_training(job("tasks-killed"), on_step=[kill_once_at(6, tmp_path / "tasks-killed" / ".killed")])
+    assert (tmp_path / "tasks-killed" / ".killed").exists() and killed["steps_this_session"] == 4
+    again = _steps(tmp_path / "tasks-killed")
+    assert [r["task"] for r in again] == [r["task"] for r in steps]
+    assert [r["loss"] for r in again] == pytest.approx([r["loss"] for r in steps], abs=1e-5)
+    head = load_file(str(tmp_path / "tasks-ref" / "final" / "classifier" / "sections" / "head.safetensors"))
+    assert all(np.isfinite(v).all() for v in head.values())

@@ -134,3 +134,20 @@ def test_markers_without_a_fingerprint_rerun(beir, tmp_path, monkeypatch, capsys
     capsys.readouterr()
     assert _run(_config(beir, out), monkeypatch) == STAGES
     assert "prepare: its marker has no fingerprint" in capsys.readouterr().out
+
+
+def test_adding_a_pretrain_stage_reruns_the_teacher_and_what_follows_not_the_baseline(beir, tmp_path, monkeypatch,
+                                                                                      capsys):
+    from embedray.pipeline.stages import ALL_STAGES
+
+    out = tmp_path / "runs"
+    assert _run(_config(beir, out), monkeypatch) == STAGES  # no pretrain section: no pretrain stage
+    capsys.readouterr()
+    two_stage = _config(beir, out, **{"pretrain.builder": "span"})
+    monkeypatch.setattr(Pipeline, "stage_pretrain", lambda self: {}, raising=True)
+    calls = _run(two_stage, monkeypatch)
+    assert calls == [s for s in ALL_STAGES if s not in ("prepare", "baseline", "pretrain")]
+    said = capsys.readouterr().out
+    assert "teacher: pretrain changed, re-running teacher, student, evaluate, export, report" in said
+    assert (out / "fp" / "stages" / "pretrain.json").exists()
+    assert _run(two_stage, monkeypatch) == []

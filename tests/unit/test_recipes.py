@@ -12,7 +12,7 @@ RECIPES = sorted((Path(__file__).resolve().parents[2] / "jobs" / "configs").glob
 
 
 def _kind(path: Path):
-    return TrainJobConfig if path.name.startswith("train-") else PipelineConfig
+    return TrainJobConfig if path.name.startswith(("train-", "multitask-")) else PipelineConfig
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=[p.name for p in RECIPES])
@@ -25,7 +25,8 @@ def test_recipe_loads(recipe):
 
 def test_there_are_recipes_for_each_use():
     names = {p.name for p in RECIPES}
-    assert {"demo-cpu.yaml", "gpu.yaml", "byod-flag.yaml", "beir-scifact.yaml", "train-debian-cpu.yaml"} <= names
+    assert {"demo-cpu.yaml", "gpu.yaml", "byod-flag.yaml", "beir-scifact.yaml", "train-debian-cpu.yaml",
+            "multitask-cpu.yaml", "two-stage-cpu.yaml"} <= names
 
 
 def test_a_typo_names_the_key(tmp_path):

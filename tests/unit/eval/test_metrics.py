@@ -72,3 +72,19 @@ def test_empty_and_bad_inputs():
                                                  "num_queries": 0}
     with pytest.raises(ValueError, match="positive"):
         compute_metrics({"q": {"a": 1}}, {}, ks=(0,))
+
+
+def test_per_query_ndcg_and_paired_bootstrap():
+    from embedray.eval.metrics import compute_metrics, paired_bootstrap, per_query_ndcg
+
+    qrels = {"q1": {"a": 1}, "q2": {"b": 1}, "q3": {"c": 1}}
+    good = {"q1": {"a": 2.0, "x": 1.0}, "q2": {"b": 2.0, "x": 1.0}, "q3": {"x": 2.0, "c": 1.0}}
+    bad = {"q1": {"x": 2.0, "a": 1.0}, "q2": {"x": 2.0}}
+    pq = per_query_ndcg(qrels, good)
+    assert pq["q1"] == 1.0 and pq["q3"] < 1.0
+    assert sum(pq.values()) / 3 == pytest.approx(compute_metrics(qrels, good)["ndcg@10"])
+    assert per_query_ndcg(qrels, bad)["q3"] == 0.0  # missing from the run
+    out = paired_bootstrap(per_query_ndcg(qrels, bad), pq, rounds=500)
+    assert out["queries"] == 3 and out["low"] <= out["diff"] <= out["high"] and out["diff"] > 0
+    same = paired_bootstrap(pq, pq)
+    assert same["diff"] == same["low"] == same["high"] == 0.0
