@@ -75,11 +75,11 @@ def _probe(model_dir: str, data: Path, prompt: str) -> dict[str, float]:
     """Per-package correctness (1/0) of a linear probe fit on the train-split packages' embeddings."""
     from sklearn.linear_model import LogisticRegression
 
+    from embedray.data import iter_corpus
     from embedray.models import load_encoder
 
     rows = [json.loads(line) for line in (data / "labels.jsonl").read_text().splitlines()]
-    texts = {d["_id"]: (d.get("title", "") + " " + d["text"]).strip()
-             for d in map(json.loads, (data / "corpus.jsonl").read_text().splitlines())}
+    texts = {d.id: d.text_for_model for d in iter_corpus(data / "corpus.jsonl")}  # as training reads them
     train = [r for r in rows if r["split"] == "train"]
     test = [r for r in rows if r["split"] == "test"]
     model = load_encoder(model_dir)
