@@ -15,7 +15,12 @@ rows), and, for each task, a single-task model trains the same number of steps o
 alone. Printed: one row per task (untrained, single-task, multi-task) and the multi − single
 difference with a 95% paired bootstrap interval over the task's held-out queries or packages.
 
-Run:  .venv/bin/python bench/multitask.py [--steps 150] [--docs 3000]
+``--mined``: a third model trains the same steps on the three tasks with hard negatives mined
+for each retrieval task in its own corpus, with its own instruction, and re-mined every
+``--refresh-every`` steps with the weights of that step (``refresh.mode: sync``); its row and
+the mined − random difference are printed too. ``--no-single`` leaves the single-task models out.
+
+Run:  .venv/bin/python bench/multitask.py [--steps 150] [--docs 3000] [--mined] [--no-single]
 """
 from __future__ import annotations
 
@@ -44,12 +49,14 @@ def _tasks(data: Path, scifact: Path) -> dict[str, dict]:
     }
 
 
-def _train(tasks: list[dict], steps: int, runs: Path, name: str) -> Path:
+def _train(tasks: list[dict], steps: int, runs: Path, name: str, refresh_every: int | None = None) -> Path:
     from embedray.config import build_config
     from embedray.pipeline.config import TrainJobConfig
     from embedray.pipeline.runtime import run_local
 
-    job = build_config(TrainJobConfig, {
+    mined = {"refresh": {"mode": "sync", "every": refresh_every, "denoise": False},
+             "mining": {"k": 50, "num_negatives": 5, "range_min": 3, "batch_size": 64}} if refresh_every else {}
+    job = build_config(TrainJobConfig, {**mined,
         "tasks": [{**t, "weight": 1.0} for t in tasks], "model": {"name_or_path": "minilm-l6"},
         "train": {"max_steps": steps, "batch_size": 32, "lr": 3e-5, "negatives": "random", "num_negatives": 1,
                   "max_query_length": 48, "max_doc_length": 128, "checkpoint_every": 0, "eval_every": 0,
@@ -101,6 +108,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=150)
     ap.add_argument("--docs", type=int, default=3000)
     ap.add_argument("--scifact", type=Path, default=SCIFACT)
+    ap.add_argument("--mined", action="store_true", help="also train on per-task mined, refreshed negatives")
+    ap.add_argument("--refresh-every", type=int, default=40)
+    ap.add_argument("--no-single", action="store_true", help="leave out the single-task models")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="embedray-bench-multitask-"))
@@ -108,7 +118,10 @@ def main() -> None:
     build_debian(data, max_docs=args.docs, max_queries=args.docs // 2)
     tasks = _tasks(data, args.scifact)
     multi = _train(list(tasks.values()), args.steps, tmp / "runs", "multi")
-    single = {name: _train([t], args.steps, tmp / "runs", f"single-{name}") for name, t in tasks.items()}
+    mined = _train(list(tasks.values()), args.steps, tmp / "runs", "multi-mined", args.refresh_every) \
+        if args.mined else None
+    single = {} if args.no_single else \
+        {name: _train([t], args.steps, tmp / "runs", f"single-{name}") for name, t in tasks.items()}
 
     def score(name: str, model: str) -> dict[str, float]:
         if name == "sections":
@@ -116,18 +129,40 @@ def main() -> None:
         return _retrieval(model, data if name == "debian" else args.scifact, PROMPTS[name])
 
     out: dict[str, dict] = {"steps": args.steps}
-    print(f"\n| task (held-out) | metric | minilm-l6 | single-task, {args.steps} steps | multi-task, "
-          f"{args.steps} steps | multi − single [95% CI] |")
-    print("|---|---|---:|---:|---:|---:|")
+    cols = ["minilm-l6", *([f"single-task, {args.steps} steps"] if single else []),
+            f"multi-task, {args.steps} steps", *([f"multi-task, mined every {args.refresh_every}"] if mined else []),
+            *(["multi − single [95% CI]"] if single else []), *(["mined − random [95% CI]"] if mined else [])]
+    print("\n| task (held-out) | metric | " + " | ".join(cols) + " |")
+    print("|---|---|" + "---:|" * len(cols))
+    mean = lambda d: float(np.mean(list(d.values())))  # noqa: E731
+    interval = lambda ci: f"{ci['diff']:+.4f} [{ci['low']:+.4f}, {ci['high']:+.4f}]"  # noqa: E731
     for name in tasks:
-        base, one, three = score(name, "minilm-l6"), score(name, str(single[name])), score(name, str(multi))
-        ci = paired_bootstrap(one, three)
+        base, three = score(name, "minilm-l6"), score(name, str(multi))
+        one = score(name, str(single[name])) if single else None
+        hard = score(name, str(mined)) if mined else None
         metric = "linear-probe accuracy" if name == "sections" else "nDCG@10"
-        mean = lambda d: float(np.mean(list(d.values())))  # noqa: E731
-        out[name] = {"metric": metric, "items": len(three), "base": mean(base), "single": mean(one),
-                     "multi": mean(three), "diff": ci}
-        print(f"| {name} ({len(three)}) | {metric} | {mean(base):.4f} | {mean(one):.4f} | {mean(three):.4f} | "
-              f"{ci['diff']:+.4f} [{ci['low']:+.4f}, {ci['high']:+.4f}] |")
+        row = {"metric": metric, "items": len(three), "base": mean(base), "multi": mean(three)}
+        cells = [f"{mean(base):.4f}"]
+        if one is not None:
+            row.update(single=mean(one), diff=paired_bootstrap(one, three))
+            cells.append(f"{mean(one):.4f}")
+        cells.append(f"{mean(three):.4f}")
+        if hard is not None:
+            row.update(mined=mean(hard), mined_diff=paired_bootstrap(three, hard))
+            cells.append(f"{mean(hard):.4f}")
+        cells += [interval(row[k]) for k in ("diff", "mined_diff") if k in row]
+        out[name] = row
+        print(f"| {name} ({len(three)}) | {metric} | " + " | ".join(cells) + " |")
+    if mined:
+        logs = json.loads((tmp / "runs" / "multi-mined" / "detailed_training_logs.json").read_text())
+        pools = [e for e in logs["events"] if e["kind"] == "refresh"]
+        first = json.loads((tmp / "runs" / "multi-mined" / "initial_pool.json").read_text())
+        out["mining"] = {"initial": first, "refreshes": pools}
+        for e in [first, *pools]:
+            print(f"pool v{e['version']} (step {e['snapshot_step']}, {e['wall_s']:.0f} s): " + ", ".join(
+                f"{t} {c['queries_mined']} queries, {c['negatives_kept']} negatives, "
+                f"overlap@10 {c['overlap@10'] if c['overlap@10'] is None else round(c['overlap@10'], 3)}"
+                for t, c in e["tasks"].items()))
     steps = json.loads((tmp / "runs" / "multi" / "detailed_training_logs.json").read_text())["steps"]
     shares = {n: sum(r["task"] == n for r in steps) for n in tasks}
     out["multi_task_batches"] = shares

@@ -110,8 +110,7 @@ def main() -> int:
     from embedray.cluster.train import run_training
     from embedray.data.beir import load_beir
     from embedray.data.debian import build_debian
-    from embedray.pipeline.cross_encoder import train_base_cross_encoder
-    from embedray.pipeline.refresh import train_positives, trained_examples
+    from embedray.pipeline.refresh import base_cross_encoder
     from embedray.training.cross_encoder import evaluate_reranker
     from embedray.training.data import load_training_data
 
@@ -131,7 +130,7 @@ def main() -> int:
         job = _job(a, data_dir, out, "cross-encoder-prep", None)
         t0 = time.perf_counter()
         data = load_training_data(job.data)
-        train_base_cross_encoder(job, data, ce, out, train_positives(job, data), trained_examples(job, data))
+        base_cross_encoder(job, data, ce, out)
         print(f"cross-encoder trained in {time.perf_counter() - t0:.0f} s", flush=True)
     rerank = {}
     for split in ("dev", "test"):

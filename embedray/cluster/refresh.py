@@ -14,6 +14,7 @@ from embedray.pipeline.config import RefreshConfig, TrainJobConfig
 from embedray.pipeline.refresh import NegativeRefresher, RefreshDriver, reader_hooks
 from embedray.training.data import load_training_data
 from embedray.training.loop import Hooks
+from embedray.training.tasks import load_tasks
 
 
 class RefresherActor:
@@ -23,8 +24,9 @@ class RefresherActor:
         job = build_config(TrainJobConfig, job_dict, "refresher")
         _set_threads(job.refresh)
         factory = _ray_data_encoder(job) if job.refresh.ray_data_encode else None
-        self.refresher = NegativeRefresher(job, load_training_data(job.data), run_dir, cross_encoder, factory,
-                                           before_publish=before_publish)
+        data, per_task = load_tasks(job.tasks, rows=False)[:2] if job.tasks else (load_training_data(job.data), None)
+        self.refresher = NegativeRefresher(job, data, run_dir, cross_encoder, factory,
+                                           before_publish=before_publish, per_task=per_task)
 
     def refresh(self, step: int, weights: dict) -> dict:
         return self.refresher.refresh(step, weights)
@@ -40,12 +42,13 @@ def _set_threads(refresh) -> None:
 
 
 def _ray_data_encoder(job):
-    """Encode cache misses on a Ray Data actor pool with the snapshot's weights."""
-    def factory(model):
+    """Encode cache misses on a Ray Data actor pool with the snapshot's weights (and the mined
+    corpus's document instruction)."""
+    def factory(model, doc_prompt: str):
         weights = model.to_sentence_transformer().state_dict()
         return ray_encode_fn(resolve_model(job.model.name_or_path), batch_size=job.mining.batch_size,
                              num_actors=1, num_cpus_per_actor=job.refresh.num_cpus, state_dict=weights,
-                             prompt=job.model.doc_prompt, precision=job.mining.precision)
+                             prompt=doc_prompt, precision=job.mining.precision)
     return factory
 
 

@@ -185,13 +185,13 @@ def run_training(job, on_step: list[Callable[[int, Any], None]] | None = None,
     job = absolute_paths(job)
     run_dir = (Path(job.cluster.storage_path).expanduser().resolve() / job.cluster.run_name)
     run_dir.mkdir(parents=True, exist_ok=True)
-    data, _, examples = job_data(job)
+    data, per_task, examples = job_data(job)
     if data.report.total:
         print(f"[embedray] data: {data.report.summary()}", flush=True)
     _check_resources(job)
     hooks_factory = None
     if job.refresh.mode != "off":
-        ce_path = prepare_negatives(job, data, run_dir)
+        ce_path = prepare_negatives(job, data, run_dir, per_task)
         actor = start_refresher(job, run_dir, ce_path, before_publish) if job.refresh.mode in ("async", "sync") else None
         hooks_factory = RefreshHooks(actor, run_dir, job.refresh)
     trainer = TorchTrainer(

@@ -160,6 +160,13 @@ class CrossEncoderConfig:
             dropped as a likely false negative (scores are sigmoid probabilities in [0, 1]).
         dev_rerank_depth: after training, rerank the base bi-encoder's top-``dev_rerank_depth``
             of the dev split and report nDCG@10 before/after (``0`` skips that check).
+        gate: when the dev check says the cross-encoder ranks worse than the bi-encoder it
+            reranks (on any task's dev split), it scores nothing for the run: denoising falls
+            back to the bi-encoder's positive-aware rule and the pipeline's report has no
+            reranking row, and says why. ``False``: use it whatever the dev check says.
+        fallback_max_score_ratio: that positive-aware rule (NV-Retriever's TopK-PercPos): a
+            mined negative whose bi-encoder score is above this share of its query's positive's
+            is dropped (``mining.max_score_ratio``, unless the recipe sets one).
         precision: the cross-encoder's compute precision when it trains and when it scores
             (its scoring head stays fp32): ``auto`` (bf16 where the hardware runs it fast),
             ``fp32`` or ``bf16``.
@@ -179,6 +186,8 @@ class CrossEncoderConfig:
     score_batch_size: int = 32
     denoise_margin: float = 0.05
     dev_rerank_depth: int = 100
+    gate: bool = True
+    fallback_max_score_ratio: float = 0.95
     precision: str = "auto"
 
     def __post_init__(self) -> None:
@@ -203,6 +212,8 @@ class CrossEncoderConfig:
               f"must be >= 1, got {self.score_batch_size}")
         check(-1 <= self.denoise_margin <= 1, "denoise_margin",
               f"must be in [-1, 1] (sigmoid-score units), got {self.denoise_margin}")
+        check(0 < self.fallback_max_score_ratio <= 1, "fallback_max_score_ratio",
+              f"must be in (0, 1] (e.g. 0.95), got {self.fallback_max_score_ratio}")
         check(self.dev_rerank_depth >= 0, "dev_rerank_depth",
               f"must be >= 0 (0 skips the dev check), got {self.dev_rerank_depth}")
         check(self.precision in PRECISIONS, "precision",

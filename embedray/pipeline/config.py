@@ -64,7 +64,8 @@ class TaskConfig:
     """The task's data: a BEIR folder (JSONL or Parquet), with ``train_pairs`` (a FlagEmbedding
     conversion, a pair builder's output, Parquet pairs) or ``train_labels`` (classification)."""
     loss: LossConfig = field(default_factory=LossConfig)
-    """The task's objective (any of a train job's, but the distillation terms)."""
+    """The task's objective (any of a train job's; distillation terms read the job's ``distill``
+    teacher, which encodes the task's texts with the task's instructions)."""
     weight: float | None = None
     """Relative share of batches under ``train.task_sampling: weighted``; None = the task's
     number of training rows (proportional sampling)."""
@@ -73,7 +74,8 @@ class TaskConfig:
     doc_prompt: str | None = None
     """Instruction before the task's documents; None = ``model.doc_prompt``."""
     negatives: Literal["none", "random", "given", "pool"] | None = None
-    """The task's ``train.negatives``; None = the job's."""
+    """The task's ``train.negatives``; None = the job's, or ``pool`` when ``refresh.mode`` is on
+    (the refresher then mines the task's queries in its own corpus)."""
     num_negatives: int | None = None
     """The task's ``train.num_negatives``; None = the job's."""
     given_negatives: Literal["fallback", "mix", "instead"] | None = None
@@ -91,17 +93,14 @@ class TaskConfig:
         if (self.loss.name == "classification") != bool(self.data.train_labels):
             raise ValueError(f"{where}: loss.name: classification trains on data.train_labels, and "
                              "data.train_labels needs loss.name: classification")
-        if self.loss.loop_needs().teacher:
-            raise ValueError(f"{where}.loss: distillation terms need one teacher for the whole job; "
-                             "distill in a single-task job (no tasks:)")
         if self.loss.name == "classification":
             self.negatives, self.num_negatives = "none", 0  # one labelled text per row
 
-    def resolve(self, model: ModelConfig, train: TrainConfig) -> None:
-        """Fill the unset fields from the job's sections."""
+    def resolve(self, model: ModelConfig, train: TrainConfig, refreshing: bool = False) -> None:
+        """Fill the unset fields from the job's sections (``refreshing``: the job refreshes negatives)."""
         self.query_prompt = model.query_prompt if self.query_prompt is None else self.query_prompt
         self.doc_prompt = model.doc_prompt if self.doc_prompt is None else self.doc_prompt
-        self.negatives = self.negatives or train.negatives
+        self.negatives = self.negatives or ("pool" if refreshing else train.negatives)
         self.num_negatives = train.num_negatives if self.num_negatives is None else self.num_negatives
         self.given_negatives = self.given_negatives or train.given_negatives
         if self.negatives == "none":
@@ -137,24 +136,7 @@ class TrainJobConfig:
             if self.refresh.mode != "off":
                 raise ValueError("refresh.mode: classification rows have no query to mine negatives for")
             self.train.negatives, self.train.num_negatives = "none", 0  # one labelled text per row
-        if self.distill.needs_model(self.loss.loop_needs()) and not self.distill.teacher:
-            raise ValueError("loss.distill_score / loss.distill_embed need distill.teacher (a model folder)")
-        if self.train.mini_batch_size and self.loss.distill_hidden:
-            raise ValueError("train.mini_batch_size (GradCache) caches embeddings, not the token states "
-                             "loss.distill_hidden needs; turn one of them off")
-        if self.distill.score_source == "data" and self.loss.distill_score is not None:
-            if self.train.negatives != "given":
-                raise ValueError("distill.score_source: data scores each row's own negatives: it needs "
-                                 f"train.negatives: given, got {self.train.negatives!r}")
-            if self.loss.distill_in_batch:
-                raise ValueError("loss.distill_in_batch needs distill.score_source: teacher (the rows "
-                                 "score only their own candidates)")
-        if self.distill.score_source == "cross_encoder" and self.loss.distill_in_batch:
-            raise ValueError("loss.distill_in_batch needs distill.score_source: teacher (the pool holds "
-                             "cross-encoder scores only for each query's own candidates)")
-        if self.distill.score_source == "cross_encoder" and self.refresh.mode == "off":
-            raise ValueError("distill.score_source: cross_encoder needs cross-encoder-scored pools "
-                             "(refresh.mode: static, async or sync)")
+        self._check_distill(self.loss, self.train.negatives)
         if self.refresh.mode != "off":
             if self.train.negatives == "given":
                 raise ValueError("refresh.mode is on, so negatives come from the refreshed pool; keep the "
@@ -163,6 +145,32 @@ class TrainJobConfig:
                 raise ValueError("refresh.mode is on but train.negatives is 'none': mined negatives "
                                  "need train.negatives: pool (and train.num_negatives >= 1)")
             self.train.negatives = "pool"  # refreshed pools feed the sampler
+
+    def _check_distill(self, loss: LossConfig, negatives: str, where: str = "") -> None:
+        """The distillation terms of ``loss`` against the job's ``distill`` section (``negatives``:
+        where the rows' negatives come from; ``where``: the task, in the messages)."""
+        if self.distill.needs_model(loss.loop_needs()) and not self.distill.teacher:
+            raise ValueError(f"{where}loss.distill_score / loss.distill_embed need distill.teacher (a model folder)")
+        if self.train.mini_batch_size and loss.distill_hidden:
+            raise ValueError(f"train.mini_batch_size (GradCache) caches embeddings, not the token states "
+                             f"{where}loss.distill_hidden needs; turn one of them off")
+        if self.distill.score_source == "data" and loss.distill_score is not None:
+            if negatives != "given":
+                raise ValueError(f"distill.score_source: data scores each row's own negatives: {where}loss."
+                                 f"distill_score needs train.negatives: given, got {negatives!r}")
+            if loss.distill_in_batch:
+                raise ValueError(f"{where}loss.distill_in_batch needs distill.score_source: teacher (the rows "
+                                 "score only their own candidates)")
+        if self.distill.score_source == "cross_encoder" and loss.distill_in_batch:
+            raise ValueError(f"{where}loss.distill_in_batch needs distill.score_source: teacher (the pool holds "
+                             "cross-encoder scores only for each query's own candidates)")
+        if self.distill.score_source == "cross_encoder" and self.refresh.mode == "off":
+            raise ValueError("distill.score_source: cross_encoder needs cross-encoder-scored pools "
+                             "(refresh.mode: static, async or sync)")
+        if (self.distill.score_source == "cross_encoder" and loss.distill_score is not None
+                and self.tasks and negatives != "pool"):
+            raise ValueError(f"distill.score_source: cross_encoder scores the refreshed pool's negatives: "
+                             f"{where}loss.distill_score needs the task's negatives: pool, got {negatives!r}")
 
     def _check_tasks(self) -> None:
         if not self.tasks:
@@ -173,14 +181,18 @@ class TrainJobConfig:
         names = [t.name for t in self.tasks]
         if len(set(names)) != len(names):
             raise ValueError(f"tasks: names must be unique, got {names}")
-        if self.refresh.mode != "off":
-            raise ValueError("tasks: negative refreshing mines one corpus; a multi-task job takes "
-                             "refresh.mode: off (per-task negatives: random, given or none)")
+        refreshing = self.refresh.mode != "off"
         for t in self.tasks:
-            t.resolve(self.model, self.train)
-            if t.negatives == "pool":
-                raise ValueError(f"tasks[{t.name}].negatives: pool needs a mined pool (refresh), which a "
-                                 "multi-task job does not run; use random, given or none")
+            t.resolve(self.model, self.train, refreshing)
+            if t.negatives == "pool" and not refreshing:
+                raise ValueError(f"tasks[{t.name}].negatives: pool needs mined pools: set refresh.mode "
+                                 "(static, async or sync), or use random, given or none")
+            if t.negatives == "pool" and t.num_negatives < 1:
+                raise ValueError(f"tasks[{t.name}].negatives: pool, but its num_negatives is 0")
+            self._check_distill(t.loss, t.negatives, f"tasks[{t.name}].")
+        if refreshing and not any(t.negatives == "pool" for t in self.tasks):
+            raise ValueError("refresh.mode is on, but no task takes its negatives from the pool (a task's "
+                             "negatives unset means pool; classification tasks have none)")
         dims = {tuple(t.loss.loop_needs().matryoshka_dims or ()) for t in self.tasks} - {()}
         if len(dims) > 1:
             raise ValueError(f"tasks: Matryoshka dims differ between tasks ({sorted(dims)}); the saved model "
@@ -234,6 +246,15 @@ class TeacherConfig:
     """The training objective."""
     train: TrainConfig = field(default_factory=TrainConfig)
     """Loop settings of the teacher run."""
+    tasks: list[TaskConfig] | None = None
+    """More tasks the teacher trains on besides the pipeline's data (a multi-task teacher, one
+    task per batch; a train job's ``tasks:`` entries). The pipeline's data is the task named
+    ``task_name``, with ``loss`` above and the model's prompts; the student distils that task.
+    The report evaluates each retrieval task on its own ``data.test_split``, before and after."""
+    task_name: str = "main"
+    """The pipeline's own data as a task of a multi-task teacher (its exported prompts' names)."""
+    task_weight: float | None = None
+    """Its share of the batches (None: proportional to its training rows)."""
 
     #: A model key given directly under ``teacher:`` (the earlier layout) belongs to ``teacher.model``.
     RENAMED: ClassVar[dict[str, str]] = {**{f.name: f"model.{f.name}" for f in fields(ModelConfig)},
@@ -368,6 +389,23 @@ class PipelineConfig:
 
     def __post_init__(self) -> None:
         _mine_with_the_model_prompts(self.mining, self.teacher.model)
+        if self.teacher.tasks is not None:
+            import copy
+
+            # The teacher stage's job, checked now rather than after the stages before it ran.
+            TrainJobConfig(tasks=self.teacher_tasks(self.data), model=copy.deepcopy(self.teacher.model),
+                           train=copy.deepcopy(self.teacher.train), mining=copy.deepcopy(self.mining),
+                           cross_encoder=copy.deepcopy(self.cross_encoder), refresh=copy.deepcopy(self.refresh))
+
+    def teacher_tasks(self, data: DataConfig) -> list[TaskConfig]:
+        """A multi-task teacher's tasks (copies): the pipeline's ``data`` first, then ``teacher.tasks``."""
+        import copy
+
+        t = self.teacher
+        if not t.tasks:
+            raise ValueError("teacher.tasks: empty; list at least one more task, or leave it out")
+        main = TaskConfig(name=t.task_name, data=copy.deepcopy(data), loss=copy.deepcopy(t.loss), weight=t.task_weight)
+        return [main, *copy.deepcopy(t.tasks)]
 
 
 def _mine_with_the_model_prompts(mining: MiningConfig, model: ModelConfig) -> None:

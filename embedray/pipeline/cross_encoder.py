@@ -7,35 +7,79 @@ from pathlib import Path
 from embedray.atomic import write_json_atomic
 from embedray.eval.retrieval import evaluate_retrieval
 from embedray.mining.cache import doc_key, encode_with_cache, live_model_key
-from embedray.mining.pipeline import doc_text, mine
+from embedray.mining.pipeline import doc_text
 from embedray.models.encoder import BiEncoder
 from embedray.training.cross_encoder import evaluate_reranker, train_cross_encoder
 from embedray.training.loop import make_encode_fn
 
 
-def train_base_cross_encoder(job, data, ce_dir: Path, run_dir: Path, positives: dict[str, set[str]],
-                             examples: list) -> None:
-    """Train the cross-encoder into ``ce_dir`` on (query, positive) training pairs and the
-    negatives the base bi-encoder mines; with a dev split, report it as a reranker of the
-    bi-encoder's top ``cross_encoder.dev_rerank_depth`` (``cross_encoder_dev.json``)."""
+GATE_FILE = "cross_encoder_gate.json"
+
+
+def train_base_cross_encoder(job, data, ce_dir: Path, run_dir: Path, targets: list, pool) -> None:
+    """Train the cross-encoder into ``ce_dir`` on the (query, positive) training pairs of every
+    mining target (:class:`~embedray.pipeline.refresh.MineTarget`) and ``pool``, the negatives the
+    base bi-encoder mined for them (the merged data's ids: ``data``'s), then check it on dev
+    (:func:`dev_check`)."""
+    pairs = [(t.global_id(ex.query_id), t.data.queries[ex.query_id], t.global_id(ex.pos_id))
+             for t in targets for ex in t.examples]
+    print(f"[embedray] training the cross-encoder on {len(pairs)} pairs + mined negatives", flush=True)
+    train_cross_encoder(pairs, data.corpus, pool, job.cross_encoder, ce_dir)
+    dev_check(job, ce_dir, run_dir, targets)
+
+
+def dev_check(job, ce_dir: Path, run_dir: Path, targets: list) -> dict | None:
+    """For each target with a dev split, the cross-encoder as a reranker of the base bi-encoder's
+    top ``cross_encoder.dev_rerank_depth``: nDCG@10 etc. before and after, written to
+    ``cross_encoder_dev.json`` (a multi-task job's holds each task's under ``tasks``) and
+    returned; None when no target has a dev split or the depth is 0."""
+    depth = job.cross_encoder.dev_rerank_depth
+    if not depth:
+        return None
     model = BiEncoder.from_config(job.model).eval()
     model.precision = job.mining.precision
-    encode = make_encode_fn(model, job.model)
     weights_fp = live_model_key(model)
-    base = mine(data.corpus, data.queries, positives, encode, job.mining,
-                cache_dir=run_dir / "cache", weights_fp=weights_fp)
-    pairs = [(ex.query_id, data.queries[ex.query_id], ex.pos_id) for ex in examples]
-    print(f"[embedray] training the cross-encoder on {len(pairs)} pairs + mined negatives", flush=True)
-    train_cross_encoder(pairs, data.corpus, base.pool, job.cross_encoder, ce_dir)
-    depth = job.cross_encoder.dev_rerank_depth
-    if data.dev is not None and depth:
-        # The documents were just encoded for mining by the same weights: read them from the cache.
-        docs = encode_with_cache([doc_text(d) for d in data.dev.corpus.values()],
+    reports = {}
+    for t in targets:
+        if t.data.dev is None:
+            continue
+        encode = make_encode_fn(model, t.model)
+        # The documents were encoded for mining by the same weights: read them from the cache.
+        docs = encode_with_cache([doc_text(d) for d in t.data.dev.corpus.values()],
                                  lambda texts: encode(texts, "doc"), weights_fp, run_dir / "cache",
-                                 prompt=doc_key(job.mining.doc_prompt))
-        first = evaluate_retrieval(encode, data.dev, k=depth, show_progress=False,
+                                 prompt=doc_key(t.mining.doc_prompt))
+        first = evaluate_retrieval(encode, t.data.dev, k=depth, show_progress=False,
                                    corpus_embeddings=docs.embeddings)
-        report = evaluate_reranker(str(ce_dir), data.dev, first.run, k=depth, precision=job.cross_encoder.precision)
-        write_json_atomic({**report, "depth": depth}, run_dir / "cross_encoder_dev.json")
-        print(f"[embedray] cross-encoder reranking dev top-{depth}: nDCG@10 {report['before']['ndcg@10']:.4f} "
-              f"→ {report['after']['ndcg@10']:.4f}", flush=True)
+        report = evaluate_reranker(str(ce_dir), t.data.dev, first.run, k=depth, precision=job.cross_encoder.precision)
+        reports[t.name] = {**report, "depth": depth}
+        print(f"[embedray] cross-encoder reranking {t.name + ' ' if t.name else ''}dev top-{depth}: nDCG@10 "
+              f"{report['before']['ndcg@10']:.4f} → {report['after']['ndcg@10']:.4f}", flush=True)
+    if not reports:
+        return None
+    out = reports[""] if "" in reports else {"tasks": reports}
+    write_json_atomic(out, run_dir / "cross_encoder_dev.json")
+    return out
+
+
+def gate(job, report: dict | None) -> dict:
+    """Whether the run may use the cross-encoder (``cross_encoder.gate``): not when, on some dev
+    split, its reranking has a lower nDCG@10 than the bi-encoder's own ranking. The verdict says
+    what it compared and, when it failed, the positive-aware rule denoising falls back to."""
+    ce = job.cross_encoder
+    if not ce.gate:
+        return {"checked": False, "passed": True, "why": "cross_encoder.gate: false"}
+    if report is None:
+        return {"checked": False, "passed": True,
+                "why": "no dev check (no dev split, or cross_encoder.dev_rerank_depth: 0)"}
+    tasks = report["tasks"] if "tasks" in report else {"": report}
+    dev = {t: {"bi_encoder": r["before"]["ndcg@10"], "reranked": r["after"]["ndcg@10"], "depth": r.get("depth")}
+           for t, r in tasks.items()}
+    worse = sorted(t for t, r in dev.items() if r["reranked"] < r["bi_encoder"])
+    out = {"checked": True, "passed": not worse, "dev": dev}
+    if worse:
+        ratio = job.mining.max_score_ratio or ce.fallback_max_score_ratio
+        out.update(worse=worse, fallback={"max_score_ratio": ratio},
+                   why="it reranks dev worse than the bi-encoder ("
+                       + "; ".join(f"{t + ': ' if t else ''}{dev[t]['reranked']:.4f} < {dev[t]['bi_encoder']:.4f}"
+                                   for t in worse) + ")")
+    return out

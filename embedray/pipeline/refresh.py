@@ -13,9 +13,10 @@ Plain Python: a local run calls the refresher in-process (:mod:`embedray.pipelin
 """
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from embedray.atomic import write_json_atomic
@@ -27,16 +28,21 @@ from embedray.mining.store import PoolStore
 from embedray.models.cross_encoder import load_cross_encoder
 from embedray.models.encoder import BiEncoder
 from embedray.pipeline.config import RefreshConfig
-from embedray.pipeline.cross_encoder import train_base_cross_encoder
+from embedray.pipeline.cross_encoder import GATE_FILE, dev_check, gate, train_base_cross_encoder
 from embedray.training.data import training_examples
 from embedray.training.loop import Hooks, make_encode_fn
+from embedray.training.tasks import load_tasks, prefixed
 
 
 def train_positives(job, data) -> dict[str, set[str]]:
     """The queries that are mined, with every known positive of each (never mined as a negative):
     the training rows' queries. Dev queries are not trained on, so their negatives are not mined."""
+    return _positives(trained_examples(job, data), data)
+
+
+def _positives(examples, data) -> dict[str, set[str]]:
     out: dict[str, set[str]] = {}
-    for ex in trained_examples(job, data):
+    for ex in examples:
         out.setdefault(ex.query_id, set(data.positives.get(ex.query_id, ()))).add(ex.pos_id)
     return out
 
@@ -45,6 +51,72 @@ def trained_examples(job, data) -> list:
     """The training examples the trainer uses; the trainer has raised or counted the bad rows
     already, so here they are only left out."""
     return training_examples(replace(job.data, on_error="skip"), data)
+
+
+@dataclass
+class MineTarget:
+    """One corpus a refresh mines: a single-task job's data, or one task's own (its ids, its
+    instructions), whose ids the published pool prefixes with ``name`` (``""``: none)."""
+
+    name: str
+    data: object
+    """The :class:`~embedray.training.data.TrainingData` mined (corpus, queries, dev split)."""
+    positives: dict[str, set[str]]
+    """The trained queries and every known positive of each."""
+    examples: list
+    """Its training examples (what a cross-encoder trained for the run learns from)."""
+    model: object
+    """The :class:`ModelConfig` it encodes with (the task's instructions)."""
+    mining: object
+    """The :class:`MiningConfig` it mines with (the task's instructions as the cache keys)."""
+
+    def global_id(self, id_: str) -> str:
+        return prefixed(self.name, id_) if self.name else id_
+
+
+def mining_targets(job, data, per_task: dict | None = None) -> list[MineTarget]:
+    """What a refresh of ``job`` mines: its data, or (``tasks``) each task whose negatives come
+    from the pool, on that task's own corpus (``per_task``: each task's data, read if None)."""
+    if not job.tasks:
+        examples = trained_examples(job, data)
+        return [MineTarget("", data, _positives(examples, data), examples, job.model, job.mining)]
+    per_task = per_task if per_task is not None else load_tasks(job.tasks, rows=False)[1]
+    out = []
+    for t in job.tasks:
+        if t.negatives != "pool":
+            continue
+        own = per_task[t.name]
+        examples = training_examples(replace(t.data, on_error="skip"), own)
+        prompts = {"query_prompt": t.query_prompt, "doc_prompt": t.doc_prompt}
+        out.append(MineTarget(t.name, own, _positives(examples, own), examples, replace(job.model, **prompts),
+                              replace(job.mining, **prompts)))
+    return out
+
+
+def merged_pool(pools: dict[str, NegativePool], targets: list[MineTarget], version: int) -> NegativePool:
+    """One pool of every target's, under the merged data's ids (a single target's as it is)."""
+    if len(targets) == 1 and not targets[0].name:
+        return pools[""]
+    negatives, positive_scores, meta = {}, {}, {"tasks": {}}
+    for t in targets:
+        pool, g = pools[t.name], t.global_id
+        negatives.update({g(q): [(g(d), s) for d, s in negs] for q, negs in pool.negatives.items()})
+        positive_scores.update({g(q): {g(d): s for d, s in ps.items()} for q, ps in pool.positive_scores.items()})
+        meta["tasks"][t.name] = pool.meta
+        meta.setdefault("config", pool.meta.get("config"))
+        meta.setdefault("weights_fingerprint", pool.meta.get("weights_fingerprint"))
+    return NegativePool(version, negatives, positive_scores, meta)
+
+
+def task_pool(pool: NegativePool, task: str) -> NegativePool:
+    """One task's part of a multi-task pool, under the task's own ids."""
+    head = prefixed(task, "")
+    own = lambda i: i[len(head):]  # noqa: E731
+    negatives = {own(q): [(own(d), s) for d, s in negs] for q, negs in pool.negatives.items() if q.startswith(head)}
+    scores = {own(q): {own(d): s for d, s in ps.items()} for q, ps in pool.positive_scores.items()
+              if q.startswith(head)}
+    meta = {k: v for k, v in pool.meta.items() if k != "tasks"} | {"task": task}
+    return NegativePool(pool.version, negatives, scores, meta)
 
 
 def overlap_at_k(new: NegativePool, old: NegativePool | None, k: int = 10) -> float | None:
@@ -69,29 +141,56 @@ def mining_recipe(job, cross_encoder: str | None) -> str:
 
     parts = {"mining": asdict(job.mining), "cross_encoder": asdict(job.cross_encoder), "model": asdict(job.model),
              "denoise": job.refresh.denoise, "cross_encoder_path": cross_encoder}
+    if job.tasks:
+        parts["tasks"] = [[t.name, t.query_prompt, t.doc_prompt, t.negatives] for t in job.tasks]
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
 class NegativeRefresher:
-    """Holds the corpus, a bi-encoder and the cross-encoder; each :meth:`refresh` publishes a pool."""
+    """Holds the corpora, a bi-encoder and the cross-encoder; each :meth:`refresh` publishes a pool.
+
+    A multi-task job's refresh mines every task whose negatives come from the pool on its own
+    corpus with its own instructions (:func:`mining_targets`), and publishes one pool of all of
+    them under the merged data's ``<task>::`` ids; its telemetry has each task's counts.
+    """
 
     def __init__(self, job, data, run_dir: str | Path, cross_encoder: str | None,
-                 encode_corpus_factory=None, before_publish: Callable[[int, int], None] | None = None):
-        self.job, self.data, self.run_dir = job, data, Path(run_dir)
+                 encode_corpus_factory=None, before_publish: Callable[[int, int], None] | None = None,
+                 per_task: dict | None = None):
+        self.run_dir = Path(run_dir)
+        verdict = read_gate(self.run_dir)
+        if cross_encoder and verdict is not None and not verdict["passed"]:
+            # The gate failed: the bi-encoder's positive-aware rule denoises instead.
+            cross_encoder = None
+            job = replace(job, mining=replace(job.mining, **verdict["fallback"]))
+        self.job, self.data = job, data
         self.pools = PoolStore(self.run_dir / "pools")
-        self.indexes = IndexStore(self.run_dir / "indexes")
+        self.targets = mining_targets(job, data, per_task)
+        root = self.run_dir / "indexes"
+        self.indexes = {t.name: IndexStore(root / t.name if t.name else root) for t in self.targets}
         self.cross_encoder = None
         if cross_encoder and job.refresh.denoise:
-                self.cross_encoder = load_cross_encoder(cross_encoder, max_length=job.cross_encoder.max_length,
+            self.cross_encoder = load_cross_encoder(cross_encoder, max_length=job.cross_encoder.max_length,
                                                     precision=job.cross_encoder.precision)
         self.model = BiEncoder.from_config(job.model).eval()
         self.model.precision = job.mining.precision
-        self.positives = train_positives(job, data)
-        # factory(live BiEncoder) -> texts → embeddings for cache misses (e.g. a Ray Data actor pool)
+        # factory(live BiEncoder, doc prompt) -> texts → embeddings for cache misses (e.g. a Ray Data actor pool)
         self.encode_corpus_factory = encode_corpus_factory
         self.recipe = mining_recipe(job, cross_encoder)
         # before_publish(step, version): called once a refresh has mined, before it publishes
         self.before_publish = before_publish
+
+    def mine_targets(self, version: int, cross_encoder=None) -> dict:
+        """Mine every target with the current weights: ``{name: MineResult}``."""
+        results = {}
+        for t in self.targets:
+            factory = self.encode_corpus_factory
+            results[t.name] = mine(t.data.corpus, t.data.queries, t.positives, make_encode_fn(self.model, t.model),
+                                   t.mining, cross_encoder=cross_encoder, ce_cfg=self.job.cross_encoder,
+                                   cache_dir=self.run_dir / "cache", weights_fp=live_model_key(self.model),
+                                   version=version,
+                                   encode_corpus=factory(self.model, t.model.doc_prompt) if factory else None)
+        return results
 
     def refresh(self, step: int, weights: dict | None = None) -> dict:
         """Mine with ``weights`` (None: the base model) and publish the next pool version."""
@@ -103,30 +202,39 @@ class NegativeRefresher:
             # A resumed run re-snapshots, at the same step, the very weights its killed attempt
             # mined from (exact resume): that pool is this refresh's, under the same version.
             return {**self.pools.meta(same)["telemetry"], "reused": True, "wall_s": time.perf_counter() - t0}
-        version = max(self.pools.next_version(), self.indexes.next_version())
-        result = mine(self.data.corpus, self.data.queries, self.positives,
-                      make_encode_fn(self.model, self.job.model), self.job.mining,
-                      cross_encoder=self.cross_encoder, ce_cfg=self.job.cross_encoder,
-                      cache_dir=self.run_dir / "cache", weights_fp=fp, version=version,
-                      encode_corpus=self.encode_corpus_factory(self.model) if self.encode_corpus_factory else None)
+        version = max(self.pools.next_version(), *(s.next_version() for s in self.indexes.values()))
+        results = self.mine_targets(version, self.cross_encoder)
+        pool = merged_pool({n: r.pool for n, r in results.items()}, self.targets, version)
         previous = self.pools.load(self.pools.latest_version()) if self.pools.latest_version() else None
         if self.before_publish is not None:
             self.before_publish(step, version)  # a test's fault injection: dies here, mid-refresh
-        if result.index is not None:
-            self.indexes.publish(result.index, version)  # aside + rename: never seen half-built
-            self.indexes.prune(self.job.refresh.keep_indexes)
-        c, t = result.counts, result.timings
-        mined = c["negatives_kept"] + c["negatives_removed"]
-        telemetry = {"version": version, "snapshot_step": step, "queries_mined": c["queries_mined"],
-                     "negatives_kept": c["negatives_kept"], "negatives_removed": c["negatives_removed"],
-                     "false_negative_rate": c["negatives_removed"] / mined if mined else 0.0,
-                     "overlap@10": overlap_at_k(result.pool, previous), "docs_encoded": c.get("docs_encoded"),
-                     "docs_cached": c.get("docs_cached"), "encode_s": t.get("encode_s"),
-                     "index_s": t.get("index_s"), "search_s": t.get("search_s"), "rescore_s": t.get("rescore_s"),
-                     "wall_s": time.perf_counter() - t0}
-        result.pool.meta.update({"snapshot_step": step, "recipe": self.recipe, "telemetry": telemetry})
-        self.pools.publish(result.pool)
+        for name, result in results.items():
+            if result.index is not None:
+                self.indexes[name].publish(result.index, version)  # aside + rename: never seen half-built
+                self.indexes[name].prune(self.job.refresh.keep_indexes)
+        telemetry = {"version": version, "snapshot_step": step,
+                     **_mining_counts(pool, [r for r in results.values()], previous)}
+        if self.job.tasks:
+            telemetry["tasks"] = {t.name: _mining_counts(merged_pool({t.name: results[t.name].pool}, [t], version),
+                                                         [results[t.name]], previous) for t in self.targets}
+        telemetry["wall_s"] = time.perf_counter() - t0
+        pool.meta.update({"snapshot_step": step, "recipe": self.recipe, "telemetry": telemetry})
+        self.pools.publish(pool)
         return telemetry
+
+
+def _mining_counts(pool: NegativePool, results: list, previous: NegativePool | None) -> dict:
+    """A refresh's telemetry of ``pool`` (what ``results`` mined; ``previous``: the last pool)."""
+    def total(part: str, key: str):
+        values = [getattr(r, part).get(key) for r in results]
+        return None if all(v is None for v in values) else sum(v or 0 for v in values)
+
+    kept, removed = total("counts", "negatives_kept"), total("counts", "negatives_removed")
+    mined = kept + removed
+    return {"queries_mined": total("counts", "queries_mined"), "negatives_kept": kept, "negatives_removed": removed,
+            "false_negative_rate": removed / mined if mined else 0.0, "overlap@10": overlap_at_k(pool, previous),
+            "docs_encoded": total("counts", "docs_encoded"), "docs_cached": total("counts", "docs_cached"),
+            **{k: total("timings", k) for k in ("encode_s", "index_s", "search_s", "rescore_s")}}
 
 
 class RefreshDriver:
@@ -200,38 +308,74 @@ def reader_hooks(store: PoolStore, refreshing: bool = False):
     return Hooks(pool_version=newest, load_pool=load)
 
 
-def prepare_negatives(job, data, run_dir: str | Path) -> str | None:
-    """Before training: train the cross-encoder if none is given (on base-model negatives,
-    reported as a reranker on dev), then publish pool v1 mined by the base model.
+def base_cross_encoder(job, data, ce_dir: Path, run_dir: Path, per_task: dict | None = None) -> None:
+    """Train the run's cross-encoder into ``ce_dir`` on the negatives the base bi-encoder mines
+    for every mining target (:func:`~embedray.pipeline.cross_encoder.train_base_cross_encoder`)."""
+    base = NegativeRefresher(job, data, run_dir, None, per_task=per_task)
+    pools = {name: r.pool for name, r in base.mine_targets(version=0).items()}
+    train_base_cross_encoder(job, data, ce_dir, Path(run_dir), base.targets, merged_pool(pools, base.targets, 0))
 
-    Idempotent: a finished cross-encoder or a published pool is reused (resumable).
-    Returns the cross-encoder folder (None without denoising).
+
+def read_gate(run_dir: Path) -> dict | None:
+    """The run's cross-encoder gate verdict (:func:`~embedray.pipeline.cross_encoder.gate`), if any."""
+    path = Path(run_dir) / GATE_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def prepare_negatives(job, data, run_dir: str | Path, per_task: dict | None = None) -> str | None:
+    """Before training: train the cross-encoder if none is given (on base-model negatives), check
+    it as a reranker on dev and gate it (``cross_encoder.gate``), then publish pool v1 mined by
+    the base model. ``per_task``: a multi-task job's data of each task (read when None).
+
+    Idempotent: a finished cross-encoder, its verdict or a published pool is reused (resumable).
+    Returns the cross-encoder folder (None without denoising; the folder even when the gate
+    failed: the refresher reads the verdict and leaves it out).
     """
     run_dir = Path(run_dir)
     ce_path = job.refresh.cross_encoder
     if job.refresh.denoise and ce_path is None:
         ce_dir = run_dir / "cross-encoder"
         if not (ce_dir / "config.json").exists():
-            train_base_cross_encoder(job, data, ce_dir, run_dir, train_positives(job, data),
-                                     trained_examples(job, data))
+            base_cross_encoder(job, data, ce_dir, run_dir, per_task)
         ce_path = str(ce_dir)
+    if ce_path is not None and read_gate(run_dir) is None:
+        report = _read_json(run_dir / "cross_encoder_dev.json") if job.refresh.cross_encoder is None else \
+            dev_check(job, Path(ce_path), run_dir, mining_targets(job, data, per_task))
+        verdict = gate(job, report)
+        write_json_atomic(verdict, run_dir / GATE_FILE)
+        if not verdict["passed"]:
+            print(f"[embedray] cross-encoder gate: {verdict['why']}: it scores nothing in this run; denoising "
+                  f"falls back to the bi-encoder's positive-aware rule (mining.max_score_ratio "
+                  f"{verdict['fallback']['max_score_ratio']:g})", flush=True)
+    verdict = read_gate(run_dir)
+    if verdict is not None and not verdict["passed"] and job.distill.score_source == "cross_encoder":
+        raise ValueError(f"distill.score_source: cross_encoder, but the cross-encoder gate failed ({verdict['why']}); "
+                         "distil from the teacher's scores (score_source: teacher), or set cross_encoder.gate: false "
+                         "to use it anyway")
     store = PoolStore(run_dir / "pools")
     if store.latest_version() == 0:
-        telemetry = NegativeRefresher(job, data, run_dir, ce_path).refresh(step=0)
+        telemetry = NegativeRefresher(job, data, run_dir, ce_path, per_task=per_task).refresh(step=0)
         write_json_atomic(telemetry, run_dir / "initial_pool.json")
-        print(f"[embedray] pool v{telemetry['version']}: {telemetry['negatives_kept']} negatives kept, "
-              f"{telemetry['negatives_removed']} removed by the cross-encoder", flush=True)
+        scored = ce_path is not None and (read_gate(run_dir) or {}).get("passed", True)
+        for name, t in [("", telemetry), *sorted(telemetry.get("tasks", {}).items())]:
+            print(f"[embedray] pool v{telemetry['version']}{' ' + name if name else ''}: {t['queries_mined']} "
+                  f"queries, {t['negatives_kept']} negatives kept"
+                  + (f", {t['negatives_removed']} removed by the cross-encoder" if scored else ""), flush=True)
     return ce_path
 
 
-def refresh_hooks_in_process(job, data, run_dir: Path) -> Hooks:
+def _read_json(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def refresh_hooks_in_process(job, data, run_dir: Path, per_task: dict | None = None) -> Hooks:
     """The refresh loop in one process: pool v1 prepared, then each refresh runs inline at its
     snapshot step (as ``sync`` would)."""
-    ce_path = prepare_negatives(job, data, run_dir)
+    ce_path = prepare_negatives(job, data, run_dir, per_task)
     store = PoolStore(run_dir / "pools")
     if job.refresh.mode == "static":
         return reader_hooks(store)
-    refresher = NegativeRefresher(job, data, run_dir, ce_path)
+    refresher = NegativeRefresher(job, data, run_dir, ce_path, per_task=per_task)
     driver = RefreshDriver(job.refresh, submit=refresher.refresh, ready=lambda r: True, result=lambda r: r,
                            mode="sync")
     return driver.hooks(store)

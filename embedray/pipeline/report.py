@@ -63,6 +63,18 @@ def _plots(run: Path, rows: dict) -> list[str]:
     return written
 
 
+def _task_table(tasks: dict) -> list[str]:
+    """The multi-task teacher's other tasks, each on its own held-out split and instructions."""
+    models = list(dict.fromkeys(m for r in tasks.values() for m in r if m not in ("split", "queries")))
+    lines = ["## The teacher's other tasks (each on its own held-out split)", "",
+             "| task | split | queries | " + " | ".join(f"{m} nDCG@10" for m in models) + " |",
+             "|---|---|---:|" + "---:|" * len(models)]
+    for task, r in tasks.items():
+        cells = [f"{r[m]['ndcg@10']:.4f}" if m in r else "" for m in models]
+        lines.append(f"| {task} | {r['split']} | {r['queries']} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
+
+
 def _table(rows: dict) -> str:
     head = "| model | dim | nDCG@10 | Recall@100 | MRR@10 | docs/s | params |\n|---|---:|---:|---:|---:|---:|---:|"
     lines = [head]
@@ -82,13 +94,14 @@ def write_report(run: Path, cfg) -> dict:
     rows = json.loads((run / "test_results.json").read_text())
     checks = _checks(rows)
     extra = {}
-    for name in ("teacher/cross_encoder_dev.json", "teacher/training_summary_report.json",
+    for name in ("teacher/cross_encoder_dev.json", "teacher/cross_encoder_gate.json", "teacher/training_summary_report.json",
                  "student/training_summary_report.json"):
         if (run / name).exists():
             extra[name.split(".")[0]] = json.loads((run / name).read_text())
     stages = {p.stem: json.loads(p.read_text()).get("seconds") for p in sorted((run / "stages").glob("*.json"))}
     plots = _plots(run, rows)
-    report = {"name": cfg.name, "test_split": cfg.data.test_split, "rows": rows, "checks": checks,
+    tasks = json.loads((run / "task_results.json").read_text()) if (run / "task_results.json").exists() else {}
+    report = {"name": cfg.name, "test_split": cfg.data.test_split, "rows": rows, "checks": checks, "tasks": tasks,
               "stage_seconds": stages, "details": extra,
               "paths": {"run": str(run), "model": str(run / "model"), "report_md": str(run / "report.md"),
                         "plots": plots}}
@@ -109,13 +122,24 @@ def write_report(run: Path, cfg) -> dict:
     if "base teacher" in rows and "trained teacher" in rows:
         verdict.append(f"- Teacher training: nDCG@10 {rows['base teacher']['ndcg@10']:.4f} → "
                        f"{rows['trained teacher']['ndcg@10']:.4f}.")
-    ce = extra.get("teacher/cross_encoder_dev")
-    if ce:
-        depth = f" (top-{ce['depth']})" if ce.get("depth") else ""
-        verdict.append(f"- Cross-encoder reranking on dev{depth}: nDCG@10 {ce['before']['ndcg@10']:.4f} → "
-                       f"{ce['after']['ndcg@10']:.4f}.")
+    ce = extra.get("teacher/cross_encoder_dev") or {}
+    for task, r in ce["tasks"].items() if "tasks" in ce else ([("", ce)] if ce else []):
+        depth = f" (top-{r['depth']})" if r.get("depth") else ""
+        verdict.append(f"- Cross-encoder reranking on {task + ' ' if task else ''}dev{depth}: nDCG@10 "
+                       f"{r['before']['ndcg@10']:.4f} → {r['after']['ndcg@10']:.4f}.")
+    ce_gate = extra.get("teacher/cross_encoder_gate")
+    if ce_gate is not None and not ce_gate["passed"]:
+        verdict.append(f"- **Cross-encoder gated off**: {ce_gate['why']}. It scored nothing in this run: "
+                       f"denoising used the bi-encoder's positive-aware rule (max_score_ratio "
+                       f"{ce_gate['fallback']['max_score_ratio']:g}) and the table has no reranking row.")
+    tasks = report["tasks"]
+    for task, r in tasks.items():
+        if "base teacher" in r and "trained teacher" in r:
+            verdict.append(f"- Task {task} ({r['split']}, {r['queries']} queries): nDCG@10 "
+                           f"{r['base teacher']['ndcg@10']:.4f} → {r['trained teacher']['ndcg@10']:.4f}.")
     md = [f"# embedray report: {cfg.name}", "", *verdict, "",
           f"## Test split ({cfg.data.test_split})", "", _table(rows), "",
+          *(_task_table(tasks) if tasks else []),
           "docs/s: corpus encoding speed on this machine, same batch size for every model; the trained "
           "teacher and the distilled student timed in turns on the same 256 documents (best of three "
           "passes each), a base model taking its trained model's speed (same architecture).", "",

@@ -45,7 +45,7 @@ def run_local(job, hooks: Hooks | None = None, on_step: list[OnStep] | None = No
         print(f"[embedray] data: {data.report.summary()}", flush=True)
     session = LocalSession(run_dir, examples, job.cluster.num_to_keep)
     if hooks is None:
-        hooks = refresh_hooks_in_process(job, data, run_dir) if job.refresh.mode != "off" else Hooks()
+        hooks = refresh_hooks_in_process(job, data, run_dir, per_task) if job.refresh.mode != "off" else Hooks()
     hooks.on_step.extend(on_step or [])
     return train_job(job, session, data, run_dir, hooks, per_task)
 

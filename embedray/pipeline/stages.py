@@ -32,6 +32,8 @@ from embedray.models import rotation
 from embedray.models import student as students  # module attributes: looked up at each call
 from embedray.pipeline.config import PipelineConfig, TrainJobConfig
 from embedray.pipeline.evaluation import cached_doc_embeddings
+from embedray.pipeline.cross_encoder import GATE_FILE
+from embedray.pipeline.refresh import read_gate, task_pool
 from embedray.pipeline.fingerprint import config_fields, describe_changes, files_identity, fingerprint
 from embedray.pipeline.report import write_report
 from embedray.pipeline.runtime import LocalRuntime, Runtime
@@ -51,7 +53,8 @@ STAGE_READS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "teacher": (("data", "teacher", "mining", "cross_encoder", "refresh", "cluster"), ("prepare", "pretrain")),
     "student": (("data", "teacher.model", "student", "mining", "cross_encoder", "refresh", "cluster", "eval.batch_size"),
                 ("teacher",)),
-    "evaluate": (("data.test_split", "teacher.model", "student", "eval"), ("baseline", "pretrain", "teacher", "student")),
+    "evaluate": (("data.test_split", "teacher.model", "teacher.tasks", "student", "eval"),
+                 ("baseline", "pretrain", "teacher", "student")),
     "export": (("data.test_split",), ("student", "evaluate")),
     "report": (("data.test_split",), ("baseline", "teacher", "student", "evaluate", "export")),
 }
@@ -167,7 +170,10 @@ class Pipeline:
             return files_identity(Path(f).expanduser() for f in (p.flag_train, p.flag_dev, p.flag_test) if f)
         if stage in ("prepare", "baseline", "teacher", "student", "evaluate"):
             extra = [Path(self.cfg.data.train_pairs).expanduser()] if self.cfg.data.train_pairs else []
-            return files_identity([self.data_dir, *(f for f in extra if f.is_file())], root=self.data_dir)
+            if stage in ("teacher", "evaluate"):  # a multi-task teacher's other tasks' files
+                extra += [Path(f).expanduser() for t in self.cfg.teacher.tasks or []
+                          for f in (t.data.path, t.data.train_pairs, t.data.train_labels) if f]
+            return files_identity([self.data_dir, *(f for f in extra if f.exists())], root=self.data_dir)
         return {}
 
     def _outputs(self, stage: str) -> list[Path]:
@@ -177,7 +183,7 @@ class Pipeline:
                 "baseline": [r / "baseline.json", r / "base-student"],
                 "pretrain": [r / "pretrain", r / "pretrain-data"],
                 "teacher": [r / "teacher"], "student": [r / "student", r / "student-init"],
-                "evaluate": [r / "test_results.json"], "export": [r / "model", r / ".model.tmp"],
+                "evaluate": [r / "test_results.json", r / "task_results.json"], "export": [r / "model", r / ".model.tmp"],
                 "report": [r / "report.json", r / "report.md", r / "plots"]}[stage]
 
     def _set_aside(self, stage: str) -> None:
@@ -262,8 +268,11 @@ class Pipeline:
         rows["trained teacher"], first = self._evaluate_model(teacher, keep=True, speed=False,
                                                               corpus_embeddings=self._teacher_docs(teacher))
         ce = self.run / "teacher" / "cross-encoder"
-        if ce.exists():
+        verdict = read_gate(self.run / "teacher")
+        if ce.exists() and (verdict is None or verdict["passed"]):
             rows["teacher + cross-encoder rerank"] = self._rerank_row(first.run, ce)
+        elif ce.exists():
+            say(f"  no reranking row: the cross-encoder gate failed ({verdict['why']})")
         # The student is encoded once: each Matryoshka row truncates the same document
         # embeddings (only the queries are re-encoded), and the encode speed is the model's.
         dims = c.student.matryoshka_dims or [None]
@@ -290,7 +299,34 @@ class Pipeline:
             if label.startswith("distilled student"):
                 rows[label]["size"] = students.model_size(student)
         write_json_atomic(rows, self.run / "test_results.json")
+        if c.teacher.tasks:
+            write_json_atomic(self._task_rows(teacher), self.run / "task_results.json")
         return {"rows": list(rows)}
+
+    def _task_rows(self, teacher: Path) -> dict:
+        """Each retrieval task of a multi-task teacher on its own test split, with its own
+        instructions: the base teacher (the pre-trained one too) and the trained teacher."""
+        c, out = self.cfg, {}
+        models = {"base teacher": c.teacher.model.name_or_path,
+                  **({"pre-trained teacher": self.run / "pretrain" / "final"} if c.pretrain is not None else {}),
+                  "trained teacher": teacher}
+        for t in c.teacher.tasks:
+            test = Path(t.data.path).expanduser().resolve() / "qrels" / f"{t.data.test_split}.tsv"
+            if t.loss.name == "classification" or not test.is_file():
+                say(f"  task {t.name}: no {t.data.test_split} judgements ({test}), not evaluated")
+                continue
+            data = load_beir(Path(t.data.path).expanduser().resolve(), t.data.test_split, missing_docs="keep")
+            q = c.teacher.model.query_prompt if t.query_prompt is None else t.query_prompt
+            d = c.teacher.model.doc_prompt if t.doc_prompt is None else t.doc_prompt
+            row = {"split": t.data.test_split, "queries": len(data.qrels)}
+            for label, path in models.items():
+                model = load_encoder(str(path), precision=c.eval.precision)
+                res = evaluate_retrieval(model, data, k=100, batch_size=c.eval.batch_size, query_prompt=q,
+                                         doc_prompt=d, show_progress=False)
+                row[label] = res.metrics
+                say(f"  task {t.name}, {label}: nDCG@10 {res.metrics['ndcg@10']:.4f}")
+            out[t.name] = row
+        return out
 
     def stage_export(self) -> dict:
         student = self._student_model()
@@ -353,7 +389,10 @@ class Pipeline:
             raise ValueError(f"student.train.negatives: pool needs the teacher's mined pool, but "
                              f"{src_root} has none (teacher refresh.mode: off?); use negatives: random")
         src = PoolStore(src_root)
-        PoolStore(dst_root).publish(src.load(src.latest_version()))
+        pool = src.load(src.latest_version())
+        if self.cfg.teacher.tasks:  # a multi-task teacher's pool: the pipeline's own task's part
+            pool = task_pool(pool, self.cfg.teacher.task_name)
+        PoolStore(dst_root).publish(pool)
 
     def _base_student(self) -> str:
         s = self.cfg.student
@@ -438,10 +477,11 @@ class Pipeline:
 
     def _teacher_job(self):
         c = self.cfg
-        return TrainJobConfig(data=self._data(), model=self._teacher_start(), loss=copy.deepcopy(c.teacher.loss),
-                              train=copy.deepcopy(c.teacher.train), cluster=self._cluster("teacher"),
-                              mining=copy.deepcopy(c.mining), cross_encoder=copy.deepcopy(c.cross_encoder),
-                              refresh=copy.deepcopy(c.refresh))
+        data = {"tasks": c.teacher_tasks(self._data())} if c.teacher.tasks else \
+            {"data": self._data(), "loss": copy.deepcopy(c.teacher.loss)}
+        return TrainJobConfig(**data, model=self._teacher_start(), train=copy.deepcopy(c.teacher.train),
+                              cluster=self._cluster("teacher"), mining=copy.deepcopy(c.mining),
+                              cross_encoder=copy.deepcopy(c.cross_encoder), refresh=copy.deepcopy(c.refresh))
 
     def _student_job(self):
         c, s = self.cfg, self.cfg.student
@@ -456,6 +496,10 @@ class Pipeline:
         loss = replace(s.loss, matryoshka_dims=s.matryoshka_dims, matryoshka_weights=s.matryoshka_weights)
         train = copy.deepcopy(s.train)
         ce = teacher.parent / "cross-encoder"
+        gate_file = teacher.parent / GATE_FILE
+        if gate_file.is_file() and not (self.run / "student" / GATE_FILE).is_file():
+            # The teacher's verdict on its cross-encoder holds for the student (no second dev check).
+            write_json_atomic(json.loads(gate_file.read_text()), self.run / "student" / GATE_FILE)
         if s.score_source == "teacher" and train.negatives == "pool":
             # The student trains on the teacher's last (refreshed, denoised) pool, scored by the teacher.
             self._seed_student_pool()

@@ -146,7 +146,7 @@ def train(model_cfg: ModelConfig, loss_cfg: LossConfig, train_cfg: TrainConfig, 
     core = BiEncoder.from_config(model_cfg)
     core.precision = resolve_precision(tc.precision, session.device)  # the backbone's; losses stay fp32
     specs = _task_specs(model_cfg, loss_cfg, tc, tasks)
-    needs = specs[0][2].loop_needs()  # the teacher and distillation: single-task only (the job checks)
+    all_needs = [s[2].loop_needs() for s in specs]
     dropouts = {s[2].loop_needs().dropout for s in specs} - {None}
     if len(dropouts) > 1:
         raise ValueError(f"tasks: the objectives set different dropout rates {sorted(dropouts)}; one model has one")
@@ -154,10 +154,10 @@ def train(model_cfg: ModelConfig, loss_cfg: LossConfig, train_cfg: TrainConfig, 
         set_dropout(core, dropouts.pop())
     model = session.prepare_model(core)
     teacher, distill = None, distill or DistillConfig()
-    if distill.needs_model(needs):
+    if any(distill.needs_model(n) for n in all_needs):  # one teacher for every task that distills
         if not distill.teacher:
             raise ValueError("loss.distill_score / loss.distill_embed need distill.teacher (a model folder)")
-        layers = hidden_layer_map(distill, model_cfg) if needs.teacher_hidden else None
+        layers = hidden_layer_map(distill, model_cfg) if any(n.teacher_hidden for n in all_needs) else None
         if layers is not None and len(layers) != core.backbone.config.num_hidden_layers:
             raise ValueError(f"distill.hidden_layers: {layers} names {len(layers)} teacher layers for a student "
                              f"with {core.backbone.config.num_hidden_layers}")
@@ -172,9 +172,12 @@ def train(model_cfg: ModelConfig, loss_cfg: LossConfig, train_cfg: TrainConfig, 
     loss_params = [p for t in loop_tasks for p in t.loss_fn.parameters()]
     optimizer = adamw(_param_groups(core, loss_params, tc.weight_decay), lr=tc.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(tc, tc.max_steps))
-    sampler, plan = loop_tasks[0].sampler, loop_tasks[0].plan  # the refreshed pool and epochs: single-task
+    plan = loop_tasks[0].plan
+    # The refreshed pool feeds every task that takes its negatives from it (a multi-task pool
+    # holds each such task's queries under its ``<task>::`` ids).
+    pool_samplers = [t.sampler for t in loop_tasks if not multi or t.train_cfg.negatives == "pool"]
     row_scores = _row_scores(examples) if distill.score_source == "data" else {}
-    if needs.teacher_scores and distill.score_source == "data" and not row_scores:
+    if any(n.teacher_scores for n in all_needs) and distill.score_source == "data" and not row_scores:
         raise ValueError("distill.score_source: data, but no training row carries scores (FlagEmbedding "
                          "pos_scores / neg_scores)")
 
@@ -195,7 +198,8 @@ def train(model_cfg: ModelConfig, loss_cfg: LossConfig, train_cfg: TrainConfig, 
                                "train.task_sampling changed since it was written; resume with the same recipe")
         if hooks.load_pool and state["pool_version"]:  # the very pool the checkpoint trained on
             negatives, _, scores = hooks.load_pool(state["pool_version"])
-            sampler.set_pool(negatives, state["pool_version"], scores)
+            for sampler in pool_samplers:
+                sampler.set_pool(negatives, state["pool_version"], scores)
     log = RunLogger(run_dir, start_step, enabled=rank0)
     if rank0:
         what = (f"{len(examples)} rows in {len(loop_tasks)} tasks ("
@@ -226,7 +230,7 @@ def train(model_cfg: ModelConfig, loss_cfg: LossConfig, train_cfg: TrainConfig, 
     step, t_start = start_step, time.perf_counter()
     for step in range(start_step, tc.max_steps):
         if hooks.pool_version and hooks.load_pool:
-            _maybe_switch_pool(hooks, sampler, state, log, step, rank0)
+            _maybe_switch_pool(hooks, pool_samplers, state, log, step, rank0)
         t0 = time.perf_counter()
         total, step_tasks = 0.0, []
         for micro in range(tc.grad_accum):
@@ -262,7 +266,7 @@ def train(model_cfg: ModelConfig, loss_cfg: LossConfig, train_cfg: TrainConfig, 
         first, first_cursor = step_tasks[0]
         record = {"step": done, "epoch": first.plan.epoch_of(first_cursor), "loss": step_loss,
                   "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
-                  "pairs_per_s": plan.global_batch * tc.grad_accum / dt, "pool_version": sampler.pool_version}
+                  "pairs_per_s": plan.global_batch * tc.grad_accum / dt, "pool_version": state["pool_version"]}
         if multi:
             record["task"] = first.name if len({t.name for t, _ in step_tasks}) == 1 else \
                 ",".join(t.name for t, _ in step_tasks)
@@ -363,7 +367,7 @@ def _batch_loss(model, core, loss_fn, model_cfg, train_cfg, data, batch, negs, d
         return loss_fn.batch_loss(None, model(**d_tok), labels=targets), None
     q_texts = [model_cfg.query_prompt + data.queries[ex.query_id] for ex in batch]
     q_tok = {k: v.to(device) for k, v in core.tokenize(q_texts, max_length=train_cfg.max_query_length).items()}
-    hidden = teacher is not None and teacher.hidden_layers is not None
+    hidden = teacher is not None and needs.teacher_hidden
     cached = None
     if train_cfg.mini_batch_size:
         cached = [embed_without_graph(model, q_tok, train_cfg.mini_batch_size),
@@ -412,13 +416,14 @@ def _not_finite(loss: float, step: int, tc: TrainConfig, saved: int | None) -> s
             + ". Lower train.lr, set train.max_grad_norm, or train with train.precision: fp32")
 
 
-def _maybe_switch_pool(hooks, sampler, state, log, step, rank0) -> None:
-    """Switch to the newest pool this step boundary may use (same version on every rank), and
-    record the switch (step, version) in the checkpointed state."""
+def _maybe_switch_pool(hooks, samplers, state, log, step, rank0) -> None:
+    """Switch ``samplers`` to the newest pool this step boundary may use (same version on every
+    rank), and record the switch (step, version) in the checkpointed state."""
     version = broadcast_int(hooks.pool_version(step) if rank0 else 0)
-    if version > sampler.pool_version:
+    if version > state["pool_version"]:
         negatives, meta, scores = hooks.load_pool(version)
-        sampler.set_pool(negatives, version, scores)
+        for sampler in samplers:
+            sampler.set_pool(negatives, version, scores)
         state["pool_version"] = version
         state["pool_switches"] = [*state.get("pool_switches", []), [step, version]]
         snap = meta.get("snapshot_step")

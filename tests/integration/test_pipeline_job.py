@@ -58,8 +58,12 @@ def test_pipeline_artifacts_and_resume_after_kill(ray_head, topic_beir, tmp_path
         assert (run / artifact).exists(), artifact
     report = json.loads((run / "report.json").read_text())
     rows = report["rows"]
-    assert {"base student", "base teacher", "trained teacher", "teacher + cross-encoder rerank",
+    assert {"base student", "base teacher", "trained teacher",
             "distilled student", "distilled student @16", "distilled student @8"} <= set(rows)
+    # The cross-encoder gate decided on dev; the report follows its verdict either way.
+    verdict = json.loads((run / "teacher" / "cross_encoder_gate.json").read_text())
+    assert verdict["checked"] and ("teacher + cross-encoder rerank" in rows) is verdict["passed"]
+    assert ("Cross-encoder gated off" in (run / "report.md").read_text()) is not verdict["passed"]
     meta = json.loads((run / "model" / "embedray.json").read_text())
     assert meta["matryoshka_dims"][:3] == [32, 16, 8] and "test" in meta["metrics"]
     # the exported student is the one rotated onto its principal axes (fit on training texts)

@@ -81,8 +81,9 @@ def test_a_corrupt_newest_checkpoint_falls_back_to_the_previous_one(local_ray, t
 
 def test_tasks_on_two_workers_share_each_batch_and_resume_exactly(local_ray, topic_beir, tmp_path):
     """A retrieval task and a classification task on 2 DDP workers (one task per step on both
-    ranks; the classifier head outside DDP has its gradients averaged by the loop): a worker
-    SIGKILLed mid-run resumes with the same task sequence and losses."""
+    ranks; the classifier head outside DDP has its gradients averaged by the loop), the retrieval
+    task's negatives refreshed by the refresher actor in its own corpus: a worker SIGKILLed
+    mid-run resumes with the same task sequence, pool switches and losses."""
     import numpy as np
     from safetensors.numpy import load_file
 
@@ -105,15 +106,22 @@ def test_tasks_on_two_workers_share_each_batch_and_resume_exactly(local_ray, top
             "train": {**{k: getattr(cfg.train, k) for k in ("max_steps", "batch_size", "lr", "checkpoint_every",
                                                              "eval_every", "log_every", "max_doc_length",
                                                              "num_threads", "precision")}},
+            "refresh": {"mode": "sync", "every": 3, "denoise": False, "num_cpus": 0.25},
+            "mining": {"k": 10, "num_negatives": 2, "range_min": 0},
             "cluster": {"num_workers": 2, "cpus_per_worker": 0.5, "storage_path": str(tmp_path), "run_name": name}})
 
     ref = run_training(job("tasks-ref"))
     steps = _steps(tmp_path / "tasks-ref")
     assert ref["steps"] == 8 and {r["task"] for r in steps} == {"topics", "sections"}
+    refreshes = [e for e in json.loads((tmp_path / "tasks-ref" / "detailed_training_logs.json").read_text())["events"]
+                 if e["kind"] == "refresh"]
+    assert refreshes and all(set(e["tasks"]) == {"topics"} and e["queries_mined"] > 0 for e in refreshes)
+    assert max(r["pool_version"] for r in steps) >= 2
     killed = run_training(job("tasks-killed"), on_step=[kill_once_at(6, tmp_path / "tasks-killed" / ".killed")])
     assert (tmp_path / "tasks-killed" / ".killed").exists() and killed["steps_this_session"] == 4
     again = _steps(tmp_path / "tasks-killed")
     assert [r["task"] for r in again] == [r["task"] for r in steps]
+    assert [r["pool_version"] for r in again] == [r["pool_version"] for r in steps]
     assert [r["loss"] for r in again] == pytest.approx([r["loss"] for r in steps], abs=1e-5)
     head = load_file(str(tmp_path / "tasks-ref" / "final" / "classifier" / "sections" / "head.safetensors"))
     assert all(np.isfinite(v).all() for v in head.values())

@@ -75,3 +75,56 @@ def test_two_stage_recipe_pretrains_then_fine_tunes_from_those_weights(topic_bei
     said = capsys.readouterr().out
     assert "prepare: done earlier, skipped" in said and "baseline: done earlier, skipped" in said
     assert "pretrain: config changed (pretrain.train.max_steps 6 → 7), re-running pretrain, teacher" in said
+
+
+def test_a_multi_task_teacher_in_the_pipeline(topic_beir, tmp_path):
+    """``teacher.tasks``: the teacher trains the pipeline's data (task ``main``) with another
+    retrieval task and a classification task, each retrieval task's negatives mined in its own
+    corpus; the student distils the pipeline's task from the teacher's pool (its own ids); the
+    report evaluates the other retrieval task on its own test split before and after."""
+    second = make_topic_beir(tmp_path / "second", n_topics=24, seed=3)
+    labels = _labels(topic_beir, tmp_path / "labels.jsonl")
+    cfg = build_config(PipelineConfig, {
+        "name": "mt", "output_dir": str(tmp_path / "runs"), "prepare": {"source": "beir"},
+        "data": {"path": str(topic_beir)},
+        "teacher": {"model": {"name_or_path": "tiny-bert", "query_prompt": "query: "}, "train": TINY_TRAIN,
+                    "tasks": [{"name": "second", "data": {"path": str(second)}, "query_prompt": "claim: "},
+                              {"name": "sections", "data": {"path": str(topic_beir), "train_labels": str(labels),
+                                                            "dev_split": None},
+                               "loss": {"name": "classification"}}]},
+        "mining": {"k": 10, "num_negatives": 2, "range_min": 0},
+        "cross_encoder": {"base_model": "tiny-bert", "max_steps": 2, "max_length": 48, "denoise_margin": -1.0,
+                          "fallback_max_score_ratio": 1.0},
+        "refresh": {"mode": "static"},
+        "student": {"keep_layers": 1, "matryoshka_dims": [32, 16], "pca_rotation": False,
+                    "train": {**TINY_TRAIN, "negatives": "pool"}},
+        "cluster": {"num_workers": 1}}, "teacher.tasks (tiny)")
+    report = Pipeline(cfg).run_all()
+    run = tmp_path / "runs" / "mt"
+    teacher_cfg = json.loads((run / "teacher" / "final" / "training_config.json").read_text())
+    assert [t["name"] for t in teacher_cfg["tasks"]] == ["main", "second", "sections"]
+    assert [t["negatives"] for t in teacher_cfg["tasks"]] == ["pool", "pool", "none"]
+    pool_v1 = json.loads((run / "teacher" / "initial_pool.json").read_text())
+    assert set(pool_v1["tasks"]) == {"main", "second"} and 0 < pool_v1["tasks"]["second"]["queries_mined"] <= 16
+
+    from embedray.mining.store import PoolStore
+
+    student_pools = PoolStore(run / "student" / "pools")
+    seeded = student_pools.load(student_pools.latest_version())
+    assert seeded.negatives and not any("::" in q or any("::" in d for d, _ in negs)
+                                        for q, negs in seeded.negatives.items())
+    assert set(seeded.negatives) <= {f"q{i}" for i in range(48)}  # the main task's training queries
+
+    second_row = report["tasks"]["second"]
+    assert second_row["split"] == "test" and second_row["queries"] == 4
+    assert {"base teacher", "trained teacher"} <= set(second_row) and "sections" not in report["tasks"]
+    md = (run / "report.md").read_text()
+    assert "The teacher's other tasks" in md and "| second | test | 4 |" in md
+    # The cross-encoder gate: checked on both retrieval tasks' dev splits; the report follows it.
+    verdict = json.loads((run / "teacher" / "cross_encoder_gate.json").read_text())
+    assert verdict["checked"] and set(verdict["dev"]) == {"main", "second"}
+    assert ("teacher + cross-encoder rerank" in report["rows"]) is verdict["passed"]
+    assert ("Cross-encoder gated off" in md) is not verdict["passed"]
+    assert json.loads((run / "student" / "cross_encoder_gate.json").read_text()) == verdict
+    st = SentenceTransformer(str(run / "teacher" / "final"), device="cpu")
+    assert st.prompts["second-query"] == "claim: " and st.prompts["main-query"] == "query: "

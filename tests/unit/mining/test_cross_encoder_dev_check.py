@@ -6,8 +6,7 @@ import pytest
 from embedray.config import build_config
 from embedray.mining.config import CrossEncoderConfig
 from embedray.pipeline.config import TrainJobConfig
-from embedray.pipeline.cross_encoder import train_base_cross_encoder
-from embedray.pipeline.refresh import train_positives, trained_examples
+from embedray.pipeline.refresh import base_cross_encoder
 from embedray.training.data import load_training_data
 
 
@@ -26,8 +25,7 @@ def test_dev_check_reranks_the_configured_depth(topic_beir, tmp_path, capsys, de
     job = _job(topic_beir, depth)
     data = load_training_data(job.data)
     assert data.dev is not None
-    train_base_cross_encoder(job, data, tmp_path / "ce", tmp_path, train_positives(job, data),
-                             trained_examples(job, data))
+    base_cross_encoder(job, data, tmp_path / "ce", tmp_path)
     assert (tmp_path / "ce" / "config.json").exists()
     report = tmp_path / "cross_encoder_dev.json"
     if depth:
@@ -54,3 +52,57 @@ def test_dev_check_reranks_the_configured_depth(topic_beir, tmp_path, capsys, de
 def test_dev_rerank_depth_must_not_be_negative():
     with pytest.raises(ValueError, match="dev_rerank_depth"):
         CrossEncoderConfig(dev_rerank_depth=-1)
+
+
+def _dev(before, after):
+    return {"before": {"ndcg@10": before}, "after": {"ndcg@10": after}, "depth": 5}
+
+
+def test_the_gate_fails_when_reranking_is_worse_on_any_dev_split(topic_beir):
+    from embedray.pipeline.cross_encoder import gate
+
+    job = _job(topic_beir, 5)
+    assert gate(job, _dev(0.5, 0.6)) == {"checked": True, "passed": True,
+                                         "dev": {"": {"bi_encoder": 0.5, "reranked": 0.6, "depth": 5}}}
+    failed = gate(job, _dev(0.6, 0.5))
+    assert not failed["passed"] and failed["fallback"] == {"max_score_ratio": 0.95}
+    assert failed["why"] == "it reranks dev worse than the bi-encoder (0.5000 < 0.6000)"
+    tasks = gate(job, {"tasks": {"a": _dev(0.5, 0.7), "b": _dev(0.4, 0.3)}})
+    assert not tasks["passed"] and tasks["worse"] == ["b"] and "b: 0.3000 < 0.4000" in tasks["why"]
+    assert gate(job, None) == {"checked": False, "passed": True,
+                               "why": "no dev check (no dev split, or cross_encoder.dev_rerank_depth: 0)"}
+    job.cross_encoder.gate = False
+    assert gate(job, _dev(0.6, 0.5))["passed"]
+    job.cross_encoder.gate, job.mining.max_score_ratio = True, 0.9  # the recipe's own rule wins
+    assert gate(job, _dev(0.6, 0.5))["fallback"] == {"max_score_ratio": 0.9}
+
+
+@pytest.mark.parametrize("passes", [True, False])
+def test_a_failed_gate_leaves_the_cross_encoder_out_of_mining(topic_beir, tmp_path, passes, capsys):
+    """Pool v1 with the gate's verdict: passed, the cross-encoder scores and denoises; failed,
+    nothing is scored, the positive-aware rule filters, and cross-encoder distillation is refused."""
+    from embedray.mining.store import PoolStore
+    from embedray.pipeline.refresh import prepare_negatives, read_gate
+
+    job = build_config(TrainJobConfig, {
+        "data": {"path": str(topic_beir)}, "model": {"name_or_path": "tiny-bert"},
+        "mining": {"k": 10, "num_negatives": 2, "range_min": 0}, "refresh": {"mode": "static"},
+        "cross_encoder": {"base_model": "tiny-bert", "max_steps": 2, "batch_size": 4, "negatives_per_query": 1,
+                          "max_length": 48, "dev_rerank_depth": 0, "denoise_margin": -1.0,
+                          "fallback_max_score_ratio": 1.0}})  # random weights: a tighter rule drops all
+    data = load_training_data(job.data)
+    base_cross_encoder(job, data, tmp_path / "cross-encoder", tmp_path)
+    # The verdict's input, as the dev check writes it: the reranker's dev nDCG@10 against the bi-encoder's.
+    (tmp_path / "cross_encoder_dev.json").write_text(json.dumps(_dev(0.5, 0.6) if passes else _dev(0.6, 0.5)))
+    prepare_negatives(job, data, tmp_path)
+    assert read_gate(tmp_path)["passed"] is passes
+    pool = PoolStore(tmp_path / "pools").load(1)
+    scored = [s for negs in pool.negatives.values() for _, s in negs]
+    assert scored and all((s is not None) is passes for s in scored)
+    assert pool.meta["config"]["max_score_ratio"] == (None if passes else 1.0)
+    assert bool(pool.positive_scores) is passes
+    assert ("cross-encoder gate: it reranks dev worse" in capsys.readouterr().out) is not passes
+    if not passes:
+        job.distill.score_source = "cross_encoder"
+        with pytest.raises(ValueError, match="cross-encoder gate failed"):
+            prepare_negatives(job, data, tmp_path)

@@ -87,6 +87,6 @@ def test_data_scores_name_what_is_missing(flag_beir, tmp_path):
     with pytest.raises(ValueError, match="no score for query .*train.num_negatives may not exceed"):
         run_local(_job(flag_beir, tmp_path, "seven", loss, num_negatives=7, negatives="given",
                        train_pairs=flag_beir / "train_pairs.jsonl", distill={"score_source": "data"}))
-    with pytest.raises(ValueError, match="score_source: data scores each row's own negatives: it needs "
-                                         "train.negatives: given"):
+    with pytest.raises(ValueError, match="score_source: data scores each row's own negatives: loss.distill_score "
+                                         "needs train.negatives: given"):
         _job(flag_beir, tmp_path, "random", loss, distill={"score_source": "data"})

@@ -44,13 +44,25 @@ def _tasks(topic_beir, second_beir, labels):
     ]
 
 
-def _job(tasks, storage, name, **train):
-    return build_config(TrainJobConfig, {
+def _job(tasks, storage, name, sections=None, **train):
+    return build_config(TrainJobConfig, {**(sections or {}),
         "tasks": tasks, "model": {"name_or_path": "tiny-bert", "query_prompt": "query: "},
         "train": {"max_steps": 10, "batch_size": 4, "num_negatives": 1, "lr": 1e-3, "checkpoint_every": 4,
                   "eval_every": 0, "eval_max_queries": None, "log_every": 1, "max_doc_length": 48,
                   "precision": "fp32", **train},
         "cluster": {"storage_path": str(storage), "run_name": name, "num_to_keep": 2}})
+
+
+class Crash(RuntimeError):
+    pass
+
+
+def _crash_at(at: int):
+    """An on_step callback that raises after step ``at``."""
+    def crash(step, log):
+        if step == at:
+            raise Crash()
+    return crash
 
 
 def _steps(run_dir):
@@ -103,15 +115,8 @@ def test_one_task_per_batch_exact_resume_and_export(topic_beir, second_beir, lab
     assert {"topics/ndcg@10", "second/ndcg@10"} <= set(dev) and "sections/ndcg@10" not in dev
     assert dev["ndcg@10"] == pytest.approx((dev["topics/ndcg@10"] + dev["second/ndcg@10"]) / 2)
 
-    class Crash(RuntimeError):
-        pass
-
-    def crash(step, log):
-        if step == 6:
-            raise Crash()
-
     with pytest.raises(Crash):
-        run_local(_job(tasks, tmp_path, "crashy"), Hooks(on_step=[crash]))
+        run_local(_job(tasks, tmp_path, "crashy"), Hooks(on_step=[_crash_at(6)]))
     resumed = run_local(_job(tasks, tmp_path, "crashy"))  # resumes at step 4: task cursors restored
     assert resumed["steps_this_session"] == 6
     again = _steps(tmp_path / "crashy")
@@ -137,12 +142,83 @@ def test_task_recipes_are_checked(topic_beir, second_beir, labels):
         ({"tasks": [tasks[0], tasks[0]]}, "names must be unique"),
         ({"tasks": [{**tasks[0], "name": "a::b"}]}, "name 'a::b'"),
         ({"tasks": [{**tasks[0], "weight": 0}]}, "weight must be > 0"),
-        ({"tasks": [{**tasks[0], "negatives": "pool"}]}, "negatives: pool needs a mined pool"),
-        ({"tasks": [{**tasks[0], "loss": {"name": "infonce", "distill_score": "kl"}}]}, "distillation terms"),
+        ({"tasks": [{**tasks[0], "negatives": "pool"}]}, "negatives: pool needs mined pools"),
+        ({"tasks": [{**tasks[0], "loss": {"name": "infonce", "distill_score": "kl"}}]},
+         r"tasks\[topics\].loss.distill_score / loss.distill_embed need distill.teacher"),
+        ({"tasks": [{**tasks[2], "negatives": "random", "loss": {"name": "infonce", "distill_score": "kl"}}],
+          "distill": {"teacher": "tiny-bert", "score_source": "cross_encoder"}, "refresh": {"mode": "static"}},
+         r"tasks\[second\].loss.distill_score needs the task's negatives: pool"),
         ({"tasks": [{**tasks[1], "data": {"path": str(topic_beir)}}]}, "classification trains on data.train_labels"),
         ({"tasks": [{**tasks[0], "lossy": {}}]}, r"unknown key 'tasks\[0\].lossy'"),
-        ({"tasks": tasks, "refresh": {"mode": "static"}}, "refresh.mode: off"),
+        ({"tasks": tasks[:2], "refresh": {"mode": "static"}}, "no task takes its negatives from the pool"),
     ]
     for cfg, message in bad:
         with pytest.raises(ConfigError, match=message):
             build_config(TrainJobConfig, cfg)
+
+
+def test_refresh_mines_each_task_in_its_own_corpus_and_resumes_exactly(topic_beir, second_beir, labels, tmp_path):
+    """refresh.mode on: the tasks whose negatives are unset mine the pool, each in its own corpus
+    with its own instructions (one published pool under ``<task>::`` ids, each task's counts in
+    the telemetry); a task with its own negatives and a classification task are not mined; a run
+    killed mid-way resumes with the same pool switches and losses."""
+    tasks = _tasks(topic_beir, second_beir, labels)
+    tasks[0].pop("negatives")  # topics: unset, so pool; second: its own random negatives
+    tasks[2]["negatives"] = "random"
+    refresh = {"mode": "sync", "every": 3, "denoise": True}
+    extra = {"refresh": refresh, "mining": {"k": 10, "num_negatives": 2, "range_min": 0},
+             "cross_encoder": {"base_model": "tiny-bert", "max_steps": 2, "batch_size": 4, "negatives_per_query": 1,
+                               "max_length": 48, "dev_rerank_depth": 5, "denoise_margin": -1.0}}
+
+    def job(name):
+        return _job(tasks, tmp_path, name, extra)
+
+    ref = run_local(job("ref"))
+    run = tmp_path / "ref"
+    assert [t.negatives for t in job("x").tasks] == ["pool", "none", "random"]
+    first = json.loads((run / "initial_pool.json").read_text())
+    assert set(first["tasks"]) == {"topics"} and first["queries_mined"] == first["tasks"]["topics"]["queries_mined"] > 0
+    ce_dev = json.loads((run / "cross_encoder_dev.json").read_text())
+    assert set(ce_dev["tasks"]) == {"topics"} and ce_dev["tasks"]["topics"]["depth"] == 5
+
+    from embedray.mining.store import PoolStore
+
+    store = PoolStore(run / "pools")
+    data, per_task, _ = load_tasks(job("x").tasks)
+    topics = per_task["topics"]
+    pool = store.load(store.latest_version())
+    assert pool.negatives and all(q.startswith("topics::") for q in pool.negatives)
+    for q, negs in pool.negatives.items():
+        own = q.split("::", 1)[1]
+        for d, _ in negs:
+            assert d.startswith("topics::") and d.split("::", 1)[1] in topics.corpus
+            assert d.split("::", 1)[1] not in topics.positives.get(own, ())  # never a positive
+    logs = json.loads((run / "detailed_training_logs.json").read_text())
+    refreshes = [e for e in logs["events"] if e["kind"] == "refresh"]
+    assert refreshes and all(set(e["tasks"]) == {"topics"} for e in refreshes)
+    assert max(r["pool_version"] for r in logs["steps"]) >= 2  # the loop switched to a refreshed pool
+    assert ref["steps"] == 10
+
+    with pytest.raises(Crash):
+        run_local(job("crashy"), on_step=[_crash_at(6)])
+    run_local(job("crashy"))
+    again = _steps(tmp_path / "crashy")
+    assert [r["pool_version"] for r in again] == [r["pool_version"] for r in logs["steps"]]
+    assert [r["loss"] for r in again] == pytest.approx([r["loss"] for r in logs["steps"]], abs=1e-6)
+
+
+def test_a_task_distills_from_the_job_teacher(topic_beir, second_beir, labels, tmp_path):
+    """A task whose objective distills reads the job's teacher (which encodes the task's texts
+    with the task's instructions); the other tasks train as before."""
+    tasks = _tasks(topic_beir, second_beir, labels)
+    plain = run_local(_job(tasks, tmp_path, "plain", max_steps=4))
+    steps = _steps(tmp_path / "plain")
+    i = next(i for i, r in enumerate(steps) if r["task"] != "sections")  # the first retrieval batch
+    at = [t["name"] for t in tasks].index(steps[i]["task"])
+    tasks[at] = {**tasks[at], "loss": {**tasks[at]["loss"], "distill_score": "kl", "distill_embed": True}}
+    distilled = run_local(_job(tasks, tmp_path, "distilled", {"distill": {"teacher": "tiny-bert"}}, max_steps=4))
+    assert distilled["steps"] == plain["steps"] == 4
+    got = _steps(tmp_path / "distilled")
+    assert [r["task"] for r in got] == [r["task"] for r in steps]
+    assert [r["loss"] for r in got[:i]] == pytest.approx([r["loss"] for r in steps[:i]], abs=1e-6)
+    assert got[i]["loss"] != pytest.approx(steps[i]["loss"], abs=1e-4)  # the distillation terms are in
