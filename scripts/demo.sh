@@ -31,7 +31,17 @@ echo "model:  $RUN/model  (SentenceTransformer(path) loads it)"
 if [ "${DEMO_SERVE:-1}" = 1 ]; then
   echo
   echo "== serving the student (API) and the search demo (UI); Ctrl-C stops everything"
-  .venv/bin/embedray serve "$RUN/model" --corpus "$RUN/data" --base-model minilm-l6 \
-    --cross-encoder "$RUN/teacher/cross-encoder" --ui \
-    --cpus-per-replica 0.5 --reranker-cpus 0.3   # student + base model fit a 2-CPU head
+  # The teacher's cross-encoder reranks in the demo only if it passed its gate on dev.
+  RERANK=(--cross-encoder "$RUN/teacher/cross-encoder" --reranker-cpus 0.3)
+  if ! .venv/bin/python - "$RUN/teacher/cross_encoder_gate.json" <<'PY'
+import json, pathlib, sys
+gate = pathlib.Path(sys.argv[1])
+sys.exit(0 if not gate.is_file() or json.loads(gate.read_text())["passed"] else 1)
+PY
+  then
+    RERANK=()
+    echo "   no reranker: the cross-encoder failed its gate (it reranks dev worse than the bi-encoder; report.md says why)"
+  fi
+  .venv/bin/embedray serve "$RUN/model" --corpus "$RUN/data" --base-model minilm-l6 "${RERANK[@]}" --ui \
+    --cpus-per-replica 0.5   # student + base model (+ reranker) fit a 2-CPU head
 fi
