@@ -213,7 +213,7 @@ class NegativeRefresher:
                 self.indexes[name].publish(result.index, version)  # aside + rename: never seen half-built
                 self.indexes[name].prune(self.job.refresh.keep_indexes)
         telemetry = {"version": version, "snapshot_step": step,
-                     **_mining_counts(pool, [r for r in results.values()], previous)}
+                     **_mining_counts(pool, list(results.values()), previous)}
         if self.job.tasks:
             telemetry["tasks"] = {t.name: _mining_counts(merged_pool({t.name: results[t.name].pool}, [t], version),
                                                          [results[t.name]], previous) for t in self.targets}
@@ -318,8 +318,7 @@ def base_cross_encoder(job, data, ce_dir: Path, run_dir: Path, per_task: dict | 
 
 def read_gate(run_dir: Path) -> dict | None:
     """The run's cross-encoder gate verdict (:func:`~embedray.pipeline.cross_encoder.gate`), if any."""
-    path = Path(run_dir) / GATE_FILE
-    return json.loads(path.read_text()) if path.is_file() else None
+    return _read_json(Path(run_dir) / GATE_FILE)
 
 
 def prepare_negatives(job, data, run_dir: str | Path, per_task: dict | None = None) -> str | None:

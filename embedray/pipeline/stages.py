@@ -310,6 +310,7 @@ class Pipeline:
         models = {"base teacher": c.teacher.model.name_or_path,
                   **({"pre-trained teacher": self.run / "pretrain" / "final"} if c.pretrain is not None else {}),
                   "trained teacher": teacher}
+        loaded = {}  # each model loaded once, for every task it is scored on
         for t in c.teacher.tasks:
             test = Path(t.data.path).expanduser().resolve() / "qrels" / f"{t.data.test_split}.tsv"
             if t.loss.name == "classification" or not test.is_file():
@@ -320,8 +321,9 @@ class Pipeline:
             d = c.teacher.model.doc_prompt if t.doc_prompt is None else t.doc_prompt
             row = {"split": t.data.test_split, "queries": len(data.qrels)}
             for label, path in models.items():
-                model = load_encoder(str(path), precision=c.eval.precision)
-                res = evaluate_retrieval(model, data, k=100, batch_size=c.eval.batch_size, query_prompt=q,
+                if label not in loaded:
+                    loaded[label] = load_encoder(str(path), precision=c.eval.precision)
+                res = evaluate_retrieval(loaded[label], data, k=100, batch_size=c.eval.batch_size, query_prompt=q,
                                          doc_prompt=d, show_progress=False)
                 row[label] = res.metrics
                 say(f"  task {t.name}, {label}: nDCG@10 {res.metrics['ndcg@10']:.4f}")
