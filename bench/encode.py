@@ -12,11 +12,17 @@ rounds after a warm-up each (median per variant), so a busy neighbour slows all 
   (``export_dynamic_quantized_onnx_model``, ``avx512_vnni``), run in the separate virtualenv
   ``bench/peer_venvs.sh`` builds (optimum-onnx needs an older transformers than the project);
   skipped, with the reason printed, where that virtualenv is missing;
+- ``st openvino``: sentence-transformers' own ``backend="openvino"`` (optimum-intel exports the
+  folder on load; OpenVINO's default precision, bf16 on a CPU with AMX), run in the virtualenv
+  ``bench/peer_venvs.sh st-openvino`` builds; skipped like the ONNX peer where it is missing;
 - ``embedray``: :func:`embedray.eval.retrieval.load_encoder` with ``precision="auto"`` — what
   ``embedray eval``, mining, the refresher and serving load;
 - ``embedray onnx int8``: ``embedray export --quantize int8`` of the folder (a temporary copy),
-  loaded with ``load_encoder(backend="onnx")`` — what ``embedray serve`` runs by default on an
-  int8 export.
+  loaded with ``load_encoder(backend="onnx")`` — what ``embedray serve`` runs by default on a
+  folder with only an int8 export;
+- ``embedray openvino``: ``embedray export --format openvino`` of the same copy, loaded with
+  ``load_encoder(backend="openvino", precision="auto")`` (bf16 on a CPU with bf16 units) — what
+  ``embedray serve`` and ``embedray eval --backend openvino`` run on that export.
 
 The GEMM peak is measured in the same run: the best of ``2048 x 2048`` matmuls in fp32 and bf16.
 ``of_peak`` is the useful work rate of embedray's fastest variant (tokens/s x FLOP/token of the
@@ -28,7 +34,7 @@ Printed: the table, then ``ratio vs_st_fp32`` (embedray's fastest variant / st f
 ``ratio of_peak``.
 
 Run:  .venv/bin/python bench/encode.py [--data ../shared/datasets/scifact] [--json out.json]
-      (bash bench/peer_venvs.sh first for the ONNX peer)
+      (bash bench/peer_venvs.sh st-onnx st-openvino first for the ONNX and OpenVINO peers)
 """
 from __future__ import annotations
 
@@ -48,26 +54,17 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 ROOT = Path(__file__).resolve().parent.parent
-VARIANTS = ("st fp32", "st bf16 autocast", "st bf16 weights", "st onnx int8", "embedray", "embedray onnx int8")
-OURS = ("embedray", "embedray onnx int8")
-ST_ONNX_VENV = Path(os.environ.get("PEER_VENVS", "/tmp/embedray-peer-venvs")) / "st-onnx"
+VARIANTS = ("st fp32", "st bf16 autocast", "st bf16 weights", "st onnx int8", "st openvino", "embedray",
+            "embedray onnx int8", "embedray openvino")
+OURS = ("embedray", "embedray onnx int8", "embedray openvino")
+EXPORTED = ("embedray onnx int8", "embedray openvino")
+PEER_VENVS = Path(os.environ.get("PEER_VENVS", "/tmp/embedray-peer-venvs"))
+#: The peers run in their own virtualenvs (``bench/peer_venvs.sh NAME``), each by its script.
+OUT_OF_PROCESS = {"st onnx int8": "st-onnx", "st openvino": "st-openvino"}
 
-#: Run in the ST-ONNX virtualenv: export int8 the sentence-transformers way, then time it.
-ST_ONNX_SCRIPT = r"""
-import json, shutil, statistics, sys, time
-from pathlib import Path
-from sentence_transformers import SentenceTransformer, export_dynamic_quantized_onnx_model
-src, work, texts_file, batch, rounds, threads = sys.argv[1:7]
-import torch; torch.set_num_threads(int(threads))
-texts = json.loads(Path(texts_file).read_text())
-folder = Path(work) / "model"
-shutil.copytree(src, folder)
-onnx = SentenceTransformer(str(folder), backend="onnx", local_files_only=True)
-export_dynamic_quantized_onnx_model(onnx, "avx512_vnni", str(folder))
-model = SentenceTransformer(str(folder), backend="onnx", local_files_only=True,
-                            model_kwargs={"file_name": "onnx/model_qint8_avx512_vnni.onnx",
-                                          "provider": "CPUExecutionProvider"})
-model.max_seq_length = int(sys.argv[7])
+#: The timing both out-of-process peers end with: warm-up, then the median of ``rounds``.
+ST_TIMING = r"""
+model.max_seq_length = int(max_len)
 model.encode(texts[:int(batch)], batch_size=int(batch))
 rates = []
 for _ in range(int(rounds)):
@@ -76,6 +73,37 @@ for _ in range(int(rounds)):
     rates.append(len(texts) / (time.perf_counter() - start))
 print(json.dumps({"docs_per_s": statistics.median(rates)}))
 """
+
+#: Run in the ST-ONNX virtualenv: export int8 the sentence-transformers way, then time it.
+ST_ONNX_SCRIPT = r"""
+import json, shutil, statistics, sys, time
+from pathlib import Path
+from sentence_transformers import SentenceTransformer, export_dynamic_quantized_onnx_model
+src, work, texts_file, batch, rounds, threads, max_len = sys.argv[1:8]
+import torch; torch.set_num_threads(int(threads))
+texts = json.loads(Path(texts_file).read_text())
+folder = Path(work) / "model"
+shutil.copytree(src, folder, ignore=shutil.ignore_patterns("onnx", "openvino"))
+onnx = SentenceTransformer(str(folder), backend="onnx", local_files_only=True)
+export_dynamic_quantized_onnx_model(onnx, "avx512_vnni", str(folder))
+model = SentenceTransformer(str(folder), backend="onnx", local_files_only=True,
+                            model_kwargs={"file_name": "onnx/model_qint8_avx512_vnni.onnx",
+                                          "provider": "CPUExecutionProvider"})
+""" + ST_TIMING
+
+#: Run in the ST-OpenVINO virtualenv: load the folder with backend="openvino" as a user does.
+ST_OPENVINO_SCRIPT = r"""
+import json, shutil, statistics, sys, time
+from pathlib import Path
+from sentence_transformers import SentenceTransformer
+src, work, texts_file, batch, rounds, threads, max_len = sys.argv[1:8]
+import torch; torch.set_num_threads(int(threads))
+texts = json.loads(Path(texts_file).read_text())
+folder = Path(work) / "model"
+shutil.copytree(src, folder, ignore=shutil.ignore_patterns("onnx", "openvino"))
+model = SentenceTransformer(str(folder), backend="openvino", local_files_only=True,
+                            model_kwargs={"ov_config": {"INFERENCE_NUM_THREADS": int(threads)}})
+""" + ST_TIMING
 
 
 def gemm_peak(n: int = 2048, repeats: int = 10) -> dict[str, float]:
@@ -127,7 +155,8 @@ def load_variant(folder: Path, variant: str, max_len: int):
     if variant in OURS:
         from embedray.models.backends import load_encoder
 
-        kwargs = {"backend": "onnx", "onnx_file": INT8_FILE} if variant == "embedray onnx int8" else {}
+        kwargs = {"embedray onnx int8": {"backend": "onnx", "onnx_file": INT8_FILE},
+                  "embedray openvino": {"backend": "openvino"}}.get(variant, {})
         model, ctx = load_encoder(folder, max_seq_length=max_len, precision="auto", **kwargs), contextlib.nullcontext
     else:
         kwargs = {"model_kwargs": {"dtype": torch.bfloat16}} if variant == "st bf16 weights" else {}
@@ -138,15 +167,18 @@ def load_variant(folder: Path, variant: str, max_len: int):
     return model, ctx
 
 
-def run_st_onnx(folder: Path, texts: list[str], batch: int, rounds: int, threads: int, max_len: int) -> float | str:
-    """docs/s of sentence-transformers' ONNX int8 backend (its own virtualenv), or why it can't run."""
-    python = ST_ONNX_VENV / "bin" / "python"
+def run_peer(variant: str, folder: Path, texts: list[str], batch: int, rounds: int, threads: int,
+             max_len: int) -> float | str:
+    """docs/s of a sentence-transformers backend run in its own virtualenv, or why it can't run."""
+    venv = PEER_VENVS / OUT_OF_PROCESS[variant]
+    script = ST_ONNX_SCRIPT if variant == "st onnx int8" else ST_OPENVINO_SCRIPT
+    python = venv / "bin" / "python"
     if not python.exists():
-        return f"no {ST_ONNX_VENV} (bash bench/peer_venvs.sh builds it)"
-    with tempfile.TemporaryDirectory(prefix="embedray-bench-st-onnx-") as tmp:
+        return f"no {venv} (bash bench/peer_venvs.sh {venv.name} builds it)"
+    with tempfile.TemporaryDirectory(prefix="embedray-bench-st-peer-") as tmp:
         texts_file = Path(tmp) / "texts.json"
         texts_file.write_text(json.dumps(texts))
-        proc = subprocess.run([str(python), "-c", ST_ONNX_SCRIPT, str(folder), tmp, str(texts_file), str(batch),
+        proc = subprocess.run([str(python), "-c", script, str(folder), tmp, str(texts_file), str(batch),
                                str(rounds), str(threads), str(max_len)], capture_output=True, text=True,
                               env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=3600)
     if proc.returncode != 0:
@@ -190,20 +222,22 @@ def main() -> int:
 
     skipped: dict[str, str] = {}
     docs_s: dict[str, float] = {}
-    if "st onnx int8" in variants:
-        got = run_st_onnx(folder, texts, a.batch_size, a.rounds, a.threads, a.max_len)
+    for variant in (v for v in variants if v in OUT_OF_PROCESS):
+        got = run_peer(variant, folder, texts, a.batch_size, a.rounds, a.threads, a.max_len)
         if isinstance(got, str):
-            skipped["st onnx int8"] = got
+            skipped[variant] = got
         else:
-            docs_s["st onnx int8"] = round(got, 1)
-    in_process = [v for v in variants if v != "st onnx int8"]
+            docs_s[variant] = round(got, 1)
+    in_process = [v for v in variants if v not in OUT_OF_PROCESS]
     tmp = tempfile.TemporaryDirectory(prefix="embedray-bench-encode-")
     exported = Path(tmp.name) / "model"
-    if "embedray onnx int8" in in_process:
+    if set(EXPORTED) & set(in_process):
         from embedray.models.export import export_model
 
         export_model(folder, exported, quantize="int8")
-    models = {v: load_variant(exported if v == "embedray onnx int8" else folder, v, a.max_len)
+        if "embedray openvino" in in_process:
+            export_model(exported, fmt="openvino")
+    models = {v: load_variant(exported if v in EXPORTED else folder, v, a.max_len)
               for v in in_process}
     for model, ctx in models.values():
         with ctx():

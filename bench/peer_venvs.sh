@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Build two throwaway virtualenvs for peer baselines, OUTSIDE the project's .venv:
+# Build three throwaway virtualenvs for peer baselines, OUTSIDE the project's .venv:
 #
 #   $PEER_VENVS/infinity  infinity-emb 0.0.78 (michaelfeil's embedding server), engines torch + optimum.
 #       Separate because infinity-emb 0.0.78 pins sentence-transformers<4, numpy<2, click<8.2,
@@ -12,13 +12,19 @@
 #       and optimum~=2.1.0, while ST 6.x needs transformers>=5: "sentence-transformers[onnx]==6.3.0"
 #       is ResolutionImpossible, so the ONNX backend needs ST 5.x + transformers 4.57.x, which
 #       would downgrade the project's transformers 5.24 / ST 6.3.0.
+#   $PEER_VENVS/st-openvino   sentence-transformers 6.3.0 with its OpenVINO backend (optimum-intel).
+#       Separate because optimum-intel 2.2.0 pins transformers<5.6 (the project runs 5.25) and
+#       requires torchvision, whose registry wheel is built for another torch and breaks
+#       `import transformers` ("operator torchvision::nms does not exist"); it is uninstalled
+#       after the install (nothing on the text path imports it) and `pip check`'s complaint
+#       about exactly that is the one it tolerates.
 #
 # torch stays the local CPU wheel torch==2.13.0 (installed first, then used as a constraint:
 # any other torch spec would pull the CUDA wheels). Idempotent: a venv that has its stamp file
 # is skipped; a half-built one (no stamp) is rebuilt. One venv failing does not stop the other;
 # the script exits 1 at the end if any failed.
 #
-# Usage:  bash bench/peer_venvs.sh            # both
+# Usage:  bash bench/peer_venvs.sh            # all three
 #         bash bench/peer_venvs.sh st-onnx    # only the named ones
 #
 # Serving a local sentence-transformers folder with infinity on CPU (export HF_HUB_OFFLINE=1
@@ -56,6 +62,9 @@ ST_ONNX_PINS=(
   "transformers==4.57.6" "tokenizers==0.22.2" "huggingface_hub==0.36.2" "numpy==2.4.6"
   "optimum==2.1.0" "optimum-onnx[onnxruntime]==0.1.0" "onnxruntime==1.32.0" "onnx==1.23.2"
 )
+ST_OPENVINO_PINS=("sentence-transformers[openvino]==6.3.0" "optimum-intel==2.2.0" "openvino==2026.4.1")
+ST_OPENVINO_CHECK='import sentence_transformers, openvino, optimum.intel; print("sentence-transformers", sentence_transformers.__version__, "openvino", openvino.__version__)'
+
 ST_ONNX_CHECK='import sentence_transformers, optimum.onnxruntime, onnxruntime; from sentence_transformers import export_dynamic_quantized_onnx_model; print("sentence-transformers", sentence_transformers.__version__, "onnxruntime", onnxruntime.__version__)'
 
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 DO_NOT_TRACK=1
@@ -66,7 +75,7 @@ pipq() {
   "$@" -q 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
 }
 
-build() {  # build NAME CHECK_CODE PIN...
+build() {  # build NAME CHECK_CODE PIN...   ($DROP: packages to uninstall after the install)
   local name=$1 check=$2; shift 2
   local venv="$ROOT/$name"
   if [[ -f "$venv/$STAMP" ]]; then
@@ -78,7 +87,12 @@ build() {  # build NAME CHECK_CODE PIN...
   "$PYTHON" -m venv "$venv"
   pipq "$venv/bin/pip" install "$TORCH_PIN"
   pipq "$venv/bin/pip" install -c "$CONSTRAINTS" "$@"
-  "$venv/bin/pip" check
+  if [[ -n "${DROP:-}" ]]; then
+    pipq "$venv/bin/pip" uninstall -y $DROP
+    { "$venv/bin/pip" check || true; } | { grep -v "requires ${DROP}, which is not installed" || true; } | { ! grep .; }
+  else
+    "$venv/bin/pip" check
+  fi
   "$venv/bin/python" -c "$check"
   {
     echo "built $(date -u +%FT%TZ) in $((SECONDS - t0))s with $("$PYTHON" --version)"
@@ -93,7 +107,7 @@ trap 'rm -f "$CONSTRAINTS"' EXIT
 echo "$TORCH_PIN" > "$CONSTRAINTS"
 
 targets=("$@")
-[[ ${#targets[@]} -gt 0 ]] || targets=(infinity st-onnx)
+[[ ${#targets[@]} -gt 0 ]] || targets=(infinity st-onnx st-openvino)
 failed=()
 for t in "${targets[@]}"; do
   # Each build runs in its own errexit subshell (not under `||`, which would switch errexit off).
@@ -101,7 +115,8 @@ for t in "${targets[@]}"; do
   case "$t" in
     infinity) ( set -e; build infinity "$INFINITY_CHECK" "${INFINITY_PINS[@]}" ) ;;
     st-onnx)  ( set -e; build st-onnx "$ST_ONNX_CHECK" "${ST_ONNX_PINS[@]}" ) ;;
-    *) echo "unknown venv '$t' (infinity, st-onnx)" >&2; false ;;
+    st-openvino) ( set -e; DROP=torchvision build st-openvino "$ST_OPENVINO_CHECK" "${ST_OPENVINO_PINS[@]}" ) ;;
+    *) echo "unknown venv '$t' (infinity, st-onnx, st-openvino)" >&2; false ;;
   esac
   rc=$?
   set -e

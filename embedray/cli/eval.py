@@ -64,9 +64,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default=d.precision,
                         help="compute precision of the encoder: auto = bf16 where the hardware runs it "
                              "fast (CUDA bf16, CPU AMX/AVX512-BF16), else fp32 (default: %(default)s)")
-    parser.add_argument("--backend", choices=("torch", "onnx"), default=d.backend,
-                        help="what runs the transformer: torch, or onnx (onnxruntime on the folder's "
-                             "'embedray export'; CPU only) (default: %(default)s)")
+    parser.add_argument("--backend", choices=("torch", "onnx", "openvino"), default=d.backend,
+                        help="what runs the transformer: torch, onnx (onnxruntime on the folder's "
+                             "'embedray export') or openvino (its '--format openvino' export, in "
+                             "--precision); CPU only (default: %(default)s)")
     parser.add_argument("--onnx-file", default=d.onnx_file, metavar="NAME",
                         help="the onnx backend's file under MODEL/onnx/, e.g. "
                              "model_qint8_avx512_vnni.onnx for int8 (default: %(default)s)")

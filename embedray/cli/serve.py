@@ -70,7 +70,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_text)
             continue
         kind = {int: int, float: float}.get(type(default), str)
-        metavar = {"corpus": "PATH", "index": "DIR", "index_type": "flat|int8|binary", "backend": "auto|torch|onnx",
+        metavar = {"corpus": "PATH", "index": "DIR", "index_type": "flat|int8|binary", "backend": "auto|torch|onnx|openvino",
                    "precision": "auto|fp32|bf16", "cross_encoder": "DIR", "api_key_file": "FILE",
                    "model_name": "NAME", "host": "HOST"}.get(f.name, {int: "N", float: "X"}.get(kind))
         parser.add_argument(flag, type=kind, default=default, metavar=metavar,

@@ -29,8 +29,9 @@ class EvalConfig:
         device: ``cpu``, ``cuda``, ``cuda:N`` or ``auto`` (CUDA when available).
         precision: the encoder's compute precision: ``auto`` (bf16 where the hardware runs it
             fast: CUDA with bf16, a CPU with AMX-BF16 or AVX512-BF16), ``fp32`` or ``bf16``.
-        backend: ``torch``, or ``onnx`` (onnxruntime on the model folder's ``onnx/`` export, in
-            that file's precision; CPU only).
+        backend: ``torch``, ``onnx`` (onnxruntime on the model folder's ``onnx/`` export, in
+            that file's precision; CPU only) or ``openvino`` (the OpenVINO runtime on its
+            ``openvino/`` export, in ``precision``; CPU only).
         onnx_file: the ``onnx`` backend's file under ``onnx/``: ``model.onnx`` (fp32) or
             ``model_qint8_avx512_vnni.onnx`` (int8).
     """

@@ -1,21 +1,25 @@
-"""Inference backends of a sentence-transformers folder: ``torch`` (as saved) or ``onnx``.
+"""Inference backends of a sentence-transformers folder: ``torch`` (as saved), ``onnx`` or ``openvino``.
 
 ``onnx`` runs one file of the folder's ``onnx/`` subfolder (sentence-transformers' layout:
 ``onnx/model.onnx``, ``onnx/model_qint8_avx512_vnni.onnx``; see :mod:`embedray.models.export`)
-with onnxruntime in place of the Hugging Face transformer. Everything else is the folder's own
-sentence-transformers pipeline, loaded as usual: tokenizer, max sequence length, prompts,
-Pooling, a rotation ``Dense``, ``Normalize``.
+with onnxruntime in place of the Hugging Face transformer; ``openvino`` runs
+``openvino/openvino_model.xml`` with the OpenVINO runtime, in the project's precision policy
+(``auto``: bf16 on a CPU with AMX-BF16 / AVX512-BF16, where OpenVINO's bf16 kernels run the
+matrix units; ``fp32`` forces f32). Everything else is the folder's own sentence-transformers
+pipeline, loaded as usual: tokenizer, max sequence length, prompts, Pooling, a rotation
+``Dense``, ``Normalize``.
 
 Written here because sentence-transformers' own ``backend="onnx"`` goes through optimum-onnx,
 whose newest release (0.1.0) needs ``transformers<4.58`` and fails to import under the
 transformers 5 that sentence-transformers 6 requires. The files follow its conventions (input
 and output names, file names), so ``SentenceTransformer(folder, backend="onnx",
 model_kwargs={"file_name": "onnx/model_qint8_avx512_vnni.onnx"})`` loads them wherever
-optimum-onnx installs.
+optimum-onnx installs, and ``backend="openvino"`` the OpenVINO folder wherever optimum-intel does.
 """
 from __future__ import annotations
 
 import importlib.util
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -23,13 +27,17 @@ import torch
 
 from embedray.models.bundled import resolve_model
 from embedray.models.config import check_backend, check_precision
-from embedray.models.precision import use_precision
+from embedray.models.precision import resolve_precision, use_precision
 
 ONNX_DIR = "onnx"
 ONNX_FILE = "model.onnx"
 #: The file name sentence-transformers' ``export_dynamic_quantized_onnx_model(model, "avx512_vnni", ...)`` writes.
 INT8_FILE = "model_qint8_avx512_vnni.onnx"
 ONNX_EXTRA = "pip install -c constraints.txt -e '.[onnx]'  (or: make install)"
+#: sentence-transformers' OpenVINO layout (what optimum-intel's ``OVModelForFeatureExtraction`` saves).
+OPENVINO_DIR = "openvino"
+OPENVINO_FILE = "openvino_model.xml"
+OPENVINO_EXTRA = "pip install -c constraints.txt -e '.[onnx,openvino]'  (or: make install)"
 #: What the exported graph reads and returns: optimum's feature-extraction names.
 OUTPUT_NAME = "last_hidden_state"
 
@@ -46,19 +54,43 @@ def require_onnx() -> None:
                                 f"{ONNX_EXTRA}")
 
 
+def require_openvino() -> None:
+    """Raise :class:`MissingExtraError` unless the OpenVINO runtime is importable."""
+    if importlib.util.find_spec("openvino") is None:
+        raise MissingExtraError(f"the openvino backend needs openvino, which is not installed: {OPENVINO_EXTRA}")
+
+
 def auto_backend(model_dir: str | Path, precision: str = "auto", onnx_file: str = ONNX_FILE) -> tuple[str, str]:
     """``(backend, onnx_file)`` that ``backend: auto`` runs for a model folder.
 
-    The int8 ONNX export encodes fastest on a CPU at the same retrieval quality (README: ONNX
-    and int8), so it is chosen where the folder has it (``embedray export MODEL --quantize
-    int8``), onnxruntime is installed and no precision was forced; otherwise torch in
-    ``precision``.
+    Fastest first at the same retrieval quality on a CPU (README: ONNX, OpenVINO and int8):
+    the OpenVINO export in bf16 where the CPU has bf16 units, then the int8 ONNX export, each
+    where the folder has it (``embedray export MODEL --format openvino`` / ``--quantize int8``),
+    its runtime is installed and no precision was forced; otherwise torch in ``precision``.
     """
+    if precision != "auto":
+        return "torch", onnx_file
+    has_ov = (Path(model_dir) / OPENVINO_DIR / OPENVINO_FILE).is_file()
+    if has_ov and resolve_precision("auto", "cpu") == "bf16" and importlib.util.find_spec("openvino") is not None:
+        return "openvino", onnx_file
     has_int8 = (Path(model_dir) / ONNX_DIR / INT8_FILE).is_file()
     installed = all(importlib.util.find_spec(m) is not None for m in ("onnxruntime", "onnx"))
-    if precision == "auto" and has_int8 and installed:
+    if has_int8 and installed:
         return "onnx", INT8_FILE
     return "torch", onnx_file
+
+
+def openvino_path(model_dir: str | Path) -> Path:
+    """The OpenVINO model file of a folder (``openvino/openvino_model.xml``), which must exist.
+
+    Raises:
+        FileNotFoundError: naming the export command.
+    """
+    path = Path(model_dir) / OPENVINO_DIR / OPENVINO_FILE
+    if not path.is_file() or not path.with_suffix(".bin").is_file():
+        raise FileNotFoundError(f"{path} (and its .bin) does not exist; write it with "
+                                f"'embedray export {model_dir} --format openvino'")
+    return path
 
 
 def onnx_path(model_dir: str | Path, file_name: str = ONNX_FILE) -> Path:
@@ -117,59 +149,124 @@ class OrtTransformer(torch.nn.Module):
                 token_type_ids: torch.Tensor | None = None, return_dict: bool = True):
         from transformers.modeling_outputs import BaseModelOutput
 
-        given = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
-        if given.get("token_type_ids") is None:
-            given["token_type_ids"] = torch.zeros_like(input_ids)
-        feeds = {name: given[name].cpu().numpy().astype(np.int64, copy=False) for name in self.input_names}
+        feeds = _feeds(self.input_names, input_ids, attention_mask, token_type_ids)
         (hidden,) = self.session.run([OUTPUT_NAME], feeds)  # (batch, seq, hidden)
         return BaseModelOutput(last_hidden_state=torch.from_numpy(hidden))
 
 
+def _feeds(names: list[str], input_ids: torch.Tensor, attention_mask: torch.Tensor,
+           token_type_ids: torch.Tensor | None) -> dict[str, np.ndarray]:
+    """The int64 numpy inputs an exported graph reads, by name (zero token types when absent)."""
+    given = {"input_ids": input_ids, "attention_mask": attention_mask,
+             "token_type_ids": torch.zeros_like(input_ids) if token_type_ids is None else token_type_ids}
+    return {name: given[name].cpu().numpy().astype(np.int64, copy=False) for name in names}
+
+
+class OvTransformer(torch.nn.Module):
+    """An OpenVINO compiled model standing in for the Hugging Face model, like :class:`OrtTransformer`.
+
+    Args:
+        path: ``openvino_model.xml`` with optimum's feature-extraction inputs and outputs.
+        config: the transformer's Hugging Face config.
+        threads: inference threads; 0 keeps OpenVINO's default (all cores).
+        precision: ``auto`` / ``fp32`` / ``bf16``, resolved for the CPU: OpenVINO's inference
+            precision hint (``bf16`` runs the matrix units, activations and weights in bf16, with
+            its own fp32 normalisation layers; ``f32`` keeps the graph in fp32). The hidden states
+            come out in fp32 either way.
+    """
+
+    def __init__(self, path: str | Path, config, threads: int = 0, precision: str = "auto"):
+        super().__init__()
+        import openvino as ov
+
+        self.precision = resolve_precision(precision, "cpu")
+        core = ov.Core()
+        props = {"INFERENCE_PRECISION_HINT": "bf16" if self.precision == "bf16" else "f32",
+                 "PERFORMANCE_HINT": "LATENCY"}
+        if threads > 0:
+            props["INFERENCE_NUM_THREADS"] = int(threads)
+        self.compiled = core.compile_model(core.read_model(str(path)), "CPU", props)
+        self.request = self.compiled.create_infer_request()
+        self.input_names = [p.get_any_name() for p in self.compiled.inputs]
+        self.output = self.compiled.output(OUTPUT_NAME)
+        self.config = config
+        self.path = Path(path)
+        self._lock = threading.Lock()  # one infer request: one call at a time
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                token_type_ids: torch.Tensor | None = None, return_dict: bool = True):
+        from transformers.modeling_outputs import BaseModelOutput
+
+        feeds = _feeds(self.input_names, input_ids, attention_mask, token_type_ids)
+        with self._lock:
+            hidden = self.request.infer(feeds)[self.output].copy()  # (batch, seq, hidden), fp32
+        return BaseModelOutput(last_hidden_state=torch.from_numpy(hidden))
+
+
 def load_sentence_model(model_dir: str | Path, backend: str = "torch", onnx_file: str = ONNX_FILE,
-                        threads: int = 0, device: str | None = "cpu"):
+                        threads: int = 0, device: str | None = "cpu", precision: str = "auto"):
     """A ``SentenceTransformer`` of ``model_dir`` whose transformer runs on ``backend``.
 
     Args:
-        model_dir: sentence-transformers folder (for ``onnx``, with an ``onnx/`` export).
-        backend: ``torch`` or ``onnx``.
+        model_dir: sentence-transformers folder (for ``onnx``, with an ``onnx/`` export; for
+            ``openvino``, with an ``openvino/`` one).
+        backend: ``torch``, ``onnx`` or ``openvino``.
         onnx_file: which file of ``onnx/`` to run (``model.onnx``: fp32; ``INT8_FILE``: int8).
-        threads: onnxruntime intra-op threads (0: its default); torch's are set by the caller.
-        device: torch device; the onnx backend runs on the CPU only.
+        threads: onnxruntime / OpenVINO threads (0: their default); torch's are set by the caller.
+        device: torch device; the onnx and openvino backends run on the CPU only.
+        precision: the openvino backend's precision (``auto``: bf16 on a CPU with bf16 units);
+            torch's is applied by the caller (:func:`use_precision`), onnx runs its file's own.
 
     Returns:
-        The model, with ``embedray_backend`` (``torch`` / ``onnx``) and, for onnx,
-        ``embedray_precision`` (``fp32`` / ``int8``) and ``embedray_onnx_file`` set.
+        The model, with ``embedray_backend`` (``torch`` / ``onnx`` / ``openvino``) and, for onnx and
+        openvino, ``embedray_precision`` (``fp32`` / ``int8`` / ``bf16``) and ``embedray_onnx_file``
+        (the file run) set.
     """
     from sentence_transformers import SentenceTransformer
 
     check_backend(backend)
-    if backend == "onnx":
-        require_onnx()
-        path = onnx_path(model_dir, onnx_file)
+    if backend in ("onnx", "openvino"):
+        if backend == "onnx":
+            require_onnx()
+            path = onnx_path(model_dir, onnx_file)
+        else:
+            require_openvino()
+            path = openvino_path(model_dir)
         if device not in (None, "cpu", "auto"):
-            raise ValueError(f"device {device!r}: the onnx backend runs on the CPU; use --device cpu "
+            raise ValueError(f"device {device!r}: the {backend} backend runs on the CPU; use --device cpu "
                              "or the torch backend")
         device = "cpu"
     model = SentenceTransformer(str(model_dir), device=None if device == "auto" else device,
                                 trust_remote_code=False, local_files_only=True)
     model.embedray_backend = backend
     if backend == "onnx":
-        _use_onnx(model, path, threads)
+        _swap_transformer(model, OrtTransformer(path, _hf_config(model, path, backend), threads))
+        model.embedray_precision = onnx_precision(path.name)
+    elif backend == "openvino":
+        runner = OvTransformer(path, _hf_config(model, path, backend), threads, precision)
+        _swap_transformer(model, runner)
+        model.embedray_precision = runner.precision
+    if backend != "torch":
+        model.embedray_onnx_file = f"{path.parent.name}/{path.name}" if backend == "openvino" else path.name
     return model
 
 
-def _use_onnx(model, path: Path, threads: int) -> None:
-    """Swap the first module's Hugging Face model for an :class:`OrtTransformer` of ``path``."""
+def _hf_config(model, path: Path, backend: str):
+    """The Hugging Face config of the model's Transformer first module (which the backend replaces)."""
     first = model[0]
     inner = getattr(first, "auto_model", None)
     if type(first).__name__ != "Transformer" or not isinstance(inner, torch.nn.Module):
-        raise ValueError(f"{path.parent.parent}: the onnx backend replaces a Transformer first module, "
+        raise ValueError(f"{path.parent.parent}: the {backend} backend replaces a Transformer first module, "
                          f"but this model starts with {type(first).__name__}")
-    first.model = OrtTransformer(path, inner.config, threads)
+    return inner.config
+
+
+def _swap_transformer(model, runner: torch.nn.Module) -> None:
+    """Put ``runner`` in place of the first module's Hugging Face model."""
+    first = model[0]
+    first.model = runner
     # sentence-transformers filters the features it passes by the model's forward parameters.
     first.model_forward_params = {"input_ids", "attention_mask", "token_type_ids", "return_dict"}
-    model.embedray_precision = onnx_precision(path.name)
-    model.embedray_onnx_file = path.name
 
 
 def load_encoder(name_or_path: str | Path, device: str | None = "cpu",
@@ -184,8 +281,9 @@ def load_encoder(name_or_path: str | Path, device: str | None = "cpu",
         max_seq_length: override the folder's max sequence length (tokens); default keeps it.
         precision: the transformer's compute precision, ``auto`` (bf16 where the hardware runs it
             fast), ``fp32`` or ``bf16`` (:mod:`embedray.models.precision`); pooling stays fp32.
-        backend: ``torch``, or ``onnx``: onnxruntime runs ``onnx/<onnx_file>`` of the folder (an
-            ``embedray export``), in that file's precision (:func:`load_sentence_model`).
+        backend: ``torch``; ``onnx``: onnxruntime runs ``onnx/<onnx_file>`` of the folder (an
+            ``embedray export``), in that file's precision; ``openvino``: the OpenVINO runtime runs
+            ``openvino/openvino_model.xml`` in ``precision`` (:func:`load_sentence_model`).
         onnx_file: the ``onnx`` backend's file, ``model.onnx`` or ``model_qint8_avx512_vnni.onnx``.
 
     Returns:
@@ -195,11 +293,11 @@ def load_encoder(name_or_path: str | Path, device: str | None = "cpu",
 
     check_precision(precision)
     path = resolve_model(name_or_path)
-    if backend != "torch" and precision == "bf16":
-        raise ValueError(f"precision bf16 applies to the torch backend; the {backend} backend runs "
+    if backend == "onnx" and precision == "bf16":
+        raise ValueError(f"precision bf16 applies to the torch and openvino backends; the onnx backend runs "
                          f"{onnx_file} in its own precision")
     if backend != "torch":
-        model = load_sentence_model(path, backend, onnx_file, device=device)
+        model = load_sentence_model(path, backend, onnx_file, device=device, precision=precision)
     else:
         model = SentenceTransformer(str(path), device=None if device in (None, "auto") else device,
                                     trust_remote_code=False, local_files_only=True)

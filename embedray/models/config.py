@@ -11,7 +11,7 @@ FINETUNE_MODES = ("full", "lora", "qlora")
 DTYPES = ("float32", "bfloat16")
 Precision = Literal["auto", "fp32", "bf16"]
 PRECISIONS = ("auto", "fp32", "bf16")
-BACKENDS = ("torch", "onnx")
+BACKENDS = ("torch", "onnx", "openvino")
 
 
 def check_precision(value: str, field: str = "precision") -> str:

@@ -1,10 +1,14 @@
-"""``embedray export``: write a model folder's ONNX export (fp32, and int8 for CPU serving).
+"""``embedray export``: write a model folder's ONNX export (fp32, and int8 for CPU serving) or
+its OpenVINO export (run in bf16 on a CPU with bf16 units, fp32 elsewhere).
 
 The result is the same sentence-transformers folder with sentence-transformers' backend layout
 added: ``onnx/model.onnx`` (fp32) and, with ``--quantize int8``,
-``onnx/model_qint8_avx512_vnni.onnx``. Only the transformer is exported; Pooling, a rotation
-``Dense`` and ``Normalize`` stay in ``modules.json`` and run as before, and ``embedray.json``
-(Matryoshka dims, metrics) travels with the copy, which records the export under ``"export"``.
+``onnx/model_qint8_avx512_vnni.onnx``; or, with ``--format openvino``,
+``openvino/openvino_model.xml`` + ``.bin`` (fp32 weights; the runtime's precision hint decides
+how it computes). Only the transformer is exported; Pooling, a rotation ``Dense`` and
+``Normalize`` stay in ``modules.json`` and run as before, and ``embedray.json`` (Matryoshka
+dims, metrics) travels with the copy, which records each format's export under
+``"export"`` → ``"onnx"`` / ``"openvino"``. An export of one format keeps the other's files.
 
 The graph comes from ``torch.onnx.export`` (the torch.export-based exporter, with eager
 attention; the legacy TorchScript exporter traces transformers 5's attention masks wrongly), the
@@ -12,8 +16,9 @@ int8 file from onnxruntime's dynamic quantization with the settings of optimum's
 (int8 symmetric per-channel weights, uint8 activations, no reduced range), which is what
 sentence-transformers' ``export_dynamic_quantized_onnx_model`` calls. Both are written here
 because that helper and its fp32 export need optimum-onnx, which does not install beside
-transformers 5 (see :mod:`embedray.models.backends`). Every export is checked against the torch
-model on fixed probe texts before the folder is renamed into place.
+transformers 5 (see :mod:`embedray.models.backends`). The OpenVINO model is OpenVINO's own
+conversion (``openvino.convert_model``) of that fp32 ONNX graph. Every export is checked against
+the torch model on fixed probe texts before the folder is renamed into place.
 """
 from __future__ import annotations
 
@@ -29,11 +34,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from embedray.models.backends import INT8_FILE, ONNX_DIR, ONNX_FILE, OUTPUT_NAME, load_sentence_model, require_onnx
+from embedray.models.backends import (INT8_FILE, ONNX_DIR, ONNX_FILE, OPENVINO_DIR, OPENVINO_FILE, OUTPUT_NAME,
+                                      load_sentence_model, require_onnx, require_openvino)
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("onnx",)
+FORMATS = ("onnx", "openvino")
 QUANTIZE = ("int8",)  # also in embedray.cli.export, which must not import torch
 EXPORT_KEY = "export"
 OPSET = 18
@@ -41,6 +47,8 @@ OPSET = 18
 FP32_TOLERANCE = 1e-4
 #: Below this cosine to torch on a probe text, int8 has broken the model rather than rounded it.
 INT8_WARN_COSINE = 0.95
+#: Below this cosine to torch fp32 on a probe text, bf16 has broken the model rather than rounded it.
+BF16_WARN_COSINE = 0.99
 #: Mixed lengths and scripts; the check encodes them with both backends.
 PROBE_TEXTS = [
     "hello world",
@@ -60,17 +68,18 @@ def export_model(model: str | Path, out: str | Path | None = None, fmt: str = "o
         model: sentence-transformers folder (or a bundled model name, with ``out``).
         out: target folder; default: ``model`` itself (the export is added beside the weights,
             sentence-transformers' convention). Built beside it and renamed into place.
-        fmt: ``onnx``.
-        quantize: ``None`` (fp32 only) or ``int8`` (dynamic int8, AVX512-VNNI settings).
+        fmt: ``onnx`` or ``openvino``.
+        quantize: ``None`` (fp32 only) or ``int8`` (dynamic int8, AVX512-VNNI settings; onnx only).
 
     Returns:
-        What was recorded under ``"export"`` in the folder's ``embedray.json``: per file, its
-        precision, size and agreement with the torch model on :data:`PROBE_TEXTS`.
+        What was recorded under ``"export"`` → ``fmt`` in the folder's ``embedray.json``: per
+        file, its precision, size and agreement with the torch model on :data:`PROBE_TEXTS`
+        (for openvino, in fp32 and in bf16).
 
     Raises:
         ValueError: an unknown format or quantization, a bundled model without ``out``, or an
             export that does not reproduce the torch model.
-        MissingExtraError: onnxruntime / onnx / onnxscript are not installed.
+        MissingExtraError: onnxruntime / onnx / onnxscript (or openvino) are not installed.
     """
     from embedray.atomic import replace_dir
     from embedray.models.bundled import BUNDLED, resolve_model
@@ -80,32 +89,44 @@ def export_model(model: str | Path, out: str | Path | None = None, fmt: str = "o
     if quantize is not None and quantize not in QUANTIZE:
         raise ValueError(f"quantize {quantize!r} is not supported; choose one of {', '.join(QUANTIZE)} "
                          "(or leave it out for fp32 only)")
+    if quantize is not None and fmt != "onnx":
+        raise ValueError(f"--quantize {quantize} applies to --format onnx; the {fmt} export runs in bf16 "
+                         "where the CPU has bf16 units (precision auto), fp32 elsewhere")
     if out is None and (str(model) in BUNDLED or str(model).startswith("tiny-bert@")):
         raise ValueError(f"{model!r} is a bundled model (its folder belongs to an installed package or the "
                          "cache): pass --out DIR for the exported copy")
     require_onnx()
     _require_exporter()
+    if fmt == "openvino":
+        require_openvino()
     src = resolve_model(model)
     target = Path(out).expanduser().resolve() if out is not None else src
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{target.name}.export-") as tmp:
         staged = Path(tmp) / "model"
-        # An old onnx/ is not copied: the new export replaces all of it.
+        # The old files of this format are not copied: the new export replaces all of them.
+        own = ONNX_DIR if fmt == "onnx" else OPENVINO_DIR
         shutil.copytree(src, staged, ignore=lambda d, names: [n for n in names if n.startswith(".")
-                                                              or (Path(d) == src and n == ONNX_DIR)])
-        record = _export_into(staged, quantize)
+                                                              or (Path(d) == src and n == own)])
+        record = _export_into(staged, quantize) if fmt == "onnx" else _export_openvino(staged)
         replace_dir(staged, target)
     return record
 
 
-def _export_into(folder: Path, quantize: str | None) -> dict:
-    """Write ``onnx/`` files into the copy ``folder``, check them, record them in its embedray.json."""
+def _reference(folder: Path):
+    """The folder's torch model (eval mode) and its normalised embeddings of :data:`PROBE_TEXTS`."""
     from sentence_transformers import SentenceTransformer
 
     reference = SentenceTransformer(str(folder), device="cpu", trust_remote_code=False, local_files_only=True)
     reference.eval()
     expected = reference.encode(PROBE_TEXTS, convert_to_numpy=True, normalize_embeddings=True,
                                 show_progress_bar=False)  # (n, dim)
+    return reference, expected
+
+
+def _export_into(folder: Path, quantize: str | None) -> dict:
+    """Write ``onnx/`` files into the copy ``folder``, check them, record them in its embedray.json."""
+    reference, expected = _reference(folder)
     onnx_dir = folder / ONNX_DIR
     onnx_dir.mkdir(exist_ok=True)
     files = {ONNX_FILE: "fp32"}
@@ -125,7 +146,38 @@ def _export_into(folder: Path, quantize: str | None) -> dict:
                         "measure retrieval quality before serving it", name, check["min_cosine"])
         size_mb = round((onnx_dir / name).stat().st_size / 2**20, 2)
         record["files"][name] = {"precision": precision, "size_mb": size_mb, **check}
-    _record(folder, record)
+    _record(folder, "onnx", record)
+    return record
+
+
+def _export_openvino(folder: Path) -> dict:
+    """Write ``openvino/`` into the copy ``folder`` from a fresh fp32 ONNX graph, check it in fp32
+    (same tolerance as the ONNX export) and in bf16, record it in its embedray.json."""
+    import openvino as ov
+
+    reference, expected = _reference(folder)
+    out = folder / OPENVINO_DIR
+    out.mkdir(exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="embedray-export-onnx-") as tmp:
+        graph = Path(tmp) / ONNX_FILE
+        _export_fp32(reference, graph)
+        ov.save_model(ov.convert_model(str(graph)), str(out / OPENVINO_FILE), compress_to_fp16=False)
+    checks = {p: _agreement(folder, OPENVINO_FILE, expected, backend="openvino", precision=p)
+              for p in ("fp32", "bf16")}
+    if checks["fp32"]["max_abs_diff"] > FP32_TOLERANCE:
+        raise ValueError(f"the OpenVINO export differs from the torch model by {checks['fp32']['max_abs_diff']:.2g} "
+                         f"(> {FP32_TOLERANCE}) in fp32 on the probe texts; the conversion is wrong: please "
+                         "report it with the model's config.json")
+    if checks["bf16"]["min_cosine"] < BF16_WARN_COSINE:
+        log.warning("openvino bf16 embeddings reach only cosine %.4f to torch fp32 on the probe texts; run "
+                    "it with precision fp32 or measure retrieval quality before serving it",
+                    checks["bf16"]["min_cosine"])
+    size_mb = round(sum(f.stat().st_size for f in out.iterdir()) / 2**20, 2)
+    record = {"format": "openvino", "openvino": ov.__version__.split("-")[0],
+              "files": {f"{OPENVINO_DIR}/{OPENVINO_FILE}": {"precision": "fp32 weights", "size_mb": size_mb,
+                                                            **{f"{p}_{k}": v for p, c in checks.items()
+                                                               for k, v in c.items()}}}}
+    _record(folder, "openvino", record)
     return record
 
 
@@ -226,17 +278,22 @@ def quantize_int8(src: Path, dst: Path) -> None:
                          extra_options={"WeightSymmetric": True, "ActivationSymmetric": False})
 
 
-def _agreement(folder: Path, file_name: str, expected: np.ndarray) -> dict:
-    """Max |difference| and min cosine of the ONNX file's normalised probe embeddings to torch's."""
-    model = load_sentence_model(folder, backend="onnx", onnx_file=file_name)
+def _agreement(folder: Path, file_name: str, expected: np.ndarray, backend: str = "onnx",
+               precision: str = "auto") -> dict:
+    """Max |difference| and min cosine of the exported file's normalised probe embeddings to torch's."""
+    model = load_sentence_model(folder, backend=backend, onnx_file=file_name, precision=precision)
     got = model.encode(PROBE_TEXTS, convert_to_numpy=True, normalize_embeddings=True,
                        show_progress_bar=False)  # (n, dim)
     cosine = (got * expected).sum(axis=1)  # (n,)
     return {"max_abs_diff": float(np.abs(got - expected).max()), "min_cosine": round(float(cosine.min()), 6)}
 
 
-def _record(folder: Path, record: dict) -> None:
+def _record(folder: Path, fmt: str, record: dict) -> None:
     meta_path = folder / "embedray.json"
     meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.exists() else {}
-    meta[EXPORT_KEY] = record
+    exports = meta.get(EXPORT_KEY) if isinstance(meta.get(EXPORT_KEY), dict) else {}
+    if "format" in exports:  # one export recorded at the top level by an earlier version
+        exports = {exports["format"]: exports}
+    exports[fmt] = record
+    meta[EXPORT_KEY] = exports
     meta_path.write_text(json.dumps(meta, indent=2), encoding="utf-8")

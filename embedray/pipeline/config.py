@@ -326,6 +326,10 @@ class StudentConfig:
     """Teacher scores for score distillation: the trained teacher bi-encoder, the cross-encoder,
     or the scores the training rows carry (FlagEmbedding ``pos_scores`` / ``neg_scores``; needs
     ``train.negatives: given``)."""
+    cross_encoder_temperature: float | None = None
+    """Under ``score_source: cross_encoder``: the cross-encoder's logits are divided by this before
+    they become targets; None: the temperature the teacher's dev check chose (see
+    ``distill.cross_encoder_temperature``)."""
 
     def __post_init__(self) -> None:
         if self.max_seq_length is not None:

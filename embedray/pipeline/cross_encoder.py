@@ -10,10 +10,10 @@ from embedray.mining.cache import doc_key, encode_with_cache, live_model_key
 from embedray.mining.pipeline import doc_text
 from embedray.models.encoder import BiEncoder
 from embedray.training.cross_encoder import evaluate_reranker, train_cross_encoder
+from embedray.training.distill import GATE_FILE
 from embedray.training.loop import make_encode_fn
 
-
-GATE_FILE = "cross_encoder_gate.json"
+__all__ = ["GATE_FILE", "dev_check", "gate", "train_base_cross_encoder"]
 
 
 def train_base_cross_encoder(job, data, ce_dir: Path, run_dir: Path, targets: list, pool) -> None:
@@ -50,7 +50,8 @@ def dev_check(job, ce_dir: Path, run_dir: Path, targets: list) -> dict | None:
                                  prompt=doc_key(t.mining.doc_prompt))
         first = evaluate_retrieval(encode, t.data.dev, k=depth, show_progress=False,
                                    corpus_embeddings=docs.embeddings)
-        report = evaluate_reranker(str(ce_dir), t.data.dev, first.run, k=depth, precision=job.cross_encoder.precision)
+        report = evaluate_reranker(str(ce_dir), t.data.dev, first.run, k=depth, precision=job.cross_encoder.precision,
+                                   temperature=True)
         reports[t.name] = {**report, "depth": depth}
         print(f"[embedray] cross-encoder reranking {t.name + ' ' if t.name else ''}dev top-{depth}: nDCG@10 "
               f"{report['before']['ndcg@10']:.4f} → {report['after']['ndcg@10']:.4f}", flush=True)
@@ -66,16 +67,17 @@ def gate(job, report: dict | None) -> dict:
     split, its reranking has a lower nDCG@10 than the bi-encoder's own ranking. The verdict says
     what it compared and, when it failed, the positive-aware rule denoising falls back to."""
     ce = job.cross_encoder
-    if not ce.gate:
-        return {"checked": False, "passed": True, "why": "cross_encoder.gate: false"}
     if report is None:
         return {"checked": False, "passed": True,
                 "why": "no dev check (no dev split, or cross_encoder.dev_rerank_depth: 0)"}
     tasks = report["tasks"] if "tasks" in report else {"": report}
+    temperature = _joint_temperature(tasks)
+    if not ce.gate:
+        return {"checked": False, "passed": True, "why": "cross_encoder.gate: false", **temperature}
     dev = {t: {"bi_encoder": r["before"]["ndcg@10"], "reranked": r["after"]["ndcg@10"], "depth": r.get("depth")}
            for t, r in tasks.items()}
     worse = sorted(t for t, r in dev.items() if r["reranked"] < r["bi_encoder"])
-    out = {"checked": True, "passed": not worse, "dev": dev}
+    out = {"checked": True, "passed": not worse, "dev": dev, **temperature}
     if worse:
         ratio = job.mining.max_score_ratio or ce.fallback_max_score_ratio
         out.update(worse=worse, fallback={"max_score_ratio": ratio},
@@ -83,3 +85,17 @@ def gate(job, report: dict | None) -> dict:
                        + "; ".join(f"{t + ': ' if t else ''}{dev[t]['reranked']:.4f} < {dev[t]['bi_encoder']:.4f}"
                                    for t in worse) + ")")
     return out
+
+
+def _joint_temperature(tasks: dict) -> dict:
+    """``{"temperature": T}``: the grid temperature with the lowest negative log-likelihood over
+    every task's dev queries together (:func:`~embedray.training.distill.choose_temperature`);
+    empty when the reports chose none."""
+    chosen = [r["temperature"] for r in tasks.values() if r.get("temperature", {}).get("queries")]
+    if not chosen:
+        return {}
+    total: dict[float, float] = {}
+    for c in chosen:
+        for t, nll in c["nll"].items():
+            total[float(t)] = total.get(float(t), 0.0) + nll * c["queries"]
+    return {"temperature": min(total, key=total.get)}

@@ -513,7 +513,8 @@ class Pipeline:
         return TrainJobConfig(data=self._data(), model=model, loss=loss, train=train,
                               cluster=self._cluster("student"), mining=copy.deepcopy(c.mining),
                               cross_encoder=copy.deepcopy(c.cross_encoder), refresh=refresh,
-                              distill=DistillConfig(teacher=str(teacher), score_source=s.score_source))
+                              distill=DistillConfig(teacher=str(teacher), score_source=s.score_source,
+                                                    cross_encoder_temperature=s.cross_encoder_temperature))
 
 
 def pretrain_pairs(corpus, cfg, out: Path) -> str:

@@ -48,9 +48,12 @@ class ServeConfig:
             AMX-BF16 or AVX512-BF16), ``fp32`` or ``bf16``; pooling and scores stay fp32.
         backend: what runs the embedding model's transformer: ``torch``, ``onnx`` (onnxruntime
             on the folder's ``onnx/`` export from ``embedray export MODEL --format onnx``, in that
-            file's precision) or ``auto`` (the default): ``onnx`` on the int8 file where the
-            folder has one (``--quantize int8``), onnxruntime is installed and ``precision`` is
-            ``auto``, else ``torch``; resolved here, so ``backend`` and ``onnx_file`` name what
+            file's precision), ``openvino`` (the OpenVINO runtime on the folder's ``openvino/``
+            export from ``embedray export MODEL --format openvino``, in ``precision``) or
+            ``auto`` (the default): with ``precision`` ``auto``, ``openvino`` where the folder
+            has that export, the runtime is installed and the CPU has bf16 units, else ``onnx``
+            on the int8 file where the folder has one (``--quantize int8``) and onnxruntime is
+            installed, else ``torch``; resolved here, so ``backend`` and ``onnx_file`` name what
             runs. The base model and the cross-encoder stay on torch.
         onnx_file: the file under ``MODEL/onnx/`` the ``onnx`` backend runs: ``model.onnx`` (fp32)
             or ``model_qint8_avx512_vnni.onnx`` (int8, from ``--quantize int8``).
@@ -188,7 +191,7 @@ class ServeConfig:
 
     def _check_backend(self) -> None:
         """``backend`` is known (``auto`` resolved), its packages are installed, the ONNX file exists."""
-        from embedray.models.backends import auto_backend, onnx_path, require_onnx
+        from embedray.models.backends import auto_backend, onnx_path, openvino_path, require_onnx, require_openvino
         from embedray.models.config import check_backend
 
         if self.backend == "auto":
@@ -203,6 +206,12 @@ class ServeConfig:
                 onnx_path(self.model_dir, self.onnx_file)
             except FileNotFoundError as e:
                 raise ValueError(f"onnx_file: {e}") from None
+        if self.backend == "openvino":
+            require_openvino()
+            try:
+                openvino_path(self.model_dir)
+            except FileNotFoundError as e:
+                raise ValueError(f"backend: {e}") from None
 
     def limits(self) -> dict[str, float | int]:
         """The limits and timeouts clients see in ``/info``."""

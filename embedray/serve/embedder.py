@@ -85,8 +85,9 @@ class EmbedderCore:
         torch_threads: intra-op threads; 0 keeps torch's default (all cores).
         precision: the transformer's compute precision: ``auto`` (bf16 where the hardware runs it
             fast), ``fp32`` or ``bf16``; pooling and normalisation stay fp32.
-        backend: ``torch`` or ``onnx`` (onnxruntime runs ``onnx/<onnx_file>`` of the folder, in the
-            precision of that file; ``precision`` applies to torch only).
+        backend: ``torch``, ``onnx`` (onnxruntime runs ``onnx/<onnx_file>`` of the folder, in the
+            precision of that file) or ``openvino`` (the folder's ``openvino/`` export, in
+            ``precision``).
         onnx_file: the ONNX file of the ``onnx`` backend, e.g. ``model_qint8_avx512_vnni.onnx``.
     """
 
@@ -100,7 +101,7 @@ class EmbedderCore:
 
         if torch_threads > 0:
             torch.set_num_threads(torch_threads)
-        self.model = load_sentence_model(model_dir, backend, onnx_file, threads=torch_threads)
+        self.model = load_sentence_model(model_dir, backend, onnx_file, threads=torch_threads, precision=precision)
         self.model.eval()
         self.backend, self.onnx_file = backend, getattr(self.model, "embedray_onnx_file", None)
         self.precision = use_precision(self.model, precision) if backend == "torch" else self.model.embedray_precision

@@ -164,10 +164,22 @@ class DistillConfig:
     the cross-encoder scores carried by the negative pool (needs ``train.negatives: pool``), or
     the scores the training rows carry (FlagEmbedding ``pos_scores`` / ``neg_scores``; needs
     ``train.negatives: given``)."""
+    cross_encoder_temperature: float | None = None
+    """Under ``score_source: cross_encoder``: the cross-encoder's logits (recovered from the pool's
+    sigmoid probabilities) are divided by this before they become targets (then by
+    ``loss.teacher_temperature``). None: the temperature chosen on dev when the cross-encoder was
+    checked (the gate file of the run: the one under which its softmax over each dev query's
+    candidates best predicts the relevant documents), 1.0 when no dev check ran."""
     hidden_layers: list[int] | None = None
     """Under ``loss.distill_hidden``: the teacher layer (0-based) whose token states each student
     layer copies, one per student layer. None: the layers a layer-reduced student was cut from
     (``kept_layers`` in its ``embedray.json``)."""
+
+    def __post_init__(self) -> None:
+        t = self.cross_encoder_temperature
+        if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float)) or not t > 0):
+            raise ValueError(f"distill.cross_encoder_temperature: must be a number > 0 (or null: chosen on dev), "
+                             f"got {t!r}")
 
     def needs_model(self, needs) -> bool:
         """Whether an objective with these :class:`~embedray.losses.config.LoopNeeds` needs the

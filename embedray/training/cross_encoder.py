@@ -193,7 +193,8 @@ def rerank(ce, queries: Mapping[str, str], doc_texts: Mapping[str, str],
 
 
 def evaluate_reranker(ce, data: RetrievalData, first_stage_run: Mapping[str, Mapping[str, float]],
-                      k: int = 100, batch_size: int = 32, precision: str = "auto") -> dict[str, dict[str, float]]:
+                      k: int = 100, batch_size: int = 32, precision: str = "auto",
+                      temperature: bool = False) -> dict[str, dict[str, float]]:
     """nDCG/Recall/MRR of the bi-encoder's top-``k`` before and after cross-encoder reranking.
 
     Args:
@@ -203,11 +204,15 @@ def evaluate_reranker(ce, data: RetrievalData, first_stage_run: Mapping[str, Map
         k: depth reranked; both runs are cut to it so that only the order differs.
         batch_size: cross-encoder batch size.
         precision: compute precision of a cross-encoder loaded from its folder.
+        temperature: also choose the temperature of its logits on these queries (dev only).
 
     Returns:
-        ``{"before": metrics, "after": metrics}`` from :func:`embedray.eval.metrics.compute_metrics`.
+        ``{"before": metrics, "after": metrics}`` from :func:`embedray.eval.metrics.compute_metrics`;
+        with ``temperature``, also ``"temperature"``: the temperature of the cross-encoder's
+        logits chosen on these queries (:func:`embedray.training.distill.choose_temperature`).
     """
     from embedray.eval.metrics import compute_metrics
+    from embedray.training.distill import choose_temperature
 
     folder = Path(ce) if isinstance(ce, (str, os.PathLike)) else None
     model = load_cross_encoder(ce, precision=precision) if folder is not None else ce
@@ -218,6 +223,8 @@ def evaluate_reranker(ce, data: RetrievalData, first_stage_run: Mapping[str, Map
     ks = sorted({10, min(100, k), k})
     result = {"before": compute_metrics(data.qrels, before, ks=ks),
               "after": compute_metrics(data.qrels, after, ks=ks)}
+    if temperature:
+        result["temperature"] = choose_temperature(data.qrels, after)
     if folder is not None and (folder / "embedray.json").is_file():
         meta = json.loads((folder / "embedray.json").read_text(encoding="utf-8"))
         meta.setdefault("metrics", {})[f"rerank_{data.split}"] = {**result, "k": k}

@@ -3,6 +3,7 @@ cross-encoder scores that mined pools carry."""
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 
 import torch
 
@@ -137,10 +138,79 @@ def in_batch_cosines(q: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
     return similarity_matrix(q, d, "dot")
 
 
+#: The run's cross-encoder gate verdict (written by the pipeline's dev check), with the chosen temperature.
+GATE_FILE = "cross_encoder_gate.json"
+#: Probabilities are clipped to [EPS, 1 - EPS] before the logit (float32 sigmoid outputs saturate).
+PROB_EPS = 1e-6
+#: Temperatures :func:`choose_temperature` tries (geometric, 1/16 … 8).
+TEMPERATURE_GRID = tuple(2.0 ** k for k in range(-4, 4))
+
+
+def ce_logits(probs: torch.Tensor) -> torch.Tensor:
+    """The cross-encoder's logits back from the sigmoid probabilities a pool stores.
+
+    A one-logit cross-encoder's scores are ``sigmoid(logit)`` in [0, 1]; a softmax over them is
+    nearly flat (every score within 1 of every other), so distillation targets are built from
+    ``logit = log(p / (1 - p))`` instead, clipped at :data:`PROB_EPS`.
+    """
+    p = probs.clamp(PROB_EPS, 1 - PROB_EPS)
+    return torch.log(p) - torch.log1p(-p)
+
+
+def choose_temperature(qrels: Mapping[str, Mapping[str, int]], run: Mapping[str, Mapping[str, float]],
+                       grid: Sequence[float] = TEMPERATURE_GRID) -> dict:
+    """The temperature ``T`` under which ``softmax(logit / T)`` over each query's candidates best
+    predicts its relevant documents (temperature scaling on held-out queries).
+
+    Args:
+        qrels: query id → {doc id: relevance}; only relevance > 0 counts.
+        run: query id → {doc id: cross-encoder probability} over that query's candidates (the
+            bi-encoder's top-k reranked on dev).
+        grid: temperatures tried.
+
+    Returns:
+        ``{"value": T, "nll": {T: mean negative log-likelihood}, "queries": n}``: ``value`` is
+        the grid's argmin (1.0 when no query has a relevant candidate).
+    """
+    rows = []
+    for q, docs in run.items():
+        relevant = [i for i, d in enumerate(docs) if qrels.get(q, {}).get(d, 0) > 0]
+        if relevant and len(docs) > 1:
+            rows.append((ce_logits(torch.tensor(list(docs.values()), dtype=torch.float64)), relevant))
+    if not rows:
+        return {"value": 1.0, "nll": {}, "queries": 0}
+    nll = {}
+    for t in grid:
+        total = 0.0
+        for logits, relevant in rows:
+            log_p = torch.log_softmax(logits / t, dim=0)  # (candidates,)
+            total += float(-log_p[relevant].mean())
+        nll[float(t)] = round(total / len(rows), 6)
+    return {"value": min(nll, key=nll.get), "nll": nll, "queries": len(rows)}
+
+
+def resolve_ce_temperature(distill: DistillConfig, run_dir, say: bool = True) -> DistillConfig:
+    """``distill`` with ``cross_encoder_temperature`` filled in under ``score_source: cross_encoder``:
+    as given, else the one the run's dev check chose (its cross-encoder gate file), else 1.0."""
+    import dataclasses
+    from pathlib import Path
+
+    if distill.score_source != "cross_encoder" or distill.cross_encoder_temperature is not None:
+        return distill
+    gate_file = Path(run_dir) / GATE_FILE
+    chosen = json.loads(gate_file.read_text()).get("temperature") if gate_file.is_file() else None
+    value, where = (float(chosen), "chosen on dev") if chosen else (1.0, "no dev check ran")
+    if say:
+        print(f"[embedray] cross-encoder distillation targets: logits / {value:g} ({where})", flush=True)
+    return dataclasses.replace(distill, cross_encoder_temperature=value)
+
+
 def pool_scores(query_ids: list[str], pos_ids: list[str], neg_ids: list[list[str]],
-                scores: dict[str, dict[str, float]], source: str = "cross_encoder") -> torch.Tensor:
-    """(B, 1+N) teacher scores by query and document: the pool's cross-encoder scores or the
-    rows' own (``source`` ``data``); a missing score is an error (not a silent 0)."""
+                scores: dict[str, dict[str, float]], source: str = "cross_encoder",
+                temperature: float = 1.0) -> torch.Tensor:
+    """(B, 1+N) teacher scores by query and document: the pool's cross-encoder probabilities as
+    logits divided by ``temperature`` (:func:`ce_logits`), or the rows' own scores as they are
+    (``source`` ``data``); a missing score is an error (not a silent 0)."""
     rows = []
     for q, p, negs in zip(query_ids, pos_ids, neg_ids):
         by_doc = scores.get(q, {})
@@ -155,4 +225,5 @@ def pool_scores(query_ids: list[str], pos_ids: list[str], neg_ids: list[list[str
             raise ValueError(f"distill.score_source=cross_encoder: the pool has no cross-encoder score for "
                              f"query {q!r}, document {e.args[0]!r}; mine with a cross-encoder "
                              f"(refresh.denoise: true) or use score_source: teacher") from None
-    return torch.tensor(rows, dtype=torch.float32)
+    out = torch.tensor(rows, dtype=torch.float32)  # (B, 1+N)
+    return ce_logits(out) / temperature if source == "cross_encoder" else out

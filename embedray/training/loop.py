@@ -30,7 +30,8 @@ from embedray.training import checkpoint as ckpt
 from embedray.training.config import DistillConfig, TrainConfig
 from embedray.training.batches import BatchPlan, NegativeSampler, canonical_order
 from embedray.training.data import TrainingData
-from embedray.training.distill import Teacher, candidate_cosines, hidden_layer_map, in_batch_cosines, pool_scores
+from embedray.training.distill import (Teacher, candidate_cosines, hidden_layer_map, in_batch_cosines, pool_scores,
+                                      resolve_ce_temperature)
 from embedray.training.distributed import average_gradients, barrier, broadcast_flag, broadcast_int, mean_across_workers
 from embedray.training.gather import gather_fn_for_loss
 from embedray.training.grad_cache import CachedEmbeddings, backward_through_model, embed_without_graph
@@ -153,7 +154,7 @@ def train(model_cfg: ModelConfig, loss_cfg: LossConfig, train_cfg: TrainConfig, 
     if dropouts:
         set_dropout(core, dropouts.pop())
     model = session.prepare_model(core)
-    teacher, distill = None, distill or DistillConfig()
+    teacher, distill = None, resolve_ce_temperature(distill or DistillConfig(), run_dir, rank0)
     if any(distill.needs_model(n) for n in all_needs):  # one teacher for every task that distills
         if not distill.teacher:
             raise ValueError("loss.distill_score / loss.distill_embed need distill.teacher (a model folder)")
@@ -395,7 +396,8 @@ def _batch_loss(model, core, loss_fn, model_cfg, train_cfg, data, batch, negs, d
     if needs.teacher_scores and distill.score_source in ("cross_encoder", "data"):
         targets = {"teacher_scores": pool_scores([ex.query_id for ex in batch], doc_ids[:b],
                                                  [doc_ids[b + i * n: b + (i + 1) * n] for i in range(b)],
-                                                 scores, distill.score_source).to(device)}
+                                                 scores, distill.score_source,
+                                                 distill.cross_encoder_temperature or 1.0).to(device)}
     elif needs.teacher_scores and needs.teacher_in_batch:
         targets = {"teacher_cosines": in_batch_cosines(tq, td)}          # (B, B + B*N)
     elif needs.teacher_scores:

@@ -50,7 +50,7 @@ def test_export_writes_sentence_transformers_layout(exported):
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]  # no staging folder left
     meta = json.loads((out / "embedray.json").read_text())
     assert meta["matryoshka_dims"] == [32, 16, 8] and meta["rotation"]["kind"] == "pca"
-    assert meta["export"] == record
+    assert meta["export"] == {"onnx": record}
     assert {n: f["precision"] for n, f in record["files"].items()} == {ONNX_FILE: "fp32", INT8_FILE: "int8"}
     assert record["files"][INT8_FILE]["size_mb"] < record["files"][ONNX_FILE]["size_mb"]
 
@@ -81,7 +81,7 @@ def test_export_in_place_replaces_the_old_export(exported, tmp_path):
 
 
 def test_export_refuses_bad_requests(rotated):
-    with pytest.raises(ValueError, match="format 'tflite' is not supported; choose one of onnx"):
+    with pytest.raises(ValueError, match="format .tflite. is not supported; choose one of onnx, openvino"):
         export_model(rotated, fmt="tflite")
     with pytest.raises(ValueError, match="quantize 'int4'"):
         export_model(rotated, quantize="int4")
@@ -130,7 +130,7 @@ def test_eval_loads_the_onnx_backend(exported):
 
     model = load_encoder(exported[0], backend="onnx", onnx_file=INT8_FILE)
     assert model.embedray_precision == "int8" and model.encode(["x"]).shape == (1, 32)
-    with pytest.raises(ValueError, match="bf16 applies to the torch backend"):
+    with pytest.raises(ValueError, match="bf16 applies to the torch and openvino backends"):
         load_encoder(exported[0], precision="bf16", backend="onnx")
 
 
