@@ -2,8 +2,10 @@
 cross-encoder scores that mined pools carry."""
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import torch
 
@@ -192,14 +194,11 @@ def choose_temperature(qrels: Mapping[str, Mapping[str, int]], run: Mapping[str,
 def resolve_ce_temperature(distill: DistillConfig, run_dir, say: bool = True) -> DistillConfig:
     """``distill`` with ``cross_encoder_temperature`` filled in under ``score_source: cross_encoder``:
     as given, else the one the run's dev check chose (its cross-encoder gate file), else 1.0."""
-    import dataclasses
-    from pathlib import Path
-
     if distill.score_source != "cross_encoder" or distill.cross_encoder_temperature is not None:
         return distill
     gate_file = Path(run_dir) / GATE_FILE
     chosen = json.loads(gate_file.read_text()).get("temperature") if gate_file.is_file() else None
-    value, where = (float(chosen), "chosen on dev") if chosen else (1.0, "no dev check ran")
+    value, where = (float(chosen), "chosen on dev") if chosen else (1.0, "no dev check chose one")
     if say:
         print(f"[embedray] cross-encoder distillation targets: logits / {value:g} ({where})", flush=True)
     return dataclasses.replace(distill, cross_encoder_temperature=value)
