@@ -2,17 +2,18 @@
 sentence-transformers model behind a minimal FastAPI/uvicorn app, same model, same machine,
 same run.
 
-For each server in turn (the baseline first, then embedray through Ray Serve's proxy, then
-embedray on the replicas' own ports with ``--direct-port``; never two at once), a closed-loop
-load generator keeps ``c`` requests in flight (c = 1, 8, 32), each request embedding one text
-from a fixed, seeded mix of short and long texts, and records embeddings/s and the p50/p99
-request latency. It prints a table per embedray layout with the embedray/baseline ratios, then
-``ratio vs_st_fastapi_c32`` (embedray through the proxy, the default layout, over the baseline's
-embeddings/s at c=32), ``ratio p99_vs_st_fastapi_c32`` (embedray's p99 over the baseline's;
-below 1 is better) and ``ratio vs_infinity_c32`` (over infinity-emb serving the same folder on
-the CPU, torch engine, from the virtualenv ``bench/peer_venvs.sh`` builds; skipped without it).
+For each server in turn (the baseline, infinity-emb, then embedray in its default layout, behind
+Ray Serve's proxy with ``--replicas``, and with those replicas on their own ports; never two at
+once), a closed-loop load generator keeps ``c`` requests in flight (c = 1, 8, 32), each request
+embedding one text from a fixed, seeded mix of short and long texts, and records embeddings/s
+and the p50/p99 request latency. It prints a table per embedray layout with the
+embedray/baseline ratios, then ``ratio vs_st_fastapi_c32`` (embedray as ``embedray serve MODEL``
+runs it, over the baseline's embeddings/s at c=32), ``ratio p99_vs_st_fastapi_c32`` (its p99
+over the baseline's; below 1 is better) and ``ratio vs_infinity_c32`` (over infinity-emb
+serving the same folder on the CPU, torch engine, from the virtualenv ``bench/peer_venvs.sh``
+builds; skipped without it).
 
-    .venv/bin/python bench/serve.py                        # minilm-l6, ~4-5 min on 2 CPU cores
+    .venv/bin/python bench/serve.py                        # minilm-l6, ~6-8 min on 2 CPU cores
     .venv/bin/python bench/serve.py --layout direct --requests 200 --json out.json
 
 Target (issue 6): >= 1.5x the baseline's throughput at c=32 with a p99 no worse.
@@ -173,29 +174,41 @@ def bench_infinity(model_dir: str, texts, levels, requests, warmup, venv: Path) 
         proc.wait(timeout=30)
 
 
-def bench_embedray(model_dir: str, texts, levels, requests, warmup, args, direct: bool = False) -> dict:
-    """embedray through Ray Serve's proxy, or (``direct``) on the replicas' own ports."""
+def bench_embedray(model_dir: str, texts, levels, requests, warmup, args, layout: str = "default") -> dict:
+    """embedray in one of three layouts:
+
+    * ``default``: what ``embedray serve MODEL`` does on this machine (its own local Ray: the
+      replica answers on the port itself and takes the machine's cores);
+    * ``proxy``: ``--replicas`` colocated replicas of ``--cpus-per-replica`` behind Ray Serve's proxy;
+    * ``direct``: the same replicas on their own ports (``--direct-port``), the client spreading
+      its connections over them.
+    """
     import ray
     from ray import serve
 
     from embedray.cluster.runtime import init_local_ray
-    from embedray.cluster.serve_app import direct_ingress_env, start_serve
+    from embedray.cluster.serve_app import direct_ingress_env, resolve_layout, start_serve
     from embedray.serve.config import ServeConfig
 
     port = free_port()
-    # Ray's convention: a replica gets as many torch threads as CPUs it reserves (1 here);
-    # the cores are used by running replicas side by side.
-    cfg = ServeConfig(model_dir, port=port, replicas=args.replicas, cpus_per_replica=args.cpus_per_replica,
-                      max_batch_tokens=args.max_batch_tokens, batch_wait_timeout_s=args.batch_wait_s,
-                      colocate=args.colocate, direct_port=free_port_range(port, args.replicas) if direct else 0)
+    common = dict(max_batch_tokens=args.max_batch_tokens, batch_wait_timeout_s=args.batch_wait_s)
+    if layout == "default":
+        cfg = resolve_layout(ServeConfig(model_dir, port=port, **common), own_ray=True)
+    else:
+        # Ray's convention: a replica gets as many torch threads as CPUs it reserves (1 here);
+        # the cores are used by running replicas side by side.
+        cfg = ServeConfig(model_dir, port=port, replicas=args.replicas, cpus_per_replica=args.cpus_per_replica,
+                          colocate=args.colocate, ingress="proxy",
+                          direct_port=free_port_range(port, args.replicas) if layout == "direct" else 0, **common)
+    print(f"  {layout}: ingress {cfg.ingress}, {cfg.replicas} replica(s) x {cfg.cpus_per_replica:g} CPU", flush=True)
     saved = dict(os.environ)
     os.environ.update(direct_ingress_env(cfg))  # read by the Serve processes this ray.init starts
-    init_local_ray(num_cpus=2, log_to_driver=False)
+    init_local_ray(num_cpus=os.cpu_count(), log_to_driver=False)
     try:
         urls = start_serve(cfg)
-        wait_healthy(f"http://127.0.0.1:{port}")
-        name = "direct" if direct else "embedray"
-        return measure(name, urls["direct"] if direct else urls["api"], texts, levels, requests, warmup)
+        wait_healthy(urls["api"])
+        return measure(layout, urls["direct"] if layout == "direct" else urls["api"], texts, levels, requests,
+                       warmup)
     finally:
         serve.shutdown()
         ray.shutdown()
@@ -236,9 +249,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="also run the baseline with OMP_NUM_THREADS=1 (one torch thread)")
     p.add_argument("--colocate", action=argparse.BooleanOptionalAction, default=True,
                    help="model inside the HTTP replicas (default) or a separate Embedder deployment")
-    p.add_argument("--layout", choices=["proxy", "direct", "both"], default="both",
-                   help="embedray through Ray Serve's proxy, on the replicas' own ports (--direct-port), "
-                        "or both, one after the other (default: %(default)s)")
+    p.add_argument("--layout", choices=["default", "proxy", "direct", "all"], default="all",
+                   help="default: what `embedray serve MODEL` does here (the replica on the port itself, "
+                        "all cores); proxy: --replicas behind Ray Serve's proxy; direct: the same replicas "
+                        "on their own ports (--direct-port); all: each in turn (default: %(default)s)")
     p.add_argument("--max-batch-tokens", type=int, default=8192)
     p.add_argument("--batch-wait-s", type=float, default=0.005)
     p.add_argument("--infinity-venv", type=Path,
@@ -263,14 +277,11 @@ def main(argv: list[str] | None = None) -> int:
         results["infinity"] = bench_infinity(model_dir, texts, levels, requests, args.warmup, args.infinity_venv)
     else:
         print(f"infinity: skipped, no {args.infinity_venv}/bin/infinity_emb (bash bench/peer_venvs.sh)")
-    ours = []
-    if args.layout in ("proxy", "both"):
-        results["embedray"] = bench_embedray(model_dir, texts, levels, requests, args.warmup, args)
-        ours.append("embedray")
-    if args.layout in ("direct", "both"):
-        results["direct"] = bench_embedray(model_dir, texts, levels, requests, args.warmup, args, direct=True)
-        ours.append("direct")
-    print("\nembedray = through Ray Serve's proxy (the default); direct = --direct-port (replica ports)")
+    ours = [name for name in ("default", "proxy", "direct") if args.layout in (name, "all")]
+    for name in ours:
+        results[name] = bench_embedray(model_dir, texts, levels, requests, args.warmup, args, layout=name)
+    print("\ndefault = `embedray serve MODEL` (the replica on the port itself); proxy = --replicas behind "
+          "Ray Serve's proxy; direct = the same replicas on their own ports")
     for base in [k for k in results if k not in ours]:
         for mine in ours:
             print(f"\n| concurrency | {base} emb/s | {mine} emb/s | throughput ratio | {base} p50/p99 ms "
@@ -290,8 +301,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"target at c={top} (>= 1.5x throughput, p99 no worse), {mine}: {'met' if ok else 'NOT met'} "
               f"({e['embeddings_per_s'] / b['embeddings_per_s']:.2f}x, p99 {e['p99_ms']:.0f} vs {b['p99_ms']:.0f} ms)")
     ratios = {}
-    if "embedray" in results and top == 32:
-        b, e = results["baseline"][top], results["embedray"][top]
+    if "default" in results and top == 32:
+        b, e = results["baseline"][top], results["default"][top]
         ratios = {"vs_st_fastapi_c32": e["embeddings_per_s"] / b["embeddings_per_s"],
                   "p99_vs_st_fastapi_c32": e["p99_ms"] / b["p99_ms"]}
         if "infinity" in results:

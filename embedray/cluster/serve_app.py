@@ -20,9 +20,11 @@ Everything that is not wiring lives in ``embedray/serve/`` and runs without Ray.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -260,20 +262,85 @@ BASE_PREFIX = "/base"
 
 
 def direct_ingress_env(cfg: ServeConfig) -> dict[str, str]:
-    """The environment that turns on Ray Serve's direct ingress on ``cfg.direct_port``.
+    """The environment that turns on Ray Serve's direct ingress on ``cfg``'s replica ports.
 
     The Serve controller and the replicas read it when they start, so it must be in the
     environment of the process that starts Ray (``serve_forever`` sets it before a local
     ``ray.init``; for a cluster, export it before ``ray start``). The port range holds exactly one
-    port per HTTP replica, so replica i answers on ``direct_port + i``.
+    port per HTTP replica, so replica i answers on the first replica port + i.
     """
-    if not cfg.direct_port:
+    first = cfg.replica_port
+    if not first:
         return {}
     return {"RAY_SERVE_ENABLE_DIRECT_INGRESS": "1",
-            "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(cfg.direct_port),
-            "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(cfg.direct_port + cfg.http_replicas),
+            "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(first),
+            "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(first + cfg.http_replicas),
             # A stopped replica drains for this long (Ray's default, 30 s, is for cloud load balancers).
             "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1"}
+
+
+def _free_port(host: str, avoid: range) -> int:
+    """A TCP port of ``host`` that is free now and outside ``avoid``."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    while True:
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            s.bind((host, 0))
+            port = s.getsockname()[1]
+        if port not in avoid:
+            return port
+
+
+def check_ports_free(cfg: ServeConfig) -> None:
+    """Raise, naming the port and the flag, when a port this server would bind is taken."""
+    ports = {cfg.serve_proxy_port: "--proxy-port" if cfg.ingress == "replica" else "--port"}
+    for i, url in enumerate(cfg.direct_urls):
+        ports[int(url.rsplit(":", 1)[1])] = "--port" if cfg.ingress == "replica" and i == 0 else "the replica ports"
+    family = socket.AF_INET6 if ":" in cfg.host else socket.AF_INET
+    for port, flag in ports.items():
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((cfg.host, port))
+            except OSError as e:
+                raise ValueError(f"{flag}: {cfg.host}:{port} is not free ({e.strerror}); "
+                                 "stop what listens there or pick another port") from None
+
+
+def replica_cpus(cfg: ServeConfig, own_ray: bool, base: ServeConfig | None = None) -> float:
+    """``cpus_per_replica`` as set, or (0) what the replicas can share: with a local Ray this
+    process starts, the machine's cores less the reranker's and the split ingress's, split
+    evenly over the replicas of ``cfg`` and ``base`` (a whole number above one CPU, as Ray
+    requires); on a running cluster, 1."""
+    if cfg.cpus_per_replica or not own_ray:
+        return cfg.cpus_per_replica or 1.0
+    left = (os.cpu_count() or 1) - (cfg.reranker_cpus if cfg.cross_encoder else 0) \
+        - (0 if cfg.colocate else cfg.ingress_cpus)
+    share = max(left, 0.1) / (cfg.replicas + (base.replicas if base is not None else 0))
+    return float(int(share)) if share >= 1 else round(share, 2)
+
+
+def resolve_layout(cfg: ServeConfig, own_ray: bool, base: ServeConfig | None = None) -> ServeConfig:
+    """``cfg`` with ``ingress`` decided (and, for ``replica``, the proxy's port chosen) and the
+    replicas' CPUs set (:func:`replica_cpus`).
+
+    ``auto`` is ``replica`` only where that is both faster and complete: a local Ray this process
+    starts (so the Serve processes inherit the direct-ingress environment), one HTTP replica
+    (one port answers for all of it) and no second app (its replicas would take ports from the
+    same range). Everywhere else it is ``proxy``.
+    """
+    ingress = cfg.ingress
+    if ingress == "auto":
+        alone = base is None and cfg.http_replicas == 1 and not cfg.direct_port
+        ingress = "replica" if own_ray and alone else "proxy"
+    if ingress == "replica" and base is not None:
+        raise ValueError("ingress: replica serves one app; the second model (--base-model) would take "
+                         "replica ports too. Use --ingress proxy, or serve it separately")
+    proxy_port = cfg.proxy_port
+    if ingress == "replica" and not proxy_port:
+        proxy_port = _free_port(cfg.host, range(cfg.port, cfg.port + cfg.http_replicas))
+    cpus = replica_cpus(cfg, own_ray, base)
+    if (ingress, proxy_port, cpus) == (cfg.ingress, cfg.proxy_port, cfg.cpus_per_replica):
+        return cfg
+    return dataclasses.replace(cfg, ingress=ingress, proxy_port=proxy_port, cpus_per_replica=cpus)
 
 
 def _wait_direct(cfg: ServeConfig, timeout_s: float = 60) -> None:
@@ -290,25 +357,31 @@ def _wait_direct(cfg: ServeConfig, timeout_s: float = 60) -> None:
                 pass
             if time.monotonic() > deadline:
                 env = " ".join(f"{k}={v}" for k, v in direct_ingress_env(cfg).items())
-                raise RuntimeError(f"direct_port: {url} does not answer: Ray Serve's direct ingress is off "
-                                   f"in this Ray cluster (start it with {env}) or the port is taken")
+                raise RuntimeError(f"{url} does not answer: Ray Serve's direct ingress is off in this Ray "
+                                   f"cluster (start it with {env}), or the port is taken. "
+                                   "--ingress proxy serves through Ray Serve's proxy instead")
             time.sleep(0.5)
 
 
 def start_serve(cfg: ServeConfig, base: ServeConfig | None = None) -> dict[str, Any]:
-    """``serve.start`` on ``cfg.host:cfg.port`` and run the app at ``/``; with ``base``, a second
-    model (e.g. the base model, for the UI's comparison) at ``/base`` on the same port.
+    """``serve.start`` and run the app at ``/``; with ``base``, a second model (e.g. the base
+    model, for the UI's comparison) at ``/base`` behind the proxy. ``ingress`` ``auto`` means the
+    proxy here (a caller that started Ray with :func:`direct_ingress_env` passes ``replica``).
 
     Returns:
-        ``{"api": url, "base_api": url or None, "direct": [replica URLs with cfg.direct_port]}``.
+        ``{"api": the URL on cfg.port, "proxy": Ray Serve's proxy, "base_api": url or None,
+        "direct": [the replicas' own URLs]}``.
     """
+    cfg = resolve_layout(cfg, own_ray=False, base=base)
+    if base is not None and not base.cpus_per_replica:
+        base = dataclasses.replace(base, cpus_per_replica=cfg.cpus_per_replica)
     warning = cfg.exposure_warning()
     if warning:
         log.warning(warning)
     if cfg.direct_port and base is not None:
         raise ValueError("direct_port: serves one app; the second model (--base-model) would take "
                          "replica ports too. Serve it separately, or drop --direct-port")
-    serve.start(http_options={"host": cfg.host, "port": cfg.port})
+    serve.start(http_options={"host": cfg.host, "port": cfg.serve_proxy_port})
     targets = [serve.RunTarget(build_serve_app(cfg), name=APP_NAME, route_prefix="/",
                                logging_config={"enable_access_log": cfg.access_log})]
     if base is not None:
@@ -316,8 +389,9 @@ def start_serve(cfg: ServeConfig, base: ServeConfig | None = None) -> dict[str, 
                                        logging_config={"enable_access_log": base.access_log}))
     serve.run_many(targets)
     _wait_direct(cfg)
-    url = f"http://{cfg.host}:{cfg.port}"
-    return {"api": url, "base_api": url + BASE_PREFIX if base is not None else None, "direct": cfg.direct_urls}
+    proxy = cfg.url(cfg.serve_proxy_port)
+    return {"api": cfg.url(cfg.port), "proxy": proxy, "base_api": proxy + BASE_PREFIX if base is not None else None,
+            "direct": cfg.direct_urls}
 
 
 def serve_forever(cfg: ServeConfig, base: ServeConfig | None = None,
@@ -339,7 +413,9 @@ def serve_forever(cfg: ServeConfig, base: ServeConfig | None = None,
     from embedray.cluster.runtime import ensure_ray
 
     own_ray = not ray.is_initialized() and not os.environ.get("RAY_ADDRESS")
+    cfg = resolve_layout(cfg, own_ray, base)
     if own_ray:
+        check_ports_free(cfg)
         os.environ.update(direct_ingress_env(cfg))  # read by the Serve processes Ray starts
     ensure_ray()
     stop = threading.Event()
@@ -350,8 +426,15 @@ def serve_forever(cfg: ServeConfig, base: ServeConfig | None = None,
         print(f"embedray serving {cfg.model_name} at {urls['api']}  (OpenAPI docs: {urls['api']}/docs)", flush=True)
         if base is not None:
             print(f"embedray serving {base.model_name} at {urls['base_api']}", flush=True)
-        if urls["direct"]:
-            print(f"replica ports (no proxy hop): {', '.join(urls['direct'])}", flush=True)
+        print(f"replicas: {cfg.replicas} x {cfg.cpus_per_replica:g} CPU, "
+              f"{_threads(cfg, cfg.cpus_per_replica)} torch thread(s) each", flush=True)
+        if cfg.ingress == "replica":
+            more = f"; the other replicas on {', '.join(urls['direct'][1:])}" if len(urls["direct"]) > 1 else ""
+            print(f"ingress: the replica answers on {urls['api']} itself (no proxy hop){more}; "
+                  f"Ray Serve's proxy on {urls['proxy']}", flush=True)
+        elif urls["direct"]:
+            print(f"ingress: Ray Serve's proxy on {urls['api']}; replica ports (no proxy hop): "
+                  f"{', '.join(urls['direct'])}", flush=True)
         if cfg.api_key:
             print("API key required: send 'Authorization: Bearer <key>' (all routes but /health)", flush=True)
         if on_ready is not None:

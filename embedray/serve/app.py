@@ -421,7 +421,7 @@ class _Service:
                        "index_type": self.info.get("index_type")} if self.info.get("corpus_size")
             else None,
             "reranker": self.info.get("reranker"),
-            "auth": bool(cfg.api_key),
+            "auth": bool(cfg.api_key), "ingress": cfg.ingress,
             "limits": {**cfg.limits(), "max_batch_tokens": self.budget}})
 
 

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 API_KEY_ENV = "EMBEDRAY_API_KEY"
+#: Who answers on ``ServeConfig.port`` (``auto`` is resolved when the server starts).
+INGRESS = ("auto", "replica", "proxy")
 
 
 @dataclass
@@ -30,7 +32,16 @@ class ServeConfig:
         model_name: name reported in responses and accepted in the ``model`` field; defaults to
             the model folder's name.
         host: HTTP bind address. Loopback by default; binding elsewhere without an API key warns.
-        port: HTTP port.
+        port: HTTP port: the URL clients use, whichever ``ingress`` answers on it.
+        ingress: who answers on ``port``. ``replica``: the model replica itself (Ray Serve's
+            direct ingress: no proxy hop, the fastest layout on one node); with more HTTP
+            replicas they answer on ``port``+1, … (put a load balancer over them), and Ray
+            Serve's proxy listens on ``proxy_port``. ``proxy``: Ray Serve's HTTP proxy, which
+            spreads the requests over every replica. ``auto`` (default): ``replica`` when
+            ``embedray serve`` starts its own local Ray for one HTTP replica and one model,
+            ``proxy`` otherwise (a running cluster, several replicas, a ``--base-model``).
+        proxy_port: Ray Serve's proxy port with ``ingress`` replica; 0 (default): a free port
+            of ``host`` chosen at start.
         api_key: if set, every route but ``/health`` needs ``Authorization: Bearer <key>``.
             Falls back to ``api_key_file``, then to the ``EMBEDRAY_API_KEY`` environment variable.
             (The command line takes only the file or the variable: a key in argv is visible to
@@ -40,6 +51,9 @@ class ServeConfig:
         replicas: embedding-model replicas (each holds the model and the corpus index); one per
             core to use, e.g. 2 with ``cpus_per_replica`` 0.9 on a 2-core machine.
         cpus_per_replica: Ray CPUs reserved per model replica (fractional on small machines).
+            0 (default): with the local Ray ``embedray serve`` starts, the machine's cores left
+            by the reranker (and the split layout's ingress) shared among the replicas (whole
+            CPUs above one, as Ray requires); on a running cluster, 1.
         torch_threads: intra-op threads per model replica; 0 follows the replica's Ray CPU
             reservation (at least 1), Ray's own OMP_NUM_THREADS convention. More threads than
             reserved cores thrash badly when the machine is busy.
@@ -85,10 +99,9 @@ class ServeConfig:
         colocate: run the model inside the HTTP replicas (one hop less per request: the fastest
             layout on a few cores); ``replicas`` then counts HTTP+model replicas. Off: a separate
             ``Embedder`` deployment behind one ingress replica (scale the model on its own).
-        direct_port: 0 (default): requests reach the replicas through Ray Serve's HTTP proxy on
-            ``port``. N: each HTTP replica also serves the whole app itself on N, N+1, …
-            (Ray Serve's direct ingress: no proxy hop, the fastest path on one node; put a load
-            balancer over the ports for several replicas). The proxy on ``port`` stays up.
+        direct_port: 0 (default): no extra ports. N (with ``ingress`` proxy): each HTTP replica
+            also serves the whole app itself on N, N+1, … beside the proxy on ``port`` (Ray
+            Serve's direct ingress; put a load balancer over the ports for several replicas).
     """
 
     model_dir: str
@@ -99,10 +112,12 @@ class ServeConfig:
     model_name: str | None = None
     host: str = "127.0.0.1"
     port: int = 8000
+    ingress: str = "auto"
+    proxy_port: int = 0
     api_key: str | None = None
     api_key_file: str | None = None
     replicas: int = 1
-    cpus_per_replica: float = 1.0
+    cpus_per_replica: float = 0.0
     torch_threads: int = 0
     precision: str = "auto"
     backend: str = "auto"
@@ -162,6 +177,7 @@ class ServeConfig:
             self.api_key = os.environ.get(API_KEY_ENV) or None
         if not 0 < self.port < 65536:
             raise ValueError(f"port: {self.port} is not a TCP port (1..65535)")
+        self._check_ingress()
         if self.direct_port and not (0 < self.direct_port and self.direct_port + self.http_replicas <= 65536):
             raise ValueError(f"direct_port: {self.direct_port} is not a TCP port (1..65535) with room for "
                              f"{self.http_replicas} replica port(s)")
@@ -188,6 +204,23 @@ class ServeConfig:
         self._check_backend()
         if self.torch_threads < 0:
             raise ValueError(f"torch_threads: must be >= 0 (0 = the Ray CPU reservation), got {self.torch_threads}")
+
+    def _check_ingress(self) -> None:
+        """``ingress`` is known and its ports do not collide."""
+        if self.ingress not in INGRESS:
+            raise ValueError(f"ingress: must be one of {', '.join(INGRESS)}, got {self.ingress!r}")
+        if not 0 <= self.proxy_port < 65536:
+            raise ValueError(f"proxy_port: {self.proxy_port} is not a TCP port (1..65535, or 0 for a free one)")
+        if self.ingress != "replica":
+            return
+        if self.direct_port:
+            raise ValueError(f"direct_port: with ingress replica the replica itself answers on port {self.port} "
+                             "(and the next ports for more replicas); drop --direct-port")
+        if self.port + self.http_replicas > 65536:
+            raise ValueError(f"port: {self.port} leaves no room for {self.http_replicas} replica ports")
+        if self.port <= self.proxy_port < self.port + self.http_replicas:
+            raise ValueError(f"proxy_port: {self.proxy_port} is one of the replica ports "
+                             f"{self.port}..{self.port + self.http_replicas - 1}")
 
     def _check_backend(self) -> None:
         """``backend`` is known (``auto`` resolved), its packages are installed, the ONNX file exists."""
@@ -225,10 +258,25 @@ class ServeConfig:
         return self.replicas if self.colocate else 1
 
     @property
-    def direct_urls(self) -> list[str]:
-        """The replicas' own URLs with ``direct_port`` (none without)."""
+    def replica_port(self) -> int:
+        """The first HTTP replica's own port (Ray Serve's direct ingress), 0 when it has none."""
+        return self.port if self.ingress == "replica" else self.direct_port
+
+    @property
+    def serve_proxy_port(self) -> int:
+        """The port Ray Serve's proxy listens on."""
+        return self.proxy_port if self.ingress == "replica" else self.port
+
+    def url(self, port: int) -> str:
+        """``http://host:port`` (IPv6 hosts bracketed)."""
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return [f"http://{host}:{self.direct_port + i}" for i in range(self.http_replicas)] if self.direct_port else []
+        return f"http://{host}:{port}"
+
+    @property
+    def direct_urls(self) -> list[str]:
+        """The replicas' own URLs (``ingress`` replica or ``direct_port``; none without)."""
+        first = self.replica_port
+        return [self.url(first + i) for i in range(self.http_replicas)] if first else []
 
     @property
     def binds_loopback(self) -> bool:

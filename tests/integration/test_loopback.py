@@ -192,6 +192,8 @@ def test_embedray_serve_with_its_own_ray_listens_on_loopback(tmp_path, serve_ass
     finally:
         out = _stop(proc)
     assert "created a Ray auth token at" in out, out[-3000:]
+    # its own Ray, one replica, one model: the replica answers on --port itself, the proxy beside it
+    assert f"ingress: the replica answers on http://127.0.0.1:{port} itself" in out, out[-3000:]
 
 
 def _stop(proc: subprocess.Popen) -> str:
