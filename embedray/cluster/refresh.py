@@ -6,6 +6,7 @@ from pathlib import Path
 
 import ray
 
+from embedray.cluster import placement
 from embedray.cluster.encode import ray_encode_fn
 from embedray.config import build_config, to_dict
 from embedray.mining.store import PoolStore
@@ -22,6 +23,7 @@ class RefresherActor:
 
     def __init__(self, job_dict: dict, run_dir: str, cross_encoder: str | None, before_publish=None):
         job = build_config(TrainJobConfig, job_dict, "refresher")
+        placement.record(run_dir, "refresher", placement.where())
         _set_threads(job.refresh)
         factory = _ray_data_encoder(job) if job.refresh.ray_data_encode else None
         data, per_task = load_tasks(job.tasks, rows=False)[:2] if job.tasks else (load_training_data(job.data), None)
@@ -47,16 +49,19 @@ def _ray_data_encoder(job):
     def factory(model, doc_prompt: str):
         weights = model.to_sentence_transformer().state_dict()
         return ray_encode_fn(resolve_model(job.model.name_or_path), batch_size=job.mining.batch_size,
-                             num_actors=1, num_cpus_per_actor=job.refresh.num_cpus, state_dict=weights,
+                             num_actors=1, num_cpus_per_actor=job.refresh.num_cpus,
+                             num_gpus=float(job.refresh.num_gpus), state_dict=weights,
                              prompt=doc_prompt, precision=job.mining.precision)
     return factory
 
 
 def start_refresher(job, run_dir: Path, cross_encoder: str | None, before_publish=None):
-    """Create the actor with fractional CPUs and ``max_restarts`` from ``job.refresh``
-    (``before_publish``: see :class:`NegativeRefresher`)."""
+    """Create the actor with the resources of ``job.refresh`` (fractional CPUs, ``num_gpus``
+    resolved by :func:`embedray.cluster.placement.resolve`, custom ``resources``) and its
+    ``max_restarts`` (``before_publish``: see :class:`NegativeRefresher`)."""
     actor_cls = ray.remote(RefresherActor).options(
-        num_cpus=job.refresh.num_cpus, max_restarts=job.refresh.max_restarts,
+        num_cpus=job.refresh.num_cpus, num_gpus=float(job.refresh.num_gpus), resources=job.refresh.resources or None,
+        max_restarts=job.refresh.max_restarts,
         max_task_retries=1,  # a refresh cut short by a crash is redone once on the restarted actor
         name=f"refresher-{job.cluster.run_name}", get_if_exists=True)
     return actor_cls.remote(to_dict(job), str(run_dir), cross_encoder, before_publish)

@@ -22,6 +22,7 @@ import torch.distributed as dist
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
+from embedray.cluster import placement
 from embedray.cluster.refresh import RefreshHooks, start_refresher
 from embedray.cluster.runtime import ensure_ray
 from embedray.config import build_config, to_dict
@@ -115,6 +116,7 @@ def _worker(config: dict) -> None:
     data, per_task = (load_tasks(job.tasks, rows=False)[:2] if job.tasks else (load_training_data(job.data), None))
     data.report = config["skipped"]  # the driver's count, training pairs included (the summary reports it)
     session = RayTrainSession(data, config["source"], Path(config["run_dir"]))
+    placement.record(config["run_dir"], f"worker-{session.rank}", placement.where())
     if job.train.num_threads is None:
         torch.set_num_threads(max(1, int(job.cluster.cpus_per_worker)))
     factory = config.get("hooks_factory")
@@ -156,21 +158,6 @@ def absolute_paths(job):
     return job
 
 
-def _check_resources(job) -> None:
-    """Fail at once, with the numbers, when the workers and the refresher cannot all be placed
-    (otherwise Ray Train waits for its worker group forever)."""
-    need = job.cluster.num_workers * job.cluster.cpus_per_worker
-    if job.refresh.mode in ("async", "sync"):
-        need += job.refresh.num_cpus
-    have = ray.cluster_resources().get("CPU", 0)
-    if need > have + 1e-9:
-        raise ValueError(
-            f"this run needs {need:g} CPUs (cluster.num_workers {job.cluster.num_workers} × "
-            f"cluster.cpus_per_worker {job.cluster.cpus_per_worker:g}"
-            + (f" + refresh.num_cpus {job.refresh.num_cpus:g}" if job.refresh.mode in ("async", "sync") else "")
-            + f") but the Ray cluster has {have:g}; lower cluster.cpus_per_worker (fractions work) or add nodes")
-
-
 def run_training(job, on_step: list[Callable[[int, Any], None]] | None = None,
                  before_publish: Callable[[int, int], None] | None = None) -> dict:
     """Run (or resume) ``job`` on Ray Train; return the training summary.
@@ -188,7 +175,10 @@ def run_training(job, on_step: list[Callable[[int, Any], None]] | None = None,
     data, per_task, examples = job_data(job)
     if data.report.total:
         print(f"[embedray] data: {data.report.summary()}", flush=True)
-    _check_resources(job)
+    have = ray.cluster_resources()
+    job = placement.resolve(job, have)
+    placement.check_fits(job, have)
+    shutil.rmtree(run_dir / placement.PLACEMENT_DIR, ignore_errors=True)  # this session's reports only
     hooks_factory = None
     if job.refresh.mode != "off":
         ce_path = prepare_negatives(job, data, run_dir, per_task)
@@ -200,13 +190,16 @@ def run_training(job, on_step: list[Callable[[int, Any], None]] | None = None,
                            "skipped": data.report, "on_step": list(on_step or []),
                            **({"hooks_factory": hooks_factory} if hooks_factory else {})},
         scaling_config=ScalingConfig(num_workers=job.cluster.num_workers, use_gpu=job.cluster.use_gpu,
-                                     resources_per_worker={"CPU": job.cluster.cpus_per_worker}),
+                                     resources_per_worker=placement.worker_resources(job)),
         run_config=RunConfig(name=job.cluster.run_name, storage_path=str(run_dir.parent),
                              checkpoint_config=CheckpointConfig(num_to_keep=job.cluster.num_to_keep),
                              failure_config=FailureConfig(max_failures=job.cluster.max_failures)),
         datasets={"train": training_dataset(examples)},
     )
     trainer.fit()
+    where = placement.collect(run_dir)
+    if where:
+        print(f"[embedray] placement: {placement.describe(where)}", flush=True)
     return json.loads((run_dir / "training_summary_report.json").read_text())
 
 

@@ -17,7 +17,7 @@ from typing import ClassVar, Literal
 from embedray.losses.config import LossConfig
 from embedray.mining.config import CrossEncoderConfig, MiningConfig
 from embedray.models.config import ModelConfig
-from embedray.training.config import ClusterConfig, DataConfig, DistillConfig, TrainConfig
+from embedray.training.config import ClusterConfig, DataConfig, DistillConfig, TrainConfig, check_resources
 
 
 @dataclass
@@ -37,6 +37,12 @@ class RefreshConfig:
     """Times Ray restarts a crashed refresher actor (training keeps the last good pool meanwhile)."""
     num_cpus: float = 0.25
     """CPUs reserved for the refresher actor (fractional: training workers hold the rest)."""
+    num_gpus: float | Literal["auto"] = "auto"
+    """GPUs for the refresher actor and its Ray Data encoder; ``auto``: 1 when the Ray cluster has
+    a GPU the training workers leave free, else 0 (a fraction shares a GPU with a trainer)."""
+    resources: dict[str, float] = field(default_factory=dict)
+    """Custom Ray resources the refresher needs, e.g. ``{head: 1}`` to keep it on the node
+    started with ``ray start --head --resources '{"head": 1}'``."""
     ray_data_encode: bool = False
     """Encode the corpus with a Ray Data actor pool instead of inside the refresher."""
     keep_indexes: int = 2
@@ -47,6 +53,9 @@ class RefreshConfig:
             raise ValueError("refresh.every must be >= 1")
         if self.num_cpus < 0 or self.max_restarts < 0:
             raise ValueError("refresh.num_cpus and refresh.max_restarts must be >= 0")
+        if self.num_gpus != "auto" and self.num_gpus < 0:
+            raise ValueError(f"refresh.num_gpus must be >= 0 or 'auto', got {self.num_gpus}")
+        check_resources("refresh.resources", self.resources)
 
 
 #: A task name: it prefixes the task's ids in the merged data and names its exported prompts.

@@ -1,8 +1,22 @@
 """Configuration of the per-worker training loop and of the Ray Train run around it."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
+
+#: Resources set by their own fields (``cpus_per_worker``, ``use_gpu``, ``num_gpus``), not in a
+#: custom ``resources`` mapping.
+BUILTIN_RESOURCES = ("CPU", "GPU", "memory", "object_store_memory")
+
+
+def check_resources(name: str, resources: dict[str, float]) -> None:
+    """A custom-resources mapping names no built-in resource and asks for no negative amount."""
+    for key, amount in resources.items():
+        if key in BUILTIN_RESOURCES:
+            raise ValueError(f"{name}: {key} has its own setting (cpus / use_gpu / num_gpus); "
+                             "this mapping is for custom resources such as {trainer: 1}")
+        if amount < 0:
+            raise ValueError(f"{name}.{key}: must be >= 0, got {amount:g}")
 
 
 @dataclass
@@ -133,8 +147,11 @@ class ClusterConfig:
     """Training workers (DDP processes)."""
     cpus_per_worker: float = 1.0
     """CPUs reserved per worker."""
-    use_gpu: bool = False
-    """One GPU per worker."""
+    use_gpu: bool | Literal["auto"] = "auto"
+    """One GPU per worker; ``auto``: when the Ray cluster has a GPU for every worker."""
+    resources_per_worker: dict[str, float] = field(default_factory=dict)
+    """Custom Ray resources each worker needs besides its CPUs and GPU, e.g. ``{trainer: 1}`` to
+    place the workers on the nodes started with ``ray start --resources '{"trainer": 4}'``."""
     storage_path: str = "runs"
     """Root folder of runs; a run lives in ``storage_path/run_name``. Shared storage on a cluster."""
     run_name: str = "embedray"
@@ -151,6 +168,7 @@ class ClusterConfig:
             raise ValueError("cluster.cpus_per_worker must be > 0")
         if self.num_to_keep < 1:
             raise ValueError("cluster.num_to_keep must be >= 1")
+        check_resources("cluster.resources_per_worker", self.resources_per_worker)
 
 
 @dataclass

@@ -134,6 +134,25 @@ def serve_ray():
 
 # -- training ---------------------------------------------------------------------------------
 
+def sync_refresh_job(beir, storage, name, **sections):
+    """A tiny-bert train job on Ray with a sync refresher (2 workers × 0.5 CPU, fp32), its
+    sections deep-merged with ``sections``."""
+    from embedray.config import build_config, merge
+    from embedray.pipeline.config import TrainJobConfig
+
+    return build_config(TrainJobConfig, merge({
+        "data": {"path": str(beir)},
+        "model": {"name_or_path": "tiny-bert"},
+        "loss": {"name": "infonce", "temperature": 0.1},
+        "train": {"max_steps": 10, "batch_size": 4, "num_negatives": 2, "lr": 1e-3, "checkpoint_every": 4,
+                  "eval_every": 0, "max_doc_length": 48, "num_threads": 1, "precision": "fp32"},
+        "cluster": {"num_workers": 2, "cpus_per_worker": 0.5, "storage_path": str(storage), "run_name": name,
+                    "max_failures": 2},
+        "mining": {"k": 10, "num_negatives": 4},
+        "refresh": {"mode": "sync", "every": 3, "denoise": False, "num_cpus": 0.25},
+    }, sections))
+
+
 @pytest.fixture(scope="module")
 def local_ray():
     """A local Ray (2 CPUs, 127.0.0.1, offline models) for one test module."""

@@ -9,6 +9,8 @@ from embedray.mining.store import PoolStore
 from embedray.pipeline.config import TrainJobConfig
 from tests.faults import kill_once_at, kill_refresher_once_at
 
+from .conftest import sync_refresh_job
+
 pytestmark = pytest.mark.integration
 
 
@@ -46,17 +48,7 @@ def test_refresher_killed_mid_rebuild(local_ray, topic_beir, tmp_path):
 
 
 def _sync_job(beir, storage, name):
-    return build_config(TrainJobConfig, {
-        "data": {"path": str(beir)},
-        "model": {"name_or_path": "tiny-bert"},
-        "loss": {"name": "infonce", "temperature": 0.1},
-        "train": {"max_steps": 10, "batch_size": 4, "num_negatives": 2, "lr": 1e-3, "checkpoint_every": 4,
-                  "eval_every": 0, "max_doc_length": 48, "num_threads": 1, "precision": "fp32"},
-        "cluster": {"num_workers": 2, "cpus_per_worker": 0.5, "storage_path": str(storage), "run_name": name,
-                    "max_failures": 2},
-        "mining": {"k": 10, "num_negatives": 4},
-        "refresh": {"mode": "sync", "every": 3, "denoise": False, "num_cpus": 0.25},
-    })
+    return sync_refresh_job(beir, storage, name)
 
 
 def test_sync_refresh_resumes_exactly_after_a_worker_is_killed(local_ray, topic_beir, tmp_path):

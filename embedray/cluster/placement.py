@@ -1,0 +1,120 @@
+"""Where the stages of a Ray run go: resource requests from the config, ``auto`` resolved against
+what the cluster has, checked up front, and recorded where each process actually ran.
+
+- :func:`resolve` turns ``cluster.use_gpu: auto`` and ``refresh.num_gpus: auto`` into numbers
+  from ``ray.cluster_resources()``;
+- :func:`check_fits` fails at once, naming the resource and the settings, when the requests
+  exceed the cluster (Ray Train would otherwise wait for its worker group forever);
+- :func:`where` is what a worker or actor reports about itself (node, GPUs, custom resources),
+  :func:`record` writes it under the run's ``placement/`` and :func:`collect` merges the
+  reports into ``placement.json``.
+"""
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+from embedray.atomic import write_json_atomic
+
+PLACEMENT_DIR = "placement"
+PLACEMENT_FILE = "placement.json"
+
+
+def _refreshing(job) -> bool:
+    return job.refresh.mode in ("async", "sync")
+
+
+def resolve(job, have: dict[str, float]):
+    """A copy of ``job`` with ``cluster.use_gpu`` and ``refresh.num_gpus`` as numbers.
+
+    ``use_gpu: auto`` is on when the cluster has a GPU for every training worker; the refresher's
+    ``num_gpus: auto`` is 1 when a whole GPU is left after the workers', else 0.
+    """
+    job = copy.deepcopy(job)
+    gpus = have.get("GPU", 0.0)
+    if job.cluster.use_gpu == "auto":
+        job.cluster.use_gpu = gpus >= job.cluster.num_workers
+    if job.refresh.num_gpus == "auto":
+        left = gpus - (job.cluster.num_workers if job.cluster.use_gpu else 0)
+        job.refresh.num_gpus = 1.0 if _refreshing(job) and left >= 1 else 0.0
+    return job
+
+
+def worker_resources(job) -> dict[str, float]:
+    """One training worker's request (``resources_per_worker`` of Ray Train's ``ScalingConfig``)."""
+    return {"CPU": job.cluster.cpus_per_worker, **({"GPU": 1.0} if job.cluster.use_gpu is True else {}),
+            **job.cluster.resources_per_worker}
+
+
+def refresher_resources(job) -> dict[str, float]:
+    """The refresher actor's request."""
+    gpus = job.refresh.num_gpus if job.refresh.num_gpus != "auto" else 0.0
+    return {"CPU": job.refresh.num_cpus, **({"GPU": gpus} if gpus else {}), **job.refresh.resources}
+
+
+def check_fits(job, have: dict[str, float]) -> None:
+    """Raise ``ValueError`` naming each resource the run's requests exceed in ``have``.
+
+    The check is on the cluster's totals; a request larger than any one node still waits, which
+    Ray reports as an unschedulable task in its logs.
+    """
+    need: dict[str, float] = {}
+    parts: dict[str, list[str]] = {}
+    for key, amount in worker_resources(job).items():
+        need[key] = need.get(key, 0.0) + amount * job.cluster.num_workers
+        setting = {"CPU": f"cluster.cpus_per_worker {amount:g}", "GPU": "cluster.use_gpu"}.get(
+            key, f"cluster.resources_per_worker.{key} {amount:g}")
+        parts.setdefault(key, []).append(f"cluster.num_workers {job.cluster.num_workers} × {setting}")
+    if _refreshing(job):
+        for key, amount in refresher_resources(job).items():
+            need[key] = need.get(key, 0.0) + amount
+            setting = {"CPU": "refresh.num_cpus", "GPU": "refresh.num_gpus"}.get(key, f"refresh.resources.{key}")
+            parts.setdefault(key, []).append(f"{setting} {amount:g}")
+    short = [key for key, amount in need.items() if amount > have.get(key, 0.0) + 1e-9]
+    if not short:
+        return
+    lines = [f"{key}: this run needs {need[key]:g} ({' + '.join(parts[key])}) but the Ray cluster has "
+             f"{have.get(key, 0.0):g}" for key in short]
+    fix = {"CPU": "lower cluster.cpus_per_worker (fractions work) or add nodes",
+           "GPU": "set cluster.use_gpu / refresh.num_gpus lower, or add GPU nodes"}
+    hints = [fix.get(key, f"start a node with ray start --resources '{{\"{key}\": N}}', or drop the request")
+             for key in short]
+    raise ValueError("the Ray cluster cannot place this run:\n  " + "\n  ".join(lines)
+                     + "\n  (" + "; ".join(hints) + ")")
+
+
+def where() -> dict[str, Any]:
+    """Where the calling Ray worker or actor runs: node IP and id, assigned GPU ids, and the
+    custom resources of its node."""
+    import ray
+
+    ctx = ray.get_runtime_context()
+    node = ctx.get_node_id()
+    info = next((n for n in ray.nodes() if n.get("NodeID") == node), {})
+    custom = {k: v for k, v in (info.get("Resources") or {}).items()
+              if k not in ("CPU", "GPU", "memory", "object_store_memory") and not k.startswith("node:")}
+    return {"node_ip": info.get("NodeManagerAddress"), "node_id": node,
+            "gpu_ids": [str(g) for g in ray.get_gpu_ids()], "node_resources": custom}
+
+
+def record(run_dir: str | Path, role: str, info: dict[str, Any]) -> None:
+    """Write one process's :func:`where` as ``placement/<role>.json`` in the run folder."""
+    write_json_atomic(info, Path(run_dir) / PLACEMENT_DIR / f"{role}.json")
+
+
+def collect(run_dir: str | Path) -> dict[str, Any]:
+    """Merge the run's ``placement/*.json`` into ``placement.json`` and return it."""
+    folder = Path(run_dir) / PLACEMENT_DIR
+    merged = {p.stem: json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))} if folder.is_dir() else {}
+    if merged:
+        write_json_atomic(merged, Path(run_dir) / PLACEMENT_FILE)
+    return merged
+
+
+def describe(placement: dict[str, Any]) -> str:
+    """One line per process: ``worker-0 on 127.0.0.1 (node 3f2a…, GPUs 0)``."""
+    return "; ".join(f"{role} on {p.get('node_ip')} (node {str(p.get('node_id'))[:8]}…"
+                     + (f", GPUs {','.join(p['gpu_ids'])}" if p.get("gpu_ids") else "") + ")"
+                     for role, p in placement.items())

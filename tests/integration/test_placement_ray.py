@@ -1,0 +1,55 @@
+"""Each stage asks Ray for what its config says: a local Ray with a fake GPU and custom resources
+(``trainer`` for the training workers, ``head`` for the refresher); where each process ran is
+read back from ``placement.json``, and a request the cluster cannot meet fails before Ray waits."""
+import json
+
+import pytest
+
+from .conftest import sync_refresh_job
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def ray_with_resources():
+    import ray
+
+    from embedray.cluster.runtime import init_local_ray
+
+    # One "GPU" that is only a Ray resource on this CPU machine: Ray assigns it (CUDA_VISIBLE_DEVICES)
+    # and torch, seeing no CUDA device, computes on the CPU.
+    init_local_ray(num_cpus=2, num_gpus=1, resources={"trainer": 2, "head": 1})
+    yield
+    ray.shutdown()
+
+
+def _job(beir, storage, name, **cluster):
+    return sync_refresh_job(beir, storage, name, train={"max_steps": 6, "checkpoint_every": 6},
+                            cluster={"resources_per_worker": {"trainer": 1}, **cluster},
+                            refresh={"resources": {"head": 1}})
+
+
+def test_workers_and_refresher_get_what_they_ask_for(ray_with_resources, topic_beir, tmp_path, capfd):
+    from embedray.cluster.train import run_training
+
+    summary = run_training(_job(topic_beir, tmp_path, "placed"))
+    assert summary["steps"] == 6
+    where = json.loads((tmp_path / "placed" / "placement.json").read_text())
+    assert sorted(where) == ["refresher", "worker-0", "worker-1"]
+    # use_gpu auto: one GPU for two workers is too few, so the workers run without one and the
+    # refresher's num_gpus auto takes it
+    assert where["refresher"]["gpu_ids"] == ["0"]
+    assert where["worker-0"]["gpu_ids"] == where["worker-1"]["gpu_ids"] == []
+    assert all({"trainer", "head"} <= set(p["node_resources"]) for p in where.values())
+    assert "[embedray] placement: refresher on 127.0.0.1" in capfd.readouterr().out
+
+
+def test_a_request_the_cluster_cannot_meet_fails_at_once(ray_with_resources, topic_beir, tmp_path):
+    from embedray.cluster.train import run_training
+
+    with pytest.raises(ValueError, match=r"fast: this run needs 2 \(cluster.num_workers 2 × "
+                                         r"cluster.resources_per_worker.fast 1\) but the Ray cluster has 0"):
+        run_training(_job(topic_beir, tmp_path, "unplaceable", resources_per_worker={"fast": 1}))
+    with pytest.raises(ValueError, match=r"GPU: this run needs 2 \(cluster.num_workers 2 × cluster.use_gpu\) "
+                                         r"but the Ray cluster has 1"):
+        run_training(_job(topic_beir, tmp_path, "gpus", use_gpu=True))

@@ -1,0 +1,74 @@
+"""Resource requests of a Ray run: ``auto`` resolved against the cluster, shortfalls named up front."""
+import json
+
+import pytest
+
+from embedray.cluster import placement
+from embedray.config import ConfigError, build_config
+from embedray.pipeline.config import TrainJobConfig
+
+
+def _job(**sections):
+    base = {"data": {"path": "data/x"}, "model": {"name_or_path": "tiny-bert"},
+            "cluster": {"num_workers": 2, "cpus_per_worker": 1.0}, "refresh": {"mode": "async", "num_cpus": 0.5}}
+    for name, values in sections.items():
+        base[name] = {**base.get(name, {}), **values}
+    return build_config(TrainJobConfig, base)
+
+
+def test_auto_gpus_follow_the_cluster():
+    cpu = placement.resolve(_job(), {"CPU": 8})
+    assert (cpu.cluster.use_gpu, cpu.refresh.num_gpus) == (False, 0.0)
+    two = placement.resolve(_job(), {"CPU": 8, "GPU": 2})  # a GPU per worker, none left for the refresher
+    assert (two.cluster.use_gpu, two.refresh.num_gpus) == (True, 0.0)
+    three = placement.resolve(_job(), {"CPU": 8, "GPU": 3})
+    assert (three.cluster.use_gpu, three.refresh.num_gpus) == (True, 1.0)
+    one = placement.resolve(_job(), {"CPU": 8, "GPU": 1})  # too few for the workers: the refresher takes it
+    assert (one.cluster.use_gpu, one.refresh.num_gpus) == (False, 1.0)
+    static = placement.resolve(_job(refresh={"mode": "static"}), {"CPU": 8, "GPU": 3})
+    assert static.refresh.num_gpus == 0.0  # no refresher actor
+    forced = placement.resolve(_job(cluster={"use_gpu": False}, refresh={"num_gpus": 0.25}), {"GPU": 4})
+    assert (forced.cluster.use_gpu, forced.refresh.num_gpus) == (False, 0.25)
+    assert _job().cluster.use_gpu == "auto"  # resolve copies; the config itself is untouched
+
+
+def test_requests_carry_cpus_gpus_and_custom_resources():
+    job = placement.resolve(_job(cluster={"resources_per_worker": {"trainer": 1}},
+                                 refresh={"resources": {"head": 1}}), {"CPU": 4, "GPU": 3})
+    assert placement.worker_resources(job) == {"CPU": 1.0, "GPU": 1.0, "trainer": 1}
+    assert placement.refresher_resources(job) == {"CPU": 0.5, "GPU": 1.0, "head": 1}
+
+
+def test_shortfalls_are_named_with_their_settings():
+    have = {"CPU": 2, "GPU": 1, "trainer": 1}
+    placement.check_fits(placement.resolve(_job(cluster={"cpus_per_worker": 0.75}), have), have)
+    with pytest.raises(ValueError) as e:
+        job = _job(cluster={"use_gpu": True, "resources_per_worker": {"trainer": 1}}, refresh={"resources": {"head": 1}})
+        placement.check_fits(placement.resolve(job, have), have)
+    msg = str(e.value)
+    assert "CPU: this run needs 2.5 (cluster.num_workers 2 × cluster.cpus_per_worker 1 + refresh.num_cpus 0.5)" in msg
+    assert "GPU: this run needs 2 (cluster.num_workers 2 × cluster.use_gpu) but the Ray cluster has 1" in msg
+    assert "trainer: this run needs 2" in msg and "head: this run needs 1" in msg and "has 0" in msg
+    assert "ray start --resources '{\"head\": N}'" in msg
+    off = _job(refresh={"mode": "off", "num_cpus": 5})
+    placement.check_fits(placement.resolve(off, {"CPU": 2}), {"CPU": 2})  # no refresher: its CPUs don't count
+
+
+@pytest.mark.parametrize("section,values,match", [
+    ("cluster", {"resources_per_worker": {"GPU": 1}}, "GPU has its own setting"),
+    ("cluster", {"resources_per_worker": {"trainer": -1}}, "trainer: must be >= 0"),
+    ("refresh", {"resources": {"CPU": 1}}, "refresh.resources: CPU has its own setting"),
+    ("refresh", {"num_gpus": -0.5}, "refresh.num_gpus must be >= 0"),
+])
+def test_bad_resource_settings(section, values, match):
+    with pytest.raises(ConfigError, match=match):
+        _job(**{section: values})
+
+
+def test_reports_merge_into_placement_json(tmp_path):
+    placement.record(tmp_path, "worker-0", {"node_ip": "10.0.0.2", "node_id": "abcdef0123", "gpu_ids": ["0"]})
+    placement.record(tmp_path, "refresher", {"node_ip": "10.0.0.1", "node_id": "9876543210", "gpu_ids": []})
+    merged = placement.collect(tmp_path)
+    assert json.loads((tmp_path / "placement.json").read_text()) == merged
+    assert placement.describe(merged) == ("refresher on 10.0.0.1 (node 98765432…); "
+                                          "worker-0 on 10.0.0.2 (node abcdef01…, GPUs 0)")
