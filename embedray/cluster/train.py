@@ -22,7 +22,7 @@ import torch.distributed as dist
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
-from embedray.cluster import placement
+from embedray.cluster import placement, shared
 from embedray.cluster.refresh import RefreshHooks, start_refresher
 from embedray.cluster.runtime import ensure_ray
 from embedray.config import build_config, to_dict
@@ -172,6 +172,9 @@ def run_training(job, on_step: list[Callable[[int, Any], None]] | None = None,
     job = absolute_paths(job)
     run_dir = (Path(job.cluster.storage_path).expanduser().resolve() / job.cluster.run_name)
     run_dir.mkdir(parents=True, exist_ok=True)
+    nodes = shared.check_shared(job)
+    if nodes > 1:
+        print(f"[embedray] all {nodes} nodes see the run's storage_path and data", flush=True)
     data, per_task, examples = job_data(job)
     if data.report.total:
         print(f"[embedray] data: {data.report.summary()}", flush=True)
