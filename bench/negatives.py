@@ -80,6 +80,16 @@ def _evaluate(model_dir: str, data_dir: Path) -> dict:
     return out
 
 
+def debian_subset(out: Path, max_docs: int, max_queries: int, seed: int) -> Path:
+    """The Debian BEIR folder of this size under ``out``, built on first use."""
+    from embedray.data.debian import build_debian
+
+    data_dir = out / f"debian-{max_docs}-{max_queries}"
+    if not (data_dir / "corpus.jsonl").is_file():
+        build_debian(data_dir, max_docs=max_docs, max_queries=max_queries, seed=seed)
+    return data_dir
+
+
 def _telemetry(run_dir: Path) -> list[dict]:
     path = run_dir / "detailed_training_logs.json"
     if not path.is_file():
@@ -109,15 +119,12 @@ def main() -> int:
     from embedray.cluster.runtime import ensure_ray
     from embedray.cluster.train import run_training
     from embedray.data.beir import load_beir
-    from embedray.data.debian import build_debian
     from embedray.pipeline.refresh import base_cross_encoder
     from embedray.training.cross_encoder import evaluate_reranker
     from embedray.training.data import load_training_data
 
     out = Path(a.out).resolve()
-    data_dir = out / f"debian-{a.max_docs}-{a.max_queries}"
-    if not (data_dir / "corpus.jsonl").is_file():
-        build_debian(data_dir, max_docs=a.max_docs, max_queries=a.max_queries, seed=a.seed)
+    data_dir = debian_subset(out, a.max_docs, a.max_queries, a.seed)
     ensure_ray()
 
     rows: dict[str, dict] = {}

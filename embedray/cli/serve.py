@@ -71,7 +71,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
             continue
         kind = {int: int, float: float}.get(type(default), str)
         metavar = {"corpus": "PATH", "index": "DIR", "index_type": "flat|int8|binary", "backend": "auto|torch|onnx|openvino",
-                   "precision": "auto|fp32|bf16", "ingress": "auto|replica|proxy", "cross_encoder": "DIR", "api_key_file": "FILE",
+                   "precision": "auto|fp32|bf16", "ingress": "auto|replica|proxy", "gpus_per_replica": "auto|N", "cross_encoder": "DIR", "api_key_file": "FILE",
                    "model_name": "NAME", "host": "HOST"}.get(f.name, {int: "N", float: "X"}.get(kind))
         parser.add_argument(flag, type=kind, default=default, metavar=metavar,
                             help=help_text + (" (default: %(default)s)" if default is not None else ""))

@@ -56,6 +56,20 @@ class _DropBatchSizeWarning(logging.Filter):
         return "is larger than `max_ongoing_requests`" not in record.getMessage()
 
 
+def replica_gpus(cfg: ServeConfig, have: float, replicas: int | None = None) -> float:
+    """``gpus_per_replica`` as a number: as set, or (``auto``) 1 when ``have`` GPUs give one to each
+    of the ``replicas`` (default: the config's) and the backend is torch, else 0."""
+    if cfg.gpus_per_replica != "auto":
+        return float(cfg.gpus_per_replica)
+    return 1.0 if cfg.backend == "torch" and have >= (cfg.replicas if replicas is None else replicas) else 0.0
+
+
+def _gpus(cfg: ServeConfig) -> float:
+    """The GPUs a model replica asks for: ``auto`` not resolved against a cluster (an app built
+    without :func:`start_serve`) asks for none."""
+    return 0.0 if cfg.gpus_per_replica == "auto" else float(cfg.gpus_per_replica)
+
+
 def _threads(cfg: ServeConfig, cpus: float) -> int:
     """Torch threads of a replica: as configured, else its Ray CPU reservation (at least 1)."""
     return cfg.torch_threads or max(1, round(cpus))
@@ -67,11 +81,16 @@ class _BatchedModel:
     def _load_model(self, cfg: ServeConfig) -> None:
         from embedray.serve.embedder import EmbedderCore
 
+        import ray
+        import torch
+
         logging.getLogger("ray.serve").addFilter(_DropBatchSizeWarning())
+        gpu_ids = [str(g) for g in ray.get_gpu_ids()]
+        device = "cuda" if gpu_ids and cfg.backend == "torch" and torch.cuda.is_available() else "cpu"
         self.core = EmbedderCore(cfg.model_dir, corpus=cfg.corpus, index=cfg.index, index_type=cfg.index_type,
                                  max_batch_tokens=cfg.max_batch_tokens,
                                  torch_threads=_threads(cfg, cfg.cpus_per_replica), precision=cfg.precision,
-                                 backend=cfg.backend, onnx_file=cfg.onnx_file)
+                                 backend=cfg.backend, onnx_file=cfg.onnx_file, device=device, gpu_ids=gpu_ids)
         self.encode_batch.set_max_batch_size(self.core.max_batch_tokens)
         self.encode_batch.set_batch_wait_timeout_s(cfg.batch_wait_timeout_s)
         self.runs = ModelRunQueue(self.core.encode_parts, self.core.max_batch_tokens, cfg.queue_timeout_s)
@@ -244,12 +263,14 @@ def build_serve_app(cfg: ServeConfig):
     if cfg.colocate:
         # The replicas count their own queue (ColocatedBackend); the proxy passes everything on.
         return Ingress.options(num_replicas=cfg.replicas, max_ongoing_requests=4096, max_queued_requests=-1,
-                               ray_actor_options={"num_cpus": cfg.cpus_per_replica, "runtime_env": env}
+                               ray_actor_options={"num_cpus": cfg.cpus_per_replica,
+                                                  "num_gpus": _gpus(cfg), "runtime_env": env}
                                ).bind(cfg, None, reranker)
     embedder = Embedder.options(
         num_replicas=cfg.replicas, max_ongoing_requests=cfg.max_ongoing_requests,
         max_queued_requests=cfg.max_queued_requests,
-        ray_actor_options={"num_cpus": cfg.cpus_per_replica, "runtime_env": env}).bind(cfg)
+        ray_actor_options={"num_cpus": cfg.cpus_per_replica,
+                                                  "num_gpus": _gpus(cfg), "runtime_env": env}).bind(cfg)
     # The ingress takes everything the proxy sends and lets the Embedder's queue decide: its
     # BackPressureError is what becomes our JSON 503.
     return Ingress.options(num_replicas=1, max_ongoing_requests=4096, max_queued_requests=-1,
@@ -372,9 +393,16 @@ def start_serve(cfg: ServeConfig, base: ServeConfig | None = None) -> dict[str, 
         ``{"api": the URL on cfg.port, "proxy": Ray Serve's proxy, "base_api": url or None,
         "direct": [the replicas' own URLs]}``.
     """
+    import ray
+
     cfg = resolve_layout(cfg, own_ray=False, base=base)
+    have = ray.cluster_resources().get("GPU", 0.0)
+    cfg = dataclasses.replace(cfg, gpus_per_replica=f"{replica_gpus(cfg, have):g}")
     if base is not None and not base.cpus_per_replica:
         base = dataclasses.replace(base, cpus_per_replica=cfg.cpus_per_replica)
+    if base is not None:
+        left = have - float(cfg.gpus_per_replica) * cfg.replicas
+        base = dataclasses.replace(base, gpus_per_replica=f"{replica_gpus(base, left):g}")
     warning = cfg.exposure_warning()
     if warning:
         log.warning(warning)
@@ -391,7 +419,7 @@ def start_serve(cfg: ServeConfig, base: ServeConfig | None = None) -> dict[str, 
     _wait_direct(cfg)
     proxy = cfg.url(cfg.serve_proxy_port)
     return {"api": cfg.url(cfg.port), "proxy": proxy, "base_api": proxy + BASE_PREFIX if base is not None else None,
-            "direct": cfg.direct_urls}
+            "direct": cfg.direct_urls, "gpus_per_replica": float(cfg.gpus_per_replica)}
 
 
 def serve_forever(cfg: ServeConfig, base: ServeConfig | None = None,
@@ -426,7 +454,7 @@ def serve_forever(cfg: ServeConfig, base: ServeConfig | None = None,
         print(f"embedray serving {cfg.model_name} at {urls['api']}  (OpenAPI docs: {urls['api']}/docs)", flush=True)
         if base is not None:
             print(f"embedray serving {base.model_name} at {urls['base_api']}", flush=True)
-        print(f"replicas: {cfg.replicas} x {cfg.cpus_per_replica:g} CPU, "
+        print(f"replicas: {cfg.replicas} x {cfg.cpus_per_replica:g} CPU, {urls['gpus_per_replica']:g} GPU, "
               f"{_threads(cfg, cfg.cpus_per_replica)} torch thread(s) each", flush=True)
         if cfg.ingress == "replica":
             more = f"; the other replicas on {', '.join(urls['direct'][1:])}" if len(urls["direct"]) > 1 else ""

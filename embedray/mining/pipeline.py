@@ -200,12 +200,18 @@ class MineResult:
             ``docs_cached``, ``queries_encoded``, ``pairs_scored``, ``pairs_total`` and
             ``skipped_<rule>`` per selection rule.
         index: the index built in this round (publish it with an ``IndexStore``).
+        doc_ids, doc_emb: the corpus embeddings this round searched (rows in ``doc_ids`` order).
+        near: the queries' current candidates (the negatives selected before any denoising) and
+            their positives.
     """
 
     pool: NegativePool
     timings: dict[str, float]
     counts: dict[str, int]
     index: VectorIndex | None = None
+    doc_ids: list[str] = field(default_factory=list)
+    doc_emb: np.ndarray | None = None
+    near: frozenset = frozenset()
 
     def telemetry(self) -> dict:
         """``{"timings": ..., "counts": ...}``, JSON-ready."""
@@ -216,7 +222,7 @@ def mine(corpus: Mapping[str, Document | str], queries: Mapping[str, str], posit
          model, cfg: MiningConfig, *, cross_encoder=None, ce_cfg: CrossEncoderConfig | None = None,
          cache_dir: str | os.PathLike | None = None, weights_fp: str | None = None,
          version: int = 0, encode_corpus: Callable[[list[str]], np.ndarray] | None = None,
-         show_progress: bool = False) -> MineResult:
+         show_progress: bool = False, cache_embeddings: bool = True) -> MineResult:
     """Mine hard negatives for every query with a positive: the whole offline pipeline.
 
     Args:
@@ -235,6 +241,9 @@ def mine(corpus: Mapping[str, Document | str], queries: Mapping[str, str], posit
         version: the pool version to write.
         encode_corpus: optional document encoder for cache misses (e.g. Ray Data actors).
         show_progress: show progress bars while encoding.
+        cache_embeddings: read and write the embedding cache (off when ``encode_corpus`` returns
+            embeddings that are not all the live weights', e.g. a budgeted refresh's; the
+            cross-encoder's score cache is used either way).
 
     Returns:
         :class:`MineResult` (pool + timings + counts).
@@ -248,8 +257,8 @@ def mine(corpus: Mapping[str, Document | str], queries: Mapping[str, str], posit
         raise ValueError("no query has both a text and a positive: nothing to mine")
 
     t = time.perf_counter()
-    enc = encode_queries_and_corpus(encode_fn, mined_queries, corpus, cfg, weights_fp, cache_dir,
-                                    encode_corpus)
+    enc = encode_queries_and_corpus(encode_fn, mined_queries, corpus, cfg, weights_fp,
+                                    cache_dir if cache_embeddings else None, encode_corpus)
     encode_s = time.perf_counter() - t
     cands = mine_negatives(enc.query_ids, enc.query_emb, pos, cfg, doc_ids=enc.doc_ids,
                            doc_emb=enc.doc_emb, version=version)
@@ -276,7 +285,9 @@ def mine(corpus: Mapping[str, Document | str], queries: Mapping[str, str], posit
               "pairs_scored": stats["pairs_scored"], "pairs_total": stats["pairs_total"],
               **enc.counts, **{f"skipped_{k}": v for k, v in sorted(cands.skipped.items())}}
     pool.meta.update({"timings": timings, "counts": counts})
-    return MineResult(pool, timings, counts, cands.index)
+    near = frozenset({d for negs in cands.negatives.values() for d, _ in negs}
+                     | {d for q in mined_queries for d in pos[q]})
+    return MineResult(pool, timings, counts, cands.index, enc.doc_ids, enc.doc_emb, near)
 
 
 def _positive_ids(p) -> list[str]:

@@ -47,10 +47,17 @@ class RefreshConfig:
     """Encode the corpus with a Ray Data actor pool instead of inside the refresher."""
     keep_indexes: int = 2
     """Published FAISS index versions kept on disk."""
+    reencode: float = 1.0
+    """Share of the rest of the corpus each refresh re-encodes with the new weights besides the
+    documents near the training queries (their candidates in the last refresh and their
+    positives), a rotating slice at a time; the others keep their embeddings from the last
+    refresh. 1: the whole corpus every refresh. The first refresh of an actor always encodes all."""
 
     def __post_init__(self) -> None:
         if self.every < 1:
             raise ValueError("refresh.every must be >= 1")
+        if not 0 < self.reencode <= 1:
+            raise ValueError(f"refresh.reencode must be in (0, 1], got {self.reencode}")
         if self.num_cpus < 0 or self.max_restarts < 0:
             raise ValueError("refresh.num_cpus and refresh.max_restarts must be >= 0")
         if self.num_gpus != "auto" and self.num_gpus < 0:

@@ -19,6 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
+
 from embedray.atomic import write_json_atomic
 from embedray.mining.cache import live_model_key
 from embedray.mining.index import IndexStore
@@ -179,18 +181,48 @@ class NegativeRefresher:
         self.recipe = mining_recipe(job, cross_encoder)
         # before_publish(step, version): called once a refresh has mined, before it publishes
         self.before_publish = before_publish
+        self._last: dict[str, object] = {}  # target → its last MineResult (budgeted refreshes reuse its embeddings)
 
     def mine_targets(self, version: int, cross_encoder=None) -> dict:
         """Mine every target with the current weights: ``{name: MineResult}``."""
         results = {}
         for t in self.targets:
             factory = self.encode_corpus_factory
-            results[t.name] = mine(t.data.corpus, t.data.queries, t.positives, make_encode_fn(self.model, t.model),
-                                   t.mining, cross_encoder=cross_encoder, ce_cfg=self.job.cross_encoder,
-                                   cache_dir=self.run_dir / "cache", weights_fp=live_model_key(self.model),
-                                   version=version,
-                                   encode_corpus=factory(self.model, t.model.doc_prompt) if factory else None)
+            encode_docs = factory(self.model, t.model.doc_prompt) if factory else None
+            budget = self._budgeted(t, version, encode_docs)
+            result = mine(t.data.corpus, t.data.queries, t.positives, make_encode_fn(self.model, t.model),
+                          t.mining, cross_encoder=cross_encoder, ce_cfg=self.job.cross_encoder,
+                          cache_dir=self.run_dir / "cache", weights_fp=live_model_key(self.model),
+                          version=version, encode_corpus=budget[0] if budget else encode_docs,
+                          cache_embeddings=budget is None)
+            if budget is not None:
+                result.counts.update(budget[1])
+            if self.job.refresh.reencode < 1:
+                self._last[t.name] = result
+            results[t.name] = result
         return results
+
+    def _budgeted(self, t: MineTarget, version: int, encode_docs) -> tuple[Callable, dict] | None:
+        """``(encode_corpus, counts)`` of a budgeted refresh of ``t`` (``refresh.reencode`` < 1):
+        the last refresh's corpus embeddings with the documents near the training queries and
+        this version's slice of the rest re-encoded. None: encode everything (no last refresh in
+        this process, or the corpus changed)."""
+        share, last = self.job.refresh.reencode, self._last.get(t.name)
+        doc_ids = list(t.data.corpus)
+        if share >= 1 or last is None or last.doc_emb is None or last.doc_ids != doc_ids:
+            return None
+        slices = max(1, round(1 / share))
+        fresh = np.array([i for i, d in enumerate(doc_ids) if d in last.near or i % slices == version % slices],
+                         dtype=np.int64)
+        encode = encode_docs or (lambda texts: make_encode_fn(self.model, t.model)(texts, "doc"))
+
+        def encode_corpus(texts: list[str]) -> np.ndarray:
+            out = last.doc_emb.copy()
+            if len(fresh):
+                out[fresh] = np.asarray(encode([texts[i] for i in fresh]), dtype=np.float32)
+            return out
+
+        return encode_corpus, {"docs_encoded": int(len(fresh)), "docs_reused": len(doc_ids) - int(len(fresh))}
 
     def refresh(self, step: int, weights: dict | None = None) -> dict:
         """Mine with ``weights`` (None: the base model) and publish the next pool version."""
@@ -234,6 +266,7 @@ def _mining_counts(pool: NegativePool, results: list, previous: NegativePool | N
     return {"queries_mined": total("counts", "queries_mined"), "negatives_kept": kept, "negatives_removed": removed,
             "false_negative_rate": removed / mined if mined else 0.0, "overlap@10": overlap_at_k(pool, previous),
             "docs_encoded": total("counts", "docs_encoded"), "docs_cached": total("counts", "docs_cached"),
+            "docs_reused": total("counts", "docs_reused"),
             **{k: total("timings", k) for k in ("encode_s", "index_s", "search_s", "rescore_s")}}
 
 

@@ -54,6 +54,10 @@ class ServeConfig:
             0 (default): with the local Ray ``embedray serve`` starts, the machine's cores left
             by the reranker (and the split layout's ingress) shared among the replicas (whole
             CPUs above one, as Ray requires); on a running cluster, 1.
+        gpus_per_replica: Ray GPUs per model replica (``1``, ``0.5``, …; the torch backend then
+            runs the model on the GPU Ray assigns). ``auto`` (default): 1 when the Ray cluster has
+            a GPU for every model replica and the backend is torch, else 0. The cross-encoder
+            replica stays on the CPU.
         torch_threads: intra-op threads per model replica; 0 follows the replica's Ray CPU
             reservation (at least 1), Ray's own OMP_NUM_THREADS convention. More threads than
             reserved cores thrash badly when the machine is busy.
@@ -118,6 +122,7 @@ class ServeConfig:
     api_key_file: str | None = None
     replicas: int = 1
     cpus_per_replica: float = 0.0
+    gpus_per_replica: str = "auto"
     torch_threads: int = 0
     precision: str = "auto"
     backend: str = "auto"
@@ -198,6 +203,14 @@ class ServeConfig:
         for name in ("cpus_per_replica", "ingress_cpus", "reranker_cpus", "batch_wait_timeout_s"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}: must be >= 0, got {getattr(self, name)}")
+        if self.gpus_per_replica != "auto":
+            try:
+                gpus = float(self.gpus_per_replica)
+            except (TypeError, ValueError):
+                gpus = -1.0
+            if not gpus >= 0:
+                raise ValueError(f"gpus_per_replica: must be 'auto' or a number >= 0, got {self.gpus_per_replica!r}")
+            self.gpus_per_replica = f"{gpus:g}"
         from embedray.models.config import check_precision
 
         check_precision(self.precision)

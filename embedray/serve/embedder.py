@@ -89,20 +89,24 @@ class EmbedderCore:
             precision of that file) or ``openvino`` (the folder's ``openvino/`` export, in
             ``precision``).
         onnx_file: the ONNX file of the ``onnx`` backend, e.g. ``model_qint8_avx512_vnni.onnx``.
+        device: torch device of the torch backend (``cpu``, ``cuda``).
+        gpu_ids: the GPUs Ray assigned to this replica (reported by :meth:`describe`).
     """
 
     def __init__(self, model_dir: str | Path, corpus: str | Path | None = None,
                  index: str | Path | None = None, max_batch_tokens: int = 8192, torch_threads: int = 0,
                  precision: str = "auto", index_type: str = "flat", backend: str = "torch",
-                 onnx_file: str = "model.onnx"):
+                 onnx_file: str = "model.onnx", device: str = "cpu", gpu_ids: Sequence[str] = ()):
         import torch
 
         from embedray.models.backends import load_sentence_model
 
         if torch_threads > 0:
             torch.set_num_threads(torch_threads)
-        self.model = load_sentence_model(model_dir, backend, onnx_file, threads=torch_threads, precision=precision)
+        self.model = load_sentence_model(model_dir, backend, onnx_file, threads=torch_threads, device=device,
+                                         precision=precision)
         self.model.eval()
+        self.device, self.gpu_ids = str(getattr(self.model, "device", "cpu")), list(gpu_ids)
         self.backend, self.onnx_file = backend, getattr(self.model, "embedray_onnx_file", None)
         self.precision = use_precision(self.model, precision) if backend == "torch" else self.model.embedray_precision
         self.max_seq_length = int(self.model.max_seq_length or 512)
@@ -173,7 +177,7 @@ class EmbedderCore:
                 "corpus_size": len(self.corpus) if self.corpus is not None else 0,
                 "index_type": self.corpus.index_type if self.corpus is not None else None,
                 "max_batch_tokens": self.max_batch_tokens, "prompts": dict(self.prompts),
-                "default_prompt_name": self.default_prompt_name}
+                "default_prompt_name": self.default_prompt_name, "device": self.device, "gpu_ids": self.gpu_ids}
 
 
 class RerankerCore:

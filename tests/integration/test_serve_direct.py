@@ -34,7 +34,9 @@ def direct(serve_assets):
     assert cfg.ingress == "replica" and cfg.proxy_port not in (0, port)
     saved = dict(os.environ)
     os.environ.update(direct_ingress_env(cfg))
-    init_local_ray(num_cpus=2, log_to_driver=False)
+    # one declared GPU: Ray assigns it to the replica (gpus_per_replica auto); torch sees no CUDA
+    # device on this machine, so the model still runs on the CPU
+    init_local_ray(num_cpus=2, num_gpus=1, log_to_driver=False)
     try:
         urls = start_serve(cfg)
         yield urls
@@ -68,6 +70,7 @@ def test_replica_port_keeps_auth_errors_and_search(direct):
     assert httpx.get(url + "/health").status_code == 200
     info = httpx.get(url + "/info", headers={"Authorization": f"Bearer {API_KEY}"}).json()
     assert info["ingress"] == "replica"
+    assert (info["gpu_ids"], info["device"]) == (["0"], "cpu")
     r = httpx.post(url + "/v1/embeddings", json={"input": "x"})
     assert r.status_code == 401 and r.json()["error"]["code"] == "missing_api_key"
     r = httpx.post(url + "/v1/embeddings", json={"input": "x"}, headers={"Authorization": "Bearer wrong"})
@@ -135,6 +138,20 @@ def test_replica_cpus_share_the_machine_when_ray_is_ours(serve_assets, monkeypat
     assert replica_cpus(ServeConfig(tiny), own_ray=True, base=ServeConfig(tiny)) == 4.0
     monkeypatch.setattr("os.cpu_count", lambda: 1)
     assert replica_cpus(ServeConfig(tiny, cross_encoder=ce, reranker_cpus=0.5, replicas=2), own_ray=True) == 0.25
+
+
+def test_replica_gpus_follow_the_cluster(serve_assets):
+    from embedray.cluster.serve_app import replica_gpus
+    from embedray.serve.config import ServeConfig
+
+    tiny = str(serve_assets.tiny)
+    assert replica_gpus(ServeConfig(tiny, backend="torch"), have=0) == 0.0
+    assert replica_gpus(ServeConfig(tiny, backend="torch", replicas=2), have=2) == 1.0
+    assert replica_gpus(ServeConfig(tiny, backend="torch", replicas=3), have=2) == 0.0  # not one each
+    assert replica_gpus(ServeConfig(tiny, backend="torch", gpus_per_replica="0.5"), have=0) == 0.5
+    assert ServeConfig(tiny, gpus_per_replica="1.0").gpus_per_replica == "1"
+    with pytest.raises(ValueError, match="gpus_per_replica: must be 'auto' or a number >= 0, got 'many'"):
+        ServeConfig(tiny, gpus_per_replica="many")
 
 
 def test_ingress_config_errors(serve_assets):
