@@ -2,8 +2,9 @@
 
 ``TorchTrainer`` runs :func:`embedray.training.loop.train` on every worker with a
 ``RayTrainSession``; the training rows, validated once on the driver (``data.on_error``,
-``data.max_train_pairs``), reach the workers through Ray Data (``from_items`` →
-``get_dataset_shard``); checkpoints go through ``ray.train.report`` so FailureConfig restarts and
+``data.max_train_pairs``), are written with the texts they name to the run's storage
+(:mod:`embedray.training.shards`), and each worker reads only its own shard of rows and looks
+texts up in memory-mapped stores; checkpoints go through ``ray.train.report`` so FailureConfig restarts and
 re-submitting the same run name both resume from the newest complete one.
 """
 from __future__ import annotations
@@ -18,7 +19,6 @@ import ray
 import ray.train
 import ray.train.torch
 import torch
-import torch.distributed as dist
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
@@ -31,34 +31,26 @@ from embedray.pipeline.refresh import prepare_negatives
 from embedray.pipeline.runtime import job_data, train_job
 from embedray.training import checkpoint as ckpt
 from embedray.training.batches import Example
-from embedray.training.data import (TrainingData, example_rows, examples_from_rows, load_training_data,
-                                    pairs_source)
+from embedray.training.data import load_training_data
+from embedray.training.shards import STORE_DIR, open_shard, write_store
 from embedray.training.loop import Hooks
-from embedray.training.tasks import load_tasks
 
 
 class RayTrainSession:
     """The loop's view of a Ray Train worker."""
 
-    def __init__(self, data: TrainingData, source: str, run_dir: Path | None = None):
+    def __init__(self, run_dir: Path | None = None):
         ctx = ray.train.get_context()
         self.rank, self.world_size = ctx.get_world_rank(), ctx.get_world_size()
         self.device = ray.train.torch.get_device()
-        self.data, self.source = data, source
         self.run_dir = run_dir  # where Ray Train keeps this run's checkpoint-* folders (for the fallback)
+        self.shard = open_shard(run_dir, self.rank, self.world_size)  # this rank's rows; the loop batches them
 
     def prepare_model(self, model):
         return ray.train.torch.prepare_model(model)
 
     def training_examples(self) -> list[Example]:
-        rows = [dict(r) for r in ray.train.get_dataset_shard("train").iter_rows()]
-        # Ray Data may hand a worker different rows after a restart; exact resume needs one
-        # canonical order, so the workers pool their (small, id-only) shards and re-deal them.
-        if dist.is_initialized():
-            shards: list = [None] * self.world_size
-            dist.all_gather_object(shards, rows)
-            rows = [r for shard in shards for r in shard]
-        return examples_from_rows(rows, self.data, self.source)
+        return self.shard.examples
 
     def restore(self, seed: int | None = None) -> dict | None:
         """The state of Ray Train's newest checkpoint, or — when that one fails verification (a
@@ -113,27 +105,19 @@ class RayTrainSession:
 
 def _worker(config: dict) -> None:
     job = build_config(TrainJobConfig, config["job"], "train_loop_config")
-    data, per_task = (load_tasks(job.tasks, rows=False)[:2] if job.tasks else (load_training_data(job.data), None))
+    session = RayTrainSession(Path(config["run_dir"]))
+    data = session.shard.data
     data.report = config["skipped"]  # the driver's count, training pairs included (the summary reports it)
-    session = RayTrainSession(data, config["source"], Path(config["run_dir"]))
-    placement.record(config["run_dir"], f"worker-{session.rank}", placement.where())
+    # Rank 0 alone evaluates dev; a multi-task dev split is each task's own data, with its own ids.
+    per_task = ({t.name: load_training_data(t.data) for t in job.tasks} if job.tasks and session.rank == 0
+                else None)
+    placement.record(config["run_dir"], f"worker-{session.rank}", {**placement.where(), "data": session.shard.stats})
     if job.train.num_threads is None:
         torch.set_num_threads(max(1, int(job.cluster.cpus_per_worker)))
     factory = config.get("hooks_factory")
     hooks = factory() if factory else Hooks()
     hooks.on_step.extend(config.get("on_step") or [])
     train_job(job, session, data, Path(config["run_dir"]), hooks, per_task)
-
-
-def training_dataset(examples: list[Example]):
-    """The driver-validated training examples as a Ray Dataset of id rows.
-
-    The rows come from the driver rather than a second read of the file, so that the workers train
-    on exactly the rows it checked (``on_error: skip``, ``max_train_pairs``); id rows are small,
-    and ``from_items`` needs no read tasks that would wait on CPUs the training workers hold
-    (2 workers × 1 CPU = a 2-core box).
-    """
-    return ray.data.from_items(example_rows(examples))
 
 
 def absolute_paths(job):
@@ -182,6 +166,11 @@ def run_training(job, on_step: list[Callable[[int, Any], None]] | None = None,
     job = placement.resolve(job, have)
     placement.check_fits(job, have)
     shutil.rmtree(run_dir / placement.PLACEMENT_DIR, ignore_errors=True)  # this session's reports only
+    # The rows the driver validated (on_error: skip, max_train_pairs), one shard per worker.
+    store = write_store(run_dir, data, examples, job.cluster.num_workers)
+    print(f"[embedray] training data: {store['rows']} rows in {job.cluster.num_workers} shards "
+          f"({', '.join(map(str, store['rows_per_rank']))}), {store['docs']} documents in {run_dir / STORE_DIR}",
+          flush=True)
     hooks_factory = None
     if job.refresh.mode != "off":
         ce_path = prepare_negatives(job, data, run_dir, per_task)
@@ -189,15 +178,13 @@ def run_training(job, on_step: list[Callable[[int, Any], None]] | None = None,
         hooks_factory = RefreshHooks(actor, run_dir, job.refresh)
     trainer = TorchTrainer(
         train_loop_per_worker=_worker,
-        train_loop_config={"job": to_dict(job), "run_dir": str(run_dir), "source": "the tasks' rows" if job.tasks else str(pairs_source(job.data)),
-                           "skipped": data.report, "on_step": list(on_step or []),
+        train_loop_config={"job": to_dict(job), "run_dir": str(run_dir), "skipped": data.report, "on_step": list(on_step or []),
                            **({"hooks_factory": hooks_factory} if hooks_factory else {})},
         scaling_config=ScalingConfig(num_workers=job.cluster.num_workers, use_gpu=job.cluster.use_gpu,
                                      resources_per_worker=placement.worker_resources(job)),
         run_config=RunConfig(name=job.cluster.run_name, storage_path=str(run_dir.parent),
                              checkpoint_config=CheckpointConfig(num_to_keep=job.cluster.num_to_keep),
                              failure_config=FailureConfig(max_failures=job.cluster.max_failures)),
-        datasets={"train": training_dataset(examples)},
     )
     trainer.fit()
     where = placement.collect(run_dir)

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from embedray.atomic import write_json_atomic
+from embedray.memory import peak_rss_mib
 from embedray.mining.cache import live_model_key
 from embedray.mining.index import IndexStore
 from embedray.mining.pipeline import mine
@@ -250,6 +251,7 @@ class NegativeRefresher:
             telemetry["tasks"] = {t.name: _mining_counts(merged_pool({t.name: results[t.name].pool}, [t], version),
                                                          [results[t.name]], previous) for t in self.targets}
         telemetry["wall_s"] = time.perf_counter() - t0
+        telemetry["peak_rss_mib"] = round(peak_rss_mib())  # the refresher's process (a local run's: the trainer's)
         pool.meta.update({"snapshot_step": step, "recipe": self.recipe, "telemetry": telemetry})
         self.pools.publish(pool)
         return telemetry

@@ -63,7 +63,7 @@ def train_job(job, session, data, run_dir: Path, hooks: Hooks, per_task: dict | 
     """The loop on one worker for ``job``: its own sections, dev evaluation through the run's
     cache, and the whole job saved with the final model (the same call on Ray Train's workers)."""
     if job.tasks:
-        if hooks.evaluate is None and (dev := TaskDevEvaluation(job, per_task)):
+        if hooks.evaluate is None and per_task is not None and (dev := TaskDevEvaluation(job, per_task)):
             hooks.evaluate = dev
     elif data.dev is not None and hooks.evaluate is None:
         hooks.evaluate = DevEvaluation(job, data, run_dir)

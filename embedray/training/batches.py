@@ -54,9 +54,10 @@ class BatchPlan:
     batches are then shuffled, so padding shrinks while the batch order stays random.
     """
 
-    def __init__(self, examples: Sequence[Example], doc_lengths: Callable[[str], int], *,
+    def __init__(self, examples: Sequence[Example], doc_lengths: Callable[[str], int] | np.ndarray, *,
                  batch_size: int, world_size: int, seed: int, bucket_batches: int = 1):
-        self.examples = list(examples)
+        """``doc_lengths``: a positive's length by document id, or each example's, precomputed."""
+        self.examples = examples if isinstance(examples, Sequence) else list(examples)  # a store's view stays one
         self.batch_size, self.world_size, self.seed = batch_size, world_size, seed
         self.global_batch = batch_size * world_size
         if len(self.examples) < self.global_batch:
@@ -64,7 +65,8 @@ class BatchPlan:
                              f"{self.global_batch} (batch_size {batch_size} × {world_size} workers)")
         self.batches_per_epoch = len(self.examples) // self.global_batch
         self.bucket_batches = bucket_batches
-        self._lengths = np.array([doc_lengths(e.pos_id) for e in self.examples])
+        self._lengths = (np.asarray(doc_lengths) if not callable(doc_lengths)
+                         else np.array([doc_lengths(e.pos_id) for e in self.examples]))
         self._epoch_cache: tuple[int, np.ndarray] | None = None
 
     def _epoch_order(self, epoch: int) -> np.ndarray:
@@ -102,10 +104,12 @@ class NegativeSampler:
     """
 
     def __init__(self, doc_ids: Sequence[str], positives: dict[str, set[str]], *,
-                 num_negatives: int, mode: str, seed: int, given: str = "fallback"):
+                 num_negatives: int, mode: str, seed: int, given: str = "fallback",
+                 queries: set[str] | None = None):
         if given not in GIVEN_NEGATIVES:
             raise ValueError(f"train.given_negatives: {given!r} is not one of {', '.join(GIVEN_NEGATIVES)}")
-        self.doc_ids = list(doc_ids)
+        self.doc_ids = doc_ids if isinstance(doc_ids, Sequence) else list(doc_ids)  # a store's view stays one
+        self.queries = queries  # the queries this worker trains on (a shard): a pool keeps only theirs
         self.positives, self.k, self.mode, self.seed, self.given = positives, num_negatives, mode, seed, given
         self.pool: dict[str, list[str]] = {}
         self.scores: dict[str, dict[str, float]] = {}
@@ -115,6 +119,9 @@ class NegativeSampler:
                  scores: dict[str, dict[str, float]] | None = None) -> None:
         """Switch to a newer pool (called at a step boundary); ``scores`` are its cross-encoder
         scores by query and document (positives included), for distillation."""
+        if self.queries is not None:
+            negatives = {q: v for q, v in negatives.items() if q in self.queries}
+            scores = {q: v for q, v in (scores or {}).items() if q in self.queries}
         self.pool, self.pool_version, self.scores = negatives, version, scores or {}
 
     def sample(self, ex: Example, index: int, slot: int) -> list[str]:

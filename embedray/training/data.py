@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
@@ -166,32 +166,3 @@ def _row_scores(row: dict, negs: list[str], source: Path, where: int | str) -> t
         if not math.isfinite(v):
             raise DataError(source, where, f"neg_scores[{i}]", f"expected a finite number, got {v}")
     return (float(pos), *(float(v) for v in neg))
-
-
-def example_rows(examples: Iterable[Example]) -> list[dict]:
-    """Examples as plain id rows (what Ray Data carries to the workers)."""
-    return [{"query_id": e.query_id, "pos_id": e.pos_id, "neg_ids": list(e.neg_ids),
-             "scores": list(e.scores or ()), "label": e.label or "",  # [] / "" = none: one Arrow type for all rows
-             "task": e.task}
-            for e in examples]
-
-
-def examples_from_rows(rows: Iterable[dict], data: TrainingData,
-                       source: str = "the training pairs") -> list[Example]:
-    """Turn :func:`example_rows` rows back into examples, checking that ``data`` (this process's
-    copy) knows every id: a row of ``source`` validated on the driver but unknown here means that
-    this node read other files under ``data.path`` than the driver did."""
-    out = []
-    for row in rows:
-        negs, scores = row.get("neg_ids"), row.get("scores")
-        negs = () if negs is None else negs  # a list, or an array from Ray Data
-        ex = Example(str(row["query_id"]), str(row["pos_id"]), tuple(str(n) for n in negs),
-                     tuple(float(s) for s in scores) if scores is not None and len(scores) else None,
-                     str(row["label"]) if row.get("label") else None, str(row.get("task") or ""))
-        unknown = [i for i in (ex.pos_id, *ex.neg_ids) if i not in data.corpus]
-        if (ex.query_id not in data.queries and ex.label is None) or unknown:
-            raise RuntimeError(f"{source}: the driver validated {ex}, but this worker's data lacks "
-                               f"{[ex.query_id] if ex.query_id not in data.queries else unknown}; every "
-                               "node must see the same data.path files as the driver")
-        out.append(ex)
-    return out

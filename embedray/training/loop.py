@@ -38,6 +38,7 @@ from embedray.training.grad_cache import CachedEmbeddings, backward_through_mode
 from embedray.training.logs import RunLogger
 from embedray.training.optim import adamw
 from embedray.training.plots import plot_run
+from embedray.training.shards import doc_ids as shard_doc_ids
 from embedray.training.tasks import SEP, TaskSchedule, task_prompts
 
 LOSS_PREFIX = "__loss__."  # trainable loss parameters (e.g. a distillation projection) in checkpoints
@@ -164,9 +165,14 @@ def train(model_cfg: ModelConfig, loss_cfg: LossConfig, train_cfg: TrainConfig, 
                              f"with {core.backbone.config.num_hidden_layers}")
         teacher = Teacher(distill.teacher, model_cfg, session.device, hidden_layers=layers,
                           precision=core.precision)
-    examples = canonical_order(session.training_examples())
+    # A sharded session hands each rank only its own rows (in canonical order, read on demand from
+    # the run's store): each rank batches its shard itself.
+    shard = getattr(session, "shard", None)
+    sharded = shard is not None
+    examples = session.training_examples() if sharded else canonical_order(session.training_examples())
+    total_rows = shard.total if sharded else len(examples)
     tok_len = lambda did: len(data.doc_text(did))  # characters: a cheap, monotone proxy of tokens
-    loop_tasks = [_loop_task(i, spec, examples, data, core, teacher, tc, session, tok_len)
+    loop_tasks = [_loop_task(i, spec, examples, data, core, teacher, tc, session, tok_len, shard)
                   for i, spec in enumerate(specs)]
     multi = tasks is not None
     schedule = TaskSchedule([t.weight for t in loop_tasks], tc.seed, tc.task_sampling, tc.max_steps * tc.grad_accum)
@@ -183,6 +189,8 @@ def train(model_cfg: ModelConfig, loss_cfg: LossConfig, train_cfg: TrainConfig, 
                          "pos_scores / neg_scores)")
 
     start_step, state = 0, {"best_dev": None, "evals_without_gain": 0, "pool_version": 0, "pool_switches": []}
+    if sharded:
+        state["rows_digest"] = shard.digest
     if (saved := session.restore(seed=tc.seed)) is not None:
         core.load_state_dict({k: v for k, v in saved["model"].items() if not k.startswith(LOSS_PREFIX)})
         for t in loop_tasks:
@@ -193,6 +201,10 @@ def train(model_cfg: ModelConfig, loss_cfg: LossConfig, train_cfg: TrainConfig, 
         ckpt.restore_rng(saved["rng"])
         state.update(saved["trainer_state"]["state"])
         start_step = saved["trainer_state"]["step"]
+        if sharded and state.get("rows_digest") not in (None, shard.digest):
+            raise RuntimeError(f"checkpoint of step {start_step}: it trained on other rows than this run's (their "
+                               "digest differs): the training data changed since it was written; resume with the "
+                               "same data or start a new run_name")
         if multi and state.get("task_cursors") != schedule.cursors(start_step * tc.grad_accum):
             raise RuntimeError(f"checkpoint of step {start_step}: its task cursors {state.get('task_cursors')} are not "
                                f"this run's {schedule.cursors(start_step * tc.grad_accum)}: the tasks, their weights or "
@@ -203,10 +215,12 @@ def train(model_cfg: ModelConfig, loss_cfg: LossConfig, train_cfg: TrainConfig, 
                 sampler.set_pool(negatives, state["pool_version"], scores)
     log = RunLogger(run_dir, start_step, enabled=rank0)
     if rank0:
-        what = (f"{len(examples)} rows in {len(loop_tasks)} tasks ("
+        what = (f"{total_rows} rows in {len(loop_tasks)} tasks ("
                 + ", ".join(f"{t.name}: {len(t.examples)}, {t.plan.batches_per_epoch} global batches/epoch"
                             for t in loop_tasks) + ")" if multi
-                else f"{len(examples)} pairs, {plan.batches_per_epoch} global batches/epoch")
+                else f"{total_rows} pairs, {plan.batches_per_epoch} global batches/epoch")
+        if sharded:
+            what += f" (rank 0's shard: {len(examples)} rows)"
         print(f"[embedray] {'resuming at step ' + str(start_step) if start_step else 'starting'}: {what}, "
               f"{session.world_size} worker(s), {tc.max_steps} steps", flush=True)
     if start_step == 0 and hooks.evaluate is not None and rank0:
@@ -239,8 +253,9 @@ def train(model_cfg: ModelConfig, loss_cfg: LossConfig, train_cfg: TrainConfig, 
             ti, cursor = schedule.at(index)  # the same task on every rank: DDP reduces one graph
             task = loop_tasks[ti]
             step_tasks.append((task, cursor))
-            batch = [task.examples[i] for i in task.plan.rank_indices(cursor, session.rank)]
-            negs = [task.sampler.sample(ex, cursor, slot) for slot, ex in enumerate(batch)]
+            batch = [task.examples[i] for i in task.plan.rank_indices(cursor, 0 if sharded else session.rank)]
+            first_slot = session.rank * tc.batch_size if sharded else 0  # each rank draws its own random negatives
+            negs = [task.sampler.sample(ex, cursor, first_slot + slot) for slot, ex in enumerate(batch)]
             sync = micro == tc.grad_accum - 1 or not hasattr(model, "no_sync")
             # Cached (GradCache): the loss's backward stops at the embeddings; the model's comes after.
             hold = hasattr(model, "no_sync") and (not sync or tc.mini_batch_size)
@@ -267,7 +282,7 @@ def train(model_cfg: ModelConfig, loss_cfg: LossConfig, train_cfg: TrainConfig, 
         first, first_cursor = step_tasks[0]
         record = {"step": done, "epoch": first.plan.epoch_of(first_cursor), "loss": step_loss,
                   "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
-                  "pairs_per_s": plan.global_batch * tc.grad_accum / dt, "pool_version": state["pool_version"]}
+                  "pairs_per_s": tc.batch_size * session.world_size * tc.grad_accum / dt, "pool_version": state["pool_version"]}
         if multi:
             record["task"] = first.name if len({t.name for t, _ in step_tasks}) == 1 else \
                 ",".join(t.name for t, _ in step_tasks)
@@ -294,7 +309,7 @@ def train(model_cfg: ModelConfig, loss_cfg: LossConfig, train_cfg: TrainConfig, 
     wall = time.perf_counter() - t_start
     dims = next((t.needs.matryoshka_dims for t in loop_tasks if t.needs.matryoshka_dims), None)
     summary = _finish(core, loop_tasks, dims, tc, hooks, data, log, state, run_dir, step + 1 - start_step, wall,
-                      rank0, len(examples), card, task_prompts(tasks) if multi else None)
+                      rank0, total_rows, card, task_prompts(tasks) if multi else None)
     barrier()
     return summary
 
@@ -314,29 +329,38 @@ def _task_specs(model_cfg, loss_cfg, tc, tasks) -> list[tuple]:
             for t in tasks]
 
 
-def _loop_task(i, spec, examples, data, core, teacher, tc, session, tok_len) -> LoopTask:
+def _loop_task(i, spec, examples, data, core, teacher, tc, session, tok_len, shard=None) -> LoopTask:
     name, weight, loss_cfg, model_cfg, task_tc = spec
     needs = loss_cfg.loop_needs()
-    rows = [ex for ex in examples if ex.task == name]
-    where = f"tasks[{name}]: " if name else ""
+    rows = examples.task(name) if shard is not None else [ex for ex in examples if ex.task == name]
+    sharded = shard is not None
+    where = (f"tasks[{name}]: " if name else "") + (
+        f"worker {session.rank}'s shard (1/{session.world_size} of the rows): " if sharded else "")
     if not rows:
         raise ValueError(f"{where}no training rows reached this worker")
-    label_names = sorted({ex.label for ex in rows if ex.label is not None}) if needs.labels else None
+    # A shard's rows are part of the task's: its labels and row count come from every shard's.
+    totals = shard.tasks.get(name) if sharded else None
+    if needs.labels:
+        label_names = totals["labels"] if totals else sorted({ex.label for ex in rows if ex.label is not None})
+    else:
+        label_names = None
     if needs.labels and not label_names:
         raise ValueError(f"{where}loss.name: classification trains on labelled rows: set data.train_labels")
     loss_fn = build_objective(loss_cfg, gather_fn=gather_fn_for_loss(), student_dim=core.embedding_dim,
                               teacher_dim=teacher.dim if teacher else None, labels=label_names)
     seed = tc.seed + i  # the first task's batches are a single-task run's
     try:
-        plan = BatchPlan(rows, tok_len, batch_size=tc.batch_size, world_size=session.world_size, seed=seed,
+        plan = BatchPlan(rows, rows.pos_chars if sharded else tok_len, batch_size=tc.batch_size,
+                         world_size=1 if sharded else session.world_size, seed=seed,
                          bucket_batches=tc.bucket_batches if tc.length_bucketing else 1)
     except ValueError as e:
         raise ValueError(f"{where}{e}") from None
-    doc_ids = sorted(data.corpus) if not name else sorted(d for d in data.corpus if d.startswith(name + SEP))
-    sampler = NegativeSampler(doc_ids, data.positives, num_negatives=task_tc.num_negatives,
-                              mode=task_tc.negatives, seed=tc.seed, given=task_tc.given_negatives)
+    sampler = NegativeSampler(shard_doc_ids(data.corpus, name + SEP if name else ""), data.positives,
+                              num_negatives=task_tc.num_negatives, mode=task_tc.negatives, seed=tc.seed,
+                              given=task_tc.given_negatives,
+                              queries=data.positives if sharded else None)  # a shard's: its own queries
     return LoopTask(name, model_cfg, task_tc, needs, loss_fn, label_names, rows, plan, sampler,
-                    float(weight if weight is not None else len(rows)))
+                    float(weight if weight is not None else totals["rows"] if totals else len(rows)))
 
 
 def _row_scores(examples) -> dict[str, dict[str, float]]:

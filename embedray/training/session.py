@@ -17,6 +17,11 @@ from embedray.training.batches import Example
 
 
 class Session(Protocol):
+    """``shard`` (optional, e.g. :class:`embedray.training.shards.Shard`): set when
+    ``training_examples()`` is only this rank's shard of the rows; it carries every shard's
+    ``total`` row count, the rows' ``digest`` (a resume on other rows is refused) and per-task
+    ``tasks`` totals (row counts, labels). Without it every rank gets every row."""
+
     rank: int
     world_size: int
     device: torch.device
