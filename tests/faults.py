@@ -73,6 +73,9 @@ class KillTeacherRuntime:
             hooks.append(kill_once_at(self.step, run_dir / f".killed-at-{self.step}"))
         return self.inner.train(job, on_step=hooks)
 
+    def call(self, label, fn, *args, cluster, run_dir):
+        return self.inner.call(label, fn, *args, cluster=cluster, run_dir=run_dir)
+
 
 def main(argv: list[str]) -> int:
     from embedray.config import load_config

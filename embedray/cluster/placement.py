@@ -30,7 +30,9 @@ def resolve(job, have: dict[str, float]):
     """A copy of ``job`` with ``cluster.use_gpu`` and ``refresh.num_gpus`` as numbers.
 
     ``use_gpu: auto`` is on when the cluster has a GPU for every training worker; the refresher's
-    ``num_gpus: auto`` is 1 when a whole GPU is left after the workers', else 0.
+    ``num_gpus: auto`` is 1 when a whole GPU is left after the workers', else 0 (a ``static`` run's
+    refresher mines pool v1 before the workers start and is gone before they do: 1 when the
+    cluster has a GPU).
     """
     job = copy.deepcopy(job)
     gpus = have.get("GPU", 0.0)
@@ -38,7 +40,8 @@ def resolve(job, have: dict[str, float]):
         job.cluster.use_gpu = gpus >= job.cluster.num_workers
     if job.refresh.num_gpus == "auto":
         left = gpus - (job.cluster.num_workers if job.cluster.use_gpu else 0)
-        job.refresh.num_gpus = 1.0 if _refreshing(job) and left >= 1 else 0.0
+        alone = job.refresh.mode == "static" and gpus >= 1
+        job.refresh.num_gpus = 1.0 if (_refreshing(job) and left >= 1) or alone else 0.0
     return job
 
 
@@ -55,24 +58,37 @@ def refresher_resources(job) -> dict[str, float]:
 
 
 def check_fits(job, have: dict[str, float]) -> None:
-    """Raise ``ValueError`` naming each resource the run's requests exceed in ``have``.
+    """Raise ``ValueError`` naming each resource the run's requests exceed in ``have``: the
+    workers and an ``async``/``sync`` refresher together, a ``static`` run's refresher (which mines
+    pool v1 before the workers start) on its own.
 
     The check is on the cluster's totals; a request larger than any one node still waits, which
     Ray reports as an unschedulable task in its logs.
     """
     need: dict[str, float] = {}
     parts: dict[str, list[str]] = {}
-    for key, amount in worker_resources(job).items():
-        need[key] = need.get(key, 0.0) + amount * job.cluster.num_workers
-        setting = {"CPU": f"cluster.cpus_per_worker {amount:g}", "GPU": "cluster.use_gpu"}.get(
-            key, f"cluster.resources_per_worker.{key} {amount:g}")
-        parts.setdefault(key, []).append(f"cluster.num_workers {job.cluster.num_workers} × {setting}")
+
+    def add(requests: dict[str, float], times: int = 1, workers: bool = False) -> None:
+        for key, amount in requests.items():
+            need[key] = need.get(key, 0.0) + amount * times
+            if workers:
+                setting = {"CPU": f"cluster.cpus_per_worker {amount:g}", "GPU": "cluster.use_gpu"}.get(
+                    key, f"cluster.resources_per_worker.{key} {amount:g}")
+                parts.setdefault(key, []).append(f"cluster.num_workers {times} × {setting}")
+            else:
+                setting = {"CPU": "refresh.num_cpus", "GPU": "refresh.num_gpus"}.get(key, f"refresh.resources.{key}")
+                parts.setdefault(key, []).append(f"{setting} {amount:g}")
+
+    add(worker_resources(job), job.cluster.num_workers, workers=True)
     if _refreshing(job):
-        for key, amount in refresher_resources(job).items():
-            need[key] = need.get(key, 0.0) + amount
-            setting = {"CPU": "refresh.num_cpus", "GPU": "refresh.num_gpus"}.get(key, f"refresh.resources.{key}")
-            parts.setdefault(key, []).append(f"{setting} {amount:g}")
+        add(refresher_resources(job))
     short = [key for key, amount in need.items() if amount > have.get(key, 0.0) + 1e-9]
+    if job.refresh.mode == "static":
+        alone = {k: v for k, v in refresher_resources(job).items() if v > have.get(k, 0.0) + 1e-9 and k not in short}
+        for key in alone:  # named alone: the workers do not run beside it
+            need.pop(key, None), parts.pop(key, None)
+        add(alone)
+        short += list(alone)
     if not short:
         return
     lines = [f"{key}: this run needs {need[key]:g} ({' + '.join(parts[key])}) but the Ray cluster has "

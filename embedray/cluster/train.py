@@ -27,7 +27,6 @@ from embedray.cluster.refresh import RefreshHooks, start_refresher
 from embedray.cluster.runtime import ensure_ray
 from embedray.config import build_config, to_dict
 from embedray.pipeline.config import TrainJobConfig
-from embedray.pipeline.refresh import prepare_negatives
 from embedray.pipeline.runtime import job_data, train_job
 from embedray.training import checkpoint as ckpt
 from embedray.training.batches import Example
@@ -171,10 +170,10 @@ def run_training(job, on_step: list[Callable[[int, Any], None]] | None = None,
     print(f"[embedray] training data: {store['rows']} rows in {job.cluster.num_workers} shards "
           f"({', '.join(map(str, store['rows_per_rank']))}), {store['docs']} documents in {run_dir / STORE_DIR}",
           flush=True)
-    hooks_factory = None
+    hooks_factory = actor = None
     if job.refresh.mode != "off":
-        ce_path = prepare_negatives(job, data, run_dir, per_task)
-        actor = start_refresher(job, run_dir, ce_path, before_publish) if job.refresh.mode in ("async", "sync") else None
+        # The cross-encoder and pool v1 are prepared on the refresher's resources, not here.
+        actor = start_refresher(job, run_dir, before_publish)
         hooks_factory = RefreshHooks(actor, run_dir, job.refresh)
     trainer = TorchTrainer(
         train_loop_per_worker=_worker,
@@ -186,7 +185,11 @@ def run_training(job, on_step: list[Callable[[int, Any], None]] | None = None,
                              checkpoint_config=CheckpointConfig(num_to_keep=job.cluster.num_to_keep),
                              failure_config=FailureConfig(max_failures=job.cluster.max_failures)),
     )
-    trainer.fit()
+    try:
+        trainer.fit()
+    finally:
+        if actor is not None:
+            ray.kill(actor)  # its CPUs and GPU go back to the cluster (the next stage may need them)
     where = placement.collect(run_dir)
     if where:
         print(f"[embedray] placement: {placement.describe(where)}", flush=True)
@@ -194,7 +197,47 @@ def run_training(job, on_step: list[Callable[[int, Any], None]] | None = None,
 
 
 class RayRuntime:
-    """:class:`embedray.pipeline.runtime.Runtime` on Ray Train (:func:`run_training`)."""
+    """:class:`embedray.pipeline.runtime.Runtime` on Ray: training on Ray Train
+    (:func:`run_training`), stage work as Ray tasks (:func:`run_stage_task`)."""
 
     def train(self, job, on_step: list[Callable[[int, Any], None]] | None = None) -> dict:
         return run_training(job, on_step=on_step)
+
+    def call(self, label: str, fn: Callable, *args, cluster, run_dir: Path) -> Any:
+        return run_stage_task(label, fn, *args, cluster=cluster, run_dir=run_dir)
+
+
+def stage_request(cluster, have: dict[str, float]) -> dict[str, Any]:
+    """The Ray options of a stage task: ``cluster.stage_cpus`` / ``stage_gpus`` (``auto``: 1 when
+    the cluster has a GPU) / ``stage_resources``; a request the cluster cannot meet is named."""
+    gpus = (1.0 if have.get("GPU", 0.0) >= 1 else 0.0) if cluster.stage_gpus == "auto" else float(cluster.stage_gpus)
+    request = {"CPU": cluster.stage_cpus, "GPU": gpus, **cluster.stage_resources}
+    setting = {"CPU": "cluster.stage_cpus", "GPU": "cluster.stage_gpus"}
+    short = [f"{key}: a stage task needs {amount:g} ({setting.get(key, 'cluster.stage_resources.' + key)}) but the "
+             f"Ray cluster has {have.get(key, 0.0):g}"
+             for key, amount in request.items() if amount > have.get(key, 0.0) + 1e-9]
+    if short:
+        raise ValueError("the Ray cluster cannot place this pipeline's stage tasks:\n  " + "\n  ".join(short))
+    return {"num_cpus": cluster.stage_cpus, "num_gpus": gpus, "resources": cluster.stage_resources or None}
+
+
+def _stage_task(label: str, run_dir: str, fn: Callable, args: tuple) -> Any:
+    """In the Ray task: every core of the node for the encodes (Ray sets one thread per
+    requested CPU), a placement record, then the work."""
+    import os
+
+    torch.set_num_threads(len(os.sched_getaffinity(0)))
+    placement.record(run_dir, label, placement.where())
+    return fn(*args)
+
+
+def run_stage_task(label: str, fn: Callable, *args, cluster, run_dir: Path) -> Any:
+    """``fn(*args)`` as a Ray task with the stage resources of ``cluster``; its return value."""
+    ensure_ray()
+    options = stage_request(cluster, ray.cluster_resources())
+    task = ray.remote(_stage_task).options(name=label, max_retries=0, **options)
+    result = ray.get(task.remote(label, str(run_dir), fn, args))
+    where = placement.collect(run_dir).get(label)
+    if where:
+        print(f"[embedray] placement: {placement.describe({label: where})}", flush=True)
+    return result

@@ -612,3 +612,29 @@ def _as_list(x: Any) -> list:
 
 def _json_get(path: Path, key: str) -> Any:
     return json.loads(path.read_text()).get(key) if path.exists() else None
+
+
+def unquantised(model_cfg: ModelConfig) -> ModelConfig:
+    """The config to encode a model being trained with, outside its training (the negative
+    refresher, the dev checks): itself, but for QLoRA, whose adapter goes on the full-precision
+    base (LoRA): no GPU nor bitsandbytes needed, and it encodes as the exported (merged) model."""
+    return dataclasses.replace(model_cfg, finetune="lora") if model_cfg.finetune == "qlora" else model_cfg
+
+
+def load_snapshot(model: BiEncoder, weights: dict) -> None:
+    """Load a training model's ``state_dict`` into ``model`` (built from :func:`unquantised`).
+    From a QLoRA model the quantised base weights (other dtypes and shapes, plus bitsandbytes'
+    quantisation state) are left out: ``model`` keeps its full-precision base and takes
+    everything else, every adapter weight included."""
+    if model.config.finetune == "full" or all(
+            k in weights and weights[k].shape == v.shape and weights[k].dtype == v.dtype
+            for k, v in model.state_dict().items()):
+        model.load_state_dict(weights)
+        return
+    own = model.state_dict()
+    taken = {k: v for k, v in weights.items() if k in own and v.shape == own[k].shape and v.is_floating_point()}
+    missing = [k for k in own if k not in weights]  # a quantised weight is there, in another form
+    if missing:
+        raise ValueError(f"the weights snapshot lacks {len(missing)} trained weights "
+                         f"(e.g. {missing[0]}); its model config differs from the trainer's")
+    model.load_state_dict(taken, strict=False)

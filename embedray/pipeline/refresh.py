@@ -29,7 +29,7 @@ from embedray.mining.pipeline import mine
 from embedray.mining.pool import NegativePool
 from embedray.mining.store import PoolStore
 from embedray.models.cross_encoder import load_cross_encoder
-from embedray.models.encoder import BiEncoder
+from embedray.models.encoder import BiEncoder, load_snapshot, unquantised
 from embedray.pipeline.config import RefreshConfig
 from embedray.pipeline.cross_encoder import GATE_FILE, dev_check, gate, train_base_cross_encoder
 from embedray.training.data import training_examples
@@ -175,7 +175,7 @@ class NegativeRefresher:
         if cross_encoder and job.refresh.denoise:
             self.cross_encoder = load_cross_encoder(cross_encoder, max_length=job.cross_encoder.max_length,
                                                     precision=job.cross_encoder.precision)
-        self.model = BiEncoder.from_config(job.model).eval()
+        self.model = BiEncoder.from_config(unquantised(job.model)).eval()
         self.model.precision = job.mining.precision
         # factory(live BiEncoder, doc prompt) -> texts → embeddings for cache misses (e.g. a Ray Data actor pool)
         self.encode_corpus_factory = encode_corpus_factory
@@ -229,7 +229,7 @@ class NegativeRefresher:
         """Mine with ``weights`` (None: the base model) and publish the next pool version."""
         t0 = time.perf_counter()
         if weights is not None:
-            self.model.load_state_dict({k: v for k, v in weights.items() if not k.startswith("__loss__.")})
+            load_snapshot(self.model, {k: v for k, v in weights.items() if not k.startswith("__loss__.")})
         fp = live_model_key(self.model)
         if (same := self.pools.published_for(step, fp, self.recipe)) is not None:
             # A resumed run re-snapshots, at the same step, the very weights its killed attempt

@@ -25,16 +25,26 @@ OnStep = Callable[[int, Any], None]
 
 
 class Runtime(Protocol):
-    """Runs (or resumes) one training job and returns its summary (``training_summary_report.json``)."""
+    """Where a pipeline's work runs: ``train`` runs (or resumes) one training job and returns its
+    summary (``training_summary_report.json``); ``call`` runs one piece of stage work (an
+    evaluation, the student's rotation) with the resources of ``cluster`` (``stage_cpus``,
+    ``stage_gpus``, ``stage_resources``), names it ``label`` in the run's placement records
+    under ``run_dir``, and returns what ``fn(*args)`` returns."""
 
     def train(self, job, on_step: list[OnStep] | None = None) -> dict: ...
 
+    def call(self, label: str, fn: Callable, *args, cluster, run_dir: Path) -> Any: ...
+
 
 class LocalRuntime:
-    """The loop in this process: one worker, refreshes inline at their snapshot steps."""
+    """The loop in this process: one worker, refreshes inline at their snapshot steps; stage work
+    in this process too."""
 
     def train(self, job, on_step: list[OnStep] | None = None) -> dict:
         return run_local(job, on_step=on_step)
+
+    def call(self, label: str, fn: Callable, *args, cluster, run_dir: Path) -> Any:
+        return fn(*args)
 
 
 def run_local(job, hooks: Hooks | None = None, on_step: list[OnStep] | None = None) -> dict:

@@ -77,6 +77,10 @@ class Pipeline:
         self.fingerprints: dict[str, str] = {}  # stage → fingerprint (see plan)
         self.stages = [s for s in ALL_STAGES if s != "pretrain" or cfg.pretrain is not None]
 
+    def __getstate__(self) -> dict:
+        """What a stage task receives: the pipeline without the test data it may have cached."""
+        return {k: v for k, v in self.__dict__.items() if k != "_test"}
+
     # -- bookkeeping ---------------------------------------------------------------------
     def _done(self, stage: str) -> Path:
         return self.run / "stages" / f"{stage}.json"
@@ -88,9 +92,9 @@ class Pipeline:
     def run_all(self) -> dict:
         import torch
 
-        # The driver encodes (baselines, evaluation, pool v1, the cross-encoder) while no training
-        # runs. Under `ray job submit` it inherits OMP_NUM_THREADS=1 from Ray's job supervisor,
-        # which would leave all but one core idle.
+        # Local stage work (or the driver's own: layer-reduced students, pretraining pairs) runs
+        # while no training does. Under `ray job submit` the driver inherits OMP_NUM_THREADS=1
+        # from Ray's job supervisor, which would leave all but one core idle.
         torch.set_num_threads(len(os.sched_getaffinity(0)))
         config = to_dict(self.cfg)
         write_json_atomic(config, self.run / "pipeline_config.json")
@@ -106,7 +110,11 @@ class Pipeline:
             say(f"{stage}: running")
             started = self._stage_inputs(stage, config)
             write_json_atomic({"fingerprint": fingerprint(started), "inputs": started}, self._started(stage))
-            result = getattr(self, f"stage_{stage}")() or {}
+            if stage in ENCODING_STAGES:  # where the runtime runs stage work (a Ray task on Ray)
+                result = self.runtime.call(stage, _run_stage, self, stage, cluster=self.cfg.cluster,
+                                           run_dir=self.run) or {}
+            else:
+                result = getattr(self, f"stage_{stage}")() or {}
             inputs = self._stage_inputs(stage, config)  # after: e.g. the apt lists prepare fetched
             self.fingerprints[stage] = fingerprint(inputs)
             write_json_atomic({"stage": stage, "seconds": time.perf_counter() - t0, **result,
@@ -255,7 +263,8 @@ class Pipeline:
     def stage_student(self) -> dict:
         result = self.runtime.train(self._student_job())
         if self.cfg.student.rotates:
-            result["rotation"] = self._rotate_student()
+            result["rotation"] = self.runtime.call("student-rotation", Pipeline._rotate_student, self,
+                                                   cluster=self.cfg.cluster, run_dir=self.run)
         return result
 
     def stage_evaluate(self) -> dict:
@@ -376,7 +385,9 @@ class Pipeline:
         first mining round, cross-encoder check and first dev evaluation; the trained teacher's
         were written by its final dev evaluation (the dev corpus is the test corpus)."""
         c = self.cfg
-        model = BiEncoder.from_config(replace(c.teacher.model, name_or_path=str(name_or_path))).eval()
+        # A folder the pipeline wrote holds merged weights: encoded in full precision, whatever
+        # the teacher trained with (a QLoRA teacher's base model too: as the refresher encodes it).
+        model = BiEncoder.from_config(replace(c.teacher.model, name_or_path=str(name_or_path), finetune="full")).eval()
         model.precision = c.eval.precision  # part of the cache key: as the stages that share it encode
         return cached_doc_embeddings(model, c.teacher.model, c.mining.doc_prompt, self._test_data().corpus,
                                      self.run / "teacher" / "cache", store=True, batch_size=c.eval.batch_size)
@@ -515,6 +526,14 @@ class Pipeline:
                               cross_encoder=copy.deepcopy(c.cross_encoder), refresh=refresh,
                               distill=DistillConfig(teacher=str(teacher), score_source=s.score_source,
                                                     cross_encoder_temperature=s.cross_encoder_temperature))
+
+
+#: The stages that encode (evaluations): run where the runtime runs stage work, not in the driver.
+ENCODING_STAGES = ("baseline", "evaluate")
+
+
+def _run_stage(pipeline: Pipeline, stage: str) -> dict:
+    return getattr(pipeline, f"stage_{stage}")() or {}
 
 
 def pretrain_pairs(corpus, cfg, out: Path) -> str:

@@ -152,6 +152,13 @@ class ClusterConfig:
     resources_per_worker: dict[str, float] = field(default_factory=dict)
     """Custom Ray resources each worker needs besides its CPUs and GPU, e.g. ``{trainer: 1}`` to
     place the workers on the nodes started with ``ray start --resources '{"trainer": 4}'``."""
+    stage_cpus: float = 1.0
+    """CPUs of the Ray task each pipeline stage that encodes runs in (baselines, evaluation, the
+    student's rotation); it encodes with every core of its node, as no training runs meanwhile."""
+    stage_gpus: float | Literal["auto"] = "auto"
+    """GPUs of that task; ``auto``: 1 when the Ray cluster has a GPU, else 0."""
+    stage_resources: dict[str, float] = field(default_factory=dict)
+    """Custom Ray resources of that task, e.g. ``{head: 1}``."""
     storage_path: str = "runs"
     """Root folder of runs; a run lives in ``storage_path/run_name``. Shared storage on a cluster."""
     run_name: str = "embedray"
@@ -169,6 +176,9 @@ class ClusterConfig:
         if self.num_to_keep < 1:
             raise ValueError("cluster.num_to_keep must be >= 1")
         check_resources("cluster.resources_per_worker", self.resources_per_worker)
+        check_resources("cluster.stage_resources", self.stage_resources)
+        if self.stage_cpus < 0 or (self.stage_gpus != "auto" and not self.stage_gpus >= 0):
+            raise ValueError("cluster.stage_cpus and cluster.stage_gpus must be >= 0")
 
 
 @dataclass

@@ -35,13 +35,15 @@ def test_workers_and_refresher_get_what_they_ask_for(ray_with_resources, topic_b
     summary = run_training(_job(topic_beir, tmp_path, "placed"))
     assert summary["steps"] == 6
     where = json.loads((tmp_path / "placed" / "placement.json").read_text())
-    assert sorted(where) == ["refresher", "worker-0", "worker-1"]
+    assert sorted(where) == ["pool-v1", "refresher", "worker-0", "worker-1"]
     # use_gpu auto: one GPU for two workers is too few, so the workers run without one and the
-    # refresher's num_gpus auto takes it
-    assert where["refresher"]["gpu_ids"] == ["0"]
+    # refresher's num_gpus auto takes it; pool v1 is mined there too, not in the driver
+    assert where["refresher"]["gpu_ids"] == where["pool-v1"]["gpu_ids"] == ["0"]
+    assert where["pool-v1"]["node_resources"]["head"] == 1
     assert where["worker-0"]["gpu_ids"] == where["worker-1"]["gpu_ids"] == []
     assert all({"trainer", "head"} <= set(p["node_resources"]) for p in where.values())
-    assert "[embedray] placement: refresher on 127.0.0.1" in capfd.readouterr().out
+    out = capfd.readouterr().out
+    assert "[embedray] placement: pool-v1 on 127.0.0.1" in out and "; refresher on 127.0.0.1" in out
 
 
 def test_a_request_the_cluster_cannot_meet_fails_at_once(ray_with_resources, topic_beir, tmp_path):
@@ -53,3 +55,23 @@ def test_a_request_the_cluster_cannot_meet_fails_at_once(ray_with_resources, top
     with pytest.raises(ValueError, match=r"GPU: this run needs 2 \(cluster.num_workers 2 × cluster.use_gpu\) "
                                          r"but the Ray cluster has 1"):
         run_training(_job(topic_beir, tmp_path, "gpus", use_gpu=True))
+
+
+def test_a_stage_task_gets_the_gpu_and_the_resources_it_asks_for(ray_with_resources, tmp_path, capfd):
+    """The pipeline's encoding stages run as Ray tasks (``cluster.stage_*``): ``stage_gpus: auto``
+    takes the cluster's GPU; a resource the cluster lacks is named before Ray waits."""
+    from embedray.cluster import placement
+    from embedray.cluster.train import run_stage_task
+    from embedray.training.config import ClusterConfig
+
+    got = run_stage_task("evaluate", placement.where, cluster=ClusterConfig(stage_resources={"head": 1}),
+                         run_dir=tmp_path)
+    assert got["gpu_ids"] == ["0"]
+    assert json.loads((tmp_path / "placement.json").read_text())["evaluate"]["gpu_ids"] == ["0"]
+    assert "[embedray] placement: evaluate on 127.0.0.1" in capfd.readouterr().out
+    no_gpu = run_stage_task("baseline", placement.where, cluster=ClusterConfig(stage_gpus=0), run_dir=tmp_path)
+    assert no_gpu["gpu_ids"] == []
+    with pytest.raises(ValueError, match=r"fast: a stage task needs 1 \(cluster.stage_resources.fast\) but the "
+                                         r"Ray cluster has 0"):
+        run_stage_task("evaluate", placement.where, cluster=ClusterConfig(stage_resources={"fast": 1}),
+                       run_dir=tmp_path)

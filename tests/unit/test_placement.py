@@ -25,8 +25,9 @@ def test_auto_gpus_follow_the_cluster():
     assert (three.cluster.use_gpu, three.refresh.num_gpus) == (True, 1.0)
     one = placement.resolve(_job(), {"CPU": 8, "GPU": 1})  # too few for the workers: the refresher takes it
     assert (one.cluster.use_gpu, one.refresh.num_gpus) == (False, 1.0)
-    static = placement.resolve(_job(refresh={"mode": "static"}), {"CPU": 8, "GPU": 3})
-    assert static.refresh.num_gpus == 0.0  # no refresher actor
+    static = placement.resolve(_job(refresh={"mode": "static"}), {"CPU": 8, "GPU": 2})
+    assert (static.cluster.use_gpu, static.refresh.num_gpus) == (True, 1.0)  # pool v1 first, alone on a GPU
+    assert placement.resolve(_job(refresh={"mode": "static"}), {"CPU": 8}).refresh.num_gpus == 0.0
     forced = placement.resolve(_job(cluster={"use_gpu": False}, refresh={"num_gpus": 0.25}), {"GPU": 4})
     assert (forced.cluster.use_gpu, forced.refresh.num_gpus) == (False, 0.25)
     assert _job().cluster.use_gpu == "auto"  # resolve copies; the config itself is untouched
@@ -52,6 +53,15 @@ def test_shortfalls_are_named_with_their_settings():
     assert "ray start --resources '{\"head\": N}'" in msg
     off = _job(refresh={"mode": "off", "num_cpus": 5})
     placement.check_fits(placement.resolve(off, {"CPU": 2}), {"CPU": 2})  # no refresher: its CPUs don't count
+    # a static run's refresher mines pool v1 before the workers start: it only has to fit alone
+    static = _job(refresh={"mode": "static", "num_cpus": 1.5, "resources": {"head": 1}})
+    placement.check_fits(placement.resolve(static, {"CPU": 2, "head": 1}), {"CPU": 2, "head": 1})
+    with pytest.raises(ValueError) as e:
+        placement.check_fits(placement.resolve(static, {"CPU": 2}), {"CPU": 2})
+    assert "head: this run needs 1 (refresh.resources.head 1) but the Ray cluster has 0" in str(e.value)
+    with pytest.raises(ValueError, match=r"CPU: this run needs 3 \(refresh.num_cpus 3\)"):
+        big = _job(refresh={"mode": "static", "num_cpus": 3}, cluster={"cpus_per_worker": 0.5})
+        placement.check_fits(placement.resolve(big, {"CPU": 2}), {"CPU": 2})
 
 
 @pytest.mark.parametrize("section,values,match", [
