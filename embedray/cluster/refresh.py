@@ -35,6 +35,7 @@ class RefresherActor:
         self.data, self.per_task = (load_tasks(job.tasks, rows=False)[:2] if job.tasks
                                     else (load_training_data(job.data), None))
         self.refresher: NegativeRefresher | None = None
+        self._niced = False
 
     def prepare(self) -> str | None:
         """The cross-encoder (trained if none is given) and pool v1; returns the cross-encoder's
@@ -57,7 +58,10 @@ class RefresherActor:
 
     def refresh(self, step: int, weights: dict) -> dict:
         self.prepare()
-        return self.refresher.refresh(step, weights)
+        if self.job.refresh.mode == "async" and not self._niced:
+            os.nice(self.job.refresh.niceness)  # from now on the trainers run beside it: they go first
+            self._niced = True
+        return {**self.refresher.refresh(step, weights), "niceness": os.nice(0)}
 
 
 def _set_threads(refresh) -> None:

@@ -10,6 +10,7 @@ re-submitting the same run name both resume from the newest complete one.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -224,8 +225,6 @@ def stage_request(cluster, have: dict[str, float]) -> dict[str, Any]:
 def _stage_task(label: str, run_dir: str, fn: Callable, args: tuple) -> Any:
     """In the Ray task: every core of the node for the encodes (Ray sets one thread per
     requested CPU), a placement record, then the work."""
-    import os
-
     torch.set_num_threads(len(os.sched_getaffinity(0)))
     placement.record(run_dir, label, placement.where())
     return fn(*args)

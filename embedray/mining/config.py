@@ -164,6 +164,12 @@ class CrossEncoderConfig:
             reranks (on any task's dev split), it scores nothing for the run: denoising falls
             back to the bi-encoder's positive-aware rule and the pipeline's report has no
             reranking row, and says why. ``False``: use it whatever the dev check says.
+        fuse: when the cross-encoder alone reranks dev worse than the bi-encoder, try its score
+            fused with the bi-encoder's (:mod:`embedray.eval.fusion`, the weight chosen on dev);
+            if the fusion reranks every dev split at least as well as the bi-encoder, and one
+            better, the run uses it: to rerank and to denoise (a negative that the fused score
+            puts at or above its query's positive is dropped). Cross-encoder scores are then no
+            distillation target. ``False``: the gate judges the cross-encoder alone.
         fallback_max_score_ratio: that positive-aware rule (NV-Retriever's TopK-PercPos): a
             mined negative whose bi-encoder score is above this share of its query's positive's
             is dropped (``mining.max_score_ratio``, unless the recipe sets one).
@@ -187,6 +193,7 @@ class CrossEncoderConfig:
     denoise_margin: float = 0.05
     dev_rerank_depth: int = 100
     gate: bool = True
+    fuse: bool = True
     fallback_max_score_ratio: float = 0.95
     precision: str = "auto"
 

@@ -116,6 +116,10 @@ class Candidates:
     timings: dict[str, float]
     index: VectorIndex | None = None
 
+    def bi_scores(self) -> dict[str, dict[str, float]]:
+        """Query id → {doc id: bi-encoder score} of its selected negatives and its positives."""
+        return {q: {**{d: s for d, s in negs}, **self.pos_scores.get(q, {})} for q, negs in self.negatives.items()}
+
     def to_pool(self, version: int = 0, meta: dict | None = None) -> NegativePool:
         """A pool without cross-encoder scores (score slots are ``None``)."""
         return NegativePool(version, {q: [(d, None) for d, _ in negs] for q, negs in self.negatives.items()},
@@ -222,7 +226,8 @@ def mine(corpus: Mapping[str, Document | str], queries: Mapping[str, str], posit
          model, cfg: MiningConfig, *, cross_encoder=None, ce_cfg: CrossEncoderConfig | None = None,
          cache_dir: str | os.PathLike | None = None, weights_fp: str | None = None,
          version: int = 0, encode_corpus: Callable[[list[str]], np.ndarray] | None = None,
-         show_progress: bool = False, cache_embeddings: bool = True) -> MineResult:
+         show_progress: bool = False, cache_embeddings: bool = True,
+         fusion_alpha: float | None = None) -> MineResult:
     """Mine hard negatives for every query with a positive: the whole offline pipeline.
 
     Args:
@@ -244,6 +249,8 @@ def mine(corpus: Mapping[str, Document | str], queries: Mapping[str, str], posit
         cache_embeddings: read and write the embedding cache (off when ``encode_corpus`` returns
             embeddings that are not all the live weights', e.g. a budgeted refresh's; the
             cross-encoder's score cache is used either way).
+        fusion_alpha: denoise by the cross-encoder's score fused with the bi-encoder's at this
+            weight (:mod:`embedray.mining.fusion`) instead of by the cross-encoder's alone.
 
     Returns:
         :class:`MineResult` (pool + timings + counts).
@@ -272,8 +279,11 @@ def mine(corpus: Mapping[str, Document | str], queries: Mapping[str, str], posit
         texts = {d: doc_text(corpus[d]) for d in corpus}
         pool, stats = rescore_and_denoise(pool, ce, mined_queries, texts, pos, ce_cfg.denoise_margin,
                                           max_negatives=cfg.num_negatives,
-                                          batch_size=ce_cfg.score_batch_size, cache=cache)
+                                          batch_size=ce_cfg.score_batch_size, cache=cache,
+                                          fusion=None if fusion_alpha is None else (fusion_alpha, cands.bi_scores()))
         pool.meta["denoise_margin"] = ce_cfg.denoise_margin
+        if fusion_alpha is not None:
+            pool.meta["fusion_alpha"] = fusion_alpha
     else:
         pool.negatives = {q: negs[:cfg.num_negatives] for q, negs in pool.negatives.items()}
     timings = {"encode_s": encode_s, **cands.timings, "rescore_s": stats["rescore_s"]}

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from embedray.mining.cache import ShardedCache, folder_fingerprint, pair_hash, state_dict_fingerprint
+from embedray.mining.fusion import fuse
 from embedray.mining.pool import NegativePool
 
 log = logging.getLogger(__name__)
@@ -68,8 +69,10 @@ def rescore(ce, pairs: Sequence[tuple[str, str]], batch_size: int = 32,
 
 def denoise(pool: NegativePool, ce_scores: Mapping[str, Mapping[str, float]],
             pos_scores: Mapping[str, Mapping[str, float]], margin: float,
-            max_negatives: int | None = None) -> tuple[NegativePool, int]:
-    """Drop likely false negatives: a negative with ``ce >= min(pos ce) - margin`` is removed.
+            max_negatives: int | None = None, fusion: tuple[float, Mapping] | None = None,
+            ) -> tuple[NegativePool, int]:
+    """Drop likely false negatives: a negative with ``ce >= min(pos ce) - margin`` is removed;
+    with ``fusion``, one whose fused score is at or above its query's lowest positive's.
 
     Args:
         pool: mined negatives (hardest first by the bi-encoder); their score slots are replaced.
@@ -78,6 +81,10 @@ def denoise(pool: NegativePool, ce_scores: Mapping[str, Mapping[str, float]],
             is the reference, as in sentence-transformers' margins.
         margin: how far below the positive a negative must score to be kept.
         max_negatives: keep at most this many survivors per query (in the pool's order).
+        fusion: ``(alpha, bi_scores)``: judge each negative by the cross-encoder's score fused
+            with the bi-encoder's (:func:`embedray.mining.fusion.fuse`, over the query's
+            positives and negatives); ``bi_scores``: query id → {doc id: bi-encoder score} of
+            its positives and negatives.
 
     Returns:
         ``(new_pool, removed)``: the pool whose negatives and positives carry cross-encoder scores
@@ -90,17 +97,22 @@ def denoise(pool: NegativePool, ce_scores: Mapping[str, Mapping[str, float]],
         if not pos:
             raise ValueError(f"query {qid!r}: no cross-encoder score for any positive; "
                              "score the positives with the same cross-encoder first")
+        missing = [did for did, _ in negs if did not in ce_scores.get(qid, {})]
+        if missing:
+            raise ValueError(f"query {qid!r}: negative {missing[0]!r} has no cross-encoder score")
+        judge = {did: float(ce_scores[qid][did]) for did, _ in negs}
         threshold = min(pos.values()) - margin
+        if fusion is not None and negs:
+            alpha, bi = fusion[0], fusion[1].get(qid, {})
+            fused = fuse(bi, {**judge, **{d: s for d, s in pos.items() if d in bi}}, alpha)
+            judge = {did: fused[did] for did, _ in negs}
+            threshold = min(fused[d] for d in pos if d in fused) if any(d in fused for d in pos) else float("inf")
         kept = []
         for did, _ in negs:
-            try:
-                s = float(ce_scores[qid][did])
-            except KeyError:
-                raise ValueError(f"query {qid!r}: negative {did!r} has no cross-encoder score") from None
-            if s >= threshold:
+            if judge[did] >= threshold:
                 removed += 1
             else:
-                kept.append((did, s))
+                kept.append((did, float(ce_scores[qid][did])))
         negatives[qid] = kept[:max_negatives] if max_negatives is not None else kept
     positive = {q: {d: float(s) for d, s in pos_scores[q].items()} for q in pool.negatives}
     return NegativePool(pool.version, negatives, positive, dict(pool.meta)), removed
@@ -109,7 +121,8 @@ def denoise(pool: NegativePool, ce_scores: Mapping[str, Mapping[str, float]],
 def rescore_and_denoise(pool: NegativePool, ce, queries: Mapping[str, str],
                         doc_texts: Mapping[str, str], positives: Mapping[str, Sequence[str] | Mapping],
                         margin: float, max_negatives: int | None = None, batch_size: int = 32,
-                        cache: ShardedCache | None = None) -> tuple[NegativePool, dict]:
+                        cache: ShardedCache | None = None,
+                        fusion: tuple[float, Mapping] | None = None) -> tuple[NegativePool, dict]:
     """Score every (query, negative) and (query, positive) pair of ``pool``, then :func:`denoise`.
 
     Args:
@@ -123,6 +136,7 @@ def rescore_and_denoise(pool: NegativePool, ce, queries: Mapping[str, str],
         max_negatives: negatives kept per query after denoising.
         batch_size: cross-encoder batch size.
         cache: optional score cache (a refresh then scores only pairs it has not seen).
+        fusion: denoise by the fused score (see :func:`denoise`).
 
     Returns:
         ``(pool, stats)`` with stats ``negatives_removed``, ``pairs_scored`` (pairs sent to the
@@ -148,7 +162,7 @@ def rescore_and_denoise(pool: NegativePool, ce, queries: Mapping[str, str],
                     "pool, e.g. %s", len(unscorable), unscorable[:3])
         pool = NegativePool(pool.version, {q: v for q, v in pool.negatives.items() if q in pos_s},
                             pool.positive_scores, pool.meta)
-    new, removed = denoise(pool, neg_s, pos_s, margin, max_negatives)
+    new, removed = denoise(pool, neg_s, pos_s, margin, max_negatives, fusion)
     stats = {"negatives_removed": removed, "pairs_scored": scored, "pairs_total": len(pairs),
              "queries_unscorable": len(unscorable), "rescore_s": time.perf_counter() - start}
     return new, stats

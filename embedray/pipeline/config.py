@@ -37,6 +37,10 @@ class RefreshConfig:
     """Times Ray restarts a crashed refresher actor (training keeps the last good pool meanwhile)."""
     num_cpus: float = 0.25
     """CPUs reserved for the refresher actor (fractional: training workers hold the rest)."""
+    niceness: int = 10
+    """``async`` mode: how much the refresher's process yields the CPU to the training workers
+    beside it (Unix ``nice`` increment, 0-19): on cores it shares with them it works in their
+    idle moments instead of slowing every step. Its preparation (pool v1) runs before it."""
     num_gpus: float | Literal["auto"] = "auto"
     """GPUs for the refresher actor and its Ray Data encoder; ``auto``: 1 when the Ray cluster has
     a GPU the training workers leave free, else 0 (a fraction shares a GPU with a trainer)."""
@@ -56,6 +60,8 @@ class RefreshConfig:
     def __post_init__(self) -> None:
         if self.every < 1:
             raise ValueError("refresh.every must be >= 1")
+        if not 0 <= self.niceness <= 19:
+            raise ValueError(f"refresh.niceness must be in 0..19, got {self.niceness}")
         if not 0 < self.reencode <= 1:
             raise ValueError(f"refresh.reencode must be in (0, 1], got {self.reencode}")
         if self.num_cpus < 0 or self.max_restarts < 0:

@@ -51,10 +51,13 @@ def dev_check(job, ce_dir: Path, run_dir: Path, targets: list) -> dict | None:
         first = evaluate_retrieval(encode, t.data.dev, k=depth, show_progress=False,
                                    corpus_embeddings=docs.embeddings)
         report = evaluate_reranker(str(ce_dir), t.data.dev, first.run, k=depth, precision=job.cross_encoder.precision,
-                                   temperature=True)
+                                   temperature=True, fuse=job.cross_encoder.fuse)
         reports[t.name] = {**report, "depth": depth}
+        fused = report.get("fused")
         print(f"[embedray] cross-encoder reranking {t.name + ' ' if t.name else ''}dev top-{depth}: nDCG@10 "
-              f"{report['before']['ndcg@10']:.4f} → {report['after']['ndcg@10']:.4f}", flush=True)
+              f"{report['before']['ndcg@10']:.4f} → {report['after']['ndcg@10']:.4f}"
+              + (f" (fused with the bi-encoder, weight {fused['alpha']:g}: {fused['after']['ndcg@10']:.4f})"
+                 if fused else ""), flush=True)
     if not reports:
         return None
     out = reports[""] if "" in reports else {"tasks": reports}
@@ -78,6 +81,12 @@ def gate(job, report: dict | None) -> dict:
            for t, r in tasks.items()}
     worse = sorted(t for t, r in dev.items() if r["reranked"] < r["bi_encoder"])
     out = {"checked": True, "passed": not worse, "dev": dev, **temperature}
+    if worse and ce.fuse and (fusion := _fusion(tasks, dev)) is not None:
+        return {**out, "passed": True, "fusion": fusion,
+                "why": "it reranks dev worse than the bi-encoder alone, better fused with it (weight "
+                       f"{fusion['alpha']:g}: " + "; ".join(
+                           f"{t + ': ' if t else ''}{fusion['dev'][t]:.4f} vs {dev[t]['bi_encoder']:.4f}" for t in dev)
+                       + "): the run reranks and denoises with the fused score"}
     if worse:
         ratio = job.mining.max_score_ratio or ce.fallback_max_score_ratio
         out.update(worse=worse, fallback={"max_score_ratio": ratio},
@@ -85,6 +94,32 @@ def gate(job, report: dict | None) -> dict:
                        + "; ".join(f"{t + ': ' if t else ''}{dev[t]['reranked']:.4f} < {dev[t]['bi_encoder']:.4f}"
                                    for t in worse) + ")")
     return out
+
+
+def _fusion(tasks: dict, dev: dict) -> dict | None:
+    """``{"alpha", "dev": {task: fused nDCG@10}}``: one weight for every dev split (the best mean
+    nDCG@10 over their queries together, a tie to the smaller weight), when the fused score
+    ranks every split at least as well as the bi-encoder and one better; None otherwise (no
+    fused reports, or the best weight is 0: the bi-encoder's own order)."""
+    curves = {t: r["fused"] for t, r in tasks.items() if r.get("fused", {}).get("ndcg@10")}
+    if len(curves) != len(tasks):
+        return None
+    total: dict[float, float] = {}
+    for c in curves.values():
+        for a, v in c["ndcg@10"].items():
+            total[float(a)] = total.get(float(a), 0.0) + v * max(1, c.get("queries", 1))
+    best = max(total.values())
+    alpha = min(a for a, v in total.items() if v >= best - 1e-12)
+    fused = {t: _at(c["ndcg@10"], alpha) for t, c in curves.items()}
+    if alpha == 0 or any(fused[t] < dev[t]["bi_encoder"] for t in dev) or \
+            not any(fused[t] > dev[t]["bi_encoder"] for t in dev):
+        return None
+    return {"alpha": alpha, "dev": fused}
+
+
+def _at(curve: dict, alpha: float) -> float:
+    """A curve's value at ``alpha`` (its keys are floats, or strings once read back from JSON)."""
+    return next(v for a, v in curve.items() if abs(float(a) - alpha) < 1e-9)
 
 
 def _joint_temperature(tasks: dict) -> dict:

@@ -166,6 +166,8 @@ class NegativeRefresher:
             # The gate failed: the bi-encoder's positive-aware rule denoises instead.
             cross_encoder = None
             job = replace(job, mining=replace(job.mining, **verdict["fallback"]))
+        # The gate passed the cross-encoder fused with the bi-encoder: it denoises by the fused score.
+        self.fusion_alpha = (verdict.get("fusion") or {}).get("alpha") if cross_encoder and verdict else None
         self.job, self.data = job, data
         self.pools = PoolStore(self.run_dir / "pools")
         self.targets = mining_targets(job, data, per_task)
@@ -195,7 +197,7 @@ class NegativeRefresher:
                           t.mining, cross_encoder=cross_encoder, ce_cfg=self.job.cross_encoder,
                           cache_dir=self.run_dir / "cache", weights_fp=live_model_key(self.model),
                           version=version, encode_corpus=budget[0] if budget else encode_docs,
-                          cache_embeddings=budget is None)
+                          cache_embeddings=budget is None, fusion_alpha=self.fusion_alpha if cross_encoder else None)
             if budget is not None:
                 result.counts.update(budget[1])
             if self.job.refresh.reencode < 1:
@@ -386,6 +388,10 @@ def prepare_negatives(job, data, run_dir: str | Path, per_task: dict | None = No
         raise ValueError(f"distill.score_source: cross_encoder, but the cross-encoder gate failed ({verdict['why']}); "
                          "distil from the teacher's scores (score_source: teacher), or set cross_encoder.gate: false "
                          "to use it anyway")
+    if verdict is not None and verdict.get("fusion") and job.distill.score_source == "cross_encoder":
+        raise ValueError(f"distill.score_source: cross_encoder, but the cross-encoder passed its gate only fused with "
+                         f"the bi-encoder ({verdict['why']}): its own scores rank worse than the bi-encoder's; "
+                         "distil from the teacher's scores (score_source: teacher), or set cross_encoder.fuse: false")
     store = PoolStore(run_dir / "pools")
     if store.latest_version() == 0:
         telemetry = NegativeRefresher(job, data, run_dir, ce_path, per_task=per_task).refresh(step=0)

@@ -128,6 +128,9 @@ def write_report(run: Path, cfg) -> dict:
         verdict.append(f"- Cross-encoder reranking on {task + ' ' if task else ''}dev{depth}: nDCG@10 "
                        f"{r['before']['ndcg@10']:.4f} → {r['after']['ndcg@10']:.4f}.")
     ce_gate = extra.get("teacher/cross_encoder_gate")
+    if ce_gate is not None and ce_gate.get("fusion"):
+        verdict.append(f"- **Cross-encoder fused with the bi-encoder**: {ce_gate['why']}; the reranking row "
+                       f"is the fused score's (weight {ce_gate['fusion']['alpha']:g}).")
     if ce_gate is not None and not ce_gate["passed"]:
         verdict.append(f"- **Cross-encoder gated off**: {ce_gate['why']}. It scored nothing in this run: "
                        f"denoising used the bi-encoder's positive-aware rule (max_score_ratio "

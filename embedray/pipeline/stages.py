@@ -279,7 +279,9 @@ class Pipeline:
         ce = self.run / "teacher" / "cross-encoder"
         verdict = read_gate(self.run / "teacher")
         if ce.exists() and (verdict is None or verdict["passed"]):
-            rows["teacher + cross-encoder rerank"] = self._rerank_row(first.run, ce)
+            fused = (verdict or {}).get("fusion")
+            label = "teacher + cross-encoder rerank" + (" (fused)" if fused else "")
+            rows[label] = self._rerank_row(first.run, ce, fused["alpha"] if fused else None)
         elif ce.exists():
             say(f"  no reranking row: the cross-encoder gate failed ({verdict['why']})")
         # The student is encoded once: each Matryoshka row truncates the same document
@@ -461,11 +463,16 @@ class Pipeline:
                  + ", ".join(f"{k} {v:.0f} docs/s" for k, v in speeds.items()))
         return speeds
 
-    def _rerank_row(self, first_stage_run: dict, ce: Path) -> dict:
+    def _rerank_row(self, first_stage_run: dict, ce: Path, alpha: float | None = None) -> dict:
+        """The cross-encoder reranking the trained teacher's top-k on test; with ``alpha`` (the
+        gate's fusion weight, chosen on dev) its score fused with the teacher's."""
         report = evaluate_reranker(str(ce), self._test_data(), first_stage_run, k=self.cfg.eval.rerank_depth,
-                                   precision=self.cfg.cross_encoder.precision)
-        return {**report["after"], "rerank_depth": self.cfg.eval.rerank_depth,
-                "before_rerank_ndcg@10": report["before"]["ndcg@10"]}
+                                   precision=self.cfg.cross_encoder.precision,
+                                   fuse=alpha if alpha is not None else False)
+        after = report["fused"]["after"] if alpha is not None else report["after"]
+        return {**after, "rerank_depth": self.cfg.eval.rerank_depth, "before_rerank_ndcg@10": report["before"]["ndcg@10"],
+                **({"fusion_alpha": alpha, "cross_encoder_alone_ndcg@10": report["after"]["ndcg@10"]}
+                   if alpha is not None else {})}
 
     def _cluster(self, stage: str):
         return replace(self.cfg.cluster, storage_path=str(self.run), run_name=stage)

@@ -20,6 +20,7 @@ from pathlib import Path
 from embedray.atomic import replace_dir, write_json_atomic
 from embedray.data.beir import Document, JudgedPair, RetrievalData
 from embedray.mining.config import CrossEncoderConfig
+from embedray.mining.fusion import ALPHAS, fuse_run
 from embedray.mining.pool import NegativePool
 from embedray.models.cross_encoder import load_cross_encoder
 
@@ -192,9 +193,26 @@ def rerank(ce, queries: Mapping[str, str], doc_texts: Mapping[str, str],
     return out
 
 
+def choose_alpha(qrels: Mapping[str, Mapping[str, int]], bi_run: Mapping[str, Mapping[str, float]],
+                 ce_run: Mapping[str, Mapping[str, float]], alphas: Sequence[float] = ALPHAS) -> dict:
+    """The weight ``α`` whose fused ranking (:func:`embedray.mining.fusion.fuse`) of ``ce_run``'s
+    candidates has the highest nDCG@10 on ``qrels`` (dev judgements; never tune on test); a tie
+    goes to the smaller ``α``.
+
+    Returns:
+        ``{"alpha": α, "ndcg@10": {α: nDCG@10}, "queries": n}``.
+    """
+    from embedray.eval.metrics import compute_metrics
+
+    curve = {float(a): compute_metrics(qrels, fuse_run(bi_run, ce_run, a), ks=(10,))["ndcg@10"] for a in alphas}
+    best = max(curve.values())
+    return {"alpha": min(a for a, v in curve.items() if v >= best - 1e-12), "ndcg@10": curve,
+            "queries": sum(1 for q in ce_run if q in qrels)}
+
+
 def evaluate_reranker(ce, data: RetrievalData, first_stage_run: Mapping[str, Mapping[str, float]],
                       k: int = 100, batch_size: int = 32, precision: str = "auto",
-                      temperature: bool = False) -> dict[str, dict[str, float]]:
+                      temperature: bool = False, fuse: bool | float = False) -> dict[str, dict[str, float]]:
     """nDCG/Recall/MRR of the bi-encoder's top-``k`` before and after cross-encoder reranking.
 
     Args:
@@ -205,11 +223,15 @@ def evaluate_reranker(ce, data: RetrievalData, first_stage_run: Mapping[str, Map
         batch_size: cross-encoder batch size.
         precision: compute precision of a cross-encoder loaded from its folder.
         temperature: also choose the temperature of its logits on these queries (dev only).
+        fuse: also rank by its score fused with the bi-encoder's (:mod:`embedray.eval.fusion`):
+            ``True`` chooses the weight on these queries (dev only), a number uses that weight.
 
     Returns:
         ``{"before": metrics, "after": metrics}`` from :func:`embedray.eval.metrics.compute_metrics`;
         with ``temperature``, also ``"temperature"``: the temperature of the cross-encoder's
-        logits chosen on these queries (:func:`embedray.training.distill.choose_temperature`).
+        logits chosen on these queries (:func:`embedray.training.distill.choose_temperature`);
+        with ``fuse``, also ``"fused"``: ``{"alpha", "after": metrics}`` (and, when chosen here,
+        each weight's nDCG@10 under ``"ndcg@10"``).
     """
     from embedray.eval.metrics import compute_metrics
     from embedray.training.distill import choose_temperature
@@ -225,6 +247,10 @@ def evaluate_reranker(ce, data: RetrievalData, first_stage_run: Mapping[str, Map
               "after": compute_metrics(data.qrels, after, ks=ks)}
     if temperature:
         result["temperature"] = choose_temperature(data.qrels, after)
+    if fuse is not False:
+        chosen = choose_alpha(data.qrels, before, after) if fuse is True else {"alpha": float(fuse)}
+        result["fused"] = {**chosen, "after": compute_metrics(data.qrels, fuse_run(before, after, chosen["alpha"]),
+                                                              ks=ks)}
     if folder is not None and (folder / "embedray.json").is_file():
         meta = json.loads((folder / "embedray.json").read_text(encoding="utf-8"))
         meta.setdefault("metrics", {})[f"rerank_{data.split}"] = {**result, "k": k}

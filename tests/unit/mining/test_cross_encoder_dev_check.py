@@ -106,3 +106,30 @@ def test_a_failed_gate_leaves_the_cross_encoder_out_of_mining(topic_beir, tmp_pa
         job.distill.score_source = "cross_encoder"
         with pytest.raises(ValueError, match="cross-encoder gate failed"):
             prepare_negatives(job, data, tmp_path)
+
+
+def test_a_gate_passed_by_fusion_denoises_by_the_fused_score(topic_beir, tmp_path, capsys):
+    """The cross-encoder alone reranks dev worse, fused with the bi-encoder better: pool v1 is
+    scored and denoised by the fused score at the dev-chosen weight, and its own scores are no
+    distillation target."""
+    from embedray.mining.store import PoolStore
+    from embedray.pipeline.refresh import prepare_negatives, read_gate
+
+    job = build_config(TrainJobConfig, {
+        "data": {"path": str(topic_beir)}, "model": {"name_or_path": "tiny-bert"},
+        "mining": {"k": 10, "num_negatives": 2, "range_min": 0}, "refresh": {"mode": "static"},
+        "cross_encoder": {"base_model": "tiny-bert", "max_steps": 2, "batch_size": 4, "negatives_per_query": 1,
+                          "max_length": 48, "dev_rerank_depth": 0, "denoise_margin": 0.0}})
+    data = load_training_data(job.data)
+    base_cross_encoder(job, data, tmp_path / "cross-encoder", tmp_path)
+    report = {**_dev(0.6, 0.5), "fused": {"alpha": 0.4, "ndcg@10": {0.0: 0.6, 0.4: 0.7, 1.0: 0.5}, "queries": 4}}
+    (tmp_path / "cross_encoder_dev.json").write_text(json.dumps(report))
+    prepare_negatives(job, data, tmp_path)
+    verdict = read_gate(tmp_path)
+    assert verdict["passed"] and verdict["fusion"] == {"alpha": 0.4, "dev": {"": 0.7}}
+    pool = PoolStore(tmp_path / "pools").load(1)
+    assert pool.meta["fusion_alpha"] == 0.4
+    assert all(s is not None for negs in pool.negatives.values() for _, s in negs)  # cross-encoder scores kept
+    job.distill.score_source = "cross_encoder"
+    with pytest.raises(ValueError, match="passed its gate only fused with the bi-encoder"):
+        prepare_negatives(job, data, tmp_path)
