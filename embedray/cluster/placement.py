@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -102,8 +103,8 @@ def check_fits(job, have: dict[str, float]) -> None:
 
 
 def where() -> dict[str, Any]:
-    """Where the calling Ray worker or actor runs: node IP and id, assigned GPU ids, and the
-    custom resources of its node."""
+    """Where the calling Ray worker or actor runs: node IP and id, assigned GPU ids, the custom
+    resources of its node, and its process's nice value."""
     import ray
 
     ctx = ray.get_runtime_context()
@@ -112,7 +113,8 @@ def where() -> dict[str, Any]:
     custom = {k: v for k, v in (info.get("Resources") or {}).items()
               if k not in ("CPU", "GPU", "memory", "object_store_memory") and not k.startswith("node:")}
     return {"node_ip": info.get("NodeManagerAddress"), "node_id": node,
-            "gpu_ids": [str(g) for g in ray.get_gpu_ids()], "node_resources": custom}
+            "gpu_ids": [str(g) for g in ray.get_gpu_ids()], "node_resources": custom,
+            "niceness": os.nice(0)}  # Ray starts its workers at RAY_worker_niceness (15 by default)
 
 
 def record(run_dir: str | Path, role: str, info: dict[str, Any]) -> None:

@@ -35,7 +35,6 @@ class RefresherActor:
         self.data, self.per_task = (load_tasks(job.tasks, rows=False)[:2] if job.tasks
                                     else (load_training_data(job.data), None))
         self.refresher: NegativeRefresher | None = None
-        self._niced = False
 
     def prepare(self) -> str | None:
         """The cross-encoder (trained if none is given) and pool v1; returns the cross-encoder's
@@ -54,14 +53,14 @@ class RefresherActor:
             self.refresher = NegativeRefresher(self.job, self.data, self.run_dir, ce_path, factory,
                                                before_publish=self.before_publish, per_task=self.per_task)
             self.ce_path = ce_path
+            if self.job.refresh.mode == "async":
+                os.nice(self.job.refresh.niceness)  # from now on the trainers run beside it: they go first
+            placement.record(self.run_dir, "refresher", placement.where())
         return self.ce_path
 
     def refresh(self, step: int, weights: dict) -> dict:
         self.prepare()
-        if self.job.refresh.mode == "async" and not self._niced:
-            os.nice(self.job.refresh.niceness)  # from now on the trainers run beside it: they go first
-            self._niced = True
-        return {**self.refresher.refresh(step, weights), "niceness": os.nice(0)}
+        return self.refresher.refresh(step, weights)
 
 
 def _set_threads(refresh) -> None:

@@ -39,8 +39,9 @@ class RefreshConfig:
     """CPUs reserved for the refresher actor (fractional: training workers hold the rest)."""
     niceness: int = 10
     """``async`` mode: how much the refresher's process yields the CPU to the training workers
-    beside it (Unix ``nice`` increment, 0-19): on cores it shares with them it works in their
-    idle moments instead of slowing every step. Its preparation (pool v1) runs before it."""
+    beside it (added to its Unix ``nice`` value, which Ray starts at its workers' 15 and Unix
+    caps at 19): on cores it shares with them the trainers go first. Its preparation (pool v1)
+    runs before, at the workers' priority."""
     num_gpus: float | Literal["auto"] = "auto"
     """GPUs for the refresher actor and its Ray Data encoder; ``auto``: 1 when the Ray cluster has
     a GPU the training workers leave free, else 0 (a fraction shares a GPU with a trainer)."""

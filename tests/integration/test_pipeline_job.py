@@ -58,13 +58,13 @@ def test_pipeline_artifacts_and_resume_after_kill(ray_head, topic_beir, tmp_path
         assert (run / artifact).exists(), artifact
     report = json.loads((run / "report.json").read_text())
     rows = report["rows"]
-    # where things ran: pool v1 on the refresher, the evaluations as Ray tasks, not in the driver
-    assert {"pool-v1", "refresher", "worker-0", "worker-1"} <= set(
-        json.loads((run / "teacher" / "placement.json").read_text()))
+    # where things ran: the evaluations as Ray tasks, not in the driver (this submission resumed the
+    # teacher, whose pool v1 the first one had mined: its placement lists this session's processes)
+    assert {"refresher", "worker-0", "worker-1"} == set(json.loads((run / "teacher" / "placement.json").read_text()))
     assert {"baseline", "evaluate", "student-rotation"} <= set(json.loads((run / "placement.json").read_text()))
-    # the async refresher yields the CPU to the trainers beside it
-    events = json.loads((run / "teacher" / "detailed_training_logs.json").read_text())["events"]
-    assert {e.get("niceness") for e in events if e["kind"] == "refresh" and not e.get("failed")} == {10}
+    # the async refresher yields the CPU to the trainers beside it (its process's nice value)
+    where = json.loads((run / "teacher" / "placement.json").read_text())
+    assert where["refresher"]["niceness"] > where["worker-0"]["niceness"] == where["worker-1"]["niceness"]
     assert {"base student", "base teacher", "trained teacher",
             "distilled student", "distilled student @16", "distilled student @8"} <= set(rows)
     # The cross-encoder gate decided on dev; the report follows its verdict either way.

@@ -40,6 +40,8 @@ def test_workers_and_refresher_get_what_they_ask_for(ray_with_resources, topic_b
     # refresher's num_gpus auto takes it; pool v1 is mined there too, not in the driver
     assert where["refresher"]["gpu_ids"] == where["pool-v1"]["gpu_ids"] == ["0"]
     assert where["pool-v1"]["node_resources"]["head"] == 1
+    # sync: the trainers wait for it, nothing to yield to
+    assert where["refresher"]["niceness"] == where["worker-0"]["niceness"] == where["pool-v1"]["niceness"]
     assert where["worker-0"]["gpu_ids"] == where["worker-1"]["gpu_ids"] == []
     assert all({"trainer", "head"} <= set(p["node_resources"]) for p in where.values())
     out = capfd.readouterr().out
