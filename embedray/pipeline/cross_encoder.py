@@ -13,7 +13,7 @@ from embedray.training.cross_encoder import evaluate_reranker, train_cross_encod
 from embedray.training.distill import GATE_FILE
 from embedray.training.loop import make_encode_fn
 
-__all__ = ["GATE_FILE", "dev_check", "gate", "train_base_cross_encoder"]
+__all__ = ["GATE_FILE", "dev_check", "gate", "rerank_choice", "train_base_cross_encoder"]
 
 
 def train_base_cross_encoder(job, data, ce_dir: Path, run_dir: Path, targets: list, pool) -> None:
@@ -94,6 +94,28 @@ def gate(job, report: dict | None) -> dict:
                        + "; ".join(f"{t + ': ' if t else ''}{dev[t]['reranked']:.4f} < {dev[t]['bi_encoder']:.4f}"
                                    for t in worse) + ")")
     return out
+
+
+def rerank_choice(report: dict, depth: int) -> dict:
+    """How to rerank a first stage, from :func:`evaluate_reranker`'s dev ``report`` on it:
+    ``mode`` ``cross_encoder`` when the cross-encoder alone reranks dev at least as well,
+    ``fused`` (with ``alpha``) when only its score fused with the first stage's reranks dev
+    better, None when neither helps; ``why`` says it with the dev figures."""
+    before, alone = report["before"]["ndcg@10"], report["after"]["ndcg@10"]
+    fused = report.get("fused")
+    out = {"mode": None, "depth": depth, "dev": {"first_stage": before, "cross_encoder": alone}}
+    if fused:
+        out["dev"].update(fused=fused["after"]["ndcg@10"], alpha=fused["alpha"])
+    if alone >= before:
+        return {**out, "mode": "cross_encoder",
+                "why": f"on dev it reranks the trained teacher's top-{depth} from {before:.4f} to {alone:.4f}"}
+    if fused and fused["alpha"] > 0 and fused["after"]["ndcg@10"] > before:
+        return {**out, "mode": "fused", "alpha": fused["alpha"],
+                "why": f"on dev it alone reranks the trained teacher's top-{depth} worse ({alone:.4f} < {before:.4f}), "
+                       f"fused with it (weight {fused['alpha']:g}) better ({fused['after']['ndcg@10']:.4f})"}
+    return {**out, "why": f"on dev the cross-encoder does not improve the trained teacher's top-{depth} (alone "
+                          f"{alone:.4f}" + (f", fused at best {fused['after']['ndcg@10']:.4f}" if fused else "")
+                          + f" vs {before:.4f})"}
 
 
 def _fusion(tasks: dict, dev: dict) -> dict | None:

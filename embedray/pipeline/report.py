@@ -95,7 +95,7 @@ def write_report(run: Path, cfg) -> dict:
     checks = _checks(rows)
     extra = {}
     for name in ("teacher/cross_encoder_dev.json", "teacher/cross_encoder_gate.json", "teacher/training_summary_report.json",
-                 "student/training_summary_report.json"):
+                 "student/training_summary_report.json", "rerank_dev.json"):
         if (run / name).exists():
             extra[name.split(".")[0]] = json.loads((run / name).read_text())
     stages = {p.stem: json.loads(p.read_text()).get("seconds") for p in sorted((run / "stages").glob("*.json"))}
@@ -129,8 +129,16 @@ def write_report(run: Path, cfg) -> dict:
                        f"{r['before']['ndcg@10']:.4f} → {r['after']['ndcg@10']:.4f}.")
     ce_gate = extra.get("teacher/cross_encoder_gate")
     if ce_gate is not None and ce_gate.get("fusion"):
-        verdict.append(f"- **Cross-encoder fused with the bi-encoder**: {ce_gate['why']}; the reranking row "
-                       f"is the fused score's (weight {ce_gate['fusion']['alpha']:g}).")
+        verdict.append(f"- **Cross-encoder fused with the bi-encoder** to denoise: {ce_gate['why']}.")
+    choice = extra.get("rerank_dev")
+    if choice is not None and ce_gate is not None and ce_gate["passed"]:
+        how = {"cross_encoder": "reranked by the cross-encoder", "fused": "reranked by the fused score",
+               None: "**no reranking row**"}[choice["mode"]]
+        verdict.append(f"- Trained teacher's top-{choice.get('depth')}: {how}: {choice['why']}.")
+        row = next((r for label, r in rows.items() if label.startswith("teacher + cross-encoder rerank")), None)
+        if row is not None and "trained teacher" in rows and row["ndcg@10"] < rows["trained teacher"]["ndcg@10"]:
+            verdict.append(f"- On test that reranking **lowers** nDCG@10 ({row['ndcg@10']:.4f} < "
+                           f"{rows['trained teacher']['ndcg@10']:.4f}), though it helped on dev.")
     if ce_gate is not None and not ce_gate["passed"]:
         verdict.append(f"- **Cross-encoder gated off**: {ce_gate['why']}. It scored nothing in this run: "
                        f"denoising used the bi-encoder's positive-aware rule (max_score_ratio "

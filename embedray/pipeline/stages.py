@@ -32,7 +32,7 @@ from embedray.models import rotation
 from embedray.models import student as students  # module attributes: looked up at each call
 from embedray.pipeline.config import PipelineConfig, TrainJobConfig
 from embedray.pipeline.evaluation import cached_doc_embeddings
-from embedray.pipeline.cross_encoder import GATE_FILE
+from embedray.pipeline.cross_encoder import GATE_FILE, rerank_choice
 from embedray.pipeline.refresh import read_gate, task_pool
 from embedray.pipeline.fingerprint import config_fields, describe_changes, files_identity, fingerprint
 from embedray.pipeline.report import write_report
@@ -191,7 +191,7 @@ class Pipeline:
                 "baseline": [r / "baseline.json", r / "base-student"],
                 "pretrain": [r / "pretrain", r / "pretrain-data"],
                 "teacher": [r / "teacher"], "student": [r / "student", r / "student-init"],
-                "evaluate": [r / "test_results.json", r / "task_results.json"], "export": [r / "model", r / ".model.tmp"],
+                "evaluate": [r / "test_results.json", r / "task_results.json", r / "rerank_dev.json"], "export": [r / "model", r / ".model.tmp"],
                 "report": [r / "report.json", r / "report.md", r / "plots"]}[stage]
 
     def _set_aside(self, stage: str) -> None:
@@ -279,9 +279,12 @@ class Pipeline:
         ce = self.run / "teacher" / "cross-encoder"
         verdict = read_gate(self.run / "teacher")
         if ce.exists() and (verdict is None or verdict["passed"]):
-            fused = (verdict or {}).get("fusion")
-            label = "teacher + cross-encoder rerank" + (" (fused)" if fused else "")
-            rows[label] = self._rerank_row(first.run, ce, fused["alpha"] if fused else None)
+            choice = self._rerank_choice(teacher, ce)
+            if choice["mode"] is not None:
+                label = "teacher + cross-encoder rerank" + (" (fused)" if choice["mode"] == "fused" else "")
+                rows[label] = self._rerank_row(first.run, ce, choice.get("alpha"))
+            else:
+                say(f"  no reranking row: {choice['why']}")
         elif ce.exists():
             say(f"  no reranking row: the cross-encoder gate failed ({verdict['why']})")
         # The student is encoded once: each Matryoshka row truncates the same document
@@ -381,7 +384,7 @@ class Pipeline:
              f"variance kept: {rotation.variance_summary(info)})")
         return info
 
-    def _teacher_docs(self, name_or_path):
+    def _teacher_docs(self, name_or_path, corpus=None):
         """Teacher corpus embeddings through the teacher stage's embedding cache (keyed by the
         weights and each text). The base teacher's are encoded here and read by that stage's
         first mining round, cross-encoder check and first dev evaluation; the trained teacher's
@@ -391,7 +394,8 @@ class Pipeline:
         # the teacher trained with (a QLoRA teacher's base model too: as the refresher encodes it).
         model = BiEncoder.from_config(replace(c.teacher.model, name_or_path=str(name_or_path), finetune="full")).eval()
         model.precision = c.eval.precision  # part of the cache key: as the stages that share it encode
-        return cached_doc_embeddings(model, c.teacher.model, c.mining.doc_prompt, self._test_data().corpus,
+        return cached_doc_embeddings(model, c.teacher.model, c.mining.doc_prompt,
+                                     self._test_data().corpus if corpus is None else corpus,
                                      self.run / "teacher" / "cache", store=True, batch_size=c.eval.batch_size)
 
     def _seed_student_pool(self) -> None:
@@ -463,9 +467,29 @@ class Pipeline:
                  + ", ".join(f"{k} {v:.0f} docs/s" for k, v in speeds.items()))
         return speeds
 
+    def _rerank_choice(self, teacher: Path, ce: Path) -> dict:
+        """How the report reranks the trained teacher, decided on dev against the trained teacher
+        itself (the gate compared the cross-encoder with the base model, a weaker first stage):
+        the cross-encoder alone when it reranks dev at least as well, else its score fused with
+        the teacher's at the dev-chosen weight when that reranks dev better, else not at all.
+        Written to ``rerank_dev.json``."""
+        c, depth = self.cfg, self.cfg.eval.rerank_depth
+        if not c.data.dev_split:
+            return {"mode": "cross_encoder", "why": "no dev split to decide on: the cross-encoder alone"}
+        dev = load_beir(self.data_dir, c.data.dev_split, missing_docs="keep")
+        model = load_encoder(str(teacher), precision=c.eval.precision)
+        first = evaluate_retrieval(model, dev, k=max(depth, 10), batch_size=c.eval.batch_size,
+                                   query_prompt=c.teacher.model.query_prompt, doc_prompt=c.teacher.model.doc_prompt,
+                                   show_progress=False, corpus_embeddings=self._teacher_docs(teacher, dev.corpus))
+        report = evaluate_reranker(str(ce), dev, first.run, k=depth, precision=c.cross_encoder.precision,
+                                   fuse=c.cross_encoder.fuse)
+        out = rerank_choice(report, depth)
+        write_json_atomic(out, self.run / "rerank_dev.json")
+        return out
+
     def _rerank_row(self, first_stage_run: dict, ce: Path, alpha: float | None = None) -> dict:
         """The cross-encoder reranking the trained teacher's top-k on test; with ``alpha`` (the
-        gate's fusion weight, chosen on dev) its score fused with the teacher's."""
+        fusion weight chosen on dev) its score fused with the teacher's."""
         report = evaluate_reranker(str(ce), self._test_data(), first_stage_run, k=self.cfg.eval.rerank_depth,
                                    precision=self.cfg.cross_encoder.precision,
                                    fuse=alpha if alpha is not None else False)

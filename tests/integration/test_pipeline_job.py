@@ -69,7 +69,8 @@ def test_pipeline_artifacts_and_resume_after_kill(ray_head, topic_beir, tmp_path
             "distilled student", "distilled student @16", "distilled student @8"} <= set(rows)
     # The cross-encoder gate decided on dev; the report follows its verdict either way.
     verdict = json.loads((run / "teacher" / "cross_encoder_gate.json").read_text())
-    assert verdict["checked"] and any(r.startswith("teacher + cross-encoder rerank") for r in rows) is verdict["passed"]
+    assert verdict["checked"] and any(r.startswith("teacher + cross-encoder rerank") for r in rows) is (
+        verdict["passed"] and json.loads((run / "rerank_dev.json").read_text())["mode"] is not None)
     assert ("Cross-encoder gated off" in (run / "report.md").read_text()) is not verdict["passed"]
     meta = json.loads((run / "model" / "embedray.json").read_text())
     assert meta["matryoshka_dims"][:3] == [32, 16, 8] and "test" in meta["metrics"]

@@ -123,7 +123,8 @@ def test_a_multi_task_teacher_in_the_pipeline(topic_beir, tmp_path):
     # The cross-encoder gate: checked on both retrieval tasks' dev splits; the report follows it.
     verdict = json.loads((run / "teacher" / "cross_encoder_gate.json").read_text())
     assert verdict["checked"] and set(verdict["dev"]) == {"main", "second"}
-    assert any(r.startswith("teacher + cross-encoder rerank") for r in report["rows"]) is verdict["passed"]
+    assert any(r.startswith("teacher + cross-encoder rerank") for r in report["rows"]) is (
+        verdict["passed"] and json.loads((run / "rerank_dev.json").read_text())["mode"] is not None)
     assert ("Cross-encoder gated off" in md) is not verdict["passed"]
     assert json.loads((run / "student" / "cross_encoder_gate.json").read_text()) == verdict
     st = SentenceTransformer(str(run / "teacher" / "final"), device="cpu")

@@ -95,3 +95,18 @@ def test_denoising_by_the_fused_score():
     assert kept((0.0, bi)) == ["n2", "n3"]  # n1: the bi-encoder rates it above p
     f = fuse(bi["q"], {**ce["q"], "p": 0.90}, 0.5)
     assert kept((0.5, bi)) == [d for d in ("n1", "n2", "n3") if f[d] < f["p"]]
+
+
+def test_the_report_reranks_the_trained_teacher_only_as_dev_says():
+    from embedray.pipeline.cross_encoder import rerank_choice
+
+    def report(before, alone, alpha, fused):
+        return {"before": {"ndcg@10": before}, "after": {"ndcg@10": alone},
+                "fused": {"alpha": alpha, "after": {"ndcg@10": fused}}}
+
+    assert rerank_choice(report(0.90, 0.92, 0.7, 0.93), 5)["mode"] == "cross_encoder"
+    fused = rerank_choice(report(0.90, 0.85, 0.3, 0.91), 5)
+    assert fused["mode"] == "fused" and fused["alpha"] == 0.3 and "(0.8500 < 0.9000)" in fused["why"]
+    none = rerank_choice(report(0.90, 0.85, 0.0, 0.90), 5)  # the best mix is the teacher's own order
+    assert none["mode"] is None and "does not improve" in none["why"] and "fused at best 0.9000" in none["why"]
+    assert rerank_choice(report(0.90, 0.85, 0.2, 0.89), 5)["mode"] is None
