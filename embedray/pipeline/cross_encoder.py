@@ -86,7 +86,7 @@ def gate(job, report: dict | None) -> dict:
                 "why": "it reranks dev worse than the bi-encoder alone, better fused with it (weight "
                        f"{fusion['alpha']:g}: " + "; ".join(
                            f"{t + ': ' if t else ''}{fusion['dev'][t]:.4f} vs {dev[t]['bi_encoder']:.4f}" for t in dev)
-                       + "): the run reranks and denoises with the fused score"}
+                       + "): the run denoises with the fused score"}
     if worse:
         ratio = job.mining.max_score_ratio or ce.fallback_max_score_ratio
         out.update(worse=worse, fallback={"max_score_ratio": ratio},
