@@ -20,9 +20,11 @@ each denoiser filters it:
 - ``cross-encoder``: a cross-encoder trained here as a run trains its own (minilm-l6 backbone,
   fresh head, on these training pairs and the undenoised pool: ``--ce-steps`` steps), then
   ``denoise_margin`` 0.05 (a negative scoring within 0.05 of the positive's probability is
-  dropped), as ``refresh.denoise`` does; or ``--cross-encoder DIR``, one trained elsewhere.
-
-A fused bi-encoder + cross-encoder score is not a denoiser embedray has, so it is not measured.
+  dropped), as ``refresh.denoise`` does; or ``--cross-encoder DIR``, one trained elsewhere;
+- ``fused α``: the same cross-encoder's logit fused with the bi-encoder's score,
+  ``α · z(CE) + (1 − α) · z(bi)`` over each query's positive and candidates, a negative within
+  ``--fusion-margin`` (0.1) of its positive's fused score or above it dropped: what a run denoises
+  with when the cross-encoder gate passes it fused (a run picks ``α`` on dev; here each of ``--alphas``).
 
 Per denoiser and kind (exact / versioned / all): ``selected`` (planted false negatives in the
 undenoised pool), ``removed`` and ``recall`` (= removed / selected), and the other negatives
@@ -89,6 +91,10 @@ def main() -> int:
     p.add_argument("--denoise-margin", type=float, default=0.05, help="cross-encoder rule")
     p.add_argument("--cross-encoder", help="a trained cross-encoder folder instead of training one here")
     p.add_argument("--ce-steps", type=int, default=300, help="steps of the cross-encoder trained here")
+    p.add_argument("--fusion-margin", type=float, default=0.1,
+                   help="fused rule: drop a negative within this many standard deviations of the positive")
+    p.add_argument("--alphas", default="0.25,0.5,0.75",
+                   help="fused denoisers: comma-separated weights of the cross-encoder ('' for none)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", help="also write the results here")
     a = p.parse_args()
@@ -123,7 +129,8 @@ def main() -> int:
         timings["positive_aware_s"] = time.perf_counter() - t
         ce_dir = Path(a.cross_encoder) if a.cross_encoder else Path(tmp) / "cross-encoder"
         ce_cfg = CrossEncoderConfig(base_model="minilm-l6", max_steps=a.ce_steps, batch_size=16, negatives_per_query=4,
-                                    max_length=128, denoise_margin=a.denoise_margin, seed=a.seed)
+                                    max_length=128, denoise_margin=a.denoise_margin,
+                                    fusion_margin=a.fusion_margin, seed=a.seed)
         if not a.cross_encoder:
             t = time.perf_counter()
             train_pairs = [(q, queries[q], positives[q][0]) for q in sorted(queries)]
@@ -133,6 +140,11 @@ def main() -> int:
         pools["cross-encoder"] = mine(corpus, queries, positives, model, cfg, cross_encoder=str(ce_dir),
                                       ce_cfg=ce_cfg, cache_dir=cache).pool
         timings["ce_denoise_s"] = time.perf_counter() - t
+        for alpha in [float(x) for x in a.alphas.split(",") if x.strip()]:
+            t = time.perf_counter()  # the cross-encoder's scores come from the score cache
+            pools[f"fused α={alpha:g}"] = mine(corpus, queries, positives, model, cfg, cross_encoder=str(ce_dir),
+                                               ce_cfg=ce_cfg, cache_dir=cache, fusion_alpha=alpha).pool
+            timings[f"fused_{alpha:g}_s"] = time.perf_counter() - t
 
     results: dict[str, dict] = {}
     every = {q: set(v) for q, v in planted.items()}
@@ -155,10 +167,13 @@ def main() -> int:
     if pos_scores:
         print(f"cross-encoder probabilities: positives median {statistics.median(pos_scores):.3f}, "
               f"kept negatives {len(ce_scores)} (median {statistics.median(ce_scores) if ce_scores else float('nan'):.3f})")
-    for name in ("positive-aware", "cross-encoder"):
+    for name in results:
+        if name == "none":
+            continue
         r = results[name]["all"]
-        print(f"ratio {name.replace('-', '_')}_recall {r['recall'] if r['recall'] is not None else float('nan'):.3f}")
-        print(f"ratio {name.replace('-', '_')}_cost {r['cost'] if r['cost'] is not None else float('nan'):.3f}")
+        key = name.replace("-", "_").replace(" α=", "_")
+        print(f"ratio {key}_recall {r['recall'] if r['recall'] is not None else float('nan'):.3f}")
+        print(f"ratio {key}_cost {r['cost'] if r['cost'] is not None else float('nan'):.3f}")
     if a.json:
         Path(a.json).write_text(json.dumps({"args": vars(a), "documents": len(corpus), "queries": len(queries),
                                             "results": results, "timings": timings}, indent=2))

@@ -13,14 +13,18 @@ with the same seed, steps, batch, learning rate and workers; only the negatives 
 
 The cross-encoder is trained once, before the runs (minilm-l6 backbone, fresh head, on the
 train split's pairs and base-model negatives); its reranking of the base model's top-``--rerank-depth``
-is reported on dev and test. Every model is evaluated on dev and test at the end (test is never
-used for anything else). Refresh overhead = training wall time (the loop, pool v1 preparation
-excluded) of run 3 ÷ run 2: the same loop, steps and batches, the refresher actor re-encoding,
-re-indexing, re-mining and rescoring beside it being the difference. ``--runs`` can add
+is reported on dev and test. Each run evaluates dev every ``--curve-every`` steps (the curve of
+dev nDCG@10 against step, ``--plot``); every final model is evaluated on dev and test (test is
+never used for anything else), and the differences between runs come with a paired bootstrap
+interval over queries. Refresh overhead = the summed optimizer-step time of run 3 ÷ run 2 (the
+same steps and batches; the dev evaluations, checkpoints and pool v1 preparation excluded), the
+refresher actor re-encoding, re-indexing, re-mining and rescoring beside the trainers being the
+difference; the loops' whole wall times are printed beside it. ``--runs`` can add
 ``static+denoised`` (run 2's pool denoised, never refreshed) to separate the two effects.
 
-Run:  .venv/bin/python bench/negatives.py [--max-docs 1000 --max-queries 1000 --steps 120 --every 30]
-      [--json runs/bench-negatives.json]       (about 35 minutes on 2 CPU cores)
+Run:  .venv/bin/python bench/negatives.py [--max-docs 2000 --max-queries 2000 --steps 240 --every 40]
+      [--json runs/bench-negatives.json] [--plot runs/bench-negatives/curve.png]
+      (about 55 minutes on 2 CPU cores)
 """
 from __future__ import annotations
 
@@ -52,7 +56,7 @@ def _job(a, data_dir: Path, out: Path, name: str, ce: Path | None):
         "model": {"name_or_path": "minilm-l6"},
         "loss": {"name": "infonce", "temperature": 0.05, "gather_across_workers": True},
         "train": {"max_steps": a.steps, "batch_size": a.batch_size, "num_negatives": 1, "negatives": "pool",
-                  "lr": 3e-5, "max_query_length": 32, "max_doc_length": 96, "eval_every": 0,
+                  "lr": 3e-5, "max_query_length": 32, "max_doc_length": 96, "eval_every": a.curve_every,
                   "checkpoint_every": a.steps, "num_threads": 1, "seed": a.seed},
         "cluster": {"num_workers": 2, "cpus_per_worker": 0.875, "storage_path": str(out), "run_name": name},
         "mining": {"k": 20, "num_negatives": 3, "range_min": 1, "batch_size": 64, "seed": a.seed},
@@ -68,16 +72,71 @@ def _job(a, data_dir: Path, out: Path, name: str, ce: Path | None):
 
 def _evaluate(model_dir: str, data_dir: Path) -> dict:
     from embedray.data.beir import load_beir
+    from embedray.eval.metrics import per_query_ndcg
     from embedray.eval.retrieval import evaluate_retrieval
     from embedray.models.backends import load_encoder
 
     model = load_encoder(model_dir)
     out = {}
     for split in ("dev", "test"):
-        res = evaluate_retrieval(model, load_beir(data_dir, split, missing_docs="keep"), k=100, show_progress=False)
+        data = load_beir(data_dir, split, missing_docs="keep")
+        res = evaluate_retrieval(model, data, k=100, show_progress=False)
         out[split] = res.metrics["ndcg@10"]
         out[f"{split}_run"] = res.run
+        out[f"{split}_per_query"] = per_query_ndcg(data.qrels, res.run)
     return out
+
+
+def _logs(run_dir: Path) -> dict:
+    path = run_dir / "detailed_training_logs.json"
+    return json.loads(path.read_text()) if path.is_file() else {"steps": [], "events": []}
+
+
+def _curve(logs: dict) -> list[tuple[int, float]]:
+    """(step, dev nDCG@10) of every dev evaluation the loop logged (step 0, every ``eval_every``, final)."""
+    seen = {}
+    for e in logs["events"]:
+        if e["kind"] == "dev" and "ndcg@10" in e:
+            seen[e["step"]] = e["ndcg@10"]
+    return sorted(seen.items())
+
+
+def _step_seconds(logs: dict, pairs_per_step: int) -> float:
+    """Summed optimizer-step time (each step's pairs ÷ its pairs/s): evaluations and checkpoints excluded."""
+    return sum(pairs_per_step / r["pairs_per_s"] for r in logs["steps"] if r.get("pairs_per_s"))
+
+
+def _pool_switches(logs: dict) -> list[int]:
+    return [e["step"] for e in logs["events"] if e["kind"] == "pool" and e.get("version", 1) > 1]
+
+
+def plot_curves(rows: dict, path: Path) -> Path:
+    """dev nDCG@10 against step, one line per run (dotted: the refreshed run's new pools)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from embedray.atomic import atomic_path
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, r in rows.items():
+        if r.get("curve"):
+            ax.plot(*zip(*r["curve"]), "o-", ms=3, label=name)
+    for step in rows.get("refreshed+denoised", {}).get("pool_switches", []):
+        ax.axvline(step, color="grey", ls=":", lw=0.8)
+    ax.set(xlabel="optimizer step", ylabel="dev nDCG@10",
+           title="dev nDCG@10 by step (dotted: a refreshed pool in use)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    return path
+
+
+COMPARISONS = [("in-batch", "static"), ("static", "refreshed+denoised"), ("in-batch", "refreshed+denoised"),
+               ("static", "static+denoised")]
 
 
 def debian_subset(out: Path, max_docs: int, max_queries: int, seed: int) -> Path:
@@ -99,11 +158,12 @@ def _telemetry(run_dir: Path) -> list[dict]:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--max-docs", type=int, default=1000)
-    p.add_argument("--max-queries", type=int, default=1000, help="over train/dev/test, 80/10/10")
-    p.add_argument("--steps", type=int, default=120)
+    p.add_argument("--max-docs", type=int, default=2000)
+    p.add_argument("--max-queries", type=int, default=2000, help="over train/dev/test, 80/10/10")
+    p.add_argument("--steps", type=int, default=240)
     p.add_argument("--batch-size", type=int, default=8, help="per worker (2 workers)")
-    p.add_argument("--every", type=int, default=30, help="refresh every K optimizer steps")
+    p.add_argument("--every", type=int, default=40, help="refresh every K optimizer steps")
+    p.add_argument("--curve-every", type=int, default=40, help="evaluate dev every K steps (0: start and end only)")
     p.add_argument("--ce-steps", type=int, default=150)
     p.add_argument("--ce-loss", default="listnet", help="cross-encoder loss: bce, listnet or lambda")
     p.add_argument("--ce-lr", type=float, default=5e-5)
@@ -114,11 +174,13 @@ def main() -> int:
     p.add_argument("--runs", default=DEFAULT_RUNS, help="comma-separated, of: " + ", ".join(RUNS))
     p.add_argument("--out", default="runs/bench-negatives")
     p.add_argument("--json", default=None)
+    p.add_argument("--plot", default=None, help="PNG of dev nDCG@10 against step")
     a = p.parse_args()
 
     from embedray.cluster.runtime import ensure_ray
     from embedray.cluster.train import run_training
     from embedray.data.beir import load_beir
+    from embedray.eval.metrics import paired_bootstrap
     from embedray.pipeline.refresh import base_cross_encoder
     from embedray.training.cross_encoder import evaluate_reranker
     from embedray.training.data import load_training_data
@@ -128,6 +190,7 @@ def main() -> int:
     ensure_ray()
 
     rows: dict[str, dict] = {}
+    finals: dict[str, dict] = {}
     base = _evaluate("minilm-l6", data_dir)
     rows["base minilm-l6"] = {"dev": base["dev"], "test": base["test"]}
     print(f"base minilm-l6: dev {base['dev']:.4f} test {base['test']:.4f}", flush=True)
@@ -155,16 +218,37 @@ def main() -> int:
         summary = run_training(job)
         total = time.perf_counter() - t0
         ev = _evaluate(summary["final_model"], data_dir)
+        finals[name] = ev
+        logs = _logs(out / name)
         tel = _telemetry(out / name)
+        steps_s = _step_seconds(logs, a.batch_size * 2)
         rows[name] = {"dev": ev["dev"], "test": ev["test"], "train_wall_s": summary["wall_s"], "total_wall_s": total,
-                      "final_loss": summary["final_loss"], "refreshes": tel}
-        print(f"{name}: dev {ev['dev']:.4f} test {ev['test']:.4f}  training {summary['wall_s']:.0f} s "
-              f"(with mining {total:.0f} s)", flush=True)
+                      "step_s": steps_s, "final_loss": summary["final_loss"], "refreshes": tel,
+                      "curve": _curve(logs), "pool_switches": _pool_switches(logs)}
+        print(f"{name}: dev {ev['dev']:.4f} test {ev['test']:.4f}  optimizer steps {steps_s:.0f} s, loop "
+              f"{summary['wall_s']:.0f} s (with mining {total:.0f} s)", flush=True)
 
-    print("\n| run | dev nDCG@10 | test nDCG@10 | training wall (s) |\n|---|---|---|---|")
+    print("\n| run | dev nDCG@10 | test nDCG@10 | optimizer steps (s) | loop wall (s) |\n|---|---|---|---|---|")
     for name, r in rows.items():
-        wall = f"{r['train_wall_s']:.0f}" if "train_wall_s" in r else ""
-        print(f"| {name} | {r['dev']:.4f} | {r['test']:.4f} | {wall} |")
+        walls = f"{r['step_s']:.0f} | {r['train_wall_s']:.0f}" if "train_wall_s" in r else " | "
+        print(f"| {name} | {r['dev']:.4f} | {r['test']:.4f} | {walls} |")
+    steps_seen = sorted({s for r in rows.values() for s, _ in r.get("curve", [])})
+    if steps_seen:
+        curved = [n for n, r in rows.items() if r.get("curve")]
+        print("\ndev nDCG@10 by step\n| step | " + " | ".join(curved) + " |\n|---|" + "---|" * len(curved))
+        for step in steps_seen:
+            cells = [f"{dict(rows[n]['curve']).get(step, float('nan')):.4f}" for n in curved]
+            print(f"| {step} | " + " | ".join(cells) + " |")
+    bootstrap = {}
+    for a_name, b_name in COMPARISONS:
+        if a_name in finals and b_name in finals:
+            for split in ("dev", "test"):
+                bs = paired_bootstrap(finals[a_name][f"{split}_per_query"], finals[b_name][f"{split}_per_query"],
+                                      seed=a.seed)
+                bootstrap[f"{b_name} - {a_name} ({split})"] = bs
+                print(f"{b_name} − {a_name}, {split}: {bs['diff']:+.4f} [{bs['low']:+.4f}, {bs['high']:+.4f}] "
+                      f"({bs['queries']} queries, 95% paired bootstrap)")
+    summary_out = {"bootstrap": bootstrap}
     for r in rows.get("refreshed+denoised", {}).get("refreshes", []):
         if r.get("failed"):
             print(f"refresh from step {r.get('snapshot_step')} failed: {r.get('error')}")
@@ -175,11 +259,19 @@ def main() -> int:
               f"wall {r['wall_s']:.0f} s (encode {r['encode_s'] or 0:.0f} / index {r['index_s'] or 0:.1f} / "
               f"search {r['search_s'] or 0:.1f} / rescore {r['rescore_s'] or 0:.0f})")
     if "refreshed+denoised" in rows and "static" in rows:
-        ratio = rows["refreshed+denoised"]["train_wall_s"] / rows["static"]["train_wall_s"]
-        rows["refresh_overhead"] = ratio
-        print(f"refresh overhead (training wall, async every {a.every} ÷ static): {ratio:.2f}×")
+        ratio = rows["refreshed+denoised"]["step_s"] / rows["static"]["step_s"]
+        loop_ratio = rows["refreshed+denoised"]["train_wall_s"] / rows["static"]["train_wall_s"]
+        summary_out.update(refresh_overhead=ratio, refresh_overhead_loop=loop_ratio)
+        print(f"refresh overhead (optimizer-step time, async every {a.every} ÷ static): {ratio:.2f}× "
+              f"(whole loops, dev evaluations included: {loop_ratio:.2f}×)")
+        print(f"ratio refresh_overhead {ratio:.3f}")
+        for split in ("dev", "test"):
+            print(f"ratio {split}_refreshed_vs_static "
+                  f"{rows['refreshed+denoised'][split] / rows['static'][split]:.4f}")
+    if a.plot:
+        print(f"plot: {plot_curves(rows, Path(a.plot))}")
     if a.json:
-        Path(a.json).write_text(json.dumps({"args": vars(a), "rows": rows}, indent=2, default=str))
+        Path(a.json).write_text(json.dumps({"args": vars(a), "rows": rows, **summary_out}, indent=2, default=str))
     return 0
 
 

@@ -158,6 +158,10 @@ class CrossEncoderConfig:
         score_batch_size: batch size when scoring pairs.
         denoise_margin: a mined negative with ``ce_score >= pos_ce_score - denoise_margin`` is
             dropped as a likely false negative (scores are sigmoid probabilities in [0, 1]).
+        fusion_margin: when the gate passed the cross-encoder fused with the bi-encoder, a mined
+            negative whose fused score is within ``fusion_margin`` of its positive's, or above it,
+            is dropped (fused scores are in standard deviations of the query's candidates' scores,
+            so a near copy of the positive, scored a hair apart, is dropped too).
         dev_rerank_depth: after training, rerank the base bi-encoder's top-``dev_rerank_depth``
             of the dev split and report nDCG@10 before/after (``0`` skips that check).
         gate: when the dev check says the cross-encoder ranks worse than the bi-encoder it
@@ -191,6 +195,7 @@ class CrossEncoderConfig:
     seed: int = 0
     score_batch_size: int = 32
     denoise_margin: float = 0.05
+    fusion_margin: float = 0.1
     dev_rerank_depth: int = 100
     gate: bool = True
     fuse: bool = True
@@ -215,6 +220,8 @@ class CrossEncoderConfig:
         check(self.negatives_per_query >= 1, "negatives_per_query",
               f"must be >= 1, got {self.negatives_per_query}")
         check(8 <= self.max_length <= 8192, "max_length", f"must be in [8, 8192], got {self.max_length}")
+        check(isinstance(self.fusion_margin, (int, float)) and 0 <= self.fusion_margin <= 3, "fusion_margin",
+              f"must be in [0, 3] (standard deviations of the fused score), got {self.fusion_margin}")
         check(self.score_batch_size >= 1, "score_batch_size",
               f"must be >= 1, got {self.score_batch_size}")
         check(-1 <= self.denoise_margin <= 1, "denoise_margin",

@@ -239,7 +239,7 @@ def mine(corpus: Mapping[str, Document | str], queries: Mapping[str, str], posit
         cfg: mining rules.
         cross_encoder: a loaded ``CrossEncoder`` (or folder) to rescore and denoise; ``None``
             skips that phase (negatives then carry no scores).
-        ce_cfg: cross-encoder settings (``denoise_margin``, ``score_batch_size``).
+        ce_cfg: cross-encoder settings (``denoise_margin``, ``fusion_margin``, ``score_batch_size``).
         cache_dir: embedding and score cache root (``None``: no cache).
         weights_fp: fingerprint of the bi-encoder weights; computed when ``model`` is a folder or
             a ``SentenceTransformer`` and this is ``None``.
@@ -280,10 +280,11 @@ def mine(corpus: Mapping[str, Document | str], queries: Mapping[str, str], posit
         pool, stats = rescore_and_denoise(pool, ce, mined_queries, texts, pos, ce_cfg.denoise_margin,
                                           max_negatives=cfg.num_negatives,
                                           batch_size=ce_cfg.score_batch_size, cache=cache,
-                                          fusion=None if fusion_alpha is None else (fusion_alpha, cands.bi_scores()))
+                                          fusion=None if fusion_alpha is None else (fusion_alpha, cands.bi_scores()),
+                                          fusion_margin=ce_cfg.fusion_margin)
         pool.meta["denoise_margin"] = ce_cfg.denoise_margin
         if fusion_alpha is not None:
-            pool.meta["fusion_alpha"] = fusion_alpha
+            pool.meta.update(fusion_alpha=fusion_alpha, fusion_margin=ce_cfg.fusion_margin)
     else:
         pool.negatives = {q: negs[:cfg.num_negatives] for q, negs in pool.negatives.items()}
     timings = {"encode_s": encode_s, **cands.timings, "rescore_s": stats["rescore_s"]}

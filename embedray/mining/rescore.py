@@ -70,9 +70,10 @@ def rescore(ce, pairs: Sequence[tuple[str, str]], batch_size: int = 32,
 def denoise(pool: NegativePool, ce_scores: Mapping[str, Mapping[str, float]],
             pos_scores: Mapping[str, Mapping[str, float]], margin: float,
             max_negatives: int | None = None, fusion: tuple[float, Mapping] | None = None,
-            ) -> tuple[NegativePool, int]:
+            fusion_margin: float = 0.0) -> tuple[NegativePool, int]:
     """Drop likely false negatives: a negative with ``ce >= min(pos ce) - margin`` is removed;
-    with ``fusion``, one whose fused score is at or above its query's lowest positive's.
+    with ``fusion``, one whose fused score is at or above its query's lowest positive's minus
+    ``fusion_margin``.
 
     Args:
         pool: mined negatives (hardest first by the bi-encoder); their score slots are replaced.
@@ -85,6 +86,9 @@ def denoise(pool: NegativePool, ce_scores: Mapping[str, Mapping[str, float]],
             with the bi-encoder's (:func:`embedray.mining.fusion.fuse`, over the query's
             positives and negatives); ``bi_scores``: query id → {doc id: bi-encoder score} of
             its positives and negatives.
+        fusion_margin: under ``fusion``, how far below the positive's fused score a negative must
+            score to be kept, in standard deviations of the query's scores (fused scores are sums
+            of z-scores): a copy of the positive scored a hair apart is still dropped.
 
     Returns:
         ``(new_pool, removed)``: the pool whose negatives and positives carry cross-encoder scores
@@ -106,7 +110,8 @@ def denoise(pool: NegativePool, ce_scores: Mapping[str, Mapping[str, float]],
             alpha, bi = fusion[0], fusion[1].get(qid, {})
             fused = fuse(bi, {**judge, **{d: s for d, s in pos.items() if d in bi}}, alpha)
             judge = {did: fused[did] for did, _ in negs}
-            threshold = min(fused[d] for d in pos if d in fused) if any(d in fused for d in pos) else float("inf")
+            threshold = (min(fused[d] for d in pos if d in fused) - fusion_margin
+                         if any(d in fused for d in pos) else float("inf"))
         kept = []
         for did, _ in negs:
             if judge[did] >= threshold:
@@ -122,7 +127,8 @@ def rescore_and_denoise(pool: NegativePool, ce, queries: Mapping[str, str],
                         doc_texts: Mapping[str, str], positives: Mapping[str, Sequence[str] | Mapping],
                         margin: float, max_negatives: int | None = None, batch_size: int = 32,
                         cache: ShardedCache | None = None,
-                        fusion: tuple[float, Mapping] | None = None) -> tuple[NegativePool, dict]:
+                        fusion: tuple[float, Mapping] | None = None,
+                        fusion_margin: float = 0.0) -> tuple[NegativePool, dict]:
     """Score every (query, negative) and (query, positive) pair of ``pool``, then :func:`denoise`.
 
     Args:
@@ -136,7 +142,7 @@ def rescore_and_denoise(pool: NegativePool, ce, queries: Mapping[str, str],
         max_negatives: negatives kept per query after denoising.
         batch_size: cross-encoder batch size.
         cache: optional score cache (a refresh then scores only pairs it has not seen).
-        fusion: denoise by the fused score (see :func:`denoise`).
+        fusion, fusion_margin: denoise by the fused score (see :func:`denoise`).
 
     Returns:
         ``(pool, stats)`` with stats ``negatives_removed``, ``pairs_scored`` (pairs sent to the
@@ -162,7 +168,7 @@ def rescore_and_denoise(pool: NegativePool, ce, queries: Mapping[str, str],
                     "pool, e.g. %s", len(unscorable), unscorable[:3])
         pool = NegativePool(pool.version, {q: v for q, v in pool.negatives.items() if q in pos_s},
                             pool.positive_scores, pool.meta)
-    new, removed = denoise(pool, neg_s, pos_s, margin, max_negatives, fusion)
+    new, removed = denoise(pool, neg_s, pos_s, margin, max_negatives, fusion, fusion_margin)
     stats = {"negatives_removed": removed, "pairs_scored": scored, "pairs_total": len(pairs),
              "queries_unscorable": len(unscorable), "rescore_s": time.perf_counter() - start}
     return new, stats

@@ -97,6 +97,30 @@ def test_denoising_by_the_fused_score():
     assert kept((0.5, bi)) == [d for d in ("n1", "n2", "n3") if f[d] < f["p"]]
 
 
+def test_a_copy_of_the_positive_scored_a_hair_apart_is_dropped_by_the_fused_rule():
+    """A duplicate of the positive gets the positive's scores up to rounding (bf16, batch padding);
+    without a margin the fused rule keeps it whenever the rounding falls below the positive's, so
+    the fused rule drops what is within ``fusion_margin`` (default 0.1 standard deviations)."""
+    from embedray.mining.config import CrossEncoderConfig
+
+    pool = NegativePool(1, {"q": [("copy", None), ("near", None), ("far", None)]}, {}, {})
+    ce = {"q": {"copy": 0.8499, "near": 0.70, "far": 0.05}}
+    pos_ce, bi = {"q": {"p": 0.8500}}, {"q": {"copy": 0.7998, "near": 0.74, "far": 0.20, "p": 0.8000}}
+    f = fuse(bi["q"], {**ce["q"], "p": 0.85}, 0.5)
+    assert 0 < f["p"] - f["copy"] < 0.01 and f["p"] - f["near"] > 0.3  # a hair apart / clearly below
+
+    def kept(margin):
+        new, _ = denoise(pool, ce, pos_ce, 0.0, fusion=(0.5, bi), fusion_margin=margin)
+        return [d for d, _ in new.negatives["q"]]
+
+    assert kept(0.0) == ["copy", "near", "far"]  # the rounding saves the copy
+    default = CrossEncoderConfig().fusion_margin
+    assert default == 0.1 and kept(default) == ["near", "far"]
+    assert kept(f["p"] - f["near"] + 0.01) == ["far"]  # a margin wider than the gap drops "near" too
+    with pytest.raises(ValueError, match="fusion_margin"):
+        CrossEncoderConfig(fusion_margin=-0.1)
+
+
 def test_the_report_reranks_the_trained_teacher_only_as_dev_says():
     from embedray.pipeline.cross_encoder import rerank_choice
 
