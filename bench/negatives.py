@@ -44,6 +44,7 @@ RUNS = {
     "static+denoised": {"refresh": {"mode": "static", "denoise": True}},
 }
 DEFAULT_RUNS = "in-batch,static,refreshed+denoised"
+WORKERS = 2
 
 
 def _job(a, data_dir: Path, out: Path, name: str, ce: Path | None):
@@ -58,7 +59,7 @@ def _job(a, data_dir: Path, out: Path, name: str, ce: Path | None):
         "train": {"max_steps": a.steps, "batch_size": a.batch_size, "num_negatives": 1, "negatives": "pool",
                   "lr": 3e-5, "max_query_length": 32, "max_doc_length": 96, "eval_every": a.curve_every,
                   "checkpoint_every": a.steps, "num_threads": 1, "seed": a.seed},
-        "cluster": {"num_workers": 2, "cpus_per_worker": 0.875, "storage_path": str(out), "run_name": name},
+        "cluster": {"num_workers": WORKERS, "cpus_per_worker": 0.875, "storage_path": str(out), "run_name": name},
         "mining": {"k": 20, "num_negatives": 3, "range_min": 1, "batch_size": 64, "seed": a.seed},
         "cross_encoder": {"base_model": "minilm-l6", "loss": a.ce_loss, "max_steps": a.ce_steps, "batch_size": 8,
                           "negatives_per_query": 2, "learning_rate": a.ce_lr, "max_length": 128,
@@ -116,7 +117,7 @@ def plot_curves(rows: dict, path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from embedray.atomic import atomic_path
+    from embedray.training.plots import save_figure
 
     fig, ax = plt.subplots(figsize=(7, 4))
     for name, r in rows.items():
@@ -127,12 +128,8 @@ def plot_curves(rows: dict, path: Path) -> Path:
     ax.set(xlabel="optimizer step", ylabel="dev nDCG@10",
            title="dev nDCG@10 by step (dotted: a refreshed pool in use)")
     ax.legend(fontsize=8)
-    fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 COMPARISONS = [("in-batch", "static"), ("static", "refreshed+denoised"), ("in-batch", "refreshed+denoised"),
@@ -149,11 +146,8 @@ def debian_subset(out: Path, max_docs: int, max_queries: int, seed: int) -> Path
     return data_dir
 
 
-def _telemetry(run_dir: Path) -> list[dict]:
-    path = run_dir / "detailed_training_logs.json"
-    if not path.is_file():
-        return []
-    return [e for e in json.loads(path.read_text())["events"] if e["kind"] == "refresh"]
+def _telemetry(logs: dict) -> list[dict]:
+    return [e for e in logs["events"] if e["kind"] == "refresh"]
 
 
 def main() -> int:
@@ -220,8 +214,8 @@ def main() -> int:
         ev = _evaluate(summary["final_model"], data_dir)
         finals[name] = ev
         logs = _logs(out / name)
-        tel = _telemetry(out / name)
-        steps_s = _step_seconds(logs, a.batch_size * 2)
+        tel = _telemetry(logs)
+        steps_s = _step_seconds(logs, a.batch_size * WORKERS)
         rows[name] = {"dev": ev["dev"], "test": ev["test"], "train_wall_s": summary["wall_s"], "total_wall_s": total,
                       "step_s": steps_s, "final_loss": summary["final_loss"], "refreshes": tel,
                       "curve": _curve(logs), "pool_switches": _pool_switches(logs)}

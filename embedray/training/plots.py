@@ -30,7 +30,7 @@ def plot_run(run_dir: str | Path) -> list[Path]:
     for e in pools:
         ax[1].axvline(e["step"], color="grey", ls=":", lw=0.8)
     ax[1].set(title="dev nDCG@10 (dotted: new negative pool)", xlabel="step", ylabel="nDCG@10")
-    written.append(_save(fig, out_dir / "training.png"))
+    written.append(save_figure(fig, out_dir / "training.png"))
 
     if refresh:
         fig, ax = plt.subplots(1, 3, figsize=(14, 3.6))
@@ -50,11 +50,12 @@ def plot_run(run_dir: str | Path) -> list[Path]:
             bottom = [b + v for b, v in zip(bottom, vals)]
         ax[2].set(title="refresh wall time (s)", xlabel="snapshot step")
         ax[2].legend(fontsize=8)
-        written.append(_save(fig, out_dir / "refresh.png"))
+        written.append(save_figure(fig, out_dir / "refresh.png"))
     return written
 
 
-def _save(fig, path: Path) -> Path:
+def save_figure(fig, path: Path) -> Path:
+    """Write ``fig`` to ``path`` as PNG, atomically, and close it."""
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
