@@ -2,14 +2,16 @@
 sentence-transformers model behind a minimal FastAPI/uvicorn app, same model, same machine,
 same run.
 
-For each server in turn (the baseline, infinity-emb, then embedray in its default layout, behind
+For each server in turn (the baseline, infinity-emb, then embedray in its default layout (backend
+``auto``: OpenVINO on a converted copy where the CPU has bf16 units), the same on torch, behind
 Ray Serve's proxy with ``--replicas``, and with those replicas on their own ports; never two at
 once), a closed-loop load generator keeps ``c`` requests in flight (c = 1, 8, 32), each request
 embedding one text from a fixed, seeded mix of short and long texts, and records embeddings/s
 and the p50/p99 request latency. It prints a table per embedray layout with the
 embedray/baseline ratios, then ``ratio vs_st_fastapi_c32`` (embedray as ``embedray serve MODEL``
 runs it, over the baseline's embeddings/s at c=32), ``ratio p99_vs_st_fastapi_c32`` (its p99
-over the baseline's; below 1 is better) and ``ratio vs_infinity_c32`` (over infinity-emb
+over the baseline's; below 1 is better), ``ratio default_vs_torch_c32`` (the default layout
+over the same on torch) and ``ratio vs_infinity_c32`` (over infinity-emb
 serving the same folder on the CPU, torch engine, from the virtualenv ``bench/peer_venvs.sh``
 builds; skipped without it).
 
@@ -178,7 +180,9 @@ def bench_embedray(model_dir: str, texts, levels, requests, warmup, args, layout
     """embedray in one of three layouts:
 
     * ``default``: what ``embedray serve MODEL`` does on this machine (its own local Ray: the
-      replica answers on the port itself and takes the machine's cores);
+      replica answers on the port itself and takes the machine's cores; ``backend: auto``, which
+      on a CPU with bf16 units serves a converted OpenVINO copy of a folder without an export);
+    * ``torch``: the same with ``--backend torch`` (the model as given, in ``precision: auto``);
     * ``proxy``: ``--replicas`` colocated replicas of ``--cpus-per-replica`` behind Ray Serve's proxy;
     * ``direct``: the same replicas on their own ports (``--direct-port``), the client spreading
       its connections over them.
@@ -192,8 +196,9 @@ def bench_embedray(model_dir: str, texts, levels, requests, warmup, args, layout
 
     port = free_port()
     common = dict(max_batch_tokens=args.max_batch_tokens, batch_wait_timeout_s=args.batch_wait_s)
-    if layout == "default":
-        cfg = resolve_layout(ServeConfig(model_dir, port=port, **common), own_ray=True)
+    if layout in ("default", "torch"):
+        backend = "torch" if layout == "torch" else "auto"
+        cfg = resolve_layout(ServeConfig(model_dir, port=port, backend=backend, **common), own_ray=True)
     else:
         # Ray's convention: a replica gets as many torch threads as CPUs it reserves (1 here);
         # the cores are used by running replicas side by side.
@@ -207,6 +212,9 @@ def bench_embedray(model_dir: str, texts, levels, requests, warmup, args, layout
     try:
         urls = start_serve(cfg)
         wait_healthy(urls["api"])
+        info = httpx.get(urls["api"] + "/info", timeout=10).json()
+        print(f"  {layout}: backend {info['backend']}, precision {info['precision']}"
+              f"{', a converted copy' if info.get('converted') else ''}", flush=True)
         return measure(layout, urls["direct"] if layout == "direct" else urls["api"], texts, levels, requests,
                        warmup)
     finally:
@@ -249,9 +257,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="also run the baseline with OMP_NUM_THREADS=1 (one torch thread)")
     p.add_argument("--colocate", action=argparse.BooleanOptionalAction, default=True,
                    help="model inside the HTTP replicas (default) or a separate Embedder deployment")
-    p.add_argument("--layout", choices=["default", "proxy", "direct", "all"], default="all",
+    p.add_argument("--layout", choices=["default", "torch", "proxy", "direct", "all"], default="all",
                    help="default: what `embedray serve MODEL` does here (the replica on the port itself, "
-                        "all cores); proxy: --replicas behind Ray Serve's proxy; direct: the same replicas "
+                        "all cores, backend auto); torch: the same with --backend torch; proxy: --replicas behind Ray Serve's proxy; direct: the same replicas "
                         "on their own ports (--direct-port); all: each in turn (default: %(default)s)")
     p.add_argument("--max-batch-tokens", type=int, default=8192)
     p.add_argument("--batch-wait-s", type=float, default=0.005)
@@ -277,11 +285,12 @@ def main(argv: list[str] | None = None) -> int:
         results["infinity"] = bench_infinity(model_dir, texts, levels, requests, args.warmup, args.infinity_venv)
     else:
         print(f"infinity: skipped, no {args.infinity_venv}/bin/infinity_emb (bash bench/peer_venvs.sh)")
-    ours = [name for name in ("default", "proxy", "direct") if args.layout in (name, "all")]
+    ours = [name for name in ("default", "torch", "proxy", "direct") if args.layout in (name, "all")]
     for name in ours:
         results[name] = bench_embedray(model_dir, texts, levels, requests, args.warmup, args, layout=name)
-    print("\ndefault = `embedray serve MODEL` (the replica on the port itself); proxy = --replicas behind "
-          "Ray Serve's proxy; direct = the same replicas on their own ports")
+    print("\ndefault = `embedray serve MODEL` (the replica on the port itself); torch = the same with "
+          "--backend torch; proxy = --replicas behind Ray Serve's proxy; direct = the same replicas on their "
+          "own ports")
     for base in [k for k in results if k not in ours]:
         for mine in ours:
             print(f"\n| concurrency | {base} emb/s | {mine} emb/s | throughput ratio | {base} p50/p99 ms "
@@ -305,6 +314,8 @@ def main(argv: list[str] | None = None) -> int:
         b, e = results["baseline"][top], results["default"][top]
         ratios = {"vs_st_fastapi_c32": e["embeddings_per_s"] / b["embeddings_per_s"],
                   "p99_vs_st_fastapi_c32": e["p99_ms"] / b["p99_ms"]}
+        if "torch" in results:
+            ratios["default_vs_torch_c32"] = e["embeddings_per_s"] / results["torch"][top]["embeddings_per_s"]
         if "infinity" in results:
             ratios["vs_infinity_c32"] = e["embeddings_per_s"] / results["infinity"][top]["embeddings_per_s"]
     for name, value in ratios.items():

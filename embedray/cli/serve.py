@@ -9,7 +9,7 @@ from dataclasses import MISSING, fields
 from pathlib import Path
 
 from embedray.cli.ui import RefuseKeyInArgv, start_ui_process
-from embedray.models.bundled import BUNDLED, resolve_model
+from embedray.models.bundled import BUNDLED, cache_dir, resolve_model
 from embedray.serve.config import API_KEY_ENV, ServeConfig
 
 SERVE_DESCRIPTION = f"""\
@@ -103,7 +103,14 @@ def run(args: argparse.Namespace) -> int:
     if getattr(args, "base_model", None):
         base = dataclasses.replace(cfg, model_dir=str(resolve_model(args.base_model)),
                                    model_name=_display_name(args.base_model), cross_encoder=None, replicas=1,
-                                   backend="torch")
+                                   backend="torch" if getattr(args, "backend", "auto") == "torch" else "auto",
+                                   onnx_file="model.onnx")
+    from embedray.models.backends import has_openvino_export
+
+    for served in (cfg, base):
+        if served is not None and served.backend == "openvino" and not has_openvino_export(served.model_dir):
+            print(f"{served.model_name}: served with OpenVINO from a converted copy (made once, kept in "
+                  f"{cache_dir() / 'openvino'}; --backend torch or --no-convert serves it with torch)", flush=True)
     on_ready = None
     if getattr(args, "ui", False):
         def on_ready(urls: dict[str, str]):

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from embedray.atomic import atomic_open, write_json_atomic
+from embedray.digest import files_digest
 
 log = logging.getLogger(__name__)
 
@@ -58,13 +59,7 @@ def folder_fingerprint(model_dir: str | os.PathLike) -> str:
     if not files:
         raise ValueError(f"{root}: no *.safetensors weights to fingerprint")
     files += [root / c for c in _CONFIG_FILES if (root / c).is_file()]
-    h = hashlib.blake2b(digest_size=16)
-    for p in files:
-        h.update(str(p.relative_to(root)).encode() + b"\x00")
-        with open(p, "rb") as f:
-            for chunk in iter(lambda: f.read(8 << 20), b""):
-                h.update(chunk)
-    return h.hexdigest()
+    return files_digest(root, files)
 
 
 def state_dict_fingerprint(state_dict: Mapping[str, object], extra: str = "") -> str:

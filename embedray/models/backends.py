@@ -70,7 +70,7 @@ def auto_backend(model_dir: str | Path, precision: str = "auto", onnx_file: str 
     """
     if precision != "auto":
         return "torch", onnx_file
-    has_ov = (Path(model_dir) / OPENVINO_DIR / OPENVINO_FILE).is_file()
+    has_ov = has_openvino_export(model_dir)
     if has_ov and resolve_precision("auto", "cpu") == "bf16" and importlib.util.find_spec("openvino") is not None:
         return "openvino", onnx_file
     has_int8 = (Path(model_dir) / ONNX_DIR / INT8_FILE).is_file()
@@ -78,6 +78,11 @@ def auto_backend(model_dir: str | Path, precision: str = "auto", onnx_file: str 
     if has_int8 and installed:
         return "onnx", INT8_FILE
     return "torch", onnx_file
+
+
+def has_openvino_export(model_dir: str | Path) -> bool:
+    """Whether the folder has ``openvino/openvino_model.xml`` (``embedray export --format openvino``)."""
+    return (Path(model_dir) / OPENVINO_DIR / OPENVINO_FILE).is_file()
 
 
 def openvino_path(model_dir: str | Path) -> Path:

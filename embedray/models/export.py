@@ -35,7 +35,8 @@ import numpy as np
 import torch
 
 from embedray.models.backends import (INT8_FILE, ONNX_DIR, ONNX_FILE, OPENVINO_DIR, OPENVINO_FILE, OUTPUT_NAME,
-                                      load_sentence_model, require_onnx, require_openvino)
+                                      has_openvino_export, load_sentence_model, require_onnx,
+                                      require_openvino)
 
 log = logging.getLogger(__name__)
 
@@ -297,3 +298,78 @@ def _record(folder: Path, fmt: str, record: dict) -> None:
     exports[fmt] = record
     meta[EXPORT_KEY] = exports
     meta_path.write_text(json.dumps(meta, indent=2), encoding="utf-8")
+
+
+#: Under the model cache (``$EMBEDRAY_CACHE``): converted copies, one folder per source digest.
+CONVERTED_DIR = "openvino"
+#: Seconds a process waits for another one converting the same folder.
+CONVERT_LOCK_TIMEOUT_S = 1800
+
+
+def folder_digest(model_dir: str | Path) -> str:
+    """blake2b of a model folder's files (relative names and bytes); its own ``onnx/`` and
+    ``openvino/`` exports and hidden files are left out, as :func:`export_model` leaves them."""
+    from embedray.digest import files_digest
+
+    root = Path(model_dir).resolve()
+    skip = {ONNX_DIR, OPENVINO_DIR}
+    return files_digest(root, sorted(p for p in root.rglob("*") if p.is_file()
+                                     and not any(part.startswith(".") for part in p.relative_to(root).parts)
+                                     and p.relative_to(root).parts[0] not in skip))
+
+
+def openvino_conversion_blocker(model_dir: str | Path) -> str | None:
+    """Why ``model_dir`` cannot be converted to OpenVINO here, or ``None`` when it can: the
+    runtime and the exporter must be installed and the folder's first module must be a Hugging
+    Face ``Transformer`` with safetensors weights (what :func:`export_model` exports)."""
+    import importlib.util
+
+    missing = [m for m in ("openvino", "onnx", "onnxruntime", "onnxscript") if importlib.util.find_spec(m) is None]
+    if missing:
+        return f"{', '.join(missing)} not installed"
+    root = Path(model_dir)
+    try:
+        modules = json.loads((root / "modules.json").read_text(encoding="utf-8"))
+        first = modules[0]["type"] if modules else ""
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        return "no readable modules.json"
+    if not str(first).endswith(".Transformer"):
+        return f"its first module is {first}, not a Transformer"
+    if not any(root.glob("*.safetensors")):
+        return "no safetensors weights"
+    return None
+
+
+def converted_openvino(model_dir: str | Path) -> Path:
+    """A copy of ``model_dir`` with its OpenVINO export, converted once per folder content.
+
+    The copy lives in ``$EMBEDRAY_CACHE/openvino/<digest of the folder>-<openvino version>``;
+    the next call (any process on this machine) finds it there. Processes converting the same
+    folder at once wait for the first one (a file lock); the copy is renamed into place only
+    when complete and checked (:func:`export_model`).
+
+    Raises:
+        ValueError: the folder can't be converted (:func:`openvino_conversion_blocker`) or the
+            conversion does not reproduce the torch model.
+    """
+    import openvino as ov
+    from filelock import FileLock
+
+    from embedray.models.bundled import cache_dir
+
+    src = Path(model_dir).resolve()
+    if has_openvino_export(src):
+        return src
+    if (why := openvino_conversion_blocker(src)) is not None:
+        raise ValueError(f"{src}: can't convert it to OpenVINO: {why}")
+    root = cache_dir() / CONVERTED_DIR
+    root.mkdir(parents=True, exist_ok=True)
+    target = root / f"{folder_digest(src)}-{ov.__version__.split('-')[0]}"
+    done = target / OPENVINO_DIR / OPENVINO_FILE
+    if done.is_file():
+        return target
+    with FileLock(str(target) + ".lock", timeout=CONVERT_LOCK_TIMEOUT_S):
+        if not done.is_file():
+            log.warning("converting %s to OpenVINO once (cached in %s)", src, target)
+            export_model(src, target, fmt="openvino")
+    return target

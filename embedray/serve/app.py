@@ -414,6 +414,7 @@ class _Service:
             "dimensions": self.allowed_dims, "max_tokens": self.counter.max_seq_length,
             "normalized": bool(self.info.get("normalized")), "precision": self.info.get("precision"),
             "backend": self.info.get("backend", "torch"), "onnx_file": self.info.get("onnx_file"),
+            "converted": bool(self.info.get("converted")),
             "device": self.info.get("device", "cpu"), "gpu_ids": self.info.get("gpu_ids", []),
             "base_model": self.card.base_model,
             "prompts": self.prompts, "default_prompt_name": self.default_prompt_name,

@@ -71,10 +71,17 @@ class ServeConfig:
             ``auto`` (the default): with ``precision`` ``auto``, ``openvino`` where the folder
             has that export, the runtime is installed and the CPU has bf16 units, else ``onnx``
             on the int8 file where the folder has one (``--quantize int8``) and onnxruntime is
-            installed, else ``torch``; resolved here, so ``backend`` and ``onnx_file`` name what
-            runs. The base model and the cross-encoder stay on torch.
+            installed, else (with ``convert``) ``openvino`` on a converted copy where the CPU has
+            bf16 units, no GPU is in sight and the folder converts, else ``torch``; resolved here,
+            so ``backend`` and ``onnx_file`` name what runs. The base model resolves its own; the
+            cross-encoder stays on torch.
         onnx_file: the file under ``MODEL/onnx/`` the ``onnx`` backend runs: ``model.onnx`` (fp32)
             or ``model_qint8_avx512_vnni.onnx`` (int8, from ``--quantize int8``).
+        convert: the ``openvino`` backend on a folder without an ``openvino/`` export (``auto``
+            picks it where it is the fastest backend) converts the folder once into
+            ``$EMBEDRAY_CACHE/openvino/`` (``embedray export --format openvino`` of a copy, keyed
+            by the folder's content, on each machine that runs a replica) and serves the copy;
+            ``--no-convert`` keeps ``auto`` on torch and makes ``--backend openvino`` need the export.
         max_ongoing_requests: batch parts one model replica accepts at once (they form batches).
         max_queued_requests: batch parts waiting for a replica before new ones get a 503.
             -1 means unlimited.
@@ -127,6 +134,7 @@ class ServeConfig:
     precision: str = "auto"
     backend: str = "auto"
     onnx_file: str = "model.onnx"
+    convert: bool = True
     max_ongoing_requests: int = 64
     max_queued_requests: int = 256
     max_batch_tokens: int = 8192
@@ -239,9 +247,12 @@ class ServeConfig:
         """``backend`` is known (``auto`` resolved), its packages are installed, the ONNX file exists."""
         from embedray.models.backends import auto_backend, onnx_path, openvino_path, require_onnx, require_openvino
         from embedray.models.config import check_backend
+        from embedray.models.export import openvino_conversion_blocker
 
         if self.backend == "auto":
             self.backend, self.onnx_file = auto_backend(self.model_dir, self.precision, self.onnx_file)
+            if self.backend == "torch" and self._converts_to_openvino():
+                self.backend = "openvino"
         check_backend(self.backend, allow_auto=True)
         if self.backend == "onnx":
             if self.precision == "bf16":
@@ -257,7 +268,23 @@ class ServeConfig:
             try:
                 openvino_path(self.model_dir)
             except FileNotFoundError as e:
-                raise ValueError(f"backend: {e}") from None
+                why = openvino_conversion_blocker(self.model_dir) if self.convert else "--no-convert"
+                if why is not None:
+                    raise ValueError(f"backend: {e} (and it is not converted on load: {why})") from None
+
+    def _converts_to_openvino(self) -> bool:
+        """Whether ``auto`` serves a converted OpenVINO copy: conversion on, precision ``auto`` on a
+        CPU with bf16 units, no GPU asked for or visible here, and the folder converts."""
+        import torch
+
+        from embedray.models.export import openvino_conversion_blocker
+        from embedray.models.precision import cpu_bf16_is_fast
+
+        if not self.convert or self.precision != "auto" or not cpu_bf16_is_fast():
+            return False
+        if self.gpus_per_replica not in ("auto", "0") or torch.cuda.is_available():
+            return False
+        return openvino_conversion_blocker(self.model_dir) is None
 
     def limits(self) -> dict[str, float | int]:
         """The limits and timeouts clients see in ``/info``."""

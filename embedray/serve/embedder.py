@@ -87,7 +87,8 @@ class EmbedderCore:
             fast), ``fp32`` or ``bf16``; pooling and normalisation stay fp32.
         backend: ``torch``, ``onnx`` (onnxruntime runs ``onnx/<onnx_file>`` of the folder, in the
             precision of that file) or ``openvino`` (the folder's ``openvino/`` export, in
-            ``precision``).
+            ``precision``; a folder without one is converted once into the model cache,
+            :func:`embedray.models.export.converted_openvino`).
         onnx_file: the ONNX file of the ``onnx`` backend, e.g. ``model_qint8_avx512_vnni.onnx``.
         device: torch device of the torch backend (``cpu``, ``cuda``).
         gpu_ids: the GPUs Ray assigned to this replica (reported by :meth:`describe`).
@@ -99,10 +100,16 @@ class EmbedderCore:
                  onnx_file: str = "model.onnx", device: str = "cpu", gpu_ids: Sequence[str] = ()):
         import torch
 
-        from embedray.models.backends import load_sentence_model
+        from embedray.models.backends import has_openvino_export, load_sentence_model
 
         if torch_threads > 0:
             torch.set_num_threads(torch_threads)
+        self.source_dir = str(Path(model_dir).resolve())
+        if backend == "openvino" and not has_openvino_export(model_dir):
+            from embedray.models.export import converted_openvino
+
+            model_dir = converted_openvino(model_dir)  # once per folder content (ServeConfig.convert)
+        self.model_dir = str(Path(model_dir).resolve())
         self.model = load_sentence_model(model_dir, backend, onnx_file, threads=torch_threads, device=device,
                                          precision=precision)
         self.model.eval()
@@ -174,6 +181,7 @@ class EmbedderCore:
         """Facts the HTTP layer needs: dims, max tokens, normalization, prompts, corpus size."""
         return {"dim": self.dim, "max_seq_length": self.max_seq_length, "normalized": self.normalized,
                 "precision": self.precision, "backend": self.backend, "onnx_file": self.onnx_file,
+                "converted": self.model_dir != self.source_dir,
                 "corpus_size": len(self.corpus) if self.corpus is not None else 0,
                 "index_type": self.corpus.index_type if self.corpus is not None else None,
                 "max_batch_tokens": self.max_batch_tokens, "prompts": dict(self.prompts),

@@ -50,8 +50,8 @@ def test_onnx_backend_searches_the_corpus(make_client, onnx_model, corpus_file):
     assert len(r.json()["results"]) == 2
 
 
-def test_auto_backend_is_torch_without_an_int8_export(make_client, tiny_model):
-    assert ServeConfig(str(tiny_model)).backend == "torch"
+def test_auto_backend_is_torch_without_an_export(make_client, tiny_model):
+    assert ServeConfig(str(tiny_model), convert=False).backend == "torch"
     info = make_client(tiny_model).get("/info").json()
     assert info["backend"] == "torch" and info["onnx_file"] is None
 

@@ -80,8 +80,9 @@ def test_serve_runs_the_openvino_backend_and_says_so(make_client, ov_model):
 
 
 def test_openvino_requests_are_checked(ov_model, matryoshka_model, tmp_path, capsys):
-    with pytest.raises(ValueError, match=r"backend: .*openvino_model.xml.*embedray export .* --format openvino"):
-        ServeConfig(str(matryoshka_model), backend="openvino")
+    with pytest.raises(ValueError, match=r"backend: .*openvino_model.xml.*embedray export .* --format openvino"
+                                         r".*not converted on load: --no-convert"):
+        ServeConfig(str(matryoshka_model), backend="openvino", convert=False)
     with pytest.raises(FileNotFoundError, match="--format openvino"):
         openvino_path(matryoshka_model)
     from embedray.models.export import export_model
@@ -96,3 +97,79 @@ def test_openvino_requests_are_checked(ov_model, matryoshka_model, tmp_path, cap
     assert (folder / OPENVINO_DIR / OPENVINO_FILE).is_file()
     assert sorted(p.name for p in (folder / "onnx").iterdir()) == [ONNX_FILE]
     assert set(json.loads((folder / "embedray.json").read_text())["export"]) == {"onnx", "openvino"}
+
+
+@pytest.fixture
+def model_cache(tmp_path, monkeypatch):
+    """An empty ``$EMBEDRAY_CACHE`` for this test (bundled models are resolved before it is set)."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("EMBEDRAY_CACHE", str(cache))
+    return cache
+
+
+@pytest.fixture
+def export_calls(monkeypatch):
+    """Counts :func:`embedray.models.export.export_model` calls (the conversions that ran)."""
+    import embedray.models.export as export
+
+    calls = []
+    real = export.export_model
+
+    def counting(*args, **kwargs):
+        calls.append(args[0])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(export, "export_model", counting)
+    return calls
+
+
+@pytest.mark.skipif(not cpu_bf16_is_fast(), reason="auto converts only on a CPU with bf16 units")
+def test_auto_serves_a_folder_without_an_export_from_a_converted_copy(make_client, matryoshka_model, tmp_path,
+                                                                     model_cache, export_calls):
+    folder = tmp_path / "user-model"
+    shutil.copytree(matryoshka_model, folder)
+    cfg = ServeConfig(str(folder))
+    assert (cfg.backend, cfg.model_dir) == ("openvino", str(folder))  # the user's folder, converted on load
+    client = make_client(folder, precision="auto")
+    info = client.get("/info").json()
+    assert (info["backend"], info["precision"], info["converted"]) == ("openvino", "bf16", True)
+    assert info["dimensions"] == [32, 16, 8] and info["metrics"] == {"ndcg@10": 0.4321}  # the card travels
+    expected = SentenceTransformer(str(folder), device="cpu").encode(TEXTS)  # torch fp32
+    assert (_embed(client, TEXTS) * expected).sum(axis=1).min() >= 0.99
+    assert not (folder / OPENVINO_DIR).exists()  # the user's folder is left as it was
+    (copy,) = [p for p in (model_cache / "openvino").iterdir() if p.is_dir()]
+    assert (copy / OPENVINO_DIR / OPENVINO_FILE).is_file() and export_calls == [folder]
+    # Once per content: a second replica finds the copy; a changed folder is converted again.
+    from embedray.serve.embedder import EmbedderCore
+
+    assert EmbedderCore(folder, backend="openvino").describe()["converted"] and len(export_calls) == 1
+    (folder / "embedray.json").write_text(json.dumps({"matryoshka_dims": [32, 16], "metrics": {}}))
+    EmbedderCore(folder, backend="openvino")
+    assert len(export_calls) == 2 and len([p for p in (model_cache / "openvino").iterdir() if p.is_dir()]) == 2
+
+
+def test_auto_keeps_torch_where_conversion_is_off_or_does_not_apply(matryoshka_model, tmp_path, model_cache):
+    assert ServeConfig(str(matryoshka_model), convert=False).backend == "torch"
+    assert ServeConfig(str(matryoshka_model), precision="fp32").backend == "torch"
+    assert ServeConfig(str(matryoshka_model), precision="bf16").backend == "torch"
+    assert ServeConfig(str(matryoshka_model), gpus_per_replica="1").backend == "torch"
+    # A folder the exporter can't take (its weights are not safetensors) stays on torch under auto,
+    # and --backend openvino says why it is not converted.
+    folder = tmp_path / "bin-weights"
+    shutil.copytree(matryoshka_model, folder)
+    (folder / "model.safetensors").rename(folder / "pytorch_model.bin")
+    assert ServeConfig(str(folder)).backend == "torch"
+    with pytest.raises(ValueError, match="not converted on load: no safetensors weights"):
+        ServeConfig(str(folder), backend="openvino")
+    assert not (model_cache / "openvino").exists()
+
+
+def test_concurrent_conversions_of_one_folder_convert_it_once(matryoshka_model, tmp_path, model_cache, export_calls):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from embedray.models.export import converted_openvino, folder_digest
+
+    with ThreadPoolExecutor(3) as pool:
+        copies = list(pool.map(converted_openvino, [matryoshka_model] * 3))
+    assert len(set(copies)) == 1 and len(export_calls) == 1
+    assert copies[0].name.startswith(folder_digest(matryoshka_model))
