@@ -4,7 +4,9 @@ Same model (minilm-l6), data (Debian train pairs), max length 128, batch 32 (glo
 negative per pair (random), same 2-CPU budget, measured in one run. Steady-state throughput:
 the first WARMUP steps of each run are not timed. The peers: ``SentenceTransformerTrainer`` +
 ``MultipleNegativesRankingLoss`` as installed (fp32) and with ``bf16=True``; embedray with
-``train.precision`` ``auto`` (its default: bf16 where the CPU has bf16 units) and ``fp32``.
+``train.precision`` ``auto`` (its default: bf16 where the CPU has bf16 units) and ``fp32``, both
+with ``train.attention`` from ``--attention`` (default ``auto``: eager attention in training
+passes on a CPU).
 
 Printed: the table, then ``ratio vs_st_fp32`` and ``ratio vs_st_bf16`` (embedray's fastest
 ``auto`` run over each peer).
@@ -70,7 +72,8 @@ def sentence_transformers_run(data, pairs, steps, batch, max_len, threads, bf16:
     return batch * (len(timed) - 1) / (timed[-1] - timed[0])
 
 
-def embedray_run(data_dir, steps, batch, max_len, workers, storage, precision: str = "auto") -> float:
+def embedray_run(data_dir, steps, batch, max_len, workers, storage, precision: str = "auto",
+                 attention: str = "auto") -> float:
     from embedray.cluster.train import run_training
     from embedray.config import build_config
     from embedray.pipeline.config import TrainJobConfig
@@ -81,7 +84,7 @@ def embedray_run(data_dir, steps, batch, max_len, workers, storage, precision: s
         "loss": {"name": "infonce", "temperature": 0.05, "gather_across_workers": workers > 1},
         "train": {"max_steps": steps, "batch_size": batch // workers, "num_negatives": 1, "lr": 3e-5,
                   "max_query_length": max_len, "max_doc_length": max_len, "checkpoint_every": 0,
-                  "num_threads": 2 // workers, "precision": precision},
+                  "num_threads": 2 // workers, "precision": precision, "attention": attention},
         "cluster": {"num_workers": workers, "cpus_per_worker": 2 / workers, "storage_path": str(storage),
                     "run_name": f"bench-{workers}w-{time.time_ns()}"},
     })
@@ -98,6 +101,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--max-len", type=int, default=128)
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="embedray worker counts to try")
+    ap.add_argument("--attention", default="auto", choices=["auto", "eager", "sdpa"],
+                    help="embedray's train.attention (default: %(default)s)")
     ap.add_argument("--json", help="also write the results here")
     a = ap.parse_args()
 
@@ -115,7 +120,7 @@ def main() -> None:
             for w in a.workers:
                 name = (f"embedray {precision} ({w} worker{'s' * (w > 1)} × {2 // w} "
                         f"thread{'s' * (w == 1)})")
-                results[name] = embedray_run(a.data, a.steps, a.batch, a.max_len, w, storage, precision)
+                results[name] = embedray_run(a.data, a.steps, a.batch, a.max_len, w, storage, precision, a.attention)
                 if precision == "auto":
                     ours.append(results[name])
     base = results[st_fp32]

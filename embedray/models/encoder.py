@@ -15,6 +15,7 @@ Example:
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import json
@@ -52,6 +53,16 @@ QLORA_NEEDS_GPU = ("QLoRA needs a CUDA GPU and bitsandbytes (pip install 'embedr
                    "on CPU use finetune: lora or full")
 
 
+def resolve_attention(attention: str, device: torch.device | str) -> str | None:
+    """``train.attention`` for a device: ``auto`` → ``eager`` on a CPU (where back-propagating
+    through torch's fused SDPA is the slower of the two), ``None`` (the backbone's own) elsewhere."""
+    if attention not in ("auto", "eager", "sdpa"):
+        raise ValueError(f"attention: must be auto, eager or sdpa, got {attention!r}")
+    if attention != "auto":
+        return attention
+    return "eager" if torch.device(device).type == "cpu" else None
+
+
 class BiEncoder(nn.Module):
     """Shared-weight text encoder: ``texts -> (batch, dim)`` embeddings.
 
@@ -68,6 +79,11 @@ class BiEncoder(nn.Module):
         precision: ``fp32``, ``bf16`` or ``auto`` (see :mod:`embedray.models.precision`): the
             backbone's compute precision in ``forward`` and ``encode``; pooling, projection and
             normalisation stay fp32. Set by the training loop from ``train.precision``.
+        train_attention: the backbone's attention implementation (``eager``, ``sdpa``) in
+            ``forward`` passes in training mode (GradCache's pass without a graph included, so
+            that it matches the pass with one), ``None`` for its own; eval-mode passes (``encode``,
+            dev evaluation, a frozen teacher) run its own. Set by the training loop from
+            ``train.attention``.
     """
 
     def __init__(self, backbone: nn.Module, tokenizer: Any, config: ModelConfig, source_dir: Path,
@@ -83,6 +99,7 @@ class BiEncoder(nn.Module):
         self.source_dir = Path(source_dir)
         self.max_seq_length = max_seq_length
         self.precision = "fp32"
+        self.train_attention: str | None = None
 
     # ------------------------------------------------------------------ building
     @classmethod
@@ -162,7 +179,7 @@ class BiEncoder(nn.Module):
             ``(batch, dim)`` float32 embeddings (unit length when ``config.normalize``); with
             ``return_hidden``, ``(embeddings, states)``: one ``(batch, seq, hidden)`` per layer.
         """
-        with autocast(self.precision, input_ids.device):
+        with autocast(self.precision, input_ids.device), self._attention(self.training):
             out = self.backbone(input_ids=input_ids, attention_mask=attention_mask,
                                 output_hidden_states=return_hidden, **features)
         tokens = out.last_hidden_state.float()  # (batch, seq, hidden); pool in float32 under bf16
@@ -172,6 +189,21 @@ class BiEncoder(nn.Module):
         if self.config.normalize:
             emb = F.normalize(emb, p=2, dim=-1)
         return (emb, tuple(h.float() for h in out.hidden_states[1:])) if return_hidden else emb
+
+    @contextlib.contextmanager
+    def _attention(self, training: bool):
+        """The backbone runs ``train_attention`` for a training-mode pass, then its own again (the
+        autograd graph keeps the kernels it recorded; the saved config never sees the switch)."""
+        base = self.backbone.get_base_model() if hasattr(self.backbone, "get_base_model") else self.backbone
+        own = getattr(base.config, "_attn_implementation", None)
+        switch = training and self.train_attention not in (None, own) and hasattr(base, "set_attn_implementation")
+        if switch:
+            base.set_attn_implementation(self.train_attention)
+        try:
+            yield
+        finally:
+            if switch:
+                base.set_attn_implementation(own)
 
     @torch.no_grad()
     def encode(self, texts: Sequence[str], batch_size: int = 64, show_progress_bar: bool = False,

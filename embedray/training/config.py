@@ -59,6 +59,12 @@ class TrainConfig:
     ``auto`` = bf16 autocast where the hardware runs it fast (a CUDA GPU with bf16, a CPU with
     AMX-BF16 or AVX512-BF16), fp32 elsewhere. Pooling, losses and scores stay fp32. Exact-resume
     comparisons are made in fp32."""
+    attention: Literal["auto", "eager", "sdpa"] = "auto"
+    """The backbone's attention kernel in the forward passes that train (training mode):
+    ``auto`` = ``eager`` (matmul + softmax) on a CPU, where torch's fused SDPA takes longer to
+    back-propagate through, the backbone's own elsewhere; ``eager`` / ``sdpa`` force it.
+    Inference passes (dev evaluation, encoding, a frozen teacher) and the saved model keep the
+    backbone's own."""
     seed: int = 0
     """Seeds the model head, batch order, negatives and dropout; same seed → same run."""
     max_query_length: int = 64

@@ -24,7 +24,7 @@ from embedray.losses import build_objective, set_dropout
 from embedray.losses.infonce import ids_to_tensor
 from embedray.losses.config import LossConfig
 from embedray.models.config import ModelConfig
-from embedray.models.encoder import BiEncoder
+from embedray.models.encoder import BiEncoder, resolve_attention
 from embedray.models.precision import resolve_precision
 from embedray.training import checkpoint as ckpt
 from embedray.training.config import DistillConfig, TrainConfig
@@ -147,6 +147,7 @@ def train(model_cfg: ModelConfig, loss_cfg: LossConfig, train_cfg: TrainConfig, 
 
     core = BiEncoder.from_config(model_cfg)
     core.precision = resolve_precision(tc.precision, session.device)  # the backbone's; losses stay fp32
+    core.train_attention = resolve_attention(tc.attention, session.device)
     specs = _task_specs(model_cfg, loss_cfg, tc, tasks)
     all_needs = [s[2].loop_needs() for s in specs]
     dropouts = {s[2].loop_needs().dropout for s in specs} - {None}
