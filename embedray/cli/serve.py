@@ -98,19 +98,20 @@ def run(args: argparse.Namespace) -> int:
     and the UI with ``--ui``), print the URLs and block until Ctrl-C. Returns 0."""
     import dataclasses
 
+    from embedray.models.backends import ONNX_FILE, has_openvino_export
+    from embedray.models.export import CONVERTED_DIR
+
     cfg = config_from_args(args)
     base = None
     if getattr(args, "base_model", None):
         base = dataclasses.replace(cfg, model_dir=str(resolve_model(args.base_model)),
                                    model_name=_display_name(args.base_model), cross_encoder=None, replicas=1,
                                    backend="torch" if getattr(args, "backend", "auto") == "torch" else "auto",
-                                   onnx_file="model.onnx")
-    from embedray.models.backends import has_openvino_export
-
+                                   onnx_file=ONNX_FILE)
     for served in (cfg, base):
         if served is not None and served.backend == "openvino" and not has_openvino_export(served.model_dir):
             print(f"{served.model_name}: served with OpenVINO from a converted copy (made once, kept in "
-                  f"{cache_dir() / 'openvino'}; --backend torch or --no-convert serves it with torch)", flush=True)
+                  f"{cache_dir() / CONVERTED_DIR}; --backend torch or --no-convert serves it with torch)", flush=True)
     on_ready = None
     if getattr(args, "ui", False):
         def on_ready(urls: dict[str, str]):

@@ -104,12 +104,11 @@ class EmbedderCore:
 
         if torch_threads > 0:
             torch.set_num_threads(torch_threads)
-        self.source_dir = str(Path(model_dir).resolve())
-        if backend == "openvino" and not has_openvino_export(model_dir):
+        self.converted = backend == "openvino" and not has_openvino_export(model_dir)
+        if self.converted:
             from embedray.models.export import converted_openvino
 
             model_dir = converted_openvino(model_dir)  # once per folder content (ServeConfig.convert)
-        self.model_dir = str(Path(model_dir).resolve())
         self.model = load_sentence_model(model_dir, backend, onnx_file, threads=torch_threads, device=device,
                                          precision=precision)
         self.model.eval()
@@ -181,7 +180,7 @@ class EmbedderCore:
         """Facts the HTTP layer needs: dims, max tokens, normalization, prompts, corpus size."""
         return {"dim": self.dim, "max_seq_length": self.max_seq_length, "normalized": self.normalized,
                 "precision": self.precision, "backend": self.backend, "onnx_file": self.onnx_file,
-                "converted": self.model_dir != self.source_dir,
+                "converted": self.converted,
                 "corpus_size": len(self.corpus) if self.corpus is not None else 0,
                 "index_type": self.corpus.index_type if self.corpus is not None else None,
                 "max_batch_tokens": self.max_batch_tokens, "prompts": dict(self.prompts),
