@@ -6,12 +6,14 @@ the first WARMUP steps of each run are not timed. The peers: ``SentenceTransform
 ``MultipleNegativesRankingLoss`` as installed (fp32) and with ``bf16=True``; embedray with
 ``train.precision`` ``auto`` (its default: bf16 where the CPU has bf16 units) and ``fp32``, both
 with ``train.attention`` from ``--attention`` (default ``auto``: eager attention in training
-passes on a CPU).
+passes on a CPU) and ``train.weight_dtype`` from ``--weight-dtype`` (default ``auto``: bf16
+working weights with fp32 masters under bf16 on a CPU; ``fp32``: autocast over fp32 weights).
 
 Printed: the table, then ``ratio vs_st_fp32`` and ``ratio vs_st_bf16`` (embedray's fastest
 ``auto`` run over each peer).
 
     .venv/bin/python bench/train_throughput.py --data data/debian --steps 40 [--json out.json]
+        [--attention auto|eager|sdpa] [--weight-dtype auto|fp32|bf16]
 """
 from __future__ import annotations
 
@@ -73,7 +75,7 @@ def sentence_transformers_run(data, pairs, steps, batch, max_len, threads, bf16:
 
 
 def embedray_run(data_dir, steps, batch, max_len, workers, storage, precision: str = "auto",
-                 attention: str = "auto") -> float:
+                 attention: str = "auto", weight_dtype: str = "auto") -> float:
     from embedray.cluster.train import run_training
     from embedray.config import build_config
     from embedray.pipeline.config import TrainJobConfig
@@ -84,7 +86,8 @@ def embedray_run(data_dir, steps, batch, max_len, workers, storage, precision: s
         "loss": {"name": "infonce", "temperature": 0.05, "gather_across_workers": workers > 1},
         "train": {"max_steps": steps, "batch_size": batch // workers, "num_negatives": 1, "lr": 3e-5,
                   "max_query_length": max_len, "max_doc_length": max_len, "checkpoint_every": 0,
-                  "num_threads": 2 // workers, "precision": precision, "attention": attention},
+                  "num_threads": 2 // workers, "precision": precision, "attention": attention,
+                  "weight_dtype": weight_dtype if precision != "fp32" else "auto"},
         "cluster": {"num_workers": workers, "cpus_per_worker": 2 / workers, "storage_path": str(storage),
                     "run_name": f"bench-{workers}w-{time.time_ns()}"},
     })
@@ -103,6 +106,8 @@ def main() -> None:
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="embedray worker counts to try")
     ap.add_argument("--attention", default="auto", choices=["auto", "eager", "sdpa"],
                     help="embedray's train.attention (default: %(default)s)")
+    ap.add_argument("--weight-dtype", default="auto", choices=["auto", "fp32", "bf16"],
+                    help="embedray's train.weight_dtype in its bf16 runs (default: %(default)s)")
     ap.add_argument("--json", help="also write the results here")
     a = ap.parse_args()
 
@@ -120,7 +125,8 @@ def main() -> None:
             for w in a.workers:
                 name = (f"embedray {precision} ({w} worker{'s' * (w > 1)} × {2 // w} "
                         f"thread{'s' * (w == 1)})")
-                results[name] = embedray_run(a.data, a.steps, a.batch, a.max_len, w, storage, precision, a.attention)
+                results[name] = embedray_run(a.data, a.steps, a.batch, a.max_len, w, storage, precision, a.attention,
+                                             a.weight_dtype)
                 if precision == "auto":
                     ours.append(results[name])
     base = results[st_fp32]

@@ -1,6 +1,6 @@
 """Fault injection for the tests; the package has none.
 
-``kill_once_at`` is an ``on_step`` hook of the training loop, ``kill_refresher_once_at`` a
+``crash_at`` is an ``on_step`` hook of an in-process run that raises; ``kill_once_at`` is an ``on_step`` hook of the training loop, ``kill_refresher_once_at`` a
 ``before_publish`` hook of the refresher: each SIGKILLs its process once (a marker file
 remembers it across Ray's restarts). Both are closures, so Ray ships them to its workers and
 actors by value: no worker needs to import this module.
@@ -12,6 +12,19 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+
+
+class Crash(RuntimeError):
+    """What :func:`crash_at` raises."""
+
+
+def crash_at(step: int):
+    """An ``on_step`` hook of the training loop (in-process runs) that raises :class:`Crash` after
+    ``step``: the run stops there as a crash would, its checkpoints left as written."""
+    def hook(done, log):
+        if done == step:
+            raise Crash()
+    return hook
 
 
 def kill_once_at(step: int, marker: Path, rank: int = 1, pause_s: float = 3.0):

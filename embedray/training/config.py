@@ -59,6 +59,13 @@ class TrainConfig:
     ``auto`` = bf16 autocast where the hardware runs it fast (a CUDA GPU with bf16, a CPU with
     AMX-BF16 or AVX512-BF16), fp32 elsewhere. Pooling, losses and scores stay fp32. Exact-resume
     comparisons are made in fp32."""
+    weight_dtype: Literal["auto", "fp32", "bf16"] = "auto"
+    """The dtype of the backbone's working weights when ``precision`` resolves to bf16: ``bf16``
+    keeps bf16 copies that the forward and backward passes read (embeddings, biases and
+    activations in bf16 too; layer norm and softmax stay fp32 under autocast) while the optimizer
+    steps fp32 master weights, which checkpoints, snapshots, dev evaluations and the saved model
+    hold; ``fp32`` runs autocast over fp32 weights. ``auto`` = bf16 on a CPU under full
+    fine-tuning, fp32 elsewhere (see :mod:`embedray.training.master_weights`)."""
     attention: Literal["auto", "eager", "sdpa"] = "auto"
     """The backbone's attention kernel in the forward passes that train (training mode):
     ``auto`` = ``eager`` (matmul + softmax) on a CPU, where torch's fused SDPA takes longer to

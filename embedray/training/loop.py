@@ -36,6 +36,7 @@ from embedray.training.distributed import average_gradients, barrier, broadcast_
 from embedray.training.gather import gather_fn_for_loss
 from embedray.training.grad_cache import CachedEmbeddings, backward_through_model, embed_without_graph
 from embedray.training.logs import RunLogger
+from embedray.training.master_weights import MasterWeights, resolve_weight_dtype
 from embedray.training.optim import adamw
 from embedray.training.plots import plot_run
 from embedray.training.shards import doc_ids as shard_doc_ids
@@ -78,9 +79,9 @@ def _lr_lambda(cfg, total: int) -> Callable[[int], float]:
     return f
 
 
-def _param_groups(model: torch.nn.Module, extra: list, weight_decay: float) -> list[dict]:
+def _param_groups(named_parameters, extra: list, weight_decay: float) -> list[dict]:
     decay, no_decay = [], []
-    for name, p in model.named_parameters():
+    for name, p in named_parameters:
         if p.requires_grad:
             (no_decay if p.ndim < 2 or "LayerNorm" in name or "norm" in name else decay).append(p)
     return [{"params": decay + [p for p in extra if p.requires_grad], "weight_decay": weight_decay},
@@ -155,6 +156,9 @@ def train(model_cfg: ModelConfig, loss_cfg: LossConfig, train_cfg: TrainConfig, 
         raise ValueError(f"tasks: the objectives set different dropout rates {sorted(dropouts)}; one model has one")
     if dropouts:
         set_dropout(core, dropouts.pop())
+    # bf16 working weights, fp32 masters for the optimizer: converted before DDP wraps the model.
+    weight_dtype = resolve_weight_dtype(tc.weight_dtype, core.precision, session.device, model_cfg.finetune)
+    masters = MasterWeights(core) if weight_dtype == "bf16" else None
     model = session.prepare_model(core)
     teacher, distill = None, resolve_ce_temperature(distill or DistillConfig(), run_dir, rank0)
     if any(distill.needs_model(n) for n in all_needs):  # one teacher for every task that distills
@@ -178,7 +182,8 @@ def train(model_cfg: ModelConfig, loss_cfg: LossConfig, train_cfg: TrainConfig, 
     multi = tasks is not None
     schedule = TaskSchedule([t.weight for t in loop_tasks], tc.seed, tc.task_sampling, tc.max_steps * tc.grad_accum)
     loss_params = [p for t in loop_tasks for p in t.loss_fn.parameters()]
-    optimizer = adamw(_param_groups(core, loss_params, tc.weight_decay), lr=tc.lr)
+    optimizer = adamw(_param_groups(masters.named_parameters() if masters else core.named_parameters(),
+                                    loss_params, tc.weight_decay), lr=tc.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(tc, tc.max_steps))
     plan = loop_tasks[0].plan
     # The refreshed pool feeds every task that takes its negatives from it (a multi-task pool
@@ -193,7 +198,7 @@ def train(model_cfg: ModelConfig, loss_cfg: LossConfig, train_cfg: TrainConfig, 
     if sharded:
         state["rows_digest"] = shard.digest
     if (saved := session.restore(seed=tc.seed)) is not None:
-        core.load_state_dict({k: v for k, v in saved["model"].items() if not k.startswith(LOSS_PREFIX)})
+        (masters or core).load_state_dict({k: v for k, v in saved["model"].items() if not k.startswith(LOSS_PREFIX)})
         for t in loop_tasks:
             prefix = _loss_prefix(t.name)
             t.loss_fn.load_state_dict({k[len(prefix):]: v for k, v in saved["model"].items() if k.startswith(prefix)})
@@ -223,9 +228,10 @@ def train(model_cfg: ModelConfig, loss_cfg: LossConfig, train_cfg: TrainConfig, 
         if sharded:
             what += f" (rank 0's shard: {len(examples)} rows)"
         print(f"[embedray] {'resuming at step ' + str(start_step) if start_step else 'starting'}: {what}, "
-              f"{session.world_size} worker(s), {tc.max_steps} steps", flush=True)
+              f"{session.world_size} worker(s), {tc.max_steps} steps"
+              + (", bf16 weights with fp32 masters" if masters else ""), flush=True)
     if start_step == 0 and hooks.evaluate is not None and rank0:
-        log.event("dev", 0, _evaluate(hooks.evaluate, core, "start"))
+        log.event("dev", 0, _evaluate(hooks.evaluate, core, "start", masters))
 
     saved_at = [start_step] if start_step else []
 
@@ -234,7 +240,7 @@ def train(model_cfg: ModelConfig, loss_cfg: LossConfig, train_cfg: TrainConfig, 
         if multi:
             state["task_cursors"] = schedule.cursors(step * tc.grad_accum)
         trainer_state = {"step": step, "state": state, "seed": tc.seed, "world_size": session.world_size}
-        weights = dict(core.state_dict())
+        weights = masters.state_dict() if masters else dict(core.state_dict())
         for t in loop_tasks:
             weights.update({_loss_prefix(t.name) + k: v for k, v in t.loss_fn.state_dict().items()})
         session.save_checkpoint(step, {"step": step}, model_state=weights,
@@ -273,11 +279,15 @@ def train(model_cfg: ModelConfig, loss_cfg: LossConfig, train_cfg: TrainConfig, 
         if not math.isfinite(step_loss):
             raise FloatingPointError(_not_finite(step_loss, step + 1, tc, saved_at[-1] if saved_at else None))
         average_gradients(loss_params)  # a loss's own head is not in DDP's model
+        if masters:
+            masters.grads_to_masters()
         params = [p for g in optimizer.param_groups for p in g["params"]]
         grad_norm = torch.nn.utils.clip_grad_norm_(params, tc.max_grad_norm if tc.max_grad_norm > 0 else float("inf"))
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
+        if masters:
+            masters.masters_to_model()
         done = step + 1
         dt = time.perf_counter() - t0
         first, first_cursor = step_tasks[0]
@@ -293,13 +303,14 @@ def train(model_cfg: ModelConfig, loss_cfg: LossConfig, train_cfg: TrainConfig, 
             bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
         session.report({"step": done, "loss": step_loss})
         if rank0 and hooks.snapshot and done < tc.max_steps:
-            hooks.snapshot(done, lambda: {k: v.detach().cpu().clone() for k, v in core.state_dict().items()})
+            hooks.snapshot(done, lambda: {k: v.detach().cpu().clone() for k, v in
+                                          (masters.state_dict() if masters else core.state_dict()).items()})
         for cb in hooks.on_step:
             cb(done, log)
         stop = False
         if tc.eval_every and done % tc.eval_every == 0 and hooks.evaluate is not None and done < tc.max_steps:
             if rank0:
-                stop = _dev_and_early_stop(hooks.evaluate, core, tc, log, state, done)
+                stop = _dev_and_early_stop(hooks.evaluate, core, tc, log, state, done, masters)
             stop = broadcast_flag(stop)
         if (tc.checkpoint_every and done % tc.checkpoint_every == 0) or done == tc.max_steps or stop:
             log.flush()
@@ -308,6 +319,8 @@ def train(model_cfg: ModelConfig, loss_cfg: LossConfig, train_cfg: TrainConfig, 
             break
     bar.close()
     wall = time.perf_counter() - t_start
+    if masters:
+        masters.restore()  # the final evaluation and the saved model: full precision
     dims = next((t.needs.matryoshka_dims for t in loop_tasks if t.needs.matryoshka_dims), None)
     summary = _finish(core, loop_tasks, dims, tc, hooks, data, log, state, run_dir, step + 1 - start_step, wall,
                       rank0, total_rows, card, task_prompts(tasks) if multi else None)
@@ -458,16 +471,18 @@ def _maybe_switch_pool(hooks, samplers, state, log, step, rank0) -> None:
                                  "staleness_steps": None if snap is None else step - snap})
 
 
-def _evaluate(evaluate, core, when: str) -> dict[str, float]:
+def _evaluate(evaluate, core, when: str, masters: MasterWeights | None = None) -> dict[str, float]:
+    """``evaluate(core, when)`` with every core; with bf16 working weights, on a copy holding the
+    fp32 masters (the model a checkpoint or the final save would hold)."""
     was_training = core.training
-    with _every_core():
-        metrics = evaluate(core, when)
+    with _every_core(), masters.full_precision() if masters else contextlib.nullcontext(core) as model:
+        metrics = evaluate(model, when)
     core.train(was_training)
     return metrics
 
 
-def _dev_and_early_stop(evaluate, core, tc, log, state, step) -> bool:
-    metrics = _evaluate(evaluate, core, "step")
+def _dev_and_early_stop(evaluate, core, tc, log, state, step, masters=None) -> bool:
+    metrics = _evaluate(evaluate, core, "step", masters)
     log.event("dev", step, metrics)
     best = state["best_dev"]
     if best is None or metrics["ndcg@10"] > best:

@@ -8,6 +8,7 @@ from embedray.config import build_config
 from embedray.pipeline.config import TrainJobConfig
 from embedray.pipeline.runtime import run_local
 from embedray.training.loop import Hooks
+from tests.faults import Crash, crash_at
 
 
 def _job(beir, storage, name, **train):
@@ -35,15 +36,8 @@ def test_outputs_and_exact_resume_after_crash(topic_beir, tmp_path):
     assert list((run / "runs").glob("events.out.tfevents*"))
     assert ref["steps"] == 8 and ref["dev_before"]["ndcg@10"] >= 0
 
-    class Crash(RuntimeError):
-        pass
-
-    def crash(step, log):
-        if step == 5:
-            raise Crash()
-
     with pytest.raises(Crash):
-        run_local(_job(topic_beir, tmp_path, "crashy"), Hooks(on_step=[crash]))
+        run_local(_job(topic_beir, tmp_path, "crashy"), Hooks(on_step=[crash_at(5)]))
     resumed = run_local(_job(topic_beir, tmp_path, "crashy"))  # same run name: resumes at step 3
     assert resumed["steps_this_session"] == 5
     a, b = _losses(run), _losses(tmp_path / "crashy")

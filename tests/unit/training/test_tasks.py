@@ -14,6 +14,7 @@ from embedray.pipeline.runtime import run_local
 from embedray.training.loop import Hooks
 from embedray.training.tasks import TaskSchedule, load_tasks
 from tests.conftest import make_topic_beir
+from tests.faults import Crash, crash_at
 
 
 @pytest.fixture(scope="module")
@@ -51,18 +52,6 @@ def _job(tasks, storage, name, sections=None, **train):
                   "eval_every": 0, "eval_max_queries": None, "log_every": 1, "max_doc_length": 48,
                   "precision": "fp32", **train},
         "cluster": {"storage_path": str(storage), "run_name": name, "num_to_keep": 2}})
-
-
-class Crash(RuntimeError):
-    pass
-
-
-def _crash_at(at: int):
-    """An on_step callback that raises after step ``at``."""
-    def crash(step, log):
-        if step == at:
-            raise Crash()
-    return crash
 
 
 def _steps(run_dir):
@@ -116,7 +105,7 @@ def test_one_task_per_batch_exact_resume_and_export(topic_beir, second_beir, lab
     assert dev["ndcg@10"] == pytest.approx((dev["topics/ndcg@10"] + dev["second/ndcg@10"]) / 2)
 
     with pytest.raises(Crash):
-        run_local(_job(tasks, tmp_path, "crashy"), Hooks(on_step=[_crash_at(6)]))
+        run_local(_job(tasks, tmp_path, "crashy"), Hooks(on_step=[crash_at(6)]))
     resumed = run_local(_job(tasks, tmp_path, "crashy"))  # resumes at step 4: task cursors restored
     assert resumed["steps_this_session"] == 6
     again = _steps(tmp_path / "crashy")
@@ -200,7 +189,7 @@ def test_refresh_mines_each_task_in_its_own_corpus_and_resumes_exactly(topic_bei
     assert ref["steps"] == 10
 
     with pytest.raises(Crash):
-        run_local(job("crashy"), on_step=[_crash_at(6)])
+        run_local(job("crashy"), on_step=[crash_at(6)])
     run_local(job("crashy"))
     again = _steps(tmp_path / "crashy")
     assert [r["pool_version"] for r in again] == [r["pool_version"] for r in logs["steps"]]
