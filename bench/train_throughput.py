@@ -7,13 +7,14 @@ the first WARMUP steps of each run are not timed. The peers: ``SentenceTransform
 ``train.precision`` ``auto`` (its default: bf16 where the CPU has bf16 units) and ``fp32``, both
 with ``train.attention`` from ``--attention`` (default ``auto``: eager attention in training
 passes on a CPU) and ``train.weight_dtype`` from ``--weight-dtype`` (default ``auto``: bf16
-working weights with fp32 masters under bf16 on a CPU; ``fp32``: autocast over fp32 weights).
+working weights with fp32 masters under bf16 on a CPU; ``fp32``: autocast over fp32 weights;
+several values: a row per value, the first one's runs give the ratios).
 
 Printed: the table, then ``ratio vs_st_fp32`` and ``ratio vs_st_bf16`` (embedray's fastest
 ``auto`` run over each peer).
 
     .venv/bin/python bench/train_throughput.py --data data/debian --steps 40 [--json out.json]
-        [--attention auto|eager|sdpa] [--weight-dtype auto|fp32|bf16]
+        [--attention auto|eager|sdpa] [--weight-dtype auto|fp32|bf16 [...]]
 """
 from __future__ import annotations
 
@@ -106,8 +107,9 @@ def main() -> None:
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="embedray worker counts to try")
     ap.add_argument("--attention", default="auto", choices=["auto", "eager", "sdpa"],
                     help="embedray's train.attention (default: %(default)s)")
-    ap.add_argument("--weight-dtype", default="auto", choices=["auto", "fp32", "bf16"],
-                    help="embedray's train.weight_dtype in its bf16 runs (default: %(default)s)")
+    ap.add_argument("--weight-dtype", nargs="+", default=["auto"], choices=["auto", "fp32", "bf16"],
+                    help="embedray's train.weight_dtype in its bf16 runs, one row each; the first gives "
+                         "the ratios (default: %(default)s)")
     ap.add_argument("--json", help="also write the results here")
     a = ap.parse_args()
 
@@ -121,13 +123,15 @@ def main() -> None:
                st_bf16: sentence_transformers_run(data, pairs, a.steps, a.batch, a.max_len, threads=2, bf16=True)}
     ours = []
     with tempfile.TemporaryDirectory() as storage:
-        for precision in ("auto", "fp32"):
+        runs = [("auto", dtype) for dtype in a.weight_dtype] + [("fp32", "auto")]
+        for precision, dtype in runs:
             for w in a.workers:
-                name = (f"embedray {precision} ({w} worker{'s' * (w > 1)} × {2 // w} "
+                weights = f", weights {dtype}" if precision == "auto" and len(a.weight_dtype) > 1 else ""
+                name = (f"embedray {precision}{weights} ({w} worker{'s' * (w > 1)} × {2 // w} "
                         f"thread{'s' * (w == 1)})")
                 results[name] = embedray_run(a.data, a.steps, a.batch, a.max_len, w, storage, precision, a.attention,
-                                             a.weight_dtype)
-                if precision == "auto":
+                                             dtype)
+                if precision == "auto" and dtype == a.weight_dtype[0]:
                     ours.append(results[name])
     base = results[st_fp32]
     print(f"\ntraining throughput, minilm-l6, batch {a.batch}, max_len {a.max_len}, 1 hard negative, "
