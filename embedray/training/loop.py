@@ -159,6 +159,7 @@ def train(model_cfg: ModelConfig, loss_cfg: LossConfig, train_cfg: TrainConfig, 
     # bf16 working weights, fp32 masters for the optimizer: converted before DDP wraps the model.
     weight_dtype = resolve_weight_dtype(tc.weight_dtype, core.precision, session.device, model_cfg.finetune)
     masters = MasterWeights(core) if weight_dtype == "bf16" else None
+    full_state = masters.state_dict if masters else core.state_dict  # what checkpoints and snapshots hold
     model = session.prepare_model(core)
     teacher, distill = None, resolve_ce_temperature(distill or DistillConfig(), run_dir, rank0)
     if any(distill.needs_model(n) for n in all_needs):  # one teacher for every task that distills
@@ -240,7 +241,7 @@ def train(model_cfg: ModelConfig, loss_cfg: LossConfig, train_cfg: TrainConfig, 
         if multi:
             state["task_cursors"] = schedule.cursors(step * tc.grad_accum)
         trainer_state = {"step": step, "state": state, "seed": tc.seed, "world_size": session.world_size}
-        weights = masters.state_dict() if masters else dict(core.state_dict())
+        weights = dict(full_state())
         for t in loop_tasks:
             weights.update({_loss_prefix(t.name) + k: v for k, v in t.loss_fn.state_dict().items()})
         session.save_checkpoint(step, {"step": step}, model_state=weights,
@@ -303,8 +304,7 @@ def train(model_cfg: ModelConfig, loss_cfg: LossConfig, train_cfg: TrainConfig, 
             bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
         session.report({"step": done, "loss": step_loss})
         if rank0 and hooks.snapshot and done < tc.max_steps:
-            hooks.snapshot(done, lambda: {k: v.detach().cpu().clone() for k, v in
-                                          (masters.state_dict() if masters else core.state_dict()).items()})
+            hooks.snapshot(done, lambda: {k: v.detach().cpu().clone() for k, v in full_state().items()})
         for cb in hooks.on_step:
             cb(done, log)
         stop = False

@@ -108,10 +108,7 @@ class MasterWeights:
             for name, p in model.named_parameters():
                 if name in self.masters:
                     p.data = self.masters[name].detach()
-        try:
-            yield model
-        finally:
-            del model
+        yield model
 
     @torch.no_grad()
     def restore(self) -> None:
