@@ -15,6 +15,10 @@ rounds after a warm-up each (median per variant), so a busy neighbour slows all 
 - ``st openvino``: sentence-transformers' own ``backend="openvino"`` (optimum-intel exports the
   folder on load; OpenVINO's default precision, bf16 on a CPU with AMX), run in the virtualenv
   ``bench/peer_venvs.sh st-openvino`` builds; skipped like the ONNX peer where it is missing;
+- ``st openvino int8``: sentence-transformers' ``export_static_quantized_openvino_model`` with
+  its default settings (NNCF static int8), calibrated on the same corpus (a local copy of its
+  texts, since the helper's default calibration set is on the hub), loaded with
+  ``backend="openvino"`` and that file, in the same virtualenv;
 - ``embedray``: :func:`embedray.eval.retrieval.load_encoder` with ``precision="auto"`` — what
   ``embedray eval``, mining, the refresher and serving load;
 - ``embedray onnx int8``: ``embedray export --quantize int8`` of the folder (a temporary copy),
@@ -22,7 +26,12 @@ rounds after a warm-up each (median per variant), so a busy neighbour slows all 
   folder with only an int8 export;
 - ``embedray openvino``: ``embedray export --format openvino`` of the same copy, loaded with
   ``load_encoder(backend="openvino", precision="auto")`` (bf16 on a CPU with bf16 units) — what
-  ``embedray serve`` and ``embedray eval --backend openvino`` run on that export.
+  ``embedray serve`` and ``embedray eval --backend openvino`` run on that export;
+- ``embedray openvino int8``: ``embedray export --format openvino --quantize int8 --calibration
+  CORPUS`` of the same copy (calibrated on the corpus file, so without the retrieval check: its
+  quality is measured by the export command on a BEIR folder, README), loaded with
+  ``load_encoder(backend="openvino", onnx_file="openvino_model_qint8_quantized.xml")`` — what
+  ``embedray serve`` runs by default where that check passed.
 
 The GEMM peak is measured in the same run: the best of ``2048 x 2048`` matmuls in fp32 and bf16.
 ``of_peak`` is the useful work rate of embedray's fastest variant (tokens/s x FLOP/token of the
@@ -54,13 +63,13 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 ROOT = Path(__file__).resolve().parent.parent
-VARIANTS = ("st fp32", "st bf16 autocast", "st bf16 weights", "st onnx int8", "st openvino", "embedray",
-            "embedray onnx int8", "embedray openvino")
-OURS = ("embedray", "embedray onnx int8", "embedray openvino")
-EXPORTED = ("embedray onnx int8", "embedray openvino")
+VARIANTS = ("st fp32", "st bf16 autocast", "st bf16 weights", "st onnx int8", "st openvino", "st openvino int8",
+            "embedray", "embedray onnx int8", "embedray openvino", "embedray openvino int8")
+OURS = ("embedray", "embedray onnx int8", "embedray openvino", "embedray openvino int8")
+EXPORTED = ("embedray onnx int8", "embedray openvino", "embedray openvino int8")
 PEER_VENVS = Path(os.environ.get("PEER_VENVS", "/tmp/embedray-peer-venvs"))
 #: The peers run in their own virtualenvs (``bench/peer_venvs.sh NAME``), each by its script.
-OUT_OF_PROCESS = {"st onnx int8": "st-onnx", "st openvino": "st-openvino"}
+OUT_OF_PROCESS = {"st onnx int8": "st-onnx", "st openvino": "st-openvino", "st openvino int8": "st-openvino"}
 
 #: The timing both out-of-process peers end with: warm-up, then the median of ``rounds``.
 ST_TIMING = r"""
@@ -74,36 +83,46 @@ for _ in range(int(rounds)):
 print(json.dumps({"docs_per_s": statistics.median(rates)}))
 """
 
-#: Run in the ST-ONNX virtualenv: export int8 the sentence-transformers way, then time it.
-ST_ONNX_SCRIPT = r"""
+#: How every out-of-process peer starts: its arguments, the texts, a copy of the folder to export into.
+ST_SETUP = r"""
 import json, shutil, statistics, sys, time
 from pathlib import Path
-from sentence_transformers import SentenceTransformer, export_dynamic_quantized_onnx_model
+import sentence_transformers as st
 src, work, texts_file, batch, rounds, threads, max_len = sys.argv[1:8]
 import torch; torch.set_num_threads(int(threads))
 texts = json.loads(Path(texts_file).read_text())
 folder = Path(work) / "model"
 shutil.copytree(src, folder, ignore=shutil.ignore_patterns("onnx", "openvino"))
-onnx = SentenceTransformer(str(folder), backend="onnx", local_files_only=True)
-export_dynamic_quantized_onnx_model(onnx, "avx512_vnni", str(folder))
-model = SentenceTransformer(str(folder), backend="onnx", local_files_only=True,
-                            model_kwargs={"file_name": "onnx/model_qint8_avx512_vnni.onnx",
-                                          "provider": "CPUExecutionProvider"})
+"""
+
+#: Run in the ST-ONNX virtualenv: export int8 the sentence-transformers way, then time it.
+ST_ONNX_SCRIPT = ST_SETUP + r"""
+onnx = st.SentenceTransformer(str(folder), backend="onnx", local_files_only=True)
+st.export_dynamic_quantized_onnx_model(onnx, "avx512_vnni", str(folder))
+model = st.SentenceTransformer(str(folder), backend="onnx", local_files_only=True,
+                               model_kwargs={"file_name": "onnx/model_qint8_avx512_vnni.onnx",
+                                             "provider": "CPUExecutionProvider"})
 """ + ST_TIMING
 
 #: Run in the ST-OpenVINO virtualenv: load the folder with backend="openvino" as a user does.
-ST_OPENVINO_SCRIPT = r"""
-import json, shutil, statistics, sys, time
-from pathlib import Path
-from sentence_transformers import SentenceTransformer
-src, work, texts_file, batch, rounds, threads, max_len = sys.argv[1:8]
-import torch; torch.set_num_threads(int(threads))
-texts = json.loads(Path(texts_file).read_text())
-folder = Path(work) / "model"
-shutil.copytree(src, folder, ignore=shutil.ignore_patterns("onnx", "openvino"))
-model = SentenceTransformer(str(folder), backend="openvino", local_files_only=True,
-                            model_kwargs={"ov_config": {"INFERENCE_NUM_THREADS": int(threads)}})
+ST_OPENVINO_SCRIPT = ST_SETUP + r"""
+model = st.SentenceTransformer(str(folder), backend="openvino", local_files_only=True,
+                               model_kwargs={"ov_config": {"INFERENCE_NUM_THREADS": int(threads)}})
 """ + ST_TIMING
+
+#: Run in the ST-OpenVINO virtualenv: sentence-transformers' static int8 export with its default
+#: settings, calibrated on the benchmark's corpus (``calibration/train.jsonl``, column ``text``).
+ST_OPENVINO_INT8_SCRIPT = ST_SETUP + r"""
+ov = st.SentenceTransformer(str(folder), backend="openvino", local_files_only=True)
+st.export_static_quantized_openvino_model(ov, None, str(folder), dataset_name=str(Path(work) / "calibration"),
+                                          dataset_config_name="default", dataset_split="train",
+                                          column_name="text")
+model = st.SentenceTransformer(str(folder), backend="openvino", local_files_only=True,
+                               model_kwargs={"file_name": "openvino/openvino_model_qint8_quantized.xml",
+                                             "ov_config": {"INFERENCE_NUM_THREADS": int(threads)}})
+""" + ST_TIMING
+SCRIPTS = {"st onnx int8": ST_ONNX_SCRIPT, "st openvino": ST_OPENVINO_SCRIPT,
+           "st openvino int8": ST_OPENVINO_INT8_SCRIPT}
 
 
 def gemm_peak(n: int = 2048, repeats: int = 10) -> dict[str, float]:
@@ -150,13 +169,14 @@ def load_variant(folder: Path, variant: str, max_len: int):
     import torch
     from sentence_transformers import SentenceTransformer
 
-    from embedray.models.backends import INT8_FILE
+    from embedray.models.backends import INT8_FILE, OPENVINO_INT8_FILE
 
     if variant in OURS:
         from embedray.models.backends import load_encoder
 
         kwargs = {"embedray onnx int8": {"backend": "onnx", "onnx_file": INT8_FILE},
-                  "embedray openvino": {"backend": "openvino"}}.get(variant, {})
+                  "embedray openvino": {"backend": "openvino"},
+                  "embedray openvino int8": {"backend": "openvino", "onnx_file": OPENVINO_INT8_FILE}}.get(variant, {})
         model, ctx = load_encoder(folder, max_seq_length=max_len, precision="auto", **kwargs), contextlib.nullcontext
     else:
         kwargs = {"model_kwargs": {"dtype": torch.bfloat16}} if variant == "st bf16 weights" else {}
@@ -168,19 +188,24 @@ def load_variant(folder: Path, variant: str, max_len: int):
 
 
 def run_peer(variant: str, folder: Path, texts: list[str], batch: int, rounds: int, threads: int,
-             max_len: int) -> float | str:
+             max_len: int, corpus: Path) -> float | str:
     """docs/s of a sentence-transformers backend run in its own virtualenv, or why it can't run."""
     venv = PEER_VENVS / OUT_OF_PROCESS[variant]
-    script = ST_ONNX_SCRIPT if variant == "st onnx int8" else ST_OPENVINO_SCRIPT
     python = venv / "bin" / "python"
     if not python.exists():
         return f"no {venv} (bash bench/peer_venvs.sh {venv.name} builds it)"
     with tempfile.TemporaryDirectory(prefix="embedray-bench-st-peer-") as tmp:
         texts_file = Path(tmp) / "texts.json"
         texts_file.write_text(json.dumps(texts))
-        proc = subprocess.run([str(python), "-c", script, str(folder), tmp, str(texts_file), str(batch),
+        if variant == "st openvino int8":  # the corpus as a local datasets folder: column "text"
+            from embedray.data.beir import iter_corpus
+
+            (Path(tmp) / "calibration").mkdir()
+            with open(Path(tmp) / "calibration" / "train.jsonl", "w", encoding="utf-8") as f:
+                f.writelines(json.dumps({"text": d.text_for_model}) + "\n" for d in iter_corpus(corpus))
+        proc = subprocess.run([str(python), "-c", SCRIPTS[variant], str(folder), tmp, str(texts_file), str(batch),
                                str(rounds), str(threads), str(max_len)], capture_output=True, text=True,
-                              env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=3600)
+                              env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}, timeout=3600)
     if proc.returncode != 0:
         return "failed: " + (proc.stderr.strip().splitlines() or ["?"])[-1]
     return float(json.loads(proc.stdout.strip().splitlines()[-1])["docs_per_s"])
@@ -212,6 +237,7 @@ def main() -> int:
                 "(embedray included)")
     folder = resolve_model(a.model)
     texts = sample_texts(a.data, a.docs)
+    corpus = Path(a.data) / "corpus.jsonl"
     tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
     lengths = [len(ids) for ids in tokenizer(texts, truncation=True, max_length=a.max_len)["input_ids"]]
     config = AutoConfig.from_pretrained(str(folder), local_files_only=True)
@@ -223,7 +249,7 @@ def main() -> int:
     skipped: dict[str, str] = {}
     docs_s: dict[str, float] = {}
     for variant in (v for v in variants if v in OUT_OF_PROCESS):
-        got = run_peer(variant, folder, texts, a.batch_size, a.rounds, a.threads, a.max_len)
+        got = run_peer(variant, folder, texts, a.batch_size, a.rounds, a.threads, a.max_len, corpus)
         if isinstance(got, str):
             skipped[variant] = got
         else:
@@ -235,7 +261,9 @@ def main() -> int:
         from embedray.models.export import export_model
 
         export_model(folder, exported, quantize="int8")
-        if "embedray openvino" in in_process:
+        if "embedray openvino int8" in in_process:
+            export_model(exported, fmt="openvino", quantize="int8", calibration=corpus)
+        elif "embedray openvino" in in_process:
             export_model(exported, fmt="openvino")
     models = {v: load_variant(exported if v in EXPORTED else folder, v, a.max_len)
               for v in in_process}
@@ -262,9 +290,9 @@ def main() -> int:
         if variant in docs_s:
             base = docs_s.get("st fp32")
             rel = f"x{docs_s[variant] / base:.2f} of st fp32" if base else ""
-            print(f"  {variant:17s} {docs_s[variant]:7.1f} docs/s  {rel}")
+            print(f"  {variant:22s} {docs_s[variant]:7.1f} docs/s  {rel}")
         else:
-            print(f"  {variant:17s} skipped: {skipped[variant]}")
+            print(f"  {variant:22s} skipped: {skipped[variant]}")
     print(f"  {fastest} (embedray's fastest): {achieved:.0f} GFLOP/s of useful work = "
           f"{achieved / peak['bf16']:.1%} of the bf16 GEMM peak")
     if "st fp32" in docs_s:

@@ -20,8 +20,8 @@
 #       about exactly that is the one it tolerates.
 #
 # torch stays the local CPU wheel torch==2.13.0 (installed first, then used as a constraint:
-# any other torch spec would pull the CUDA wheels). Idempotent: a venv that has its stamp file
-# is skipped; a half-built one (no stamp) is rebuilt. One venv failing does not stop the other;
+# any other torch spec would pull the CUDA wheels). Idempotent: a venv whose stamp file lists
+# the same pins is skipped; a half-built one (no stamp) is rebuilt. One venv failing does not stop the other;
 # the script exits 1 at the end if any failed.
 #
 # Usage:  bash bench/peer_venvs.sh            # all three
@@ -62,8 +62,11 @@ ST_ONNX_PINS=(
   "transformers==4.57.6" "tokenizers==0.22.2" "huggingface_hub==0.36.2" "numpy==2.4.6"
   "optimum==2.1.0" "optimum-onnx[onnxruntime]==0.1.0" "onnxruntime==1.32.0" "onnx==1.23.2"
 )
-ST_OPENVINO_PINS=("sentence-transformers[openvino]==6.3.0" "optimum-intel==2.2.0" "openvino==2026.4.1")
-ST_OPENVINO_CHECK='import sentence_transformers, openvino, optimum.intel; print("sentence-transformers", sentence_transformers.__version__, "openvino", openvino.__version__)'
+# nncf and datasets: export_static_quantized_openvino_model (static int8) needs both; datasets'
+# newest release pulls huggingface_hub 2.x, which transformers 5.5 and optimum-intel refuse.
+ST_OPENVINO_PINS=("sentence-transformers[openvino]==6.3.0" "optimum-intel==2.2.0" "openvino==2026.4.1"
+                  "nncf==3.4.0" "datasets==5.0.1" "huggingface_hub==1.21.0")
+ST_OPENVINO_CHECK='import sentence_transformers, openvino, optimum.intel, nncf, datasets; from sentence_transformers import export_static_quantized_openvino_model; print("sentence-transformers", sentence_transformers.__version__, "openvino", openvino.__version__, "nncf", nncf.__version__)'
 
 ST_ONNX_CHECK='import sentence_transformers, optimum.onnxruntime, onnxruntime; from sentence_transformers import export_dynamic_quantized_onnx_model; print("sentence-transformers", sentence_transformers.__version__, "onnxruntime", onnxruntime.__version__)'
 
@@ -78,7 +81,7 @@ pipq() {
 build() {  # build NAME CHECK_CODE PIN...   ($DROP: packages to uninstall after the install)
   local name=$1 check=$2; shift 2
   local venv="$ROOT/$name"
-  if [[ -f "$venv/$STAMP" ]]; then
+  if [[ -f "$venv/$STAMP" ]] && [[ "$(tail -n +2 "$venv/$STAMP")" == "$(printf '%s\n' "$TORCH_PIN" "$@")" ]]; then
     echo "[$name] up to date ($venv/$STAMP)"; return 0
   fi
   echo "[$name] building $venv"

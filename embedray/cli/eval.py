@@ -70,7 +70,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                              "--precision); CPU only (default: %(default)s)")
     parser.add_argument("--onnx-file", default=d.onnx_file, metavar="NAME",
                         help="the onnx backend's file under MODEL/onnx/, e.g. "
-                             "model_qint8_avx512_vnni.onnx for int8 (default: %(default)s)")
+                             "model_qint8_avx512_vnni.onnx for int8; the openvino backend's int8 file: "
+                             "openvino_model_qint8_quantized.xml (default: %(default)s)")
     parser.add_argument("--output", metavar="JSON", help="also write all results to this JSON file")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     return parser

@@ -33,7 +33,8 @@ class EvalConfig:
             that file's precision; CPU only) or ``openvino`` (the OpenVINO runtime on its
             ``openvino/`` export, in ``precision``; CPU only).
         onnx_file: the ``onnx`` backend's file under ``onnx/``: ``model.onnx`` (fp32) or
-            ``model_qint8_avx512_vnni.onnx`` (int8).
+            ``model_qint8_avx512_vnni.onnx`` (int8); the ``openvino`` backend's int8 file:
+            ``openvino_model_qint8_quantized.xml``.
     """
 
     split: str = "test"

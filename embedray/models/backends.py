@@ -5,7 +5,8 @@
 with onnxruntime in place of the Hugging Face transformer; ``openvino`` runs
 ``openvino/openvino_model.xml`` with the OpenVINO runtime, in the project's precision policy
 (``auto``: bf16 on a CPU with AMX-BF16 / AVX512-BF16, where OpenVINO's bf16 kernels run the
-matrix units; ``fp32`` forces f32). Everything else is the folder's own sentence-transformers
+matrix units; ``fp32`` forces f32), or its statically quantized int8 file
+``openvino/openvino_model_qint8_quantized.xml``. Everything else is the folder's own sentence-transformers
 pipeline, loaded as usual: tokenizer, max sequence length, prompts, Pooling, a rotation
 ``Dense``, ``Normalize``.
 
@@ -37,7 +38,12 @@ ONNX_EXTRA = "pip install -c constraints.txt -e '.[onnx]'  (or: make install)"
 #: sentence-transformers' OpenVINO layout (what optimum-intel's ``OVModelForFeatureExtraction`` saves).
 OPENVINO_DIR = "openvino"
 OPENVINO_FILE = "openvino_model.xml"
+#: The statically quantized int8 file sentence-transformers' ``export_static_quantized_openvino_model``
+#: writes (``embedray export --format openvino --quantize int8 --calibration DATA``).
+OPENVINO_INT8_FILE = "openvino_model_qint8_quantized.xml"
 OPENVINO_EXTRA = "pip install -c constraints.txt -e '.[onnx,openvino]'  (or: make install)"
+#: The export's quality gate: int8 is served by ``auto`` only at this share of fp32's nDCG@10 or more.
+INT8_MIN_NDCG_RATIO = 0.99
 #: What the exported graph reads and returns: optimum's feature-extraction names.
 OUTPUT_NAME = "last_hidden_state"
 
@@ -61,17 +67,21 @@ def require_openvino() -> None:
 
 
 def auto_backend(model_dir: str | Path, precision: str = "auto", onnx_file: str = ONNX_FILE) -> tuple[str, str]:
-    """``(backend, onnx_file)`` that ``backend: auto`` runs for a model folder.
+    """``(backend, file)`` that ``backend: auto`` runs for a model folder.
 
-    Fastest first at the same retrieval quality on a CPU (README: ONNX, OpenVINO and int8):
-    the OpenVINO export in bf16 where the CPU has bf16 units, then the int8 ONNX export, each
-    where the folder has it (``embedray export MODEL --format openvino`` / ``--quantize int8``),
-    its runtime is installed and no precision was forced; otherwise torch in ``precision``.
+    Fastest first at the same retrieval quality on a CPU (README: ONNX, OpenVINO and int8): the
+    int8 OpenVINO export where its quality check passed (``embedray export --format openvino
+    --quantize int8 --calibration BEIR_DIR``: nDCG@10 at least :data:`INT8_MIN_NDCG_RATIO` of
+    fp32 on held-out queries), then the OpenVINO export in bf16 where the CPU has bf16 units, then
+    the int8 ONNX export, each where the folder has it, its runtime is installed and no precision
+    was forced; otherwise torch in ``precision``.
     """
     if precision != "auto":
         return "torch", onnx_file
-    has_ov = has_openvino_export(model_dir)
-    if has_ov and resolve_precision("auto", "cpu") == "bf16" and importlib.util.find_spec("openvino") is not None:
+    ov_installed = importlib.util.find_spec("openvino") is not None
+    if ov_installed and openvino_int8_passed(model_dir):
+        return "openvino", OPENVINO_INT8_FILE
+    if has_openvino_export(model_dir) and resolve_precision("auto", "cpu") == "bf16" and ov_installed:
         return "openvino", onnx_file
     has_int8 = (Path(model_dir) / ONNX_DIR / INT8_FILE).is_file()
     installed = all(importlib.util.find_spec(m) is not None for m in ("onnxruntime", "onnx"))
@@ -80,21 +90,47 @@ def auto_backend(model_dir: str | Path, precision: str = "auto", onnx_file: str 
     return "torch", onnx_file
 
 
+def openvino_int8_quality(model_dir: str | Path) -> dict | None:
+    """The quality check the int8 OpenVINO export recorded in the folder's ``embedray.json``
+    (``"export"`` → ``"openvino"`` → its file → ``"quality"``), or ``None`` where there is none."""
+    import json
+
+    meta_path = Path(model_dir) / "embedray.json"
+    if not (Path(model_dir) / OPENVINO_DIR / OPENVINO_INT8_FILE).is_file() or not meta_path.is_file():
+        return None
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        quality = meta["export"]["openvino"]["files"][f"{OPENVINO_DIR}/{OPENVINO_INT8_FILE}"]["quality"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    return quality if isinstance(quality, dict) else None
+
+
+def openvino_int8_passed(model_dir: str | Path) -> bool:
+    """Whether the folder's int8 OpenVINO export passed its retrieval quality check."""
+    quality = openvino_int8_quality(model_dir)
+    return bool(quality and quality.get("passed") is True)
+
+
 def has_openvino_export(model_dir: str | Path) -> bool:
     """Whether the folder has ``openvino/openvino_model.xml`` (``embedray export --format openvino``)."""
     return (Path(model_dir) / OPENVINO_DIR / OPENVINO_FILE).is_file()
 
 
-def openvino_path(model_dir: str | Path) -> Path:
-    """The OpenVINO model file of a folder (``openvino/openvino_model.xml``), which must exist.
+def openvino_path(model_dir: str | Path, file_name: str = OPENVINO_FILE) -> Path:
+    """An OpenVINO model file of a folder, which must exist: ``openvino/<file_name>`` for a
+    ``.xml`` name (``openvino_model.xml``, or ``openvino_model_qint8_quantized.xml``: int8),
+    ``openvino/openvino_model.xml`` for any other (the ``onnx`` backend's default ``model.onnx``).
 
     Raises:
         FileNotFoundError: naming the export command.
     """
-    path = Path(model_dir) / OPENVINO_DIR / OPENVINO_FILE
+    name = Path(file_name).name if str(file_name).endswith(".xml") else OPENVINO_FILE
+    path = Path(model_dir) / OPENVINO_DIR / name
     if not path.is_file() or not path.with_suffix(".bin").is_file():
+        quant = " --quantize int8 --calibration DATA" if "int8" in name else ""
         raise FileNotFoundError(f"{path} (and its .bin) does not exist; write it with "
-                                f"'embedray export {model_dir} --format openvino'")
+                                f"'embedray export {model_dir} --format openvino{quant}'")
     return path
 
 
@@ -216,7 +252,9 @@ def load_sentence_model(model_dir: str | Path, backend: str = "torch", onnx_file
         model_dir: sentence-transformers folder (for ``onnx``, with an ``onnx/`` export; for
             ``openvino``, with an ``openvino/`` one).
         backend: ``torch``, ``onnx`` or ``openvino``.
-        onnx_file: which file of ``onnx/`` to run (``model.onnx``: fp32; ``INT8_FILE``: int8).
+        onnx_file: which file of ``onnx/`` to run (``model.onnx``: fp32; ``INT8_FILE``: int8); for
+            ``openvino``, a ``.xml`` name picks the file of ``openvino/`` (``OPENVINO_INT8_FILE``:
+            int8), any other runs ``openvino_model.xml``.
         threads: onnxruntime / OpenVINO threads (0: their default); torch's are set by the caller.
         device: torch device; the onnx and openvino backends run on the CPU only.
         precision: the openvino backend's precision (``auto``: bf16 on a CPU with bf16 units);
@@ -236,7 +274,7 @@ def load_sentence_model(model_dir: str | Path, backend: str = "torch", onnx_file
             path = onnx_path(model_dir, onnx_file)
         else:
             require_openvino()
-            path = openvino_path(model_dir)
+            path = openvino_path(model_dir, onnx_file)
         if device not in (None, "cpu", "auto"):
             raise ValueError(f"device {device!r}: the {backend} backend runs on the CPU; use --device cpu "
                              "or the torch backend")
@@ -250,7 +288,7 @@ def load_sentence_model(model_dir: str | Path, backend: str = "torch", onnx_file
     elif backend == "openvino":
         runner = OvTransformer(path, _hf_config(model, path, backend), threads, precision)
         _swap_transformer(model, runner)
-        model.embedray_precision = runner.precision
+        model.embedray_precision = "int8" if "int8" in path.name else runner.precision
     if backend != "torch":
         model.embedray_onnx_file = f"{path.parent.name}/{path.name}" if backend == "openvino" else path.name
     return model
@@ -289,7 +327,8 @@ def load_encoder(name_or_path: str | Path, device: str | None = "cpu",
         backend: ``torch``; ``onnx``: onnxruntime runs ``onnx/<onnx_file>`` of the folder (an
             ``embedray export``), in that file's precision; ``openvino``: the OpenVINO runtime runs
             ``openvino/openvino_model.xml`` in ``precision`` (:func:`load_sentence_model`).
-        onnx_file: the ``onnx`` backend's file, ``model.onnx`` or ``model_qint8_avx512_vnni.onnx``.
+        onnx_file: the ``onnx`` backend's file, ``model.onnx`` or ``model_qint8_avx512_vnni.onnx``;
+            the ``openvino`` backend's ``openvino_model_qint8_quantized.xml`` for its int8 file.
 
     Returns:
         A ``sentence_transformers.SentenceTransformer``.

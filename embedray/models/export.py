@@ -5,10 +5,12 @@ The result is the same sentence-transformers folder with sentence-transformers' 
 added: ``onnx/model.onnx`` (fp32) and, with ``--quantize int8``,
 ``onnx/model_qint8_avx512_vnni.onnx``; or, with ``--format openvino``,
 ``openvino/openvino_model.xml`` + ``.bin`` (fp32 weights; the runtime's precision hint decides
-how it computes). Only the transformer is exported; Pooling, a rotation ``Dense`` and
-``Normalize`` stay in ``modules.json`` and run as before, and ``embedray.json`` (Matryoshka
-dims, metrics) travels with the copy, which records each format's export under
-``"export"`` → ``"onnx"`` / ``"openvino"``. An export of one format keeps the other's files.
+how it computes) and, with ``--quantize int8 --calibration DATA``,
+``openvino/openvino_model_qint8_quantized.xml`` (static int8: weights and activations, the
+activation ranges calibrated on texts of the user's corpus). Only the transformer is exported;
+Pooling, a rotation ``Dense`` and ``Normalize`` stay in ``modules.json`` and run as before, and
+``embedray.json`` (Matryoshka dims, metrics) travels with the copy, which records each format's
+export under ``"export"`` → ``"onnx"`` / ``"openvino"``. An export of one format keeps the other's files.
 
 The graph comes from ``torch.onnx.export`` (the torch.export-based exporter, with eager
 attention; the legacy TorchScript exporter traces transformers 5's attention masks wrongly), the
@@ -17,8 +19,15 @@ int8 file from onnxruntime's dynamic quantization with the settings of optimum's
 sentence-transformers' ``export_dynamic_quantized_onnx_model`` calls. Both are written here
 because that helper and its fp32 export need optimum-onnx, which does not install beside
 transformers 5 (see :mod:`embedray.models.backends`). The OpenVINO model is OpenVINO's own
-conversion (``openvino.convert_model``) of that fp32 ONNX graph. Every export is checked against
-the torch model on fixed probe texts before the folder is renamed into place.
+conversion (``openvino.convert_model``) of that fp32 ONNX graph; its int8 file is NNCF's
+post-training quantization of it with the settings of sentence-transformers'
+``export_static_quantized_openvino_model`` (optimum-intel's defaults: ``mixed`` preset, the
+transformer model type with SmoothQuant, fast bias correction), calibrated on a seeded sample of
+the corpus rather than a hub dataset. Every export is checked against the torch model on fixed
+probe texts before the folder is renamed into place; the int8 file also by retrieval on held-out
+queries where ``DATA`` is a BEIR folder with judgements
+(:func:`embedray.eval.export_check.check_int8_quality`, passed in by ``embedray export``), and
+``backend: auto`` serves it only where that check passed.
 """
 from __future__ import annotations
 
@@ -29,18 +38,21 @@ import shutil
 import sys
 import tempfile
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from embedray.models.backends import (INT8_FILE, ONNX_DIR, ONNX_FILE, OPENVINO_DIR, OPENVINO_FILE, OUTPUT_NAME,
-                                      has_openvino_export, load_sentence_model, require_onnx,
-                                      require_openvino)
+from embedray.models.backends import (INT8_FILE, ONNX_DIR, ONNX_FILE, OPENVINO_DIR,
+                                      OPENVINO_FILE, OPENVINO_INT8_FILE, OUTPUT_NAME, has_openvino_export,
+                                      load_sentence_model, require_onnx, require_openvino)
 
 log = logging.getLogger(__name__)
 
 FORMATS = ("onnx", "openvino")
+#: ``check(folder, data, split) -> record``: the int8 OpenVINO file's retrieval quality check.
+QualityCheck = Callable[[Path, Path, str], dict]
 QUANTIZE = ("int8",)  # also in embedray.cli.export, which must not import torch
 EXPORT_KEY = "export"
 OPSET = 18
@@ -48,6 +60,8 @@ OPSET = 18
 FP32_TOLERANCE = 1e-4
 #: Below this cosine to torch on a probe text, int8 has broken the model rather than rounded it.
 INT8_WARN_COSINE = 0.95
+#: Corpus texts the int8 OpenVINO export calibrates its activation ranges on (a seeded sample).
+CALIBRATION_SAMPLES = 300
 #: Below this cosine to torch fp32 on a probe text, bf16 has broken the model rather than rounded it.
 BF16_WARN_COSINE = 0.99
 #: Mixed lengths and scripts; the check encodes them with both backends.
@@ -62,25 +76,37 @@ PROBE_TEXTS = [
 
 
 def export_model(model: str | Path, out: str | Path | None = None, fmt: str = "onnx",
-                 quantize: str | None = None) -> dict:
-    """Export a sentence-transformers folder's transformer to ONNX (and int8), checked and atomic.
+                 quantize: str | None = None, calibration: str | Path | None = None,
+                 check_split: str | None = None, calibration_samples: int = CALIBRATION_SAMPLES,
+                 quality_check: QualityCheck | None = None) -> dict:
+    """Export a sentence-transformers folder's transformer to ONNX or OpenVINO (and int8), checked and atomic.
 
     Args:
         model: sentence-transformers folder (or a bundled model name, with ``out``).
         out: target folder; default: ``model`` itself (the export is added beside the weights,
             sentence-transformers' convention). Built beside it and renamed into place.
         fmt: ``onnx`` or ``openvino``.
-        quantize: ``None`` (fp32 only) or ``int8`` (dynamic int8, AVX512-VNNI settings; onnx only).
+        quantize: ``None`` (fp32 only) or ``int8``: for onnx, dynamic int8 (AVX512-VNNI
+            settings); for openvino, static int8 calibrated on ``calibration``.
+        calibration: openvino int8 only, required there: a BEIR folder (its ``corpus.jsonl`` /
+            ``.parquet``) or a corpus file whose texts calibrate the activation ranges; a BEIR
+            folder with ``qrels/<check_split>.tsv`` also checks retrieval quality.
+        check_split: the judged split the int8 quality check scores (default ``dev`` where the
+            folder has it, else ``test``: held-out queries, never ``train``).
+        calibration_samples: corpus texts sampled for calibration.
+        quality_check: ``check(folder, data, split) -> record`` run on the staged copy for the
+            int8 OpenVINO file (:func:`embedray.eval.export_check.check_int8_quality`, which
+            ``embedray export`` passes); without one the file records no check.
 
     Returns:
         What was recorded under ``"export"`` → ``fmt`` in the folder's ``embedray.json``: per
         file, its precision, size and agreement with the torch model on :data:`PROBE_TEXTS`
-        (for openvino, in fp32 and in bf16).
+        (for openvino, in fp32 and in bf16; for its int8 file, the retrieval quality check).
 
     Raises:
-        ValueError: an unknown format or quantization, a bundled model without ``out``, or an
-            export that does not reproduce the torch model.
-        MissingExtraError: onnxruntime / onnx / onnxscript (or openvino) are not installed.
+        ValueError: an unknown format or quantization, a bundled model without ``out``, a
+            missing or misplaced ``calibration``, or an export that does not reproduce the torch model.
+        MissingExtraError: onnxruntime / onnx / onnxscript (or openvino, nncf) are not installed.
     """
     from embedray.atomic import replace_dir
     from embedray.models.bundled import BUNDLED, resolve_model
@@ -90,9 +116,15 @@ def export_model(model: str | Path, out: str | Path | None = None, fmt: str = "o
     if quantize is not None and quantize not in QUANTIZE:
         raise ValueError(f"quantize {quantize!r} is not supported; choose one of {', '.join(QUANTIZE)} "
                          "(or leave it out for fp32 only)")
-    if quantize is not None and fmt != "onnx":
-        raise ValueError(f"--quantize {quantize} applies to --format onnx; the {fmt} export runs in bf16 "
-                         "where the CPU has bf16 units (precision auto), fp32 elsewhere")
+    if calibration is not None and (fmt != "openvino" or quantize is None):
+        raise ValueError("--calibration applies to --format openvino --quantize int8 (the onnx int8 file is "
+                         "quantized dynamically, without calibration)")
+    if fmt == "openvino" and quantize is not None and calibration is None:
+        raise ValueError("--format openvino --quantize int8 calibrates on your own texts: pass --calibration DATA "
+                         "(a BEIR folder, whose held-out judgements also check the int8 model's retrieval "
+                         "quality, or a corpus .jsonl / .parquet file)")
+    if calibration_samples < 1:
+        raise ValueError(f"calibration_samples must be >= 1, got {calibration_samples}")
     if out is None and (str(model) in BUNDLED or str(model).startswith("tiny-bert@")):
         raise ValueError(f"{model!r} is a bundled model (its folder belongs to an installed package or the "
                          "cache): pass --out DIR for the exported copy")
@@ -100,6 +132,10 @@ def export_model(model: str | Path, out: str | Path | None = None, fmt: str = "o
     _require_exporter()
     if fmt == "openvino":
         require_openvino()
+    int8_plan = None
+    if fmt == "openvino" and quantize is not None:
+        require_nncf()
+        int8_plan = _calibration_plan(calibration, check_split)
     src = resolve_model(model)
     target = Path(out).expanduser().resolve() if out is not None else src
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -109,7 +145,10 @@ def export_model(model: str | Path, out: str | Path | None = None, fmt: str = "o
         own = ONNX_DIR if fmt == "onnx" else OPENVINO_DIR
         shutil.copytree(src, staged, ignore=lambda d, names: [n for n in names if n.startswith(".")
                                                               or (Path(d) == src and n == own)])
-        record = _export_into(staged, quantize) if fmt == "onnx" else _export_openvino(staged)
+        if fmt == "onnx":
+            record = _export_into(staged, quantize)
+        else:
+            record = _export_openvino(staged, int8_plan, calibration_samples, quality_check)
         replace_dir(staged, target)
     return record
 
@@ -151,9 +190,11 @@ def _export_into(folder: Path, quantize: str | None) -> dict:
     return record
 
 
-def _export_openvino(folder: Path) -> dict:
+def _export_openvino(folder: Path, int8_plan: dict | None = None,
+                     calibration_samples: int = CALIBRATION_SAMPLES, quality_check: QualityCheck | None = None) -> dict:
     """Write ``openvino/`` into the copy ``folder`` from a fresh fp32 ONNX graph, check it in fp32
-    (same tolerance as the ONNX export) and in bf16, record it in its embedray.json."""
+    (same tolerance as the ONNX export) and in bf16, record it in its embedray.json; with
+    ``int8_plan`` (:func:`_calibration_plan`) also its calibrated int8 file, checked."""
     import openvino as ov
 
     reference, expected = _reference(folder)
@@ -162,7 +203,8 @@ def _export_openvino(folder: Path) -> dict:
     with tempfile.TemporaryDirectory(prefix="embedray-export-onnx-") as tmp:
         graph = Path(tmp) / ONNX_FILE
         _export_fp32(reference, graph)
-        ov.save_model(ov.convert_model(str(graph)), str(out / OPENVINO_FILE), compress_to_fp16=False)
+        fp32_model = ov.convert_model(str(graph))
+        ov.save_model(fp32_model, str(out / OPENVINO_FILE), compress_to_fp16=False)
     checks = {p: _agreement(folder, OPENVINO_FILE, expected, backend="openvino", precision=p)
               for p in ("fp32", "bf16")}
     if checks["fp32"]["max_abs_diff"] > FP32_TOLERANCE:
@@ -173,13 +215,124 @@ def _export_openvino(folder: Path) -> dict:
         log.warning("openvino bf16 embeddings reach only cosine %.4f to torch fp32 on the probe texts; run "
                     "it with precision fp32 or measure retrieval quality before serving it",
                     checks["bf16"]["min_cosine"])
-    size_mb = round(sum(f.stat().st_size for f in out.iterdir()) / 2**20, 2)
+    size_mb = round(sum(f.stat().st_size for f in (out / OPENVINO_FILE, out / OPENVINO_FILE.replace(".xml", ".bin")))
+                    / 2**20, 2)
     record = {"format": "openvino", "openvino": ov.__version__.split("-")[0],
               "files": {f"{OPENVINO_DIR}/{OPENVINO_FILE}": {"precision": "fp32 weights", "size_mb": size_mb,
                                                             **{f"{p}_{k}": v for p, c in checks.items()
                                                                for k, v in c.items()}}}}
+    if int8_plan is not None:
+        texts = calibration_texts(int8_plan["corpus"], calibration_samples)
+        quantize_openvino_int8(fp32_model, reference, texts, out / OPENVINO_INT8_FILE)
+        check = _agreement(folder, OPENVINO_INT8_FILE, expected, backend="openvino")
+        if check["min_cosine"] < INT8_WARN_COSINE:
+            log.warning("%s: int8 embeddings reach only cosine %.4f to torch on the probe texts",
+                        OPENVINO_INT8_FILE, check["min_cosine"])
+        quality = None
+        if int8_plan["split"] is not None and quality_check is not None:
+            quality = quality_check(folder, int8_plan["data"], int8_plan["split"])
+        else:
+            why = (f"{int8_plan['data']} is not a BEIR folder with held-out judgements"
+                   if int8_plan["split"] is None else "none was asked for")
+            log.warning("%s: no quality check (%s), so backend auto does not serve it; pass --backend openvino "
+                        "--onnx-file %s to serve it anyway", OPENVINO_INT8_FILE, why, OPENVINO_INT8_FILE)
+        int8 = out / OPENVINO_INT8_FILE
+        record["files"][f"{OPENVINO_DIR}/{OPENVINO_INT8_FILE}"] = {
+            "precision": "int8", "size_mb": round((int8.stat().st_size + int8.with_suffix(".bin").stat().st_size)
+                                                  / 2**20, 2),
+            "calibration": {"data": str(int8_plan["data"]), "texts": len(texts)}, **check, "quality": quality}
     _record(folder, "openvino", record)
     return record
+
+
+def require_nncf() -> None:
+    """The int8 OpenVINO export needs NNCF (in the ``[openvino]`` extra)."""
+    import importlib.util
+
+    from embedray.models.backends import OPENVINO_EXTRA, MissingExtraError
+
+    if importlib.util.find_spec("nncf") is None:
+        raise MissingExtraError(f"embedray export --format openvino --quantize int8 needs nncf, which is not "
+                                f"installed: {OPENVINO_EXTRA}")
+
+
+def _calibration_plan(calibration: str | Path, check_split: str | None) -> dict:
+    """Where the calibration texts come from and which split checks quality, checked up front.
+
+    Returns:
+        ``{"data": resolved path, "corpus": corpus file, "split": split name or None}``;
+        ``split`` is ``None`` for a bare corpus file or a folder without held-out judgements.
+    """
+    from embedray.data.beir import beir_file
+
+    data = Path(calibration).expanduser().resolve()
+    if data.is_dir():
+        corpus = beir_file(data, "corpus")
+        if not corpus.is_file():
+            raise ValueError(f"--calibration {data}: no corpus.jsonl or corpus.parquet in it")
+        qrels = data / "qrels"
+        if check_split is None:
+            check_split = next((s for s in ("dev", "test") if (qrels / f"{s}.tsv").is_file()), None)
+        elif not (qrels / f"{check_split}.tsv").is_file():
+            raise ValueError(f"--check-split {check_split}: {qrels / f'{check_split}.tsv'} does not exist")
+        if check_split == "train":
+            raise ValueError("--check-split train: the quality check scores held-out queries (dev or test), "
+                             "not the ones a model was trained on")
+        has_queries = beir_file(data, "queries").is_file()
+        return {"data": data, "corpus": corpus, "split": check_split if has_queries else None}
+    if not data.is_file():
+        raise ValueError(f"--calibration {data}: no such file or folder")
+    if data.suffix.lower() not in (".jsonl", ".parquet"):
+        raise ValueError(f"--calibration {data}: expected a BEIR folder or a corpus .jsonl / .parquet file")
+    if check_split is not None:
+        raise ValueError(f"--check-split {check_split} needs --calibration to be a BEIR folder with qrels/")
+    return {"data": data, "corpus": data, "split": None}
+
+
+def calibration_texts(corpus: Path, n: int, seed: int = 0) -> list[str]:
+    """A seeded uniform sample of ``n`` texts (title + text) of a corpus file, in one pass and
+    bounded memory (reservoir sampling), in corpus order."""
+    import random
+
+    from embedray.data.beir import iter_corpus
+
+    rng = random.Random(seed)
+    kept: list[tuple[int, str]] = []
+    for i, doc in enumerate(iter_corpus(corpus)):
+        if len(kept) < n:
+            kept.append((i, doc.text_for_model))
+        elif (j := rng.randrange(i + 1)) < n:
+            kept[j] = (i, doc.text_for_model)
+    if not kept:
+        raise ValueError(f"{corpus}: no documents to calibrate on")
+    return [text for _, text in sorted(kept)]
+
+
+def quantize_openvino_int8(fp32_model, reference, texts: list[str], path: Path) -> None:
+    """NNCF post-training int8 quantization of an OpenVINO model, calibrated on ``texts``.
+
+    The settings of optimum-intel's ``OVQuantizationConfig()`` that sentence-transformers'
+    export uses: ``mixed`` preset (symmetric weights, asymmetric activations), transformer model
+    type, fast bias correction, no overflow fix. One text per calibration sample, tokenized as the
+    model encodes it (its tokenizer and max sequence length, unpadded).
+    """
+    import nncf
+    import openvino as ov
+
+    names = [p.get_any_name() for p in fp32_model.inputs]
+    samples = []
+    for text in texts:
+        enc = reference.tokenizer([text], truncation=True, max_length=reference.max_seq_length,
+                                  return_tensors="np")
+        samples.append({n: (enc[n] if n in enc else np.zeros_like(enc["input_ids"])).astype(np.int64)
+                        for n in names})
+    advanced = nncf.AdvancedQuantizationParameters(overflow_fix=nncf.OverflowFix.DISABLE)
+    # NNCF draws its progress bars on stdout, where the command prints its JSON record.
+    with contextlib.redirect_stdout(sys.stderr), _quiet(("nncf",)):
+        quantized = nncf.quantize(fp32_model, nncf.Dataset(samples), preset=nncf.QuantizationPreset.MIXED,
+                                  model_type=nncf.ModelType.TRANSFORMER, subset_size=len(samples),
+                                  fast_bias_correction=True, advanced_parameters=advanced)
+    ov.save_model(quantized, str(path), compress_to_fp16=False)
 
 
 def _require_exporter() -> None:

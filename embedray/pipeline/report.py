@@ -143,6 +143,17 @@ def write_report(run: Path, cfg) -> dict:
         verdict.append(f"- **Cross-encoder gated off**: {ce_gate['why']}. It scored nothing in this run: "
                        f"denoising used the bi-encoder's positive-aware rule (max_score_ratio "
                        f"{ce_gate['fallback']['max_score_ratio']:g}) and the table has no reranking row.")
+    export_stage = run / "stages" / "export.json"
+    int8 = json.loads(export_stage.read_text()).get("openvino_int8") if export_stage.exists() else None
+    if int8 and int8.get("passed") is not None:
+        served = ("`embedray serve` serves it on a CPU" if int8["passed"]
+                  else f"below {int8['min_ratio']:.0%}: **not served by default**")
+        verdict.append(f"- int8 OpenVINO student on {int8['split']} ({int8['queries']} queries): nDCG@10 "
+                       f"{int8['ndcg@10']:.4f} vs fp32 {int8['fp32_ndcg@10']:.4f} (**{int8['ratio']:.1%}**): "
+                       f"{served}.")
+    elif int8:
+        verdict.append("- int8 OpenVINO student written without a quality check (no dev split): served only "
+                       "on request (`--backend openvino --onnx-file openvino_model_qint8_quantized.xml`).")
     tasks = report["tasks"]
     for task, r in tasks.items():
         if "base teacher" in r and "trained teacher" in r:

@@ -55,7 +55,7 @@ STAGE_READS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
                 ("teacher",)),
     "evaluate": (("data.test_split", "teacher.model", "teacher.tasks", "student", "eval"),
                  ("baseline", "pretrain", "teacher", "student")),
-    "export": (("data.test_split",), ("student", "evaluate")),
+    "export": (("data.test_split", "data.dev_split", "export"), ("student", "evaluate")),
     "report": (("data.test_split",), ("baseline", "teacher", "student", "evaluate", "export")),
 }
 
@@ -76,6 +76,13 @@ class Pipeline:
             else self.run / "data"
         self.fingerprints: dict[str, str] = {}  # stage → fingerprint (see plan)
         self.stages = [s for s in ALL_STAGES if s != "pretrain" or cfg.pretrain is not None]
+        if cfg.export.openvino_int8:  # said now, not after the training stages
+            from embedray.models.backends import require_onnx, require_openvino
+            from embedray.models.export import require_nncf
+
+            require_onnx()
+            require_openvino()
+            require_nncf()
 
     def __getstate__(self) -> dict:
         """What a stage task receives: the pipeline without the test data it may have cached."""
@@ -356,11 +363,36 @@ class Pipeline:
         meta["data"] = {"path": str(self.data_dir), "test_split": self.cfg.data.test_split}
         meta["teacher"] = str(self.run / "teacher" / "final")
         meta_path.write_text(json.dumps(meta, indent=2))
+        result = self._export_openvino_int8(staging) if self.cfg.export.openvino_int8 else {}
         target = self.run / "model"
         if target.exists():
             shutil.rmtree(target)
         staging.rename(target)
-        return {"model": str(target)}
+        return {"model": str(target), **result}
+
+    def _export_openvino_int8(self, folder: Path) -> dict:
+        """Add the calibrated int8 OpenVINO file to ``folder``, checked on the dev split (never
+        test); returns what the stage marker and the report record about it."""
+        from embedray.data.beir import beir_file
+        from embedray.eval.export_check import check_int8_quality
+        from embedray.models.backends import OPENVINO_DIR, OPENVINO_INT8_FILE
+        from embedray.models.export import export_model
+
+        dev = self.cfg.data.dev_split
+        has_dev = dev is not None and (self.data_dir / "qrels" / f"{dev}.tsv").is_file()
+        calibration = self.data_dir if has_dev else beir_file(self.data_dir, "corpus")
+        say(f"  export: int8 OpenVINO file, calibrated on {self.cfg.export.calibration_samples} corpus texts"
+            + (f", checked on the {dev} split" if has_dev else " (no dev split: unchecked, served only on request)"))
+        record = export_model(folder, fmt="openvino", quantize="int8", calibration=calibration,
+                              check_split=dev if has_dev else None,
+                              calibration_samples=self.cfg.export.calibration_samples,
+                              quality_check=check_int8_quality)
+        quality = record["files"][f"{OPENVINO_DIR}/{OPENVINO_INT8_FILE}"]["quality"]
+        if quality is not None:
+            verdict = "served by embedray serve" if quality["passed"] else "kept, not served by default"
+            say(f"  export: int8 nDCG@10 {quality['ndcg@10']:.4f} vs fp32 {quality['fp32_ndcg@10']:.4f} on "
+                f"{quality['split']} ({quality['ratio']:.1%}): {verdict}")
+        return {"openvino_int8": quality if quality is not None else {"passed": None, "split": None}}
 
     def stage_report(self) -> dict:
         return write_report(self.run, self.cfg)

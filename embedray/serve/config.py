@@ -68,7 +68,9 @@ class ServeConfig:
             on the folder's ``onnx/`` export from ``embedray export MODEL --format onnx``, in that
             file's precision), ``openvino`` (the OpenVINO runtime on the folder's ``openvino/``
             export from ``embedray export MODEL --format openvino``, in ``precision``) or
-            ``auto`` (the default): with ``precision`` ``auto``, ``openvino`` where the folder
+            ``auto`` (the default): with ``precision`` ``auto``, ``openvino`` on the int8 file
+            where the folder has one whose quality check passed (``--quantize int8 --calibration
+            BEIR_DIR``), else ``openvino`` where the folder
             has that export, the runtime is installed and the CPU has bf16 units, else ``onnx``
             on the int8 file where the folder has one (``--quantize int8``) and onnxruntime is
             installed, else (with ``convert``) ``openvino`` on a converted copy where the CPU has
@@ -76,7 +78,9 @@ class ServeConfig:
             so ``backend`` and ``onnx_file`` name what runs. The base model resolves its own; the
             cross-encoder stays on torch.
         onnx_file: the file under ``MODEL/onnx/`` the ``onnx`` backend runs: ``model.onnx`` (fp32)
-            or ``model_qint8_avx512_vnni.onnx`` (int8, from ``--quantize int8``).
+            or ``model_qint8_avx512_vnni.onnx`` (int8, from ``--quantize int8``); for the
+            ``openvino`` backend, ``openvino_model_qint8_quantized.xml`` runs its int8 file
+            (any name not ending in ``.xml`` runs ``openvino/openvino_model.xml``).
         convert: the ``openvino`` backend on a folder without an ``openvino/`` export (``auto``
             picks it where it is the fastest backend) converts the folder once into
             ``$EMBEDRAY_CACHE/openvino/`` (``embedray export --format openvino`` of a copy, keyed
@@ -245,7 +249,8 @@ class ServeConfig:
 
     def _check_backend(self) -> None:
         """``backend`` is known (``auto`` resolved), its packages are installed, the ONNX file exists."""
-        from embedray.models.backends import auto_backend, onnx_path, openvino_path, require_onnx, require_openvino
+        from embedray.models.backends import (OPENVINO_FILE, auto_backend, onnx_path, openvino_path, require_onnx,
+                                              require_openvino)
         from embedray.models.config import check_backend
         from embedray.models.export import openvino_conversion_blocker
 
@@ -266,8 +271,10 @@ class ServeConfig:
         if self.backend == "openvino":
             require_openvino()
             try:
-                openvino_path(self.model_dir)
+                openvino_path(self.model_dir, self.onnx_file)
             except FileNotFoundError as e:
+                if self.onnx_file.endswith(".xml") and self.onnx_file != OPENVINO_FILE:
+                    raise ValueError(f"onnx_file: {e}") from None  # a conversion writes no int8 file
                 why = openvino_conversion_blocker(self.model_dir) if self.convert else "--no-convert"
                 if why is not None:
                     raise ValueError(f"backend: {e} (and it is not converted on load: {why})") from None

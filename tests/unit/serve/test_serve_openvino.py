@@ -87,7 +87,7 @@ def test_openvino_requests_are_checked(ov_model, matryoshka_model, tmp_path, cap
         openvino_path(matryoshka_model)
     from embedray.models.export import export_model
 
-    with pytest.raises(ValueError, match="--quantize int8 applies to --format onnx"):
+    with pytest.raises(ValueError, match="--format openvino --quantize int8 calibrates on your own texts"):
         export_model(matryoshka_model, tmp_path / "x", fmt="openvino", quantize="int8")
     # A later ONNX export keeps the OpenVINO files.
     folder = tmp_path / "again"
