@@ -215,10 +215,9 @@ def _export_openvino(folder: Path, int8_plan: dict | None = None,
         log.warning("openvino bf16 embeddings reach only cosine %.4f to torch fp32 on the probe texts; run "
                     "it with precision fp32 or measure retrieval quality before serving it",
                     checks["bf16"]["min_cosine"])
-    size_mb = round(sum(f.stat().st_size for f in (out / OPENVINO_FILE, out / OPENVINO_FILE.replace(".xml", ".bin")))
-                    / 2**20, 2)
     record = {"format": "openvino", "openvino": ov.__version__.split("-")[0],
-              "files": {f"{OPENVINO_DIR}/{OPENVINO_FILE}": {"precision": "fp32 weights", "size_mb": size_mb,
+              "files": {f"{OPENVINO_DIR}/{OPENVINO_FILE}": {"precision": "fp32 weights",
+                                                            "size_mb": _ir_size_mb(out / OPENVINO_FILE),
                                                             **{f"{p}_{k}": v for p, c in checks.items()
                                                                for k, v in c.items()}}}}
     if int8_plan is not None:
@@ -236,13 +235,16 @@ def _export_openvino(folder: Path, int8_plan: dict | None = None,
                    if int8_plan["split"] is None else "none was asked for")
             log.warning("%s: no quality check (%s), so backend auto does not serve it; pass --backend openvino "
                         "--onnx-file %s to serve it anyway", OPENVINO_INT8_FILE, why, OPENVINO_INT8_FILE)
-        int8 = out / OPENVINO_INT8_FILE
         record["files"][f"{OPENVINO_DIR}/{OPENVINO_INT8_FILE}"] = {
-            "precision": "int8", "size_mb": round((int8.stat().st_size + int8.with_suffix(".bin").stat().st_size)
-                                                  / 2**20, 2),
+            "precision": "int8", "size_mb": _ir_size_mb(out / OPENVINO_INT8_FILE),
             "calibration": {"data": str(int8_plan["data"]), "texts": len(texts)}, **check, "quality": quality}
     _record(folder, "openvino", record)
     return record
+
+
+def _ir_size_mb(xml: Path) -> float:
+    """MiB of an OpenVINO model: its ``.xml`` graph and ``.bin`` weights."""
+    return round((xml.stat().st_size + xml.with_suffix(".bin").stat().st_size) / 2**20, 2)
 
 
 def require_nncf() -> None:
