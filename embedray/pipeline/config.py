@@ -184,15 +184,15 @@ class TrainJobConfig:
             if loss.distill_in_batch:
                 raise ValueError(f"{where}loss.distill_in_batch needs distill.score_source: teacher (the rows "
                                  "score only their own candidates)")
-        if self.distill.score_source == "cross_encoder" and loss.distill_in_batch:
+        source = self.distill.score_source
+        if source in ("cross_encoder", "fused") and loss.distill_in_batch:
             raise ValueError(f"{where}loss.distill_in_batch needs distill.score_source: teacher (the pool holds "
                              "cross-encoder scores only for each query's own candidates)")
-        if self.distill.score_source == "cross_encoder" and self.refresh.mode == "off":
-            raise ValueError("distill.score_source: cross_encoder needs cross-encoder-scored pools "
+        if source in ("cross_encoder", "fused") and self.refresh.mode == "off":
+            raise ValueError(f"distill.score_source: {source} needs cross-encoder-scored pools "
                              "(refresh.mode: static, async or sync)")
-        if (self.distill.score_source == "cross_encoder" and loss.distill_score is not None
-                and self.tasks and negatives != "pool"):
-            raise ValueError(f"distill.score_source: cross_encoder scores the refreshed pool's negatives: "
+        if source in ("cross_encoder", "fused") and loss.distill_score is not None and self.tasks and negatives != "pool":
+            raise ValueError(f"distill.score_source: {source} scores the refreshed pool's negatives: "
                              f"{where}loss.distill_score needs the task's negatives: pool, got {negatives!r}")
 
     def _check_tasks(self) -> None:
@@ -345,8 +345,10 @@ class StudentConfig:
     """Task + distillation loss of the student (``matryoshka_dims`` above is applied to it)."""
     train: TrainConfig = field(default_factory=TrainConfig)
     """Loop settings of the student run."""
-    score_source: Literal["teacher", "cross_encoder", "data"] = "teacher"
+    score_source: Literal["teacher", "cross_encoder", "fused", "data"] = "teacher"
     """Teacher scores for score distillation: the trained teacher bi-encoder, the cross-encoder,
+    the two fused (``fused``: the cross-encoder's score fused with the trained teacher's at the
+    weight and temperature chosen on dev against the trained teacher, ``student/fusion_dev.json``),
     or the scores the training rows carry (FlagEmbedding ``pos_scores`` / ``neg_scores``; needs
     ``train.negatives: given``)."""
     cross_encoder_temperature: float | None = None
@@ -434,6 +436,11 @@ class PipelineConfig:
 
     def __post_init__(self) -> None:
         _mine_with_the_model_prompts(self.mining, self.teacher.model)
+        source = self.student.score_source
+        if source in ("cross_encoder", "fused") and (self.refresh.mode == "off" or not self.refresh.denoise):
+            raise ValueError(f"student.score_source: {source} reads the teacher's cross-encoder, trained and "
+                             f"checked in the teacher stage: it needs refresh.mode static/async/sync and "
+                             f"refresh.denoise: true (got mode {self.refresh.mode!r}, denoise {self.refresh.denoise})")
         if self.teacher.tasks is not None:
             import copy
 

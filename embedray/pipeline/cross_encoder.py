@@ -136,7 +136,11 @@ def _fusion(tasks: dict, dev: dict) -> dict | None:
     if alpha == 0 or any(fused[t] < dev[t]["bi_encoder"] for t in dev) or \
             not any(fused[t] > dev[t]["bi_encoder"] for t in dev):
         return None
-    return {"alpha": alpha, "dev": fused}
+    # The fused scores' temperature at that weight, for score_source: fused (none in older reports).
+    temps = {t: next((v for a, v in c.get("temperature", {}).items() if abs(float(a) - alpha) < 1e-9), None)
+             for t, c in curves.items()}
+    return {"alpha": alpha, "dev": fused,
+            **_joint_temperature({t: {"temperature": v} for t, v in temps.items() if v is not None})}
 
 
 def _at(curve: dict, alpha: float) -> float:

@@ -384,14 +384,21 @@ def prepare_negatives(job, data, run_dir: str | Path, per_task: dict | None = No
                   f"falls back to the bi-encoder's positive-aware rule (mining.max_score_ratio "
                   f"{verdict['fallback']['max_score_ratio']:g})", flush=True)
     verdict = read_gate(run_dir)
-    if verdict is not None and not verdict["passed"] and job.distill.score_source == "cross_encoder":
-        raise ValueError(f"distill.score_source: cross_encoder, but the cross-encoder gate failed ({verdict['why']}); "
+    source = job.distill.score_source
+    if verdict is not None and not verdict["passed"] and source in ("cross_encoder", "fused"):
+        raise ValueError(f"distill.score_source: {source}, but the cross-encoder gate failed ({verdict['why']}); "
                          "distil from the teacher's scores (score_source: teacher), or set cross_encoder.gate: false "
                          "to use it anyway")
+    if source == "fused" and job.distill.fusion_alpha is None and not (verdict or {}).get("fusion"):
+        raise ValueError("distill.score_source: fused, but no fusion weight was chosen on dev ("
+                         + (verdict["why"] if verdict else "no cross-encoder gate verdict") + "); set "
+                         "distill.fusion_alpha, or use score_source: cross_encoder when the cross-encoder "
+                         "passed its gate alone")
     if verdict is not None and verdict.get("fusion") and job.distill.score_source == "cross_encoder":
         raise ValueError(f"distill.score_source: cross_encoder, but the cross-encoder passed its gate only fused with "
                          f"the bi-encoder ({verdict['why']}): its own scores rank worse than the bi-encoder's; "
-                         "distil from the teacher's scores (score_source: teacher), or set cross_encoder.fuse: false")
+                         "distil from the fused score (score_source: fused) or the teacher's (score_source: "
+                         "teacher), or set cross_encoder.fuse: false")
     store = PoolStore(run_dir / "pools")
     if store.latest_version() == 0:
         telemetry = NegativeRefresher(job, data, run_dir, ce_path, per_task=per_task).refresh(step=0)

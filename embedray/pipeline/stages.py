@@ -268,6 +268,9 @@ class Pipeline:
         return self.runtime.train(self._teacher_job())
 
     def stage_student(self) -> dict:
+        if self.cfg.student.score_source == "fused":
+            self.runtime.call("student-fusion", Pipeline._student_fusion, self, cluster=self.cfg.cluster,
+                              run_dir=self.run)
         result = self.runtime.train(self._student_job())
         if self.cfg.student.rotates:
             result["rotation"] = self.runtime.call("student-rotation", Pipeline._rotate_student, self,
@@ -508,15 +511,48 @@ class Pipeline:
         c, depth = self.cfg, self.cfg.eval.rerank_depth
         if not c.data.dev_split:
             return {"mode": "cross_encoder", "why": "no dev split to decide on: the cross-encoder alone"}
+        out = rerank_choice(self._teacher_dev_rerank(teacher, ce, depth, fuse=c.cross_encoder.fuse), depth)
+        write_json_atomic(out, self.run / "rerank_dev.json")
+        return out
+
+    def _teacher_dev_rerank(self, teacher: Path, ce: Path, depth: int, fuse: bool = True,
+                            temperature: bool = False) -> dict:
+        """:func:`evaluate_reranker` of the cross-encoder on the trained teacher's dev top-``depth``."""
+        c = self.cfg
         dev = load_beir(self.data_dir, c.data.dev_split, missing_docs="keep")
         model = load_encoder(str(teacher), precision=c.eval.precision)
         first = evaluate_retrieval(model, dev, k=max(depth, 10), batch_size=c.eval.batch_size,
                                    query_prompt=c.teacher.model.query_prompt, doc_prompt=c.teacher.model.doc_prompt,
                                    show_progress=False, corpus_embeddings=self._teacher_docs(teacher, dev.corpus))
-        report = evaluate_reranker(str(ce), dev, first.run, k=depth, precision=c.cross_encoder.precision,
-                                   fuse=c.cross_encoder.fuse)
-        out = rerank_choice(report, depth)
-        write_json_atomic(out, self.run / "rerank_dev.json")
+        return evaluate_reranker(str(ce), dev, first.run, k=depth, precision=c.cross_encoder.precision,
+                                 fuse=fuse, temperature=temperature)
+
+    def _student_fusion(self) -> dict | None:
+        """Under ``student.score_source: fused``: the weight of the cross-encoder's score fused with
+        the *trained* teacher's, and the fused scores' temperature, both chosen on dev against the
+        trained teacher (the gate fused the cross-encoder with the base model, a weaker bi-encoder).
+        Written to ``student/fusion_dev.json`` (reused on resume); None without a dev split (the
+        gate's weight then)."""
+        path = self.run / "student" / "fusion_dev.json"
+        if path.is_file():
+            return json.loads(path.read_text())
+        c = self.cfg
+        if not c.data.dev_split:
+            return None
+        depth = c.cross_encoder.dev_rerank_depth or c.eval.rerank_depth
+        report = self._teacher_dev_rerank(self.run / "teacher" / "final", self.run / "teacher" / "cross-encoder",
+                                          depth, fuse=True, temperature=True)
+        fused = report["fused"]
+        alpha = float(fused["alpha"])
+        temperature = next(v["value"] for a, v in fused["temperature"].items() if abs(float(a) - alpha) < 1e-9)
+        out = {"alpha": alpha, "temperature": temperature, "depth": depth,
+               "dev": {"teacher": report["before"]["ndcg@10"], "cross_encoder": report["after"]["ndcg@10"],
+                       "fused": fused["after"]["ndcg@10"]},
+               "ndcg@10_by_alpha": fused.get("ndcg@10", {})}
+        say(f"  fused distillation targets: weight {alpha:g} and temperature {temperature:g}, chosen on dev "
+            f"(top-{depth} of the trained teacher: nDCG@10 {out['dev']['teacher']:.4f}, cross-encoder alone "
+            f"{out['dev']['cross_encoder']:.4f}, fused {out['dev']['fused']:.4f})")
+        write_json_atomic(out, path)
         return out
 
     def _rerank_row(self, first_stage_run: dict, ce: Path, alpha: float | None = None) -> dict:
@@ -576,19 +612,29 @@ class Pipeline:
         if gate_file.is_file() and not (self.run / "student" / GATE_FILE).is_file():
             # The teacher's verdict on its cross-encoder holds for the student (no second dev check).
             write_json_atomic(json.loads(gate_file.read_text()), self.run / "student" / GATE_FILE)
-        if s.score_source == "teacher" and train.negatives == "pool":
-            # The student trains on the teacher's last (refreshed, denoised) pool, scored by the teacher.
+        if train.negatives == "pool" and (s.score_source == "teacher" or self._teacher_pool_scored()):
+            # The student trains on the teacher's last (refreshed, denoised) pool, scored by the teacher
+            # (and by the cross-encoder, whose scores that pool carries).
             self._seed_student_pool()
             refresh = replace(c.refresh, mode="static", cross_encoder=str(ce) if ce.exists() else None)
-        elif s.score_source == "cross_encoder":
+        elif s.score_source in ("cross_encoder", "fused"):
             refresh = replace(c.refresh, mode="static", cross_encoder=str(ce))
         else:
             refresh = replace(c.refresh, mode="off")
+        fusion = {}
+        if s.score_source == "fused" and (chosen := self._student_fusion()) is not None:
+            fusion = {"fusion_alpha": chosen["alpha"], "fusion_temperature": chosen["temperature"]}
         return TrainJobConfig(data=self._data(), model=model, loss=loss, train=train,
                               cluster=self._cluster("student"), mining=copy.deepcopy(c.mining),
                               cross_encoder=copy.deepcopy(c.cross_encoder), refresh=refresh,
                               distill=DistillConfig(teacher=str(teacher), score_source=s.score_source,
-                                                    cross_encoder_temperature=s.cross_encoder_temperature))
+                                                    cross_encoder_temperature=s.cross_encoder_temperature, **fusion))
+
+    def _teacher_pool_scored(self) -> bool:
+        """Whether the teacher's newest pool carries cross-encoder scores (its positives' at least)."""
+        src = PoolStore(self.run / "teacher" / "pools")
+        version = src.latest_version()
+        return bool(version) and bool(src.load(version).positive_scores)
 
 
 #: The stages that encode (evaluations): run where the runtime runs stage work, not in the driver.

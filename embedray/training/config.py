@@ -200,10 +200,12 @@ class DistillConfig:
 
     teacher: str | None = None
     """The teacher bi-encoder (bundled name or folder); required when ``loss.distill_*`` is on."""
-    score_source: Literal["teacher", "cross_encoder", "data"] = "teacher"
+    score_source: Literal["teacher", "cross_encoder", "fused", "data"] = "teacher"
     """Teacher scores over each query's candidates: the teacher bi-encoder's (cosine / temperature),
-    the cross-encoder scores carried by the negative pool (needs ``train.negatives: pool``), or
-    the scores the training rows carry (FlagEmbedding ``pos_scores`` / ``neg_scores``; needs
+    the cross-encoder scores carried by the negative pool (needs ``train.negatives: pool``), the
+    two fused as the cross-encoder gate fuses them (``fused``: ``α · z(cross-encoder logit) +
+    (1 − α) · z(teacher cosine)`` over each row's candidates; the pool's scores and the teacher),
+    or the scores the training rows carry (FlagEmbedding ``pos_scores`` / ``neg_scores``; needs
     ``train.negatives: given``)."""
     cross_encoder_temperature: float | None = None
     """Under ``score_source: cross_encoder``: the cross-encoder's logits (recovered from the pool's
@@ -211,19 +213,30 @@ class DistillConfig:
     ``loss.teacher_temperature``). None: the temperature chosen on dev when the cross-encoder was
     checked (the gate file of the run: the one under which its softmax over each dev query's
     candidates best predicts the relevant documents), 1.0 when no dev check ran."""
+    fusion_alpha: float | None = None
+    """Under ``score_source: fused``: the cross-encoder's weight ``α`` in [0, 1]. None: the weight
+    the run's cross-encoder gate chose on dev (an error when the gate chose none)."""
+    fusion_temperature: float | None = None
+    """Under ``score_source: fused``: the fused scores are divided by this before they become
+    targets (then by ``loss.teacher_temperature``). None: the one the gate chose on dev with its
+    weight (the fused scores' softmax over each dev query's candidates best predicting the
+    relevant documents), 1.0 when it chose none."""
     hidden_layers: list[int] | None = None
     """Under ``loss.distill_hidden``: the teacher layer (0-based) whose token states each student
     layer copies, one per student layer. None: the layers a layer-reduced student was cut from
     (``kept_layers`` in its ``embedray.json``)."""
 
     def __post_init__(self) -> None:
-        t = self.cross_encoder_temperature
-        if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float)) or not t > 0):
-            raise ValueError(f"distill.cross_encoder_temperature: must be a number > 0 (or null: chosen on dev), "
-                             f"got {t!r}")
+        for name in ("cross_encoder_temperature", "fusion_temperature"):
+            t = getattr(self, name)
+            if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float)) or not t > 0):
+                raise ValueError(f"distill.{name}: must be a number > 0 (or null: chosen on dev), got {t!r}")
+        a = self.fusion_alpha
+        if a is not None and (isinstance(a, bool) or not isinstance(a, (int, float)) or not 0 <= a <= 1):
+            raise ValueError(f"distill.fusion_alpha: must be a number in [0, 1] (or null: chosen on dev), got {a!r}")
 
     def needs_model(self, needs) -> bool:
         """Whether an objective with these :class:`~embedray.losses.config.LoopNeeds` needs the
         teacher bi-encoder itself (not only scores from the pool or the rows)."""
         return (needs.teacher_embeddings or needs.teacher_hidden
-                or (needs.teacher_scores and self.score_source == "teacher"))
+                or (needs.teacher_scores and self.score_source in ("teacher", "fused")))

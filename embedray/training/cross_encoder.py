@@ -231,7 +231,8 @@ def evaluate_reranker(ce, data: RetrievalData, first_stage_run: Mapping[str, Map
         with ``temperature``, also ``"temperature"``: the temperature of the cross-encoder's
         logits chosen on these queries (:func:`embedray.training.distill.choose_temperature`);
         with ``fuse``, also ``"fused"``: ``{"alpha", "after": metrics}`` (and, when chosen here,
-        each weight's nDCG@10 under ``"ndcg@10"``).
+        each weight's nDCG@10 under ``"ndcg@10"``; with ``temperature``, each weight's choice of
+        the fused scores' temperature under ``"temperature"``).
     """
     from embedray.eval.metrics import compute_metrics
     from embedray.training.distill import choose_temperature
@@ -251,6 +252,10 @@ def evaluate_reranker(ce, data: RetrievalData, first_stage_run: Mapping[str, Map
         chosen = choose_alpha(data.qrels, before, after) if fuse is True else {"alpha": float(fuse)}
         result["fused"] = {**chosen, "after": compute_metrics(data.qrels, fuse_run(before, after, chosen["alpha"]),
                                                               ks=ks)}
+        if temperature:  # the fused scores' temperature at each weight tried (the gate picks one weight)
+            weights = chosen.get("ndcg@10", {chosen["alpha"]: None})
+            result["fused"]["temperature"] = {float(a): choose_temperature(data.qrels, fuse_run(before, after, float(a)),
+                                                                           logits=True) for a in weights}
     if folder is not None and (folder / "embedray.json").is_file():
         meta = json.loads((folder / "embedray.json").read_text(encoding="utf-8"))
         meta.setdefault("metrics", {})[f"rerank_{data.split}"] = {**result, "k": k}

@@ -160,7 +160,7 @@ def ce_logits(probs: torch.Tensor) -> torch.Tensor:
 
 
 def choose_temperature(qrels: Mapping[str, Mapping[str, int]], run: Mapping[str, Mapping[str, float]],
-                       grid: Sequence[float] = TEMPERATURE_GRID) -> dict:
+                       grid: Sequence[float] = TEMPERATURE_GRID, logits: bool = False) -> dict:
     """The temperature ``T`` under which ``softmax(logit / T)`` over each query's candidates best
     predicts its relevant documents (temperature scaling on held-out queries).
 
@@ -169,6 +169,7 @@ def choose_temperature(qrels: Mapping[str, Mapping[str, int]], run: Mapping[str,
         run: query id → {doc id: cross-encoder probability} over that query's candidates (the
             bi-encoder's top-k reranked on dev).
         grid: temperatures tried.
+        logits: the run's scores are logits already (fused scores), not probabilities.
 
     Returns:
         ``{"value": T, "nll": {T: mean negative log-likelihood}, "queries": n}``: ``value`` is
@@ -178,7 +179,8 @@ def choose_temperature(qrels: Mapping[str, Mapping[str, int]], run: Mapping[str,
     for q, docs in run.items():
         relevant = [i for i, d in enumerate(docs) if qrels.get(q, {}).get(d, 0) > 0]
         if relevant and len(docs) > 1:
-            rows.append((ce_logits(torch.tensor(list(docs.values()), dtype=torch.float64)), relevant))
+            scores = torch.tensor(list(docs.values()), dtype=torch.float64)
+            rows.append((scores if logits else ce_logits(scores), relevant))
     if not rows:
         return {"value": 1.0, "nll": {}, "queries": 0}
     nll = {}
@@ -193,7 +195,11 @@ def choose_temperature(qrels: Mapping[str, Mapping[str, int]], run: Mapping[str,
 
 def resolve_ce_temperature(distill: DistillConfig, run_dir, say: bool = True) -> DistillConfig:
     """``distill`` with ``cross_encoder_temperature`` filled in under ``score_source: cross_encoder``:
-    as given, else the one the run's dev check chose (its cross-encoder gate file), else 1.0."""
+    as given, else the one the run's dev check chose (its cross-encoder gate file), else 1.0.
+    Under ``score_source: fused``, ``fusion_alpha`` and ``fusion_temperature`` likewise
+    (:func:`resolve_fusion`)."""
+    if distill.score_source == "fused":
+        return resolve_fusion(distill, run_dir, say)
     if distill.score_source != "cross_encoder" or distill.cross_encoder_temperature is not None:
         return distill
     gate_file = Path(run_dir) / GATE_FILE
@@ -204,16 +210,71 @@ def resolve_ce_temperature(distill: DistillConfig, run_dir, say: bool = True) ->
     return dataclasses.replace(distill, cross_encoder_temperature=value)
 
 
+def resolve_fusion(distill: DistillConfig, run_dir, say: bool = True) -> DistillConfig:
+    """``distill`` with ``fusion_alpha`` and ``fusion_temperature`` filled in under
+    ``score_source: fused``: as given, else the weight and temperature the run's gate chose on dev
+    (its gate file's ``fusion``); the temperature falls back to 1.0, the weight is an error."""
+    gate_file = Path(run_dir) / GATE_FILE
+    verdict = json.loads(gate_file.read_text()) if gate_file.is_file() else {}
+    fusion = verdict.get("fusion") or {}
+    alpha, temperature = distill.fusion_alpha, distill.fusion_temperature
+    where = "distill.fusion_alpha"
+    if alpha is None:
+        if "alpha" not in fusion:
+            raise ValueError("distill.score_source: fused needs the weight of the cross-encoder's score: set "
+                             "distill.fusion_alpha, or let the cross-encoder gate choose it on dev ("
+                             + (f"this run's gate: {verdict['why']}" if verdict.get("why") else
+                                f"no gate verdict in {gate_file}") + ")")
+        alpha, where = float(fusion["alpha"]), "chosen on dev"
+    if temperature is None:
+        chosen = fusion.get("temperature") if float(fusion.get("alpha", -1)) == float(alpha) else None
+        temperature = float(chosen) if chosen else 1.0
+    if say:
+        print(f"[embedray] fused distillation targets: ({alpha:g} z(cross-encoder logit) + {1 - alpha:g} "
+              f"z(teacher cosine)) / {temperature:g} (weight: {where})", flush=True)
+    return dataclasses.replace(distill, fusion_alpha=float(alpha), fusion_temperature=float(temperature))
+
+
+def fused_targets(ce_logit_scores: torch.Tensor, teacher_cosines: torch.Tensor, alpha: float,
+                  temperature: float = 1.0) -> torch.Tensor:
+    """(B, K) distillation targets from the cross-encoder fused with the teacher bi-encoder, the
+    way the gate fuses them (:func:`embedray.mining.fusion.fuse`) over each row's candidates:
+    ``(α · z(cross-encoder logit) + (1 − α) · z(teacher cosine)) / temperature``, ``z``
+    standardising a row (a row whose scores are all equal gives zeros).
+
+    Args:
+        ce_logit_scores: ``(B, K)`` the cross-encoder's logits of each row's candidates (the
+            pool's probabilities through :func:`ce_logits`, as :func:`pool_scores` gives them).
+        teacher_cosines: ``(B, K)`` the teacher's cosines of the same candidates.
+        alpha: the cross-encoder's weight in [0, 1].
+        temperature: divides the fused scores (chosen on dev).
+    """
+    def z(x: torch.Tensor) -> torch.Tensor:
+        x = x.double()
+        std = x.std(dim=1, unbiased=False, keepdim=True)
+        return torch.where(std > 0, (x - x.mean(dim=1, keepdim=True)) / std.clamp_min(1e-12), torch.zeros_like(x))
+
+    fused = alpha * z(ce_logit_scores) + (1 - alpha) * z(teacher_cosines)
+    return (fused / temperature).to(torch.float32)
+
+
 def pool_scores(query_ids: list[str], pos_ids: list[str], neg_ids: list[list[str]],
                 scores: dict[str, dict[str, float]], source: str = "cross_encoder",
                 temperature: float = 1.0) -> torch.Tensor:
     """(B, 1+N) teacher scores by query and document: the pool's cross-encoder probabilities as
     logits divided by ``temperature`` (:func:`ce_logits`), or the rows' own scores as they are
-    (``source`` ``data``); a missing score is an error (not a silent 0)."""
+    (``source`` ``data``); a missing score is an error (not a silent 0), except, for the pool's
+    scores, a negative of a query whose positive is scored: a random top-up of a query the
+    denoiser left fewer negatives than ``train.num_negatives``, which takes the lowest
+    probability a cross-encoder gives (:data:`PROB_EPS`: a random corpus document is taken as
+    irrelevant)."""
     rows = []
     for q, p, negs in zip(query_ids, pos_ids, neg_ids):
         by_doc = scores.get(q, {})
         try:
+            if source == "cross_encoder" and p in by_doc:
+                rows.append([by_doc[p], *(by_doc.get(d, PROB_EPS) for d in negs)])
+                continue
             rows.append([by_doc[p], *(by_doc[d] for d in negs)])
         except KeyError as e:
             if source == "data":

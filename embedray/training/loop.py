@@ -30,8 +30,8 @@ from embedray.training import checkpoint as ckpt
 from embedray.training.config import DistillConfig, TrainConfig
 from embedray.training.batches import BatchPlan, NegativeSampler, canonical_order
 from embedray.training.data import TrainingData
-from embedray.training.distill import (Teacher, candidate_cosines, hidden_layer_map, in_batch_cosines, pool_scores,
-                                      resolve_ce_temperature)
+from embedray.training.distill import (Teacher, candidate_cosines, fused_targets, hidden_layer_map, in_batch_cosines,
+                                      pool_scores, resolve_ce_temperature)
 from embedray.training.distributed import average_gradients, barrier, broadcast_flag, broadcast_int, mean_across_workers
 from embedray.training.gather import gather_fn_for_loss
 from embedray.training.grad_cache import CachedEmbeddings, backward_through_model, embed_without_graph
@@ -436,6 +436,11 @@ def _batch_loss(model, core, loss_fn, model_cfg, train_cfg, data, batch, negs, d
                                                  [doc_ids[b + i * n: b + (i + 1) * n] for i in range(b)],
                                                  scores, distill.score_source,
                                                  distill.cross_encoder_temperature or 1.0).to(device)}
+    elif needs.teacher_scores and distill.score_source == "fused":
+        ce = pool_scores([ex.query_id for ex in batch], doc_ids[:b], [doc_ids[b + i * n: b + (i + 1) * n] for i in range(b)],
+                         scores, "cross_encoder")                          # (B, 1+N) logits
+        targets = {"teacher_scores": fused_targets(ce.to(device), candidate_cosines(tq, td, b, n).float(),
+                                                   distill.fusion_alpha, distill.fusion_temperature or 1.0)}
     elif needs.teacher_scores and needs.teacher_in_batch:
         targets = {"teacher_cosines": in_batch_cosines(tq, td)}          # (B, B + B*N)
     elif needs.teacher_scores:

@@ -35,6 +35,21 @@ def test_targets_are_the_logits_not_a_flat_softmax_over_probabilities():
     torch.testing.assert_close(pool_scores(["q"], ["pos"], [["n1"]], SCORES, source="data"), torch.tensor([[0.97, 0.60]]))
 
 
+def test_a_random_top_up_is_taken_as_irrelevant_an_unscored_query_is_an_error():
+    """A query the denoiser left fewer negatives than the loop draws is topped up with random
+    documents, which the cross-encoder never scored: they take its lowest score; a query whose
+    positive has no score was never scored at all, and that stays an error."""
+    from embedray.training.distill import PROB_EPS
+
+    targets = pool_scores(["q"], ["pos"], [["n1", "random-doc"]], SCORES)
+    torch.testing.assert_close(targets[0, 2], ce_logits(torch.tensor(PROB_EPS)))
+    assert targets[0, 2] < targets[0, 1] - 10
+    with pytest.raises(ValueError, match="no cross-encoder score for query 'q2', document 'pos'"):
+        pool_scores(["q2"], ["pos"], [["n1"]], {"q2": {"n1": 0.3}})
+    with pytest.raises(ValueError, match="training rows give no score for query 'q', document 'random-doc'"):
+        pool_scores(["q"], ["pos"], [["random-doc"]], SCORES, source="data")
+
+
 def test_saturated_probabilities_stay_finite():
     out = ce_logits(torch.tensor([0.0, 1.0, 0.5]))
     assert torch.isfinite(out).all() and out[0] < -13 and out[1] > 13 and out[2] == 0
