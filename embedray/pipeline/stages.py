@@ -532,13 +532,14 @@ class Pipeline:
         the *trained* teacher's, and the fused scores' temperature, both chosen on dev against the
         trained teacher (the gate fused the cross-encoder with the base model, a weaker bi-encoder).
         Written to ``student/fusion_dev.json`` (reused on resume); None without a dev split (the
-        gate's weight then)."""
+        gate's weight then) or when the gate failed the cross-encoder."""
         path = self.run / "student" / "fusion_dev.json"
         if path.is_file():
             return json.loads(path.read_text())
         c = self.cfg
-        if not c.data.dev_split:
-            return None
+        verdict = read_gate(self.run / "teacher")
+        if not c.data.dev_split or (verdict is not None and not verdict["passed"]):
+            return None  # a failed gate: the student job refuses fused targets, saying why
         depth = c.cross_encoder.dev_rerank_depth or c.eval.rerank_depth
         report = self._teacher_dev_rerank(self.run / "teacher" / "final", self.run / "teacher" / "cross-encoder",
                                           depth, fuse=True, temperature=True)

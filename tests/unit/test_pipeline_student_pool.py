@@ -125,3 +125,11 @@ def test_cross_encoder_targets_need_the_teacher_s_cross_encoder(tmp_path, topic_
                 "name": "t", "output_dir": str(tmp_path), "prepare": {"source": "debian"},
                 "teacher": {"model": {"name_or_path": "tiny-bert"}}, "refresh": {"mode": "off"},
                 "student": {"keep_layers": None, "score_source": source}}, "test")
+
+
+def test_no_fusion_is_chosen_for_a_cross_encoder_the_gate_failed(tmp_path, topic_beir):
+    p = _fused_pipeline(tmp_path, topic_beir)
+    (p.run / "teacher").mkdir(parents=True)
+    (p.run / "teacher" / "cross_encoder_gate.json").write_text(json.dumps({"checked": True, "passed": False,
+                                                                            "why": "worse"}))
+    assert p._student_fusion() is None and not (p.run / "student" / "fusion_dev.json").exists()
