@@ -132,20 +132,26 @@ def _fusion(tasks: dict, dev: dict) -> dict | None:
             total[float(a)] = total.get(float(a), 0.0) + v * max(1, c.get("queries", 1))
     best = max(total.values())
     alpha = min(a for a, v in total.items() if v >= best - 1e-12)
-    fused = {t: _at(c["ndcg@10"], alpha) for t, c in curves.items()}
+    fused = {t: at_weight(c["ndcg@10"], alpha) for t, c in curves.items()}
     if alpha == 0 or any(fused[t] < dev[t]["bi_encoder"] for t in dev) or \
             not any(fused[t] > dev[t]["bi_encoder"] for t in dev):
         return None
     # The fused scores' temperature at that weight, for score_source: fused (none in older reports).
-    temps = {t: next((v for a, v in c.get("temperature", {}).items() if abs(float(a) - alpha) < 1e-9), None)
-             for t, c in curves.items()}
+    temps = {t: at_weight(c.get("temperature", {}), alpha, None) for t, c in curves.items()}
     return {"alpha": alpha, "dev": fused,
             **_joint_temperature({t: {"temperature": v} for t, v in temps.items() if v is not None})}
 
 
-def _at(curve: dict, alpha: float) -> float:
-    """A curve's value at ``alpha`` (its keys are floats, or strings once read back from JSON)."""
-    return next(v for a, v in curve.items() if abs(float(a) - alpha) < 1e-9)
+_MISSING = object()
+
+
+def at_weight(curve: dict, alpha: float, default=_MISSING):
+    """A curve's value at ``alpha`` (its keys are floats, or strings once read back from JSON);
+    ``default`` when it has none (without one, that is an error)."""
+    value = next((v for a, v in curve.items() if abs(float(a) - alpha) < 1e-9), default)
+    if value is _MISSING:
+        raise KeyError(f"no value at weight {alpha:g}")
+    return value
 
 
 def _joint_temperature(tasks: dict) -> dict:

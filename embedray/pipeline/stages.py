@@ -32,7 +32,7 @@ from embedray.models import rotation
 from embedray.models import student as students  # module attributes: looked up at each call
 from embedray.pipeline.config import PipelineConfig, TrainJobConfig
 from embedray.pipeline.evaluation import cached_doc_embeddings
-from embedray.pipeline.cross_encoder import GATE_FILE, rerank_choice
+from embedray.pipeline.cross_encoder import GATE_FILE, at_weight, rerank_choice
 from embedray.pipeline.refresh import read_gate, task_pool
 from embedray.pipeline.fingerprint import config_fields, describe_changes, files_identity, fingerprint
 from embedray.pipeline.report import write_report
@@ -545,7 +545,7 @@ class Pipeline:
                                           depth, fuse=True, temperature=True)
         fused = report["fused"]
         alpha = float(fused["alpha"])
-        temperature = next(v["value"] for a, v in fused["temperature"].items() if abs(float(a) - alpha) < 1e-9)
+        temperature = at_weight(fused["temperature"], alpha)["value"]
         out = {"alpha": alpha, "temperature": temperature, "depth": depth,
                "dev": {"teacher": report["before"]["ndcg@10"], "cross_encoder": report["after"]["ndcg@10"],
                        "fused": fused["after"]["ndcg@10"]},

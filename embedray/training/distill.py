@@ -271,11 +271,9 @@ def pool_scores(query_ids: list[str], pos_ids: list[str], neg_ids: list[list[str
     rows = []
     for q, p, negs in zip(query_ids, pos_ids, neg_ids):
         by_doc = scores.get(q, {})
+        top_ups_floor = source == "cross_encoder" and p in by_doc
         try:
-            if source == "cross_encoder" and p in by_doc:
-                rows.append([by_doc[p], *(by_doc.get(d, PROB_EPS) for d in negs)])
-                continue
-            rows.append([by_doc[p], *(by_doc[d] for d in negs)])
+            rows.append([by_doc[p], *(by_doc.get(d, PROB_EPS) if top_ups_floor else by_doc[d] for d in negs)])
         except KeyError as e:
             if source == "data":
                 raise ValueError(f"distill.score_source=data: the training rows give no score for query {q!r}, "
