@@ -17,10 +17,15 @@ is reported on dev and test. Each run evaluates dev every ``--curve-every`` step
 dev nDCG@10 against step, ``--plot``); every final model is evaluated on dev and test (test is
 never used for anything else), and the differences between runs come with a paired bootstrap
 interval over queries. Refresh overhead = the summed optimizer-step time of run 3 ÷ run 2 (the
-same steps and batches; the dev evaluations, checkpoints and pool v1 preparation excluded), the
+same steps and queries per batch; the dev evaluations, checkpoints and pool v1 preparation excluded), the
 refresher actor re-encoding, re-indexing, re-mining and rescoring beside the trainers being the
-difference; the loops' whole wall times are printed beside it. ``--runs`` can add
-``static+denoised`` (run 2's pool denoised, never refreshed) to separate the two effects.
+difference; the loops' whole wall times are printed beside it, and, from the refreshed run
+alone, how much slower its steps are while a refresh is in flight than while none is (free of
+the drift between runs). ``--runs`` can add
+``static+denoised`` (run 2's pool denoised, never refreshed) to separate the two effects, and
+``refreshed+denoised-idle`` (run 3 with the refresher under ``SCHED_IDLE``, ``refresh.niceness:
+idle``, instead of nice 10: its overhead against how late its pools arrive); a refreshed run
+ending in ``-everyK`` refreshes every K steps instead of ``--every`` (``refreshed+denoised-every20``).
 
 Run:  .venv/bin/python bench/negatives.py [--max-docs 2000 --max-queries 2000 --steps 240 --every 40]
       [--json runs/bench-negatives.json] [--plot runs/bench-negatives/curve.png]
@@ -31,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import time
 from pathlib import Path
 
@@ -42,8 +48,22 @@ RUNS = {
     "static": {"refresh": {"mode": "static", "denoise": False}},
     "refreshed+denoised": {"refresh": {"mode": "async", "denoise": True}},
     "static+denoised": {"refresh": {"mode": "static", "denoise": True}},
+    "refreshed+denoised-idle": {"refresh": {"mode": "async", "denoise": True, "niceness": "idle"}},
 }
 DEFAULT_RUNS = "in-batch,static,refreshed+denoised"
+EVERY = re.compile(r"(?P<run>.+?)(?:-every(?P<every>[1-9][0-9]*))?")
+
+
+def _run(name: str) -> tuple[str, int | None]:
+    """A ``--runs`` entry: one of :data:`RUNS`, a refreshed one optionally with ``-everyK`` (refresh
+    every K steps instead of ``--every``)."""
+    m = EVERY.fullmatch(name)
+    if m is None or m["run"] not in RUNS or (m["every"] and not m["run"].startswith("refreshed")):
+        raise SystemExit(f"--runs: unknown run {name!r}; choose from {', '.join(RUNS)} "
+                         "(a refreshed one may end in -everyK)")
+    return m["run"], int(m["every"]) if m["every"] else None
+
+
 WORKERS = 2
 
 
@@ -66,7 +86,10 @@ def _job(a, data_dir: Path, out: Path, name: str, ce: Path | None):
                           "denoise_margin": a.denoise_margin, "seed": a.seed},
         "refresh": {"every": a.every, "num_cpus": 0.25, "cross_encoder": str(ce) if ce else None},
     }
-    for section, values in RUNS.get(name, {}).items():
+    m = EVERY.fullmatch(name)
+    if m["every"]:
+        raw["refresh"]["every"] = int(m["every"])
+    for section, values in RUNS.get(m["run"], {}).items():
         raw[section] = {**raw.get(section, {}), **values}
     return build_config(TrainJobConfig, raw, name)
 
@@ -107,12 +130,30 @@ def _step_seconds(logs: dict, pairs_per_step: int) -> float:
     return sum(pairs_per_step / r["pairs_per_s"] for r in logs["steps"] if r.get("pairs_per_s"))
 
 
+def inflight_slowdown(logs: dict) -> tuple[float, float] | None:
+    """Within one refreshed run: how much slower a step is while a refresh is in flight (snapshot
+    taken, pool not yet published) than while none is, and the share of steps with one in flight.
+    Both rates come from the same run, free of the drift between runs that the ratio to the static
+    run carries. A refresh still running when training ends is not in the events: its steps count
+    as free. None when either kind of step is missing."""
+    busy = set()
+    for e in logs["events"]:
+        if e["kind"] == "refresh" and e.get("snapshot_step") is not None:
+            busy.update(range(e["snapshot_step"] + 1, e["step"] + 1))
+    rows = [(r["step"], 1 / r["pairs_per_s"]) for r in logs["steps"] if r.get("pairs_per_s")]
+    on = [t for step, t in rows if step in busy]
+    off = [t for step, t in rows if step not in busy]
+    if not on or not off:
+        return None
+    return (sum(on) / len(on)) / (sum(off) / len(off)), len(on) / len(rows)
+
+
 def _pool_switches(logs: dict) -> list[int]:
     return [e["step"] for e in logs["events"] if e["kind"] == "pool" and e.get("version", 1) > 1]
 
 
 def plot_curves(rows: dict, path: Path) -> Path:
-    """dev nDCG@10 against step, one line per run (dotted: the refreshed run's new pools)."""
+    """dev nDCG@10 against step, one line per run (dotted, in its colour: a refreshed run's new pools)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -122,9 +163,9 @@ def plot_curves(rows: dict, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(7, 4))
     for name, r in rows.items():
         if r.get("curve"):
-            ax.plot(*zip(*r["curve"]), "o-", ms=3, label=name)
-    for step in rows.get("refreshed+denoised", {}).get("pool_switches", []):
-        ax.axvline(step, color="grey", ls=":", lw=0.8)
+            line, = ax.plot(*zip(*r["curve"]), "o-", ms=3, label=name)
+            for step in r.get("pool_switches", []):
+                ax.axvline(step, color=line.get_color(), ls=":", lw=0.8)
     ax.set(xlabel="optimizer step", ylabel="dev nDCG@10",
            title="dev nDCG@10 by step (dotted: a refreshed pool in use)")
     ax.legend(fontsize=8)
@@ -133,7 +174,8 @@ def plot_curves(rows: dict, path: Path) -> Path:
 
 
 COMPARISONS = [("in-batch", "static"), ("static", "refreshed+denoised"), ("in-batch", "refreshed+denoised"),
-               ("static", "static+denoised")]
+               ("static", "static+denoised"), ("static", "refreshed+denoised-idle"),
+               ("refreshed+denoised", "refreshed+denoised-idle")]
 
 
 def debian_subset(out: Path, max_docs: int, max_queries: int, seed: int) -> Path:
@@ -205,8 +247,7 @@ def main() -> int:
     print(f"cross-encoder rerank: dev {rerank['dev']:.4f} test {rerank['test']:.4f}", flush=True)
 
     for name in a.runs.split(","):
-        if name not in RUNS:
-            raise SystemExit(f"--runs: unknown run {name!r}; choose from {', '.join(RUNS)}")
+        _run(name)
         job = _job(a, data_dir, out, name, ce)
         t0 = time.perf_counter()
         summary = run_training(job)
@@ -234,7 +275,8 @@ def main() -> int:
             cells = [f"{dict(rows[n]['curve']).get(step, float('nan')):.4f}" for n in curved]
             print(f"| {step} | " + " | ".join(cells) + " |")
     bootstrap = {}
-    for a_name, b_name in COMPARISONS:
+    extra = [("static", n) for n in finals if n.startswith("refreshed") and ("static", n) not in COMPARISONS]
+    for a_name, b_name in COMPARISONS + extra:
         if a_name in finals and b_name in finals:
             for split in ("dev", "test"):
                 bs = paired_bootstrap(finals[a_name][f"{split}_per_query"], finals[b_name][f"{split}_per_query"],
@@ -243,25 +285,35 @@ def main() -> int:
                 print(f"{b_name} − {a_name}, {split}: {bs['diff']:+.4f} [{bs['low']:+.4f}, {bs['high']:+.4f}] "
                       f"({bs['queries']} queries, 95% paired bootstrap)")
     summary_out = {"bootstrap": bootstrap}
-    for r in rows.get("refreshed+denoised", {}).get("refreshes", []):
-        if r.get("failed"):
-            print(f"refresh from step {r.get('snapshot_step')} failed: {r.get('error')}")
+    for name in (n for n in rows if n.startswith("refreshed")):
+        for r in rows[name]["refreshes"]:
+            if r.get("failed"):
+                print(f"{name}: refresh from step {r.get('snapshot_step')} failed: {r.get('error')}")
+                continue
+            print(f"{name}: refresh v{r['version']}: snapshot step {r['snapshot_step']}, in use from step "
+                  f"{r['finished_step']}; kept {r['negatives_kept']}, removed {r['negatives_removed']} "
+                  f"(false-negative rate {r['false_negative_rate']:.3f}), overlap@10 with the previous pool "
+                  f"{r['overlap@10']}, wall {r['wall_s']:.0f} s (encode {r['encode_s'] or 0:.0f} / index "
+                  f"{r['index_s'] or 0:.1f} / search {r['search_s'] or 0:.1f} / rescore {r['rescore_s'] or 0:.0f})")
+        if "static" not in rows:
             continue
-        print(f"refresh v{r['version']}: snapshot step {r['snapshot_step']}, in use from step {r['finished_step']}; "
-              f"kept {r['negatives_kept']}, removed {r['negatives_removed']} (false-negative rate "
-              f"{r['false_negative_rate']:.3f}), overlap@10 with the previous pool {r['overlap@10']}, "
-              f"wall {r['wall_s']:.0f} s (encode {r['encode_s'] or 0:.0f} / index {r['index_s'] or 0:.1f} / "
-              f"search {r['search_s'] or 0:.1f} / rescore {r['rescore_s'] or 0:.0f})")
-    if "refreshed+denoised" in rows and "static" in rows:
-        ratio = rows["refreshed+denoised"]["step_s"] / rows["static"]["step_s"]
-        loop_ratio = rows["refreshed+denoised"]["train_wall_s"] / rows["static"]["train_wall_s"]
-        summary_out.update(refresh_overhead=ratio, refresh_overhead_loop=loop_ratio)
-        print(f"refresh overhead (optimizer-step time, async every {a.every} ÷ static): {ratio:.2f}× "
+        ratio = rows[name]["step_s"] / rows["static"]["step_s"]
+        loop_ratio = rows[name]["train_wall_s"] / rows["static"]["train_wall_s"]
+        suffix = name.removeprefix("refreshed+denoised").replace("-", "_")
+        summary_out.update({f"refresh_overhead{suffix}": ratio, f"refresh_overhead_loop{suffix}": loop_ratio})
+        print(f"{name}: refresh overhead (optimizer-step time, async every {_run(name)[1] or a.every} ÷ static): {ratio:.2f}× "
               f"(whole loops, dev evaluations included: {loop_ratio:.2f}×)")
-        print(f"ratio refresh_overhead {ratio:.3f}")
-        for split in ("dev", "test"):
-            print(f"ratio {split}_refreshed_vs_static "
-                  f"{rows['refreshed+denoised'][split] / rows['static'][split]:.4f}")
+        print(f"ratio refresh_overhead{suffix} {ratio:.3f}")
+        within = inflight_slowdown(_logs(out / name))
+        if within:
+            slow, share = within
+            summary_out.update({f"refresh_inflight_slowdown{suffix}": slow, f"refresh_inflight_share{suffix}": share})
+            print(f"{name}: a step with a refresh in flight takes {slow:.2f}× one without ({share:.0%} of the steps "
+                  f"had one): overhead within the run {1 + share * (slow - 1):.2f}×")
+            print(f"ratio refresh_inflight_slowdown{suffix} {slow:.3f}")
+        if name == "refreshed+denoised":
+            for split in ("dev", "test"):
+                print(f"ratio {split}_refreshed_vs_static {rows[name][split] / rows['static'][split]:.4f}")
     if a.plot:
         print(f"plot: {plot_curves(rows, Path(a.plot))}")
     if a.json:

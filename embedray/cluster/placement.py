@@ -5,8 +5,8 @@ what the cluster has, checked up front, and recorded where each process actually
   from ``ray.cluster_resources()``;
 - :func:`check_fits` fails at once, naming the resource and the settings, when the requests
   exceed the cluster (Ray Train would otherwise wait for its worker group forever);
-- :func:`where` is what a worker or actor reports about itself (node, GPUs, custom resources),
-  :func:`record` writes it under the run's ``placement/`` and :func:`collect` merges the
+- :func:`where` is what a worker or actor reports about itself (node, GPUs, custom resources,
+  CPU priority), :func:`record` writes it under the run's ``placement/`` and :func:`collect` merges the
   reports into ``placement.json``.
 """
 from __future__ import annotations
@@ -104,7 +104,8 @@ def check_fits(job, have: dict[str, float]) -> None:
 
 def where() -> dict[str, Any]:
     """Where the calling Ray worker or actor runs: node IP and id, assigned GPU ids, the custom
-    resources of its node, and its process's nice value."""
+    resources of its node, and the CPU priority of its process's most favoured thread (its nice
+    value, and ``scheduler: idle`` when every thread runs under ``SCHED_IDLE``)."""
     import ray
 
     ctx = ray.get_runtime_context()
@@ -114,7 +115,49 @@ def where() -> dict[str, Any]:
               if k not in ("CPU", "GPU", "memory", "object_store_memory") and not k.startswith("node:")}
     return {"node_ip": info.get("NodeManagerAddress"), "node_id": node,
             "gpu_ids": [str(g) for g in ray.get_gpu_ids()], "node_resources": custom,
-            "niceness": os.nice(0)}  # Ray starts its workers at RAY_worker_niceness (15 by default)
+            **priority()}  # Ray sets its workers' main thread to RAY_worker_niceness (15 by default)
+
+
+def _threads() -> list[int]:
+    """Ids of this process's threads (Linux schedules each on its own); ``[0]``, the caller, elsewhere."""
+    try:
+        return [int(t) for t in os.listdir("/proc/self/task")]
+    except OSError:
+        return [0]
+
+
+def priority() -> dict[str, Any]:
+    """``niceness``: the lowest nice value among this process's threads; ``scheduler``: ``idle``
+    when all of them run under ``SCHED_IDLE``, else ``normal``."""
+    nice, idle = [], []
+    for tid in _threads():
+        try:
+            nice.append(os.getpriority(os.PRIO_PROCESS, tid))
+            idle.append(hasattr(os, "SCHED_IDLE") and os.sched_getscheduler(tid) == os.SCHED_IDLE)
+        except OSError:  # the thread ended meanwhile
+            continue
+    return {"niceness": min(nice, default=os.nice(0)), "scheduler": "idle" if idle and all(idle) else "normal"}
+
+
+def yield_cpu(niceness: int | str) -> dict[str, Any]:
+    """Lower this process's CPU priority so that processes beside it go first: ``niceness`` added
+    to every thread's nice value (capped at 19), or ``"idle"``: every thread under Linux's
+    ``SCHED_IDLE``, which runs only on cycles nothing else wants (nice 19 where it is missing).
+
+    Every thread, because Linux keeps a nice value per thread and ``os.nice`` moves only the
+    caller's: the OpenMP and FAISS threads a process started earlier would keep their priority.
+    Threads started later inherit it from their creator. Returns :func:`priority` after."""
+    idle = niceness == "idle"
+    for tid in _threads():
+        try:
+            if idle and hasattr(os, "SCHED_IDLE"):
+                os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
+            else:
+                now = os.getpriority(os.PRIO_PROCESS, tid)
+                os.setpriority(os.PRIO_PROCESS, tid, 19 if idle else min(19, now + int(niceness)))
+        except ProcessLookupError:  # the thread ended meanwhile
+            continue
+    return priority()
 
 
 def record(run_dir: str | Path, role: str, info: dict[str, Any]) -> None:

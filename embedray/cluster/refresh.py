@@ -54,7 +54,7 @@ class RefresherActor:
                                                before_publish=self.before_publish, per_task=self.per_task)
             self.ce_path = ce_path
             if self.job.refresh.mode == "async":
-                os.nice(self.job.refresh.niceness)  # from now on the trainers run beside it: they go first
+                placement.yield_cpu(self.job.refresh.niceness)  # from now on the trainers run beside it: they go first
             placement.record(self.run_dir, "refresher", placement.where())
         return self.ce_path
 

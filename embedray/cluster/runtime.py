@@ -112,6 +112,21 @@ def _loopback_only() -> Iterator[None]:
                 os.environ[k] = v
 
 
+#: Ray Train's placement-group cleaner asks the State API, which the dashboard serves, whether the
+#: train controller is alive; a local Ray runs without a dashboard, so every check fails and logs
+#: this each second of a training run.
+_NO_STATE_API = "State API may be temporarily unavailable"
+
+
+def quiet_local_worker_logs() -> None:
+    """``worker_process_setup_hook`` of a local Ray: drops the cleaner's "State API unavailable"
+    warning (nothing else it logs), which a Ray without a dashboard would print every second."""
+    import logging
+
+    logging.getLogger("ray.train.v2._internal.execution.controller.placement_group_cleaner").addFilter(
+        lambda record: _NO_STATE_API not in record.getMessage())
+
+
 def init_local_ray(num_cpus: int | None = None, env_vars: dict[str, str] | None = None, **kwargs) -> None:
     """Start a local Ray instance on 127.0.0.1 only, token auth on, offline models in every worker.
 
@@ -127,7 +142,8 @@ def init_local_ray(num_cpus: int | None = None, env_vars: dict[str, str] | None 
     kwargs.setdefault("include_dashboard", False)
     with _loopback_only():
         ray.init(address="local", num_cpus=num_cpus, _node_ip_address="127.0.0.1",
-                 runtime_env={"env_vars": {**OFFLINE_ENV, **(env_vars or {})}}, **kwargs)
+                 runtime_env={"env_vars": {**OFFLINE_ENV, **(env_vars or {})},
+                              "worker_process_setup_hook": f"{__name__}.quiet_local_worker_logs"}, **kwargs)
 
 
 def is_loopback_address(address: str) -> bool:

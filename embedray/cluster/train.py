@@ -28,6 +28,7 @@ from embedray.cluster.refresh import RefreshHooks, start_refresher
 from embedray.cluster.runtime import ensure_ray
 from embedray.config import build_config, to_dict
 from embedray.pipeline.config import TrainJobConfig
+from embedray.pipeline.refresh import refresh_summary
 from embedray.pipeline.runtime import job_data, train_job
 from embedray.training import checkpoint as ckpt
 from embedray.training.batches import Example
@@ -194,7 +195,13 @@ def run_training(job, on_step: list[Callable[[int, Any], None]] | None = None,
     where = placement.collect(run_dir)
     if where:
         print(f"[embedray] placement: {placement.describe(where)}", flush=True)
-    return json.loads((run_dir / "training_summary_report.json").read_text())
+    summary = json.loads((run_dir / "training_summary_report.json").read_text())
+    logs = run_dir / "detailed_training_logs.json"
+    line = refresh_summary(job.refresh, summary["steps"],
+                           json.loads(logs.read_text())["events"] if logs.is_file() else [])
+    if line:
+        print(line, flush=True)
+    return summary
 
 
 class RayRuntime:

@@ -37,11 +37,13 @@ class RefreshConfig:
     """Times Ray restarts a crashed refresher actor (training keeps the last good pool meanwhile)."""
     num_cpus: float = 0.25
     """CPUs reserved for the refresher actor (fractional: training workers hold the rest)."""
-    niceness: int = 10
+    niceness: int | Literal["idle"] = 10
     """``async`` mode: how much the refresher's process yields the CPU to the training workers
-    beside it (added to its Unix ``nice`` value, which Ray starts at its workers' 15 and Unix
-    caps at 19): on cores it shares with them the trainers go first. Its preparation (pool v1)
-    runs before, at the workers' priority."""
+    beside it: added to every one of its threads' Unix ``nice`` value (Ray starts its workers at
+    15, Unix caps at 19), so that on cores it shares with them the trainers go first; ``idle``:
+    Linux's ``SCHED_IDLE``, the refresher runs only on cycles the trainers leave: training loses
+    the least time, but where the trainers keep every core busy a refresh may not finish within
+    the run. Its preparation (pool v1) runs before, at the workers' priority."""
     num_gpus: float | Literal["auto"] = "auto"
     """GPUs for the refresher actor and its Ray Data encoder; ``auto``: 1 when the Ray cluster has
     a GPU the training workers leave free, else 0 (a fraction shares a GPU with a trainer)."""
@@ -61,8 +63,8 @@ class RefreshConfig:
     def __post_init__(self) -> None:
         if self.every < 1:
             raise ValueError("refresh.every must be >= 1")
-        if not 0 <= self.niceness <= 19:
-            raise ValueError(f"refresh.niceness must be in 0..19, got {self.niceness}")
+        if self.niceness != "idle" and not 0 <= self.niceness <= 19:
+            raise ValueError(f"refresh.niceness must be in 0..19 or 'idle', got {self.niceness!r}")
         if not 0 < self.reencode <= 1:
             raise ValueError(f"refresh.reencode must be in (0, 1], got {self.reencode}")
         if self.num_cpus < 0 or self.max_restarts < 0:

@@ -327,6 +327,25 @@ class RefreshDriver:
         return h
 
 
+def refresh_summary(refresh: RefreshConfig, steps: int, events: list[dict]) -> str | None:
+    """What the refresher delivered in a run of ``steps`` steps (its telemetry ``events``), as one
+    line; when an ``async`` run got no refreshed pool at all, what to change. None with refresh
+    off or static."""
+    if refresh.mode not in ("async", "sync"):
+        return None
+    records = [e for e in events if e.get("kind") == "refresh"]
+    done = [e for e in records if not e.get("failed")]
+    offered = max(0, steps - 1) // refresh.every  # a snapshot every `every` steps, none after the last
+    line = (f"[embedray] refresher: {len(done)} refreshed pool(s) of {offered} snapshot(s) (every "
+            f"{refresh.every} steps)" + (f", in use from step {', '.join(str(e['step']) for e in done)}" if done else "")
+            + (f"; {len(records) - len(done)} failed" if len(records) > len(done) else ""))
+    if not done and offered and refresh.mode == "async" and len(records) == 0:
+        line += (f"; none finished before training ended: the refresher got too little CPU beside the "
+                 f"trainers (refresh.niceness {refresh.niceness}). Lower refresh.niceness, raise "
+                 "refresh.every, or give it cores the trainers leave free (refresh.num_cpus, refresh.resources)")
+    return line
+
+
 def reader_hooks(store: PoolStore, refreshing: bool = False):
     """Hooks that only read published pools (every rank).
 

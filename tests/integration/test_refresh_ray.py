@@ -16,7 +16,7 @@ pytestmark = pytest.mark.integration
 
 
 
-def test_refresher_killed_mid_rebuild(local_ray, topic_beir, tmp_path):
+def test_refresher_killed_mid_rebuild(local_ray, topic_beir, tmp_path, capfd):
     from embedray.cluster.train import run_training
 
     job = build_config(TrainJobConfig, {
@@ -45,6 +45,11 @@ def test_refresher_killed_mid_rebuild(local_ray, topic_beir, tmp_path):
     latest = store.latest()  # LATEST points at a complete index, never the half-written one
     assert latest is not None and latest.version == store.latest_version() and len(latest) > 0
     assert PoolStore(run / "pools").latest_version() == max(used)
+    # the run's last line on its refresher counts what this run's telemetry holds
+    failed = len(refreshes) - len(done)
+    assert (f"[embedray] refresher: {len(done)} refreshed pool(s) of 4 snapshot(s) (every 3 steps), in use from "
+            f"step {', '.join(str(e['step']) for e in done)}" + (f"; {failed} failed" if failed else "")
+            ) in capfd.readouterr().out
 
 
 def _sync_job(beir, storage, name):

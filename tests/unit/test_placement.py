@@ -1,5 +1,8 @@
 """Resource requests of a Ray run: ``auto`` resolved against the cluster, shortfalls named up front."""
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -82,3 +85,51 @@ def test_reports_merge_into_placement_json(tmp_path):
     assert json.loads((tmp_path / "placement.json").read_text()) == merged
     assert placement.describe(merged) == ("refresher on 10.0.0.1 (node 98765432…); "
                                           "worker-0 on 10.0.0.2 (node abcdef01…, GPUs 0)")
+
+
+_YIELD = r"""
+import json, os, sys, threading
+import torch
+from embedray.cluster import placement
+
+torch.set_num_threads(2)
+torch.randn(256, 256) @ torch.randn(256, 256)  # OpenMP starts its worker threads at this priority
+stop = threading.Event()
+threading.Thread(target=stop.wait, daemon=True).start()
+before = {t: os.getpriority(os.PRIO_PROCESS, t) for t in map(int, os.listdir("/proc/self/task"))}
+after = placement.yield_cpu(sys.argv[1] if sys.argv[1] == "idle" else int(sys.argv[1]))
+threads = {t: (os.getpriority(os.PRIO_PROCESS, t), os.sched_getscheduler(t) == os.SCHED_IDLE)
+           for t in map(int, os.listdir("/proc/self/task"))}
+print(json.dumps({"before": before, "threads": threads, "after": after}))
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE") or not os.path.isdir("/proc/self/task"), reason="Linux only")
+@pytest.mark.parametrize("niceness", ["4", "idle"])
+def test_yield_cpu_lowers_every_thread(niceness):
+    """``refresh.niceness`` reaches all of the refresher's threads, not only the caller's (Linux
+    keeps a nice value per thread: ``os.nice`` alone leaves the OpenMP workers where they were).
+    A child process: a priority lowered can't be raised back."""
+    out = subprocess.run([sys.executable, "-c", _YIELD, niceness], capture_output=True, text=True, timeout=120,
+                         check=True)
+    got = json.loads(out.stdout)
+    before = {int(t): n for t, n in got["before"].items()}
+    assert len(before) >= 3  # main, an OpenMP worker, the Python thread
+    threads = {int(t): v for t, v in got["threads"].items()}
+    assert set(before) <= set(threads)
+    for tid, base in before.items():
+        nice, idle = threads[tid]
+        if niceness == "idle":
+            assert idle and nice == base
+        else:
+            assert nice == min(19, base + 4) and not idle
+    assert got["after"] == ({"niceness": min(before.values()), "scheduler": "idle"} if niceness == "idle" else
+                            {"niceness": min(19, min(before.values()) + 4), "scheduler": "normal"})
+
+
+def test_niceness_setting():
+    assert _job(refresh={"niceness": "idle"}).refresh.niceness == "idle"
+    assert _job(refresh={"niceness": 19}).refresh.niceness == 19
+    for bad in (-1, 20, "low"):
+        with pytest.raises(ConfigError, match="niceness"):
+            _job(refresh={"niceness": bad})
