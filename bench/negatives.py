@@ -221,6 +221,8 @@ def main() -> int:
     from embedray.training.cross_encoder import evaluate_reranker
     from embedray.training.data import load_training_data
 
+    runs = a.runs.split(",")
+    every = {name: _run(name)[1] or a.every for name in runs}  # a bad name fails now, not after an hour
     out = Path(a.out).resolve()
     data_dir = debian_subset(out, a.max_docs, a.max_queries, a.seed)
     ensure_ray()
@@ -246,8 +248,7 @@ def main() -> int:
     rows[f"cross-encoder rerank of base top-{a.rerank_depth}"] = rerank
     print(f"cross-encoder rerank: dev {rerank['dev']:.4f} test {rerank['test']:.4f}", flush=True)
 
-    for name in a.runs.split(","):
-        _run(name)
+    for name in runs:
         job = _job(a, data_dir, out, name, ce)
         t0 = time.perf_counter()
         summary = run_training(job)
@@ -301,7 +302,7 @@ def main() -> int:
         loop_ratio = rows[name]["train_wall_s"] / rows["static"]["train_wall_s"]
         suffix = name.removeprefix("refreshed+denoised").replace("-", "_")
         summary_out.update({f"refresh_overhead{suffix}": ratio, f"refresh_overhead_loop{suffix}": loop_ratio})
-        print(f"{name}: refresh overhead (optimizer-step time, async every {_run(name)[1] or a.every} ÷ static): {ratio:.2f}× "
+        print(f"{name}: refresh overhead (optimizer-step time, async every {every[name]} ÷ static): {ratio:.2f}× "
               f"(whole loops, dev evaluations included: {loop_ratio:.2f}×)")
         print(f"ratio refresh_overhead{suffix} {ratio:.3f}")
         within = inflight_slowdown(_logs(out / name))

@@ -336,10 +336,12 @@ def refresh_summary(refresh: RefreshConfig, steps: int, events: list[dict]) -> s
     records = [e for e in events if e.get("kind") == "refresh"]
     done = [e for e in records if not e.get("failed")]
     offered = max(0, steps - 1) // refresh.every  # a snapshot every `every` steps, none after the last
-    line = (f"[embedray] refresher: {len(done)} refreshed pool(s) of {offered} snapshot(s) (every "
-            f"{refresh.every} steps)" + (f", in use from step {', '.join(str(e['step']) for e in done)}" if done else "")
-            + (f"; {len(records) - len(done)} failed" if len(records) > len(done) else ""))
-    if not done and offered and refresh.mode == "async" and len(records) == 0:
+    line = f"[embedray] refresher: {len(done)} refreshed pool(s) of {offered} snapshot(s) (every {refresh.every} steps)"
+    if done:
+        line += f", in use from step {', '.join(str(e['step']) for e in done)}"
+    if len(records) > len(done):
+        line += f"; {len(records) - len(done)} failed"
+    if not records and offered and refresh.mode == "async":
         line += (f"; none finished before training ended: the refresher got too little CPU beside the "
                  f"trainers (refresh.niceness {refresh.niceness}). Lower refresh.niceness, raise "
                  "refresh.every, or give it cores the trainers leave free (refresh.num_cpus, refresh.resources)")
