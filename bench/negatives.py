@@ -25,11 +25,19 @@ the drift between runs). ``--runs`` can add
 ``static+denoised`` (run 2's pool denoised, never refreshed) to separate the two effects, and
 ``refreshed+denoised-idle`` (run 3 with the refresher under ``SCHED_IDLE``, ``refresh.niceness:
 idle``, instead of nice 10: its overhead against how late its pools arrive); a refreshed run
-ending in ``-everyK`` refreshes every K steps instead of ``--every`` (``refreshed+denoised-every20``).
+ending in ``-everyK`` refreshes every K steps instead of ``--every`` (``refreshed+denoised-every20``);
+``refreshed+denoised-sync`` refreshes synchronously (``refresh.mode: sync``: training waits while the
+refresh uses every core), so its pools switch at the very steps it snapshots, whatever the load.
+
+``--data`` runs the same comparison on another BEIR folder with train and test judgements (e.g.
+SciFact); without a dev split, a seeded ``--dev-queries`` of its train queries are held out as
+dev (train on the rest; the corpus, queries and test judgements are linked, not copied).
 
 Run:  .venv/bin/python bench/negatives.py [--max-docs 2000 --max-queries 2000 --steps 240 --every 40]
       [--json runs/bench-negatives.json] [--plot runs/bench-negatives/curve.png]
       (about 55 minutes on 2 CPU cores)
+      .venv/bin/python bench/negatives.py --data ../shared/datasets/scifact --runs static,refreshed+denoised-sync
+      --every 80 --max-doc-length 128 --max-seq-length 128 --curve-every 120 --out runs/bench-negatives-scifact
 """
 from __future__ import annotations
 
@@ -49,6 +57,7 @@ RUNS = {
     "refreshed+denoised": {"refresh": {"mode": "async", "denoise": True}},
     "static+denoised": {"refresh": {"mode": "static", "denoise": True}},
     "refreshed+denoised-idle": {"refresh": {"mode": "async", "denoise": True, "niceness": "idle"}},
+    "refreshed+denoised-sync": {"refresh": {"mode": "sync", "denoise": True}},
 }
 DEFAULT_RUNS = "in-batch,static,refreshed+denoised"
 EVERY = re.compile(r"(?P<run>.+?)(?:-every(?P<every>[1-9][0-9]*))?")
@@ -71,13 +80,14 @@ def _job(a, data_dir: Path, out: Path, name: str, ce: Path | None):
     from embedray.config import build_config
     from embedray.pipeline.config import TrainJobConfig
 
+    pairs = data_dir / "train_pairs.jsonl"  # Debian's builder writes them; other folders: qrels/train.tsv
     raw = {
-        "data": {"path": str(data_dir), "train_pairs": str(data_dir / "train_pairs.jsonl"),
+        "data": {"path": str(data_dir), "train_pairs": str(pairs) if pairs.is_file() else None,
                  "dev_split": "dev", "test_split": "test"},
         "model": {"name_or_path": "minilm-l6"},
         "loss": {"name": "infonce", "temperature": 0.05, "gather_across_workers": True},
         "train": {"max_steps": a.steps, "batch_size": a.batch_size, "num_negatives": 1, "negatives": "pool",
-                  "lr": 3e-5, "max_query_length": 32, "max_doc_length": 96, "eval_every": a.curve_every,
+                  "lr": 3e-5, "max_query_length": 32, "max_doc_length": a.max_doc_length, "eval_every": a.curve_every,
                   "checkpoint_every": a.steps, "num_threads": 1, "seed": a.seed},
         "cluster": {"num_workers": WORKERS, "cpus_per_worker": 0.875, "storage_path": str(out), "run_name": name},
         "mining": {"k": 20, "num_negatives": 3, "range_min": 1, "batch_size": 64, "seed": a.seed},
@@ -86,6 +96,8 @@ def _job(a, data_dir: Path, out: Path, name: str, ce: Path | None):
                           "denoise_margin": a.denoise_margin, "seed": a.seed},
         "refresh": {"every": a.every, "num_cpus": 0.25, "cross_encoder": str(ce) if ce else None},
     }
+    if a.max_seq_length:
+        raw["model"]["max_seq_length"] = a.max_seq_length
     m = EVERY.fullmatch(name)
     if m["every"]:
         raw["refresh"]["every"] = int(m["every"])
@@ -94,17 +106,21 @@ def _job(a, data_dir: Path, out: Path, name: str, ce: Path | None):
     return build_config(TrainJobConfig, raw, name)
 
 
-def _evaluate(model_dir: str, data_dir: Path) -> dict:
+def _evaluate(model_dir: str, data_dir: Path, max_seq_length: int | None = None) -> dict:
     from embedray.data.beir import load_beir
     from embedray.eval.metrics import per_query_ndcg
     from embedray.eval.retrieval import evaluate_retrieval
     from embedray.models.backends import load_encoder
 
     model = load_encoder(model_dir)
-    out = {}
-    for split in ("dev", "test"):
+    if max_seq_length:
+        model.max_seq_length = max_seq_length
+    out, docs = {}, None
+    for split in ("dev", "test"):  # one corpus encode for both splits (the same corpus, in the same order)
         data = load_beir(data_dir, split, missing_docs="keep")
-        res = evaluate_retrieval(model, data, k=100, show_progress=False)
+        res = evaluate_retrieval(model, data, k=100, show_progress=False, corpus_embeddings=docs,
+                                 return_embeddings=docs is None)
+        docs = res.doc_embeddings if docs is None else docs
         out[split] = res.metrics["ndcg@10"]
         out[f"{split}_run"] = res.run
         out[f"{split}_per_query"] = per_query_ndcg(data.qrels, res.run)
@@ -188,6 +204,44 @@ def debian_subset(out: Path, max_docs: int, max_queries: int, seed: int) -> Path
     return data_dir
 
 
+def heldout_dev(src: Path, out: Path, dev_queries: int, seed: int) -> Path:
+    """``src`` itself when it has a dev split; else a BEIR folder under ``out`` whose dev split is a
+    seeded ``dev_queries`` of ``src``'s train queries and whose train split is the rest. The
+    corpus, queries and test judgements are symlinks to ``src``'s."""
+    import random
+
+    from embedray.atomic import atomic_dir
+    from embedray.data.beir import beir_file
+
+    src = src.expanduser().resolve()
+    if (src / "qrels" / "dev.tsv").is_file():
+        return src
+    for split in ("train", "test"):
+        if not (src / "qrels" / f"{split}.tsv").is_file():
+            raise SystemExit(f"--data {src}: no qrels/{split}.tsv (this bench trains on train and reports test)")
+    dest = out / f"{src.name}-dev{dev_queries}-seed{seed}"
+    if (dest / "qrels" / "dev.tsv").is_file():
+        return dest
+    lines = (src / "qrels" / "train.tsv").read_text(encoding="utf-8").splitlines()
+    header, rows = (lines[0], lines[1:]) if lines and lines[0].startswith("query-id") else ("", lines)
+    qids = sorted({r.split("\t")[0] for r in rows if r.strip()})
+    if not 0 < dev_queries < len(qids):
+        raise SystemExit(f"--dev-queries must be between 1 and {len(qids) - 1} ({len(qids)} train queries), "
+                         f"got {dev_queries}")
+    dev = set(random.Random(seed).sample(qids, dev_queries))
+    with atomic_dir(dest) as tmp:
+        (tmp / "qrels").mkdir()
+        for what in ("corpus", "queries"):
+            f = beir_file(src, what)
+            (tmp / f.name).symlink_to(f)
+        (tmp / "qrels" / "test.tsv").symlink_to(src / "qrels" / "test.tsv")
+        for split, keep in (("train", lambda q: q not in dev), ("dev", lambda q: q in dev)):
+            body = [r for r in rows if r.strip() and keep(r.split("\t")[0])]
+            (tmp / "qrels" / f"{split}.tsv").write_text("\n".join(([header] if header else []) + body) + "\n",
+                                                       encoding="utf-8")
+    return dest
+
+
 def _telemetry(logs: dict) -> list[dict]:
     return [e for e in logs["events"] if e["kind"] == "refresh"]
 
@@ -196,6 +250,13 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--max-docs", type=int, default=2000)
     p.add_argument("--max-queries", type=int, default=2000, help="over train/dev/test, 80/10/10")
+    p.add_argument("--data", default=None, help="a BEIR folder with train and test judgements instead of the "
+                   "Debian subset (--max-docs/--max-queries then unused)")
+    p.add_argument("--dev-queries", type=int, default=100,
+                   help="with --data lacking a dev split: train queries held out as dev")
+    p.add_argument("--max-doc-length", type=int, default=96, help="document tokens while training")
+    p.add_argument("--max-seq-length", type=int, default=None,
+                   help="the model's token limit for every encode (mining, evaluation); default: the model's (256)")
     p.add_argument("--steps", type=int, default=240)
     p.add_argument("--batch-size", type=int, default=8, help="per worker (2 workers)")
     p.add_argument("--every", type=int, default=40, help="refresh every K optimizer steps")
@@ -224,12 +285,13 @@ def main() -> int:
     runs = a.runs.split(",")
     every = {name: _run(name)[1] or a.every for name in runs}  # a bad name fails now, not after an hour
     out = Path(a.out).resolve()
-    data_dir = debian_subset(out, a.max_docs, a.max_queries, a.seed)
+    data_dir = (heldout_dev(Path(a.data), out, a.dev_queries, a.seed) if a.data
+                else debian_subset(out, a.max_docs, a.max_queries, a.seed))
     ensure_ray()
 
     rows: dict[str, dict] = {}
     finals: dict[str, dict] = {}
-    base = _evaluate("minilm-l6", data_dir)
+    base = _evaluate("minilm-l6", data_dir, a.max_seq_length)
     rows["base minilm-l6"] = {"dev": base["dev"], "test": base["test"]}
     print(f"base minilm-l6: dev {base['dev']:.4f} test {base['test']:.4f}", flush=True)
 
@@ -253,7 +315,7 @@ def main() -> int:
         t0 = time.perf_counter()
         summary = run_training(job)
         total = time.perf_counter() - t0
-        ev = _evaluate(summary["final_model"], data_dir)
+        ev = _evaluate(summary["final_model"], data_dir, a.max_seq_length)
         finals[name] = ev
         logs = _logs(out / name)
         tel = _telemetry(logs)
@@ -301,9 +363,15 @@ def main() -> int:
         ratio = rows[name]["step_s"] / rows["static"]["step_s"]
         loop_ratio = rows[name]["train_wall_s"] / rows["static"]["train_wall_s"]
         suffix = name.removeprefix("refreshed+denoised").replace("-", "_")
+        if RUNS[_run(name)[0]]["refresh"]["mode"] == "sync":
+            # Training waits for each refresh: the cost is in the loop's wall time, not in its steps.
+            ratio = loop_ratio
+            print(f"{name}: refresh cost (sync every {every[name]}: training waits; whole loops, dev evaluations "
+                  f"included, ÷ static): {loop_ratio:.2f}×")
+        else:
+            print(f"{name}: refresh overhead (optimizer-step time, async every {every[name]} ÷ static): {ratio:.2f}× "
+                  f"(whole loops, dev evaluations included: {loop_ratio:.2f}×)")
         summary_out.update({f"refresh_overhead{suffix}": ratio, f"refresh_overhead_loop{suffix}": loop_ratio})
-        print(f"{name}: refresh overhead (optimizer-step time, async every {every[name]} ÷ static): {ratio:.2f}× "
-              f"(whole loops, dev evaluations included: {loop_ratio:.2f}×)")
         print(f"ratio refresh_overhead{suffix} {ratio:.3f}")
         within = inflight_slowdown(_logs(out / name))
         if within:
@@ -312,9 +380,8 @@ def main() -> int:
             print(f"{name}: a step with a refresh in flight takes {slow:.2f}× one without ({share:.0%} of the steps "
                   f"had one): overhead within the run {1 + share * (slow - 1):.2f}×")
             print(f"ratio refresh_inflight_slowdown{suffix} {slow:.3f}")
-        if name == "refreshed+denoised":
-            for split in ("dev", "test"):
-                print(f"ratio {split}_refreshed_vs_static {rows[name][split] / rows['static'][split]:.4f}")
+        for split in ("dev", "test"):
+            print(f"ratio {split}_refreshed_vs_static{suffix} {rows[name][split] / rows['static'][split]:.4f}")
     if a.plot:
         print(f"plot: {plot_curves(rows, Path(a.plot))}")
     if a.json:
