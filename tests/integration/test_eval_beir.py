@@ -12,8 +12,10 @@ distractors, 500 documents) and checks it three ways:
    (the conventions the published figures use), rebuilt here from the raw JSON;
 3. against a loose bound: on 500 documents MiniLM must beat its full-corpus 0.645.
 
-In bf16 (this machine's CPU has bf16 units) the whole test split encodes in about two minutes,
-so that run is here too: its nDCG@10 must be within 0.003 of the fp32 figure, 0.6451.
+On a CPU with bf16 units the whole test split encodes in bf16 in about two minutes, so that run
+is here too: its nDCG@10 must be within 0.003 of the fp32 figure, 0.6451. Without them (torch
+then emulates bf16, slower than fp32) the bf16 run takes the subset and must be within 0.003 of
+fp32 on the same subset.
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ import pytest
 from embedray.data.beir import RetrievalData, load_beir
 from embedray.eval.retrieval import evaluate_retrieval, resolve_ignore_identical
 from embedray.models.backends import load_encoder
+from embedray.models.precision import cpu_bf16_is_fast
 
 pytestmark = pytest.mark.integration
 
@@ -112,13 +115,18 @@ def test_scifact_subset_matches_sentence_transformers(minilm):
     assert 0.645 < m["ndcg@10"] < 0.95
 
 
-def test_scifact_test_split_in_bf16_keeps_the_fp32_figure():
+def test_scifact_test_split_in_bf16_keeps_the_fp32_figure(minilm):
     model = load_encoder("minilm-l6", precision="bf16")
-    res = evaluate_retrieval(model, load_beir(dataset("scifact"), "test"), k=100, batch_size=64,
-                             show_progress=False)
+    data, what, reference = load_beir(dataset("scifact"), "test"), "test split", 0.6451
+    if not cpu_bf16_is_fast():
+        # Without bf16 units torch emulates bf16, several times slower than fp32: the whole split
+        # would take most of CI. The subset instead, against fp32 on the same subset.
+        data, what = scifact_subset(data), f"subset ({SUBSET_DOCS} docs)"
+        reference = evaluate_retrieval(minilm, data, k=100, batch_size=32, show_progress=False).metrics["ndcg@10"]
+    res = evaluate_retrieval(model, data, k=100, batch_size=64, show_progress=False)
     ndcg = res.metrics["ndcg@10"]
-    print(f"\nSciFact test in bf16: nDCG@10 {ndcg:.4f} (fp32 0.6451), {res.timings.docs_per_s:.1f} docs/s")
-    assert model.embedray_precision == "bf16" and abs(ndcg - 0.6451) <= 0.003
+    print(f"\nSciFact {what} in bf16: nDCG@10 {ndcg:.4f} (fp32 {reference:.4f}), {res.timings.docs_per_s:.1f} docs/s")
+    assert model.embedray_precision == "bf16" and abs(ndcg - reference) <= 0.003
 
 
 def test_arguana_turns_on_ignore_identical_ids():
