@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import importlib.util
 import threading
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +29,7 @@ import torch
 
 from embedray.models.bundled import resolve_model
 from embedray.models.config import check_backend, check_precision
-from embedray.models.precision import resolve_precision, use_precision
+from embedray.models.precision import cpu_bf16_is_fast, resolve_precision, use_precision
 
 ONNX_DIR = "onnx"
 ONNX_FILE = "model.onnx"
@@ -221,6 +222,11 @@ class OvTransformer(torch.nn.Module):
         import openvino as ov
 
         self.precision = resolve_precision(precision, "cpu")
+        if self.precision == "bf16" and not cpu_bf16_is_fast():
+            # OpenVINO ignores a bf16 hint on a CPU without bf16 units and runs fp32: say so.
+            warnings.warn("precision bf16: this CPU has no bf16 units (AMX-BF16 / AVX512-BF16), so OpenVINO "
+                          "runs the graph in fp32", stacklevel=2)
+            self.precision = "fp32"
         core = ov.Core()
         props = {"INFERENCE_PRECISION_HINT": "bf16" if self.precision == "bf16" else "f32",
                  "PERFORMANCE_HINT": "LATENCY"}
