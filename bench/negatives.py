@@ -242,8 +242,35 @@ def heldout_dev(src: Path, out: Path, dev_queries: int, seed: int) -> Path:
     return dest
 
 
+RESULT_FILE = "bench_result.json"
+
+
+def reuse_gate(out: Path, name: str, done: list[str]) -> bool:
+    """Copy the cross-encoder gate verdict (and its dev report) of an earlier run into run
+    ``name``'s folder, so the run skips the dev check: every run of the bench gates the same
+    cross-encoder against the same base model on the same dev queries. True when copied."""
+    from embedray.atomic import write_bytes_atomic
+    from embedray.training.distill import GATE_FILE
+
+    dest = out / name
+    if (dest / GATE_FILE).is_file():
+        return False
+    for prev in done:
+        if (out / prev / GATE_FILE).is_file():
+            for f in (GATE_FILE, "cross_encoder_dev.json"):
+                if (out / prev / f).is_file():
+                    write_bytes_atomic((out / prev / f).read_bytes(), dest / f)
+            return True
+    return False
+
+
 def _telemetry(logs: dict) -> list[dict]:
     return [e for e in logs["events"] if e["kind"] == "refresh"]
+
+
+def _run_args(a) -> dict:
+    """The arguments that shape a run's result (not which runs, where the report goes, --rerun)."""
+    return {k: v for k, v in vars(a).items() if k not in ("runs", "json", "plot", "rerun")}
 
 
 def main() -> int:
@@ -272,8 +299,11 @@ def main() -> int:
     p.add_argument("--out", default="runs/bench-negatives")
     p.add_argument("--json", default=None)
     p.add_argument("--plot", default=None, help="PNG of dev nDCG@10 against step")
+    p.add_argument("--rerun", action="store_true", help="train every run again, even one whose evaluated "
+                   f"result is in its folder under --out ({RESULT_FILE})")
     a = p.parse_args()
 
+    from embedray.atomic import write_json_atomic
     from embedray.cluster.runtime import ensure_ray
     from embedray.cluster.train import run_training
     from embedray.data.beir import load_beir
@@ -310,8 +340,21 @@ def main() -> int:
     rows[f"cross-encoder rerank of base top-{a.rerank_depth}"] = rerank
     print(f"cross-encoder rerank: dev {rerank['dev']:.4f} test {rerank['test']:.4f}", flush=True)
 
+    done: list[str] = []
     for name in runs:
+        saved = out / name / RESULT_FILE
+        if saved.is_file() and not a.rerun:  # finished by an earlier invocation with these arguments
+            kept = json.loads(saved.read_text())
+            if kept["args"] != _run_args(a):
+                raise SystemExit(f"{saved}: from a run with other arguments ({kept['args']}); use --rerun "
+                                 "or another --out")
+            finals[name], rows[name] = kept["eval"], kept["row"]
+            done.append(name)
+            print(f"{name}: dev {rows[name]['dev']:.4f} test {rows[name]['test']:.4f} (reused {saved})", flush=True)
+            continue
         job = _job(a, data_dir, out, name, ce)
+        if reuse_gate(out, name, done):
+            print(f"{name}: the cross-encoder gate's verdict comes from an earlier run", flush=True)
         t0 = time.perf_counter()
         summary = run_training(job)
         total = time.perf_counter() - t0
@@ -323,6 +366,9 @@ def main() -> int:
         rows[name] = {"dev": ev["dev"], "test": ev["test"], "train_wall_s": summary["wall_s"], "total_wall_s": total,
                       "step_s": steps_s, "final_loss": summary["final_loss"], "refreshes": tel,
                       "curve": _curve(logs), "pool_switches": _pool_switches(logs)}
+        write_json_atomic(json.loads(json.dumps({"args": _run_args(a), "eval": ev, "row": rows[name]}, default=float)),
+                          saved)
+        done.append(name)
         print(f"{name}: dev {ev['dev']:.4f} test {ev['test']:.4f}  optimizer steps {steps_s:.0f} s, loop "
               f"{summary['wall_s']:.0f} s (with mining {total:.0f} s)", flush=True)
 
