@@ -27,7 +27,9 @@ the drift between runs). ``--runs`` can add
 idle``, instead of nice 10: its overhead against how late its pools arrive); a refreshed run
 ending in ``-everyK`` refreshes every K steps instead of ``--every`` (``refreshed+denoised-every20``);
 ``refreshed+denoised-sync`` refreshes synchronously (``refresh.mode: sync``: training waits while the
-refresh uses every core), so its pools switch at the very steps it snapshots, whatever the load.
+refresh uses every core), so its pools switch at the very steps it snapshots, whatever the load;
+``refreshed`` and ``refreshed-sync`` refresh without denoising (with ``static`` and
+``static+denoised``, the two effects apart: each pair differing in one of them is compared).
 
 ``--data`` runs the same comparison on another BEIR folder with train and test judgements (e.g.
 SciFact); without a dev split, a seeded ``--dev-queries`` of its train queries are held out as
@@ -45,6 +47,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import time
 from pathlib import Path
 
@@ -58,6 +61,13 @@ RUNS = {
     "static+denoised": {"refresh": {"mode": "static", "denoise": True}},
     "refreshed+denoised-idle": {"refresh": {"mode": "async", "denoise": True, "niceness": "idle"}},
     "refreshed+denoised-sync": {"refresh": {"mode": "sync", "denoise": True}},
+    # Denoised, each dropped negative replaced by the next candidate the denoiser keeps
+    # (mining.rescore_candidates: three candidates scored per negative kept).
+    "static+denoised+refill": {"refresh": {"mode": "static", "denoise": True}, "mining": {"rescore_candidates": 9}},
+    # NV-Retriever's positive-aware rule instead of a cross-encoder (what a failed gate falls back to).
+    "static+positive-aware": {"refresh": {"mode": "static", "denoise": False}, "mining": {"max_score_ratio": 0.95}},
+    "refreshed": {"refresh": {"mode": "async", "denoise": False}},
+    "refreshed-sync": {"refresh": {"mode": "sync", "denoise": False}},
 }
 DEFAULT_RUNS = "in-batch,static,refreshed+denoised"
 EVERY = re.compile(r"(?P<run>.+?)(?:-every(?P<every>[1-9][0-9]*))?")
@@ -93,7 +103,7 @@ def _job(a, data_dir: Path, out: Path, name: str, ce: Path | None):
         "mining": {"k": 20, "num_negatives": 3, "range_min": 1, "batch_size": 64, "seed": a.seed},
         "cross_encoder": {"base_model": "minilm-l6", "loss": a.ce_loss, "max_steps": a.ce_steps, "batch_size": 8,
                           "negatives_per_query": 2, "learning_rate": a.ce_lr, "max_length": 128,
-                          "denoise_margin": a.denoise_margin, "seed": a.seed},
+                          "denoise_margin": a.denoise_margin, "denoise_fused": a.denoise_fused, "seed": a.seed},
         "refresh": {"every": a.every, "num_cpus": 0.25, "cross_encoder": str(ce) if ce else None},
     }
     if a.max_seq_length:
@@ -191,7 +201,12 @@ def plot_curves(rows: dict, path: Path) -> Path:
 
 COMPARISONS = [("in-batch", "static"), ("static", "refreshed+denoised"), ("in-batch", "refreshed+denoised"),
                ("static", "static+denoised"), ("static", "refreshed+denoised-idle"),
-               ("refreshed+denoised", "refreshed+denoised-idle")]
+               ("refreshed+denoised", "refreshed+denoised-idle"),
+               # With and without refreshing, each denoised; with and without denoising, each refreshed.
+               ("static+denoised", "refreshed+denoised"), ("static+denoised", "refreshed+denoised-sync"),
+               ("refreshed", "refreshed+denoised"), ("refreshed-sync", "refreshed+denoised-sync"),
+               ("static", "static+denoised+refill"), ("static+denoised", "static+denoised+refill"),
+               ("static", "static+positive-aware")]
 
 
 def debian_subset(out: Path, max_docs: int, max_queries: int, seed: int) -> Path:
@@ -273,6 +288,15 @@ def _run_args(a) -> dict:
     return {k: v for k, v in vars(a).items() if k not in ("runs", "json", "plot", "rerun")}
 
 
+def _same_args(p, a, saved: Path) -> bool:
+    """Whether ``saved`` (a JSON file with ``args``) was made with these result-shaping arguments
+    (one it lacks counts as its default)."""
+    if not saved.is_file():
+        return False
+    kept = json.loads(saved.read_text())["args"]
+    return {k: kept.get(k, p.get_default(k)) for k in _run_args(a)} == _run_args(a)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--max-docs", type=int, default=2000)
@@ -293,6 +317,9 @@ def main() -> int:
     p.add_argument("--ce-lr", type=float, default=5e-5)
     p.add_argument("--denoise-margin", type=float, default=0.0,
                    help="drop a negative whose cross-encoder score >= the positive's - margin")
+    p.add_argument("--denoise-fused", action="store_true",
+                   help="let a cross-encoder the gate passes only fused with the bi-encoder denoise by the fused "
+                        "score (cross_encoder.denoise_fused; off: the positive-aware rule denoises)")
     p.add_argument("--rerank-depth", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--runs", default=DEFAULT_RUNS, help="comma-separated, of: " + ", ".join(RUNS))
@@ -300,7 +327,7 @@ def main() -> int:
     p.add_argument("--json", default=None)
     p.add_argument("--plot", default=None, help="PNG of dev nDCG@10 against step")
     p.add_argument("--rerun", action="store_true", help="train every run again, even one whose evaluated "
-                   f"result is in its folder under --out ({RESULT_FILE})")
+                   f"result is in its folder under --out ({RESULT_FILE}); a run without one always starts afresh")
     a = p.parse_args()
 
     from embedray.atomic import write_json_atomic
@@ -326,12 +353,15 @@ def main() -> int:
     print(f"base minilm-l6: dev {base['dev']:.4f} test {base['test']:.4f}", flush=True)
 
     ce = out / "cross-encoder"
+    if (ce / "config.json").is_file() and (a.rerun or not _same_args(p, a, ce / RESULT_FILE)):
+        shutil.rmtree(ce)  # trained with other arguments (or --rerun): train it again
     if not (ce / "config.json").is_file():
         job = _job(a, data_dir, out, "cross-encoder-prep", None)
         t0 = time.perf_counter()
         data = load_training_data(job.data)
         base_cross_encoder(job, data, ce, out)
         print(f"cross-encoder trained in {time.perf_counter() - t0:.0f} s", flush=True)
+        write_json_atomic({"args": _run_args(a)}, ce / RESULT_FILE)
     rerank = {}
     for split in ("dev", "test"):
         r = evaluate_reranker(str(ce), load_beir(data_dir, split, missing_docs="keep"), base[f"{split}_run"],
@@ -345,13 +375,15 @@ def main() -> int:
         saved = out / name / RESULT_FILE
         if saved.is_file() and not a.rerun:  # finished by an earlier invocation with these arguments
             kept = json.loads(saved.read_text())
-            if kept["args"] != _run_args(a):
+            if not _same_args(p, a, saved):
                 raise SystemExit(f"{saved}: from a run with other arguments ({kept['args']}); use --rerun "
                                  "or another --out")
             finals[name], rows[name] = kept["eval"], kept["row"]
             done.append(name)
             print(f"{name}: dev {rows[name]['dev']:.4f} test {rows[name]['test']:.4f} (reused {saved})", flush=True)
             continue
+        if (out / name).exists():  # an unfinished or outdated attempt: start afresh, not from its checkpoints
+            shutil.rmtree(out / name)
         job = _job(a, data_dir, out, name, ce)
         if reuse_gate(out, name, done):
             print(f"{name}: the cross-encoder gate's verdict comes from an earlier run", flush=True)
@@ -402,13 +434,14 @@ def main() -> int:
             print(f"{name}: refresh v{r['version']}: snapshot step {r['snapshot_step']}, in use from step "
                   f"{r['finished_step']}; kept {r['negatives_kept']}, removed {r['negatives_removed']} "
                   f"(false-negative rate {r['false_negative_rate']:.3f}), overlap@10 with the previous pool "
-                  f"{r['overlap@10']}, wall {r['wall_s']:.0f} s (encode {r['encode_s'] or 0:.0f} / index "
+                  f"{'n/a' if r.get('overlap@10') is None else format(r['overlap@10'], '.2f')}, wall {r['wall_s']:.0f} s (encode {r['encode_s'] or 0:.0f} / index "
                   f"{r['index_s'] or 0:.1f} / search {r['search_s'] or 0:.1f} / rescore {r['rescore_s'] or 0:.0f})")
         if "static" not in rows:
             continue
         ratio = rows[name]["step_s"] / rows["static"]["step_s"]
         loop_ratio = rows[name]["train_wall_s"] / rows["static"]["train_wall_s"]
-        suffix = name.removeprefix("refreshed+denoised").replace("-", "_")
+        suffix = (name.removeprefix("refreshed+denoised") if name.startswith("refreshed+denoised")
+                  else "_undenoised" + name.removeprefix("refreshed")).replace("-", "_")
         if RUNS[_run(name)[0]]["refresh"]["mode"] == "sync":
             # Training waits for each refresh: the cost is in the loop's wall time, not in its steps.
             ratio = loop_ratio

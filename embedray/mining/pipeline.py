@@ -227,7 +227,7 @@ def mine(corpus: Mapping[str, Document | str], queries: Mapping[str, str], posit
          cache_dir: str | os.PathLike | None = None, weights_fp: str | None = None,
          version: int = 0, encode_corpus: Callable[[list[str]], np.ndarray] | None = None,
          show_progress: bool = False, cache_embeddings: bool = True,
-         fusion_alpha: float | None = None) -> MineResult:
+         fusion_alpha: float | None = None, denoise: bool = True) -> MineResult:
     """Mine hard negatives for every query with a positive: the whole offline pipeline.
 
     Args:
@@ -251,6 +251,8 @@ def mine(corpus: Mapping[str, Document | str], queries: Mapping[str, str], posit
             cross-encoder's score cache is used either way).
         fusion_alpha: denoise by the cross-encoder's score fused with the bi-encoder's at this
             weight (:mod:`embedray.mining.fusion`) instead of by the cross-encoder's alone.
+        denoise: ``False``: the cross-encoder scores the negatives and positives (distillation
+            targets) but drops none.
 
     Returns:
         :class:`MineResult` (pool + timings + counts).
@@ -281,8 +283,8 @@ def mine(corpus: Mapping[str, Document | str], queries: Mapping[str, str], posit
                                           max_negatives=cfg.num_negatives,
                                           batch_size=ce_cfg.score_batch_size, cache=cache,
                                           fusion=None if fusion_alpha is None else (fusion_alpha, cands.bi_scores()),
-                                          fusion_margin=ce_cfg.fusion_margin)
-        pool.meta["denoise_margin"] = ce_cfg.denoise_margin
+                                          fusion_margin=ce_cfg.fusion_margin, drop=denoise)
+        pool.meta["denoise_margin"] = ce_cfg.denoise_margin if denoise else None
         if fusion_alpha is not None:
             pool.meta.update(fusion_alpha=fusion_alpha, fusion_margin=ce_cfg.fusion_margin)
     else:

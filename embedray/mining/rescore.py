@@ -70,7 +70,7 @@ def rescore(ce, pairs: Sequence[tuple[str, str]], batch_size: int = 32,
 def denoise(pool: NegativePool, ce_scores: Mapping[str, Mapping[str, float]],
             pos_scores: Mapping[str, Mapping[str, float]], margin: float,
             max_negatives: int | None = None, fusion: tuple[float, Mapping] | None = None,
-            fusion_margin: float = 0.0) -> tuple[NegativePool, int]:
+            fusion_margin: float = 0.0, drop: bool = True) -> tuple[NegativePool, int]:
     """Drop likely false negatives: a negative with ``ce >= min(pos ce) - margin`` is removed;
     with ``fusion``, one whose fused score is at or above its query's lowest positive's minus
     ``fusion_margin``.
@@ -89,6 +89,7 @@ def denoise(pool: NegativePool, ce_scores: Mapping[str, Mapping[str, float]],
         fusion_margin: under ``fusion``, how far below the positive's fused score a negative must
             score to be kept, in standard deviations of the query's scores (fused scores are sums
             of z-scores): a copy of the positive scored a hair apart is still dropped.
+        drop: ``False`` keeps every negative (scored, none dropped).
 
     Returns:
         ``(new_pool, removed)``: the pool whose negatives and positives carry cross-encoder scores
@@ -114,7 +115,7 @@ def denoise(pool: NegativePool, ce_scores: Mapping[str, Mapping[str, float]],
                          if any(d in fused for d in pos) else float("inf"))
         kept = []
         for did, _ in negs:
-            if judge[did] >= threshold:
+            if drop and judge[did] >= threshold:
                 removed += 1
             else:
                 kept.append((did, float(ce_scores[qid][did])))
@@ -128,7 +129,7 @@ def rescore_and_denoise(pool: NegativePool, ce, queries: Mapping[str, str],
                         margin: float, max_negatives: int | None = None, batch_size: int = 32,
                         cache: ShardedCache | None = None,
                         fusion: tuple[float, Mapping] | None = None,
-                        fusion_margin: float = 0.0) -> tuple[NegativePool, dict]:
+                        fusion_margin: float = 0.0, drop: bool = True) -> tuple[NegativePool, dict]:
     """Score every (query, negative) and (query, positive) pair of ``pool``, then :func:`denoise`.
 
     Args:
@@ -143,6 +144,7 @@ def rescore_and_denoise(pool: NegativePool, ce, queries: Mapping[str, str],
         batch_size: cross-encoder batch size.
         cache: optional score cache (a refresh then scores only pairs it has not seen).
         fusion, fusion_margin: denoise by the fused score (see :func:`denoise`).
+        drop: ``False``: score only, drop nothing.
 
     Returns:
         ``(pool, stats)`` with stats ``negatives_removed``, ``pairs_scored`` (pairs sent to the
@@ -168,7 +170,7 @@ def rescore_and_denoise(pool: NegativePool, ce, queries: Mapping[str, str],
                     "pool, e.g. %s", len(unscorable), unscorable[:3])
         pool = NegativePool(pool.version, {q: v for q, v in pool.negatives.items() if q in pos_s},
                             pool.positive_scores, pool.meta)
-    new, removed = denoise(pool, neg_s, pos_s, margin, max_negatives, fusion, fusion_margin)
+    new, removed = denoise(pool, neg_s, pos_s, margin, max_negatives, fusion, fusion_margin, drop)
     stats = {"negatives_removed": removed, "pairs_scored": scored, "pairs_total": len(pairs),
              "queries_unscorable": len(unscorable), "rescore_s": time.perf_counter() - start}
     return new, stats

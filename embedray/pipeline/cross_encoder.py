@@ -81,14 +81,19 @@ def gate(job, report: dict | None) -> dict:
            for t, r in tasks.items()}
     worse = sorted(t for t, r in dev.items() if r["reranked"] < r["bi_encoder"])
     out = {"checked": True, "passed": not worse, "dev": dev, **temperature}
+    ratio = job.mining.max_score_ratio or ce.fallback_max_score_ratio
     if worse and ce.fuse and (fusion := _fusion(tasks, dev)) is not None:
-        return {**out, "passed": True, "fusion": fusion,
-                "why": "it reranks dev worse than the bi-encoder alone, better fused with it (weight "
-                       f"{fusion['alpha']:g}: " + "; ".join(
-                           f"{t + ': ' if t else ''}{fusion['dev'][t]:.4f} vs {dev[t]['bi_encoder']:.4f}" for t in dev)
-                       + "): the run denoises with the fused score"}
+        why = ("it reranks dev worse than the bi-encoder alone, better fused with it (weight "
+               f"{fusion['alpha']:g}: " + "; ".join(
+                   f"{t + ': ' if t else ''}{fusion['dev'][t]:.4f} vs {dev[t]['bi_encoder']:.4f}" for t in dev) + ")")
+        if ce.denoise_fused:
+            return {**out, "passed": True, "fusion": fusion, "denoise": True,
+                    "why": why + ": the run denoises with the fused score"}
+        return {**out, "passed": True, "fusion": fusion, "denoise": False, "fallback": {"max_score_ratio": ratio},
+                "why": why + ": the fused score may rerank; denoising uses the bi-encoder's positive-aware rule "
+                             f"(max_score_ratio {ratio:g}; cross_encoder.denoise_fused: true denoises by the fused "
+                             "score)"}
     if worse:
-        ratio = job.mining.max_score_ratio or ce.fallback_max_score_ratio
         out.update(worse=worse, fallback={"max_score_ratio": ratio},
                    why="it reranks dev worse than the bi-encoder ("
                        + "; ".join(f"{t + ': ' if t else ''}{dev[t]['reranked']:.4f} < {dev[t]['bi_encoder']:.4f}"

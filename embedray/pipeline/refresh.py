@@ -162,12 +162,19 @@ class NegativeRefresher:
                  per_task: dict | None = None):
         self.run_dir = Path(run_dir)
         verdict = read_gate(self.run_dir)
-        if cross_encoder and verdict is not None and not verdict["passed"]:
-            # The gate failed: the bi-encoder's positive-aware rule denoises instead.
-            cross_encoder = None
+        # Whether the cross-encoder's scores drop negatives, or only label them (fused targets).
+        self.drop = True
+        if cross_encoder and verdict is not None and not denoises(verdict):
+            # The gate failed, or passed the cross-encoder only fused and cross_encoder.denoise_fused
+            # is off: the bi-encoder's positive-aware rule denoises instead.
             job = replace(job, mining=replace(job.mining, **verdict["fallback"]))
-        # The gate passed the cross-encoder fused with the bi-encoder: it denoises by the fused score.
-        self.fusion_alpha = (verdict.get("fusion") or {}).get("alpha") if cross_encoder and verdict else None
+            if verdict["passed"] and job.distill.score_source == "fused":
+                self.drop = False  # it still scores the pool: the fused distillation targets read them
+            else:
+                cross_encoder = None
+        # The gate passed the cross-encoder fused with the bi-encoder and lets it denoise: by the fused score.
+        self.fusion_alpha = ((verdict.get("fusion") or {}).get("alpha") if cross_encoder and verdict and self.drop
+                             else None)
         self.job, self.data = job, data
         self.pools = PoolStore(self.run_dir / "pools")
         self.targets = mining_targets(job, data, per_task)
@@ -197,7 +204,8 @@ class NegativeRefresher:
                           t.mining, cross_encoder=cross_encoder, ce_cfg=self.job.cross_encoder,
                           cache_dir=self.run_dir / "cache", weights_fp=live_model_key(self.model),
                           version=version, encode_corpus=budget[0] if budget else encode_docs,
-                          cache_embeddings=budget is None, fusion_alpha=self.fusion_alpha if cross_encoder else None)
+                          cache_embeddings=budget is None, fusion_alpha=self.fusion_alpha if cross_encoder else None,
+                          denoise=self.drop)
             if budget is not None:
                 result.counts.update(budget[1])
             if self.job.refresh.reencode < 1:
@@ -379,6 +387,11 @@ def read_gate(run_dir: Path) -> dict | None:
     return _read_json(Path(run_dir) / GATE_FILE)
 
 
+def denoises(verdict: dict | None) -> bool:
+    """Whether the gate's ``verdict`` lets the cross-encoder denoise (no verdict: it does)."""
+    return verdict is None or (verdict["passed"] and verdict.get("denoise", True))
+
+
 def prepare_negatives(job, data, run_dir: str | Path, per_task: dict | None = None) -> str | None:
     """Before training: train the cross-encoder if none is given (on base-model negatives), check
     it as a reranker on dev and gate it (``cross_encoder.gate``), then publish pool v1 mined by
@@ -404,6 +417,8 @@ def prepare_negatives(job, data, run_dir: str | Path, per_task: dict | None = No
             print(f"[embedray] cross-encoder gate: {verdict['why']}: it scores nothing in this run; denoising "
                   f"falls back to the bi-encoder's positive-aware rule (mining.max_score_ratio "
                   f"{verdict['fallback']['max_score_ratio']:g})", flush=True)
+        elif not denoises(verdict):
+            print(f"[embedray] cross-encoder gate: {verdict['why']}", flush=True)
     verdict = read_gate(run_dir)
     source = job.distill.score_source
     if verdict is not None and not verdict["passed"] and source in ("cross_encoder", "fused"):
@@ -424,7 +439,7 @@ def prepare_negatives(job, data, run_dir: str | Path, per_task: dict | None = No
     if store.latest_version() == 0:
         telemetry = NegativeRefresher(job, data, run_dir, ce_path, per_task=per_task).refresh(step=0)
         write_json_atomic(telemetry, run_dir / "initial_pool.json")
-        scored = ce_path is not None and (read_gate(run_dir) or {}).get("passed", True)
+        scored = ce_path is not None and job.refresh.denoise and denoises(read_gate(run_dir))  # it dropped some
         for name, t in [("", telemetry), *sorted(telemetry.get("tasks", {}).items())]:
             print(f"[embedray] pool v{telemetry['version']}{' ' + name if name else ''}: {t['queries_mined']} "
                   f"queries, {t['negatives_kept']} negatives kept"

@@ -129,7 +129,8 @@ def write_report(run: Path, cfg) -> dict:
                        f"{r['before']['ndcg@10']:.4f} → {r['after']['ndcg@10']:.4f}.")
     ce_gate = extra.get("teacher/cross_encoder_gate")
     if ce_gate is not None and ce_gate.get("fusion"):
-        verdict.append(f"- **Cross-encoder fused with the bi-encoder** to denoise: {ce_gate['why']}.")
+        use = "to denoise" if ce_gate.get("denoise", True) else "to rerank, not to denoise"
+        verdict.append(f"- **Cross-encoder fused with the bi-encoder** {use}: {ce_gate['why']}.")
     choice = extra.get("rerank_dev")
     if choice is not None and ce_gate is not None and ce_gate["passed"]:
         how = {"cross_encoder": "reranked by the cross-encoder", "fused": "reranked by the fused score",

@@ -109,9 +109,9 @@ def test_a_failed_gate_leaves_the_cross_encoder_out_of_mining(topic_beir, tmp_pa
 
 
 def test_a_gate_passed_by_fusion_denoises_by_the_fused_score(topic_beir, tmp_path, capsys):
-    """The cross-encoder alone reranks dev worse, fused with the bi-encoder better: pool v1 is
-    scored and denoised by the fused score at the dev-chosen weight, and its own scores are no
-    distillation target."""
+    """With ``denoise_fused``, the cross-encoder alone reranks dev worse, fused with the bi-encoder
+    better: pool v1 is scored and denoised by the fused score at the dev-chosen weight, and its
+    own scores are no distillation target."""
     from embedray.mining.store import PoolStore
     from embedray.pipeline.refresh import prepare_negatives, read_gate
 
@@ -119,17 +119,74 @@ def test_a_gate_passed_by_fusion_denoises_by_the_fused_score(topic_beir, tmp_pat
         "data": {"path": str(topic_beir)}, "model": {"name_or_path": "tiny-bert"},
         "mining": {"k": 10, "num_negatives": 2, "range_min": 0}, "refresh": {"mode": "static"},
         "cross_encoder": {"base_model": "tiny-bert", "max_steps": 2, "batch_size": 4, "negatives_per_query": 1,
-                          "max_length": 48, "dev_rerank_depth": 0, "denoise_margin": 0.0}})
+                          "max_length": 48, "dev_rerank_depth": 0, "denoise_margin": 0.0, "denoise_fused": True}})
     data = load_training_data(job.data)
     base_cross_encoder(job, data, tmp_path / "cross-encoder", tmp_path)
     report = {**_dev(0.6, 0.5), "fused": {"alpha": 0.4, "ndcg@10": {0.0: 0.6, 0.4: 0.7, 1.0: 0.5}, "queries": 4}}
     (tmp_path / "cross_encoder_dev.json").write_text(json.dumps(report))
     prepare_negatives(job, data, tmp_path)
     verdict = read_gate(tmp_path)
-    assert verdict["passed"] and verdict["fusion"] == {"alpha": 0.4, "dev": {"": 0.7}}
+    assert verdict["passed"] and verdict["fusion"] == {"alpha": 0.4, "dev": {"": 0.7}} and verdict["denoise"]
     pool = PoolStore(tmp_path / "pools").load(1)
     assert pool.meta["fusion_alpha"] == 0.4
     assert all(s is not None for negs in pool.negatives.values() for _, s in negs)  # cross-encoder scores kept
     job.distill.score_source = "cross_encoder"
     with pytest.raises(ValueError, match="passed its gate only fused with the bi-encoder"):
         prepare_negatives(job, data, tmp_path)
+
+
+def _fused_only(topic_beir, tmp_path, score_source):
+    """A job whose gate passes the cross-encoder only fused (the default: it does not denoise),
+    its pool v1 prepared: ``(job, data, verdict, pool)``."""
+    from embedray.mining.store import PoolStore
+    from embedray.pipeline.refresh import prepare_negatives, read_gate
+
+    job = build_config(TrainJobConfig, {
+        "data": {"path": str(topic_beir)}, "model": {"name_or_path": "tiny-bert"},
+        "mining": {"k": 10, "num_negatives": 2, "range_min": 0}, "refresh": {"mode": "static"},
+        "distill": {"score_source": score_source},
+        "cross_encoder": {"base_model": "tiny-bert", "max_steps": 2, "batch_size": 4, "negatives_per_query": 1,
+                          "max_length": 48, "dev_rerank_depth": 0, "denoise_margin": -1.0,
+                          "fallback_max_score_ratio": 1.0}})  # random weights: this margin would drop every one
+    data = load_training_data(job.data)
+    base_cross_encoder(job, data, tmp_path / "cross-encoder", tmp_path)
+    report = {**_dev(0.6, 0.5), "fused": {"alpha": 0.4, "ndcg@10": {0.0: 0.6, 0.4: 0.7, 1.0: 0.5}, "queries": 4}}
+    (tmp_path / "cross_encoder_dev.json").write_text(json.dumps(report))
+    prepare_negatives(job, data, tmp_path)
+    return job, data, read_gate(tmp_path), PoolStore(tmp_path / "pools").load(1)
+
+
+def test_a_gate_passed_only_fused_does_not_denoise_by_default(topic_beir, tmp_path, capsys):
+    """The fused score mostly repeats the bi-encoder's order: by default it reranks but does not
+    denoise; the positive-aware rule filters pool v1 and nothing carries cross-encoder scores."""
+    from embedray.pipeline.cross_encoder import gate
+    from embedray.pipeline.refresh import denoises
+
+    job, _, verdict, pool = _fused_only(topic_beir, tmp_path, "teacher")
+    assert verdict["passed"] and verdict["fusion"]["alpha"] == 0.4
+    assert verdict["denoise"] is False and verdict["fallback"] == {"max_score_ratio": 1.0}
+    assert not denoises(verdict) and denoises(None) and denoises({"passed": True})  # older verdicts: they denoise
+    assert "denoising uses the bi-encoder's positive-aware rule (max_score_ratio 1;" in verdict["why"]
+    assert pool.meta["config"]["max_score_ratio"] == 1.0 and "fusion_alpha" not in pool.meta
+    negatives = [s for negs in pool.negatives.values() for _, s in negs]
+    assert negatives and all(s is None for s in negatives) and not pool.positive_scores
+    out = capsys.readouterr().out
+    assert "cross-encoder gate: it reranks dev worse than the bi-encoder alone, better fused" in out
+    assert "removed by the cross-encoder" not in out
+    job.cross_encoder.denoise_fused = True
+    report = json.loads((tmp_path / "cross_encoder_dev.json").read_text())
+    assert gate(job, report)["denoise"] is True and "fallback" not in gate(job, report)
+
+
+def test_fused_targets_keep_the_scores_of_a_cross_encoder_that_does_not_denoise(topic_beir, tmp_path):
+    """Under ``score_source: fused`` the cross-encoder still scores pool v1 (the targets read its
+    scores) but drops nothing, whatever its margin says."""
+    _, _, verdict, pool = _fused_only(topic_beir, tmp_path, "fused")
+    assert verdict["denoise"] is False
+    negatives = [s for negs in pool.negatives.values() for _, s in negs]
+    assert negatives and all(s is not None for s in negatives) and pool.positive_scores
+    assert pool.meta["counts"]["negatives_removed"] == 0 and pool.meta["denoise_margin"] is None
+    # The same negatives as without scores (margin -1 would have dropped every one).
+    _, _, _, unscored = _fused_only(topic_beir, tmp_path / "unscored", "teacher")
+    ids = {q: [d for d, _ in negs] for q, negs in pool.negatives.items()}
+    assert ids == {q: [d for d, _ in negs] for q, negs in unscored.negatives.items()} and any(ids.values())
