@@ -317,9 +317,9 @@ def main() -> int:
     p.add_argument("--ce-lr", type=float, default=5e-5)
     p.add_argument("--denoise-margin", type=float, default=0.0,
                    help="drop a negative whose cross-encoder score >= the positive's - margin")
-    p.add_argument("--denoise-fused", action="store_true",
-                   help="let a cross-encoder the gate passes only fused with the bi-encoder denoise by the fused "
-                        "score (cross_encoder.denoise_fused; off: the positive-aware rule denoises)")
+    p.add_argument("--no-denoise-fused", dest="denoise_fused", action="store_false",
+                   help="a cross-encoder the gate passes only fused with the bi-encoder does not denoise; the "
+                        "positive-aware rule does (cross_encoder.denoise_fused: false)")
     p.add_argument("--rerank-depth", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--runs", default=DEFAULT_RUNS, help="comma-separated, of: " + ", ".join(RUNS))

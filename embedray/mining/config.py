@@ -175,12 +175,10 @@ class CrossEncoderConfig:
             puts at or above its query's positive is dropped, with ``denoise_fused``). Cross-encoder
             scores are then no distillation target. ``False``: the gate judges the cross-encoder alone.
         denoise_fused: whether a cross-encoder the gate passed only fused with the bi-encoder
-            denoises (by the fused score). Off by default: such a score mostly repeats the
-            bi-encoder's order, and the negatives the bi-encoder ranks above the positive are
-            then dropped as "false negatives" though they are its hardest true ones; denoising
-            then uses the positive-aware rule below, while reranking and distillation may still
-            use the fused score. A cross-encoder that alone reranks dev at least as well as the
-            bi-encoder denoises either way.
+            denoises (by the fused score). ``False``: denoising uses the positive-aware rule
+            below instead, while reranking and distillation may still use the fused score (such
+            a score mostly repeats the bi-encoder's order). A cross-encoder that alone reranks
+            dev at least as well as the bi-encoder denoises either way.
         fallback_max_score_ratio: that positive-aware rule (NV-Retriever's TopK-PercPos): a
             mined negative whose bi-encoder score is above this share of its query's positive's
             is dropped (``mining.max_score_ratio``, unless the recipe sets one).
@@ -206,7 +204,7 @@ class CrossEncoderConfig:
     dev_rerank_depth: int = 100
     gate: bool = True
     fuse: bool = True
-    denoise_fused: bool = False
+    denoise_fused: bool = True
     fallback_max_score_ratio: float = 0.95
     precision: str = "auto"
 

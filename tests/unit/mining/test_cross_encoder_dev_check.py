@@ -109,9 +109,9 @@ def test_a_failed_gate_leaves_the_cross_encoder_out_of_mining(topic_beir, tmp_pa
 
 
 def test_a_gate_passed_by_fusion_denoises_by_the_fused_score(topic_beir, tmp_path, capsys):
-    """With ``denoise_fused``, the cross-encoder alone reranks dev worse, fused with the bi-encoder
-    better: pool v1 is scored and denoised by the fused score at the dev-chosen weight, and its
-    own scores are no distillation target."""
+    """The cross-encoder alone reranks dev worse, fused with the bi-encoder better: pool v1 is
+    scored and denoised by the fused score at the dev-chosen weight (``denoise_fused``, the
+    default), and its own scores are no distillation target."""
     from embedray.mining.store import PoolStore
     from embedray.pipeline.refresh import prepare_negatives, read_gate
 
@@ -119,7 +119,7 @@ def test_a_gate_passed_by_fusion_denoises_by_the_fused_score(topic_beir, tmp_pat
         "data": {"path": str(topic_beir)}, "model": {"name_or_path": "tiny-bert"},
         "mining": {"k": 10, "num_negatives": 2, "range_min": 0}, "refresh": {"mode": "static"},
         "cross_encoder": {"base_model": "tiny-bert", "max_steps": 2, "batch_size": 4, "negatives_per_query": 1,
-                          "max_length": 48, "dev_rerank_depth": 0, "denoise_margin": 0.0, "denoise_fused": True}})
+                          "max_length": 48, "dev_rerank_depth": 0, "denoise_margin": 0.0}})
     data = load_training_data(job.data)
     base_cross_encoder(job, data, tmp_path / "cross-encoder", tmp_path)
     report = {**_dev(0.6, 0.5), "fused": {"alpha": 0.4, "ndcg@10": {0.0: 0.6, 0.4: 0.7, 1.0: 0.5}, "queries": 4}}
@@ -136,8 +136,8 @@ def test_a_gate_passed_by_fusion_denoises_by_the_fused_score(topic_beir, tmp_pat
 
 
 def _fused_only(topic_beir, tmp_path, score_source):
-    """A job whose gate passes the cross-encoder only fused (the default: it does not denoise),
-    its pool v1 prepared: ``(job, data, verdict, pool)``."""
+    """A job whose gate passes the cross-encoder only fused, with ``denoise_fused: false``, its
+    pool v1 prepared: ``(job, data, verdict, pool)``."""
     from embedray.mining.store import PoolStore
     from embedray.pipeline.refresh import prepare_negatives, read_gate
 
@@ -146,7 +146,7 @@ def _fused_only(topic_beir, tmp_path, score_source):
         "mining": {"k": 10, "num_negatives": 2, "range_min": 0}, "refresh": {"mode": "static"},
         "distill": {"score_source": score_source},
         "cross_encoder": {"base_model": "tiny-bert", "max_steps": 2, "batch_size": 4, "negatives_per_query": 1,
-                          "max_length": 48, "dev_rerank_depth": 0, "denoise_margin": -1.0,
+                          "max_length": 48, "dev_rerank_depth": 0, "denoise_margin": -1.0, "denoise_fused": False,
                           "fallback_max_score_ratio": 1.0}})  # random weights: this margin would drop every one
     data = load_training_data(job.data)
     base_cross_encoder(job, data, tmp_path / "cross-encoder", tmp_path)
@@ -156,9 +156,9 @@ def _fused_only(topic_beir, tmp_path, score_source):
     return job, data, read_gate(tmp_path), PoolStore(tmp_path / "pools").load(1)
 
 
-def test_a_gate_passed_only_fused_does_not_denoise_by_default(topic_beir, tmp_path, capsys):
-    """The fused score mostly repeats the bi-encoder's order: by default it reranks but does not
-    denoise; the positive-aware rule filters pool v1 and nothing carries cross-encoder scores."""
+def test_a_gate_passed_only_fused_need_not_denoise(topic_beir, tmp_path, capsys):
+    """With ``denoise_fused: false`` the fused score may rerank but does not denoise: the
+    positive-aware rule filters pool v1 and nothing carries cross-encoder scores."""
     from embedray.pipeline.cross_encoder import gate
     from embedray.pipeline.refresh import denoises
 
