@@ -29,7 +29,11 @@ ending in ``-everyK`` refreshes every K steps instead of ``--every`` (``refreshe
 ``refreshed+denoised-sync`` refreshes synchronously (``refresh.mode: sync``: training waits while the
 refresh uses every core), so its pools switch at the very steps it snapshots, whatever the load;
 ``refreshed`` and ``refreshed-sync`` refresh without denoising (with ``static`` and
-``static+denoised``, the two effects apart: each pair differing in one of them is compared).
+``static+denoised``, the two effects apart: each pair differing in one of them is compared);
+``static+denoised+refill`` replaces each dropped negative with the next candidate kept
+(``mining.rescore_candidates``), ``static+positive-aware`` denoises by NV-Retriever's rule instead.
+A finished run's result stays in its folder and is reused by a later invocation with the same
+arguments (``--rerun`` trains again).
 
 ``--data`` runs the same comparison on another BEIR folder with train and test judgements (e.g.
 SciFact); without a dev split, a seeded ``--dev-queries`` of its train queries are held out as
@@ -38,8 +42,10 @@ dev (train on the rest; the corpus, queries and test judgements are linked, not 
 Run:  .venv/bin/python bench/negatives.py [--max-docs 2000 --max-queries 2000 --steps 240 --every 40]
       [--json runs/bench-negatives.json] [--plot runs/bench-negatives/curve.png]
       (about 55 minutes on 2 CPU cores)
-      .venv/bin/python bench/negatives.py --data ../shared/datasets/scifact --runs static,refreshed+denoised-sync
-      --every 80 --max-doc-length 128 --max-seq-length 128 --curve-every 120 --out runs/bench-negatives-scifact
+      .venv/bin/python bench/negatives.py --data ../shared/datasets/scifact --every 80 --max-doc-length 128
+      --max-seq-length 128 --curve-every 120 --out runs/bench-negatives-scifact --runs static,refreshed+denoised-sync,
+      static+denoised,refreshed-sync,static+denoised+refill,static+positive-aware,refreshed-sync-every40
+      (about 80 minutes on 2 CPU cores with bf16 units)
 """
 from __future__ import annotations
 
