@@ -294,13 +294,14 @@ def _run_args(a) -> dict:
     return {k: v for k, v in vars(a).items() if k not in ("runs", "json", "plot", "rerun")}
 
 
-def _same_args(p, a, saved: Path) -> bool:
-    """Whether ``saved`` (a JSON file with ``args``) was made with these result-shaping arguments
-    (one it lacks counts as its default)."""
-    if not saved.is_file():
-        return False
-    kept = json.loads(saved.read_text())["args"]
+def _same_args(p, a, kept: dict) -> bool:
+    """Whether saved ``kept`` arguments are these result-shaping ones (one it lacks counts as its default)."""
     return {k: kept.get(k, p.get_default(k)) for k in _run_args(a)} == _run_args(a)
+
+
+def _saved(path: Path) -> dict | None:
+    """A saved result (``args`` and what was measured with them), None where there is none."""
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def main() -> int:
@@ -359,7 +360,8 @@ def main() -> int:
     print(f"base minilm-l6: dev {base['dev']:.4f} test {base['test']:.4f}", flush=True)
 
     ce = out / "cross-encoder"
-    if (ce / "config.json").is_file() and (a.rerun or not _same_args(p, a, ce / RESULT_FILE)):
+    trained = _saved(ce / RESULT_FILE)
+    if (ce / "config.json").is_file() and (a.rerun or trained is None or not _same_args(p, a, trained["args"])):
         shutil.rmtree(ce)  # trained with other arguments (or --rerun): train it again
     if not (ce / "config.json").is_file():
         job = _job(a, data_dir, out, "cross-encoder-prep", None)
@@ -379,9 +381,9 @@ def main() -> int:
     done: list[str] = []
     for name in runs:
         saved = out / name / RESULT_FILE
-        if saved.is_file() and not a.rerun:  # finished by an earlier invocation with these arguments
-            kept = json.loads(saved.read_text())
-            if not _same_args(p, a, saved):
+        kept = None if a.rerun else _saved(saved)
+        if kept is not None:  # finished by an earlier invocation with these arguments
+            if not _same_args(p, a, kept["args"]):
                 raise SystemExit(f"{saved}: from a run with other arguments ({kept['args']}); use --rerun "
                                  "or another --out")
             finals[name], rows[name] = kept["eval"], kept["row"]
@@ -437,10 +439,11 @@ def main() -> int:
             if r.get("failed"):
                 print(f"{name}: refresh from step {r.get('snapshot_step')} failed: {r.get('error')}")
                 continue
+            overlap = "n/a" if r.get("overlap@10") is None else f"{r['overlap@10']:.2f}"
             print(f"{name}: refresh v{r['version']}: snapshot step {r['snapshot_step']}, in use from step "
                   f"{r['finished_step']}; kept {r['negatives_kept']}, removed {r['negatives_removed']} "
                   f"(false-negative rate {r['false_negative_rate']:.3f}), overlap@10 with the previous pool "
-                  f"{'n/a' if r.get('overlap@10') is None else format(r['overlap@10'], '.2f')}, wall {r['wall_s']:.0f} s (encode {r['encode_s'] or 0:.0f} / index "
+                  f"{overlap}, wall {r['wall_s']:.0f} s (encode {r['encode_s'] or 0:.0f} / index "
                   f"{r['index_s'] or 0:.1f} / search {r['search_s'] or 0:.1f} / rescore {r['rescore_s'] or 0:.0f})")
         if "static" not in rows:
             continue
