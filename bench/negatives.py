@@ -103,7 +103,8 @@ def _job(a, data_dir: Path, out: Path, name: str, ce: Path | None):
         "model": {"name_or_path": "minilm-l6"},
         "loss": {"name": "infonce", "temperature": 0.05, "gather_across_workers": True},
         "train": {"max_steps": a.steps, "batch_size": a.batch_size, "num_negatives": 1, "negatives": "pool",
-                  "lr": 3e-5, "max_query_length": 32, "max_doc_length": a.max_doc_length, "eval_every": a.curve_every,
+                  "lr": 3e-5, "max_query_length": 32, "max_doc_length": a.max_doc_length,
+                  "eval_every": max(a.curve_every, 0),
                   "checkpoint_every": a.steps, "num_threads": 1, "seed": a.seed},
         "cluster": {"num_workers": WORKERS, "cpus_per_worker": 0.875, "storage_path": str(out), "run_name": name},
         "mining": {"k": 20, "num_negatives": 3, "range_min": 1, "batch_size": 64, "seed": a.seed},
@@ -114,6 +115,8 @@ def _job(a, data_dir: Path, out: Path, name: str, ce: Path | None):
     }
     if a.max_seq_length:
         raw["model"]["max_seq_length"] = a.max_seq_length
+    if a.curve_every < 0:  # no dev evaluation inside the loop: the bench evaluates the final model itself
+        raw["data"]["dev_split"] = None
     m = EVERY.fullmatch(name)
     if m["every"]:
         raw["refresh"]["every"] = int(m["every"])
@@ -215,14 +218,23 @@ COMPARISONS = [("in-batch", "static"), ("static", "refreshed+denoised"), ("in-ba
                ("static", "static+positive-aware")]
 
 
-def debian_subset(out: Path, max_docs: int, max_queries: int, seed: int) -> Path:
-    """The Debian BEIR folder of this size under ``out``, built on first use."""
+def debian_subset(out: Path, max_docs: int, max_queries: int, seed: int, eval_queries: int = 0) -> Path:
+    """The Debian BEIR folder of this size under ``out``, built on first use. ``max_docs`` /
+    ``max_queries`` 0: the whole dataset; ``eval_queries``: the dev and test splits' size instead
+    of their share of the queries."""
     from embedray.data.debian import build_debian
 
-    data_dir = out / f"debian-{max_docs}-{max_queries}"
+    data_dir = out / (f"debian-{max_docs or 'all'}-{max_queries or 'all'}"
+                      + (f"-eval{eval_queries}" if eval_queries else ""))
     if not (data_dir / "corpus.jsonl").is_file():
-        build_debian(data_dir, max_docs=max_docs, max_queries=max_queries, seed=seed)
+        build_debian(data_dir, max_docs=max_docs or None, max_queries=max_queries or None, seed=seed,
+                     split_queries={"dev": eval_queries, "test": eval_queries} if eval_queries else None)
     return data_dir
+
+
+def denoising(name: str) -> bool:
+    """Whether run ``name`` denoises with the cross-encoder (``refresh.denoise``)."""
+    return bool(RUNS[_run(name)[0]]["refresh"].get("denoise"))
 
 
 def heldout_dev(src: Path, out: Path, dev_queries: int, seed: int) -> Path:
@@ -306,8 +318,10 @@ def _saved(path: Path) -> dict | None:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--max-docs", type=int, default=2000)
-    p.add_argument("--max-queries", type=int, default=2000, help="over train/dev/test, 80/10/10")
+    p.add_argument("--max-docs", type=int, default=2000, help="Debian documents (0: all)")
+    p.add_argument("--max-queries", type=int, default=2000, help="over train/dev/test, 80/10/10 (0: all)")
+    p.add_argument("--eval-queries", type=int, default=0,
+                   help="Debian: dev and test queries each, instead of 10%% of --max-queries each")
     p.add_argument("--data", default=None, help="a BEIR folder with train and test judgements instead of the "
                    "Debian subset (--max-docs/--max-queries then unused)")
     p.add_argument("--dev-queries", type=int, default=100,
@@ -318,7 +332,9 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=240)
     p.add_argument("--batch-size", type=int, default=8, help="per worker (2 workers)")
     p.add_argument("--every", type=int, default=40, help="refresh every K optimizer steps")
-    p.add_argument("--curve-every", type=int, default=40, help="evaluate dev every K steps (0: start and end only)")
+    p.add_argument("--curve-every", type=int, default=40,
+                   help="evaluate dev every K steps (0: start and end only; -1: never inside the loop, each a "
+                        "corpus encode: the base and final models are still evaluated)")
     p.add_argument("--ce-steps", type=int, default=150)
     p.add_argument("--ce-loss", default="listnet", help="cross-encoder loss: bce, listnet or lambda")
     p.add_argument("--ce-lr", type=float, default=5e-5)
@@ -350,7 +366,7 @@ def main() -> int:
     every = {name: _run(name)[1] or a.every for name in runs}  # a bad name fails now, not after an hour
     out = Path(a.out).resolve()
     data_dir = (heldout_dev(Path(a.data), out, a.dev_queries, a.seed) if a.data
-                else debian_subset(out, a.max_docs, a.max_queries, a.seed))
+                else debian_subset(out, a.max_docs, a.max_queries, a.seed, a.eval_queries))
     ensure_ray()
 
     rows: dict[str, dict] = {}
@@ -359,24 +375,29 @@ def main() -> int:
     rows["base minilm-l6"] = {"dev": base["dev"], "test": base["test"]}
     print(f"base minilm-l6: dev {base['dev']:.4f} test {base['test']:.4f}", flush=True)
 
-    ce = out / "cross-encoder"
-    trained = _saved(ce / RESULT_FILE)
-    if (ce / "config.json").is_file() and (a.rerun or trained is None or not _same_args(p, a, trained["args"])):
+    # The cross-encoder is trained (and handed to every run, for its gate verdict) only when a run
+    # denoises with it; without, no run sees one.
+    ce = out / "cross-encoder" if any(map(denoising, runs)) else None
+    trained = _saved(ce / RESULT_FILE) if ce else None
+    if ce and (ce / "config.json").is_file() and (a.rerun or trained is None or not _same_args(p, a, trained["args"])):
         shutil.rmtree(ce)  # trained with other arguments (or --rerun): train it again
-    if not (ce / "config.json").is_file():
+    if ce is None:
+        print("no run denoises: no cross-encoder", flush=True)
+    elif not (ce / "config.json").is_file():
         job = _job(a, data_dir, out, "cross-encoder-prep", None)
         t0 = time.perf_counter()
         data = load_training_data(job.data)
         base_cross_encoder(job, data, ce, out)
         print(f"cross-encoder trained in {time.perf_counter() - t0:.0f} s", flush=True)
         write_json_atomic({"args": _run_args(a)}, ce / RESULT_FILE)
-    rerank = {}
-    for split in ("dev", "test"):
-        r = evaluate_reranker(str(ce), load_beir(data_dir, split, missing_docs="keep"), base[f"{split}_run"],
-                              k=a.rerank_depth)
-        rerank[split] = r["after"]["ndcg@10"]
-    rows[f"cross-encoder rerank of base top-{a.rerank_depth}"] = rerank
-    print(f"cross-encoder rerank: dev {rerank['dev']:.4f} test {rerank['test']:.4f}", flush=True)
+    if ce:
+        rerank = {}
+        for split in ("dev", "test"):
+            r = evaluate_reranker(str(ce), load_beir(data_dir, split, missing_docs="keep"), base[f"{split}_run"],
+                                  k=a.rerank_depth)
+            rerank[split] = r["after"]["ndcg@10"]
+        rows[f"cross-encoder rerank of base top-{a.rerank_depth}"] = rerank
+        print(f"cross-encoder rerank: dev {rerank['dev']:.4f} test {rerank['test']:.4f}", flush=True)
 
     done: list[str] = []
     for name in runs:

@@ -58,3 +58,21 @@ def test_a_later_run_takes_the_first_runs_gate_verdict(bench, tmp_path):
     (tmp_path / "refreshed" / GATE_FILE).write_text(json.dumps({"passed": False}))
     assert not bench.reuse_gate(tmp_path, "refreshed", ["static"])  # its own verdict stays
     assert json.loads((tmp_path / "refreshed" / GATE_FILE).read_text()) == {"passed": False}
+
+
+def test_only_cross_encoder_denoising_runs_need_the_cross_encoder(bench):
+    assert [n for n in ("static", "refreshed-sync-every40", "static+positive-aware", "in-batch")
+            if bench.denoising(n)] == []
+    assert all(map(bench.denoising, ("static+denoised", "refreshed+denoised-sync", "static+denoised+refill")))
+
+
+def test_curve_every_minus_one_leaves_dev_out_of_the_loop(bench, tmp_path):
+    import argparse
+
+    data = _beir(tmp_path / "set", 4)
+    args = dict(max_doc_length=96, max_seq_length=None, steps=8, batch_size=2, every=4, ce_steps=1, ce_loss="bce",
+                ce_lr=1e-5, denoise_margin=0.0, denoise_fused=True, seed=0)
+    for curve, dev, every in ((-1, None, 0), (0, "dev", 0), (4, "dev", 4)):
+        job = bench._job(argparse.Namespace(**args, curve_every=curve), data, tmp_path / "out", "static", None)
+        assert (job.data.dev_split, job.train.eval_every) == (dev, every)
+        assert job.refresh.cross_encoder is None
