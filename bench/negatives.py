@@ -32,8 +32,12 @@ refresh uses every core), so its pools switch at the very steps it snapshots, wh
 ``static+denoised``, the two effects apart: each pair differing in one of them is compared);
 ``static+denoised+refill`` replaces each dropped negative with the next candidate kept
 (``mining.rescore_candidates``), ``static+positive-aware`` denoises by NV-Retriever's rule instead.
-A finished run's result stays in its folder and is reused by a later invocation with the same
-arguments (``--rerun`` trains again).
+Denoised runs replace the negatives they drop as ``mining.rescore_candidates``' default does
+(``--rescore-candidates 3``: none replaced). A finished run's result stays in its folder and is
+reused by a later invocation with the same arguments (``--rerun`` trains again). ``--max-docs 0
+--max-queries 0`` takes the whole Debian dataset (``--eval-queries`` sizes its dev and test
+splits); ``--curve-every -1`` leaves every dev evaluation out of the loop (each encodes the whole
+corpus), the base and final models still evaluated on dev and test.
 
 ``--data`` runs the same comparison on another BEIR folder with train and test judgements (e.g.
 SciFact); without a dev split, a seeded ``--dev-queries`` of its train queries are held out as
@@ -107,7 +111,8 @@ def _job(a, data_dir: Path, out: Path, name: str, ce: Path | None):
                   "eval_every": max(a.curve_every, 0),
                   "checkpoint_every": a.steps, "num_threads": 1, "seed": a.seed},
         "cluster": {"num_workers": WORKERS, "cpus_per_worker": 0.875, "storage_path": str(out), "run_name": name},
-        "mining": {"k": 20, "num_negatives": 3, "range_min": 1, "batch_size": 64, "seed": a.seed},
+        "mining": {"k": 20, "num_negatives": 3, "range_min": 1, "batch_size": 64, "seed": a.seed,
+                   "rescore_candidates": a.rescore_candidates},
         "cross_encoder": {"base_model": "minilm-l6", "loss": a.ce_loss, "max_steps": a.ce_steps, "batch_size": 8,
                           "negatives_per_query": 2, "learning_rate": a.ce_lr, "max_length": 128,
                           "denoise_margin": a.denoise_margin, "denoise_fused": a.denoise_fused, "seed": a.seed},
@@ -343,6 +348,10 @@ def main() -> int:
     p.add_argument("--no-denoise-fused", dest="denoise_fused", action="store_false",
                    help="a cross-encoder the gate passes only fused with the bi-encoder does not denoise; the "
                         "positive-aware rule does (cross_encoder.denoise_fused: false)")
+    p.add_argument("--rescore-candidates", type=int, default=None,
+                   help="mining.rescore_candidates of every run but static+denoised+refill (its own 9): candidates "
+                        "a denoising cross-encoder scores per query (3: dropped negatives not replaced; default: "
+                        "the project's, 9 for the 3 negatives mined)")
     p.add_argument("--rerank-depth", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--runs", default=DEFAULT_RUNS, help="comma-separated, of: " + ", ".join(RUNS))

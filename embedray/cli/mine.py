@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from embedray.mining.config import CrossEncoderConfig, MiningConfig
+from embedray.mining.config import REFILL, CrossEncoderConfig, MiningConfig
 from embedray.mining.index import INDEX_TYPES
 
 HELP = "mine hard negatives offline and rescore them (FlagEmbedding JSONL)"
@@ -61,7 +61,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--sampling", choices=("top", "random"), default=d.sampling_strategy,
                    dest="sampling_strategy", help="take the top survivors or sample them")
     g.add_argument("--rescore-candidates", type=int, default=None,
-                   help="candidates per query sent to the cross-encoder (default: --num-negatives)")
+                   help="candidates per query the cross-encoder scores; the extra ones replace the negatives "
+                        f"it drops (default: {REFILL} x --num-negatives within the rank window; --num-negatives: "
+                        "none replaced)")
     g.add_argument("--seed", type=int, default=d.seed, help="sampling and cross-encoder seed")
     g.add_argument("--index-factory", default=d.index_factory, help="FAISS index_factory string")
     g.add_argument("--index-type", choices=INDEX_TYPES, default=d.index_type,

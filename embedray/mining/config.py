@@ -13,6 +13,8 @@ from embedray.mining.index import INDEX_TYPES, IndexType
 from embedray.models.config import PRECISIONS
 
 SamplingStrategy = Literal["top", "random"]
+#: Candidates a denoising cross-encoder scores per negative asked for (``rescore_candidates``'s default).
+REFILL = 3
 CrossEncoderLoss = Literal["bce", "listnet", "lambda"]
 
 
@@ -44,9 +46,10 @@ class MiningConfig:
         sampling_strategy: ``top`` keeps the best surviving candidates; ``random`` samples
             ``num_negatives`` of them uniformly with a Generator seeded per (seed, query id).
         seed: seed of the ``random`` sampling; same seed → same negatives.
-        rescore_candidates: candidates per query sent to the cross-encoder (``None`` =
-            ``num_negatives``). Extra candidates replace the ones the cross-encoder drops as
-            false negatives, so queries keep ``num_negatives`` after denoising.
+        rescore_candidates: candidates per query sent to the cross-encoder when it denoises.
+            Extra candidates replace the ones it drops as likely false negatives, so queries keep
+            ``num_negatives`` after denoising. ``None``: ``REFILL`` × ``num_negatives``, within
+            the rank window; ``num_negatives``: no replacement (a dropped negative is gone).
         index_factory: FAISS ``index_factory`` string: ``Flat`` (exact inner product) for small
             corpora, e.g. ``IVF1024,Flat`` or ``HNSW32`` for large ones.
         index_type: how the mining index stores vectors: ``flat`` (``index_factory`` as given),
@@ -132,8 +135,11 @@ class MiningConfig:
 
     @property
     def candidates_per_query(self) -> int:
-        """How many negatives selection hands to rescoring (before denoising)."""
-        return self.rescore_candidates or self.num_negatives
+        """How many negatives selection hands to a denoising cross-encoder (``rescore_candidates``,
+        by default ``REFILL`` × ``num_negatives`` within the rank window)."""
+        if self.rescore_candidates is not None:
+            return self.rescore_candidates
+        return max(self.num_negatives, min(REFILL * self.num_negatives, self.window_end - self.range_min))
 
 
 @dataclass

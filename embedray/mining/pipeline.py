@@ -269,8 +269,10 @@ def mine(corpus: Mapping[str, Document | str], queries: Mapping[str, str], posit
     enc = encode_queries_and_corpus(encode_fn, mined_queries, corpus, cfg, weights_fp,
                                     cache_dir if cache_embeddings else None, encode_corpus)
     encode_s = time.perf_counter() - t
+    # A denoising cross-encoder scores extra candidates, to replace the negatives it drops.
+    n = cfg.candidates_per_query if cross_encoder is not None and denoise else cfg.num_negatives
     cands = mine_negatives(enc.query_ids, enc.query_emb, pos, cfg, doc_ids=enc.doc_ids,
-                           doc_emb=enc.doc_emb, version=version)
+                           doc_emb=enc.doc_emb, n=n, version=version)
     meta = {"config": asdict(cfg), "weights_fingerprint": weights_fp, "k": cfg.k}
     pool = cands.to_pool(version, meta)
     stats = {"negatives_removed": 0, "pairs_scored": 0, "pairs_total": 0, "rescore_s": 0.0}

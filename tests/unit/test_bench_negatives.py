@@ -71,8 +71,11 @@ def test_curve_every_minus_one_leaves_dev_out_of_the_loop(bench, tmp_path):
 
     data = _beir(tmp_path / "set", 4)
     args = dict(max_doc_length=96, max_seq_length=None, steps=8, batch_size=2, every=4, ce_steps=1, ce_loss="bce",
-                ce_lr=1e-5, denoise_margin=0.0, denoise_fused=True, seed=0)
+                ce_lr=1e-5, denoise_margin=0.0, denoise_fused=True, seed=0, rescore_candidates=None)
     for curve, dev, every in ((-1, None, 0), (0, "dev", 0), (4, "dev", 4)):
         job = bench._job(argparse.Namespace(**args, curve_every=curve), data, tmp_path / "out", "static", None)
         assert (job.data.dev_split, job.train.eval_every) == (dev, every)
-        assert job.refresh.cross_encoder is None
+        assert job.refresh.cross_encoder is None and job.mining.candidates_per_query == 9
+    job = bench._job(argparse.Namespace(**{**args, "rescore_candidates": 3}, curve_every=0), data, tmp_path / "out",
+                     "static+denoised+refill", None)
+    assert job.mining.rescore_candidates == 9  # the run's own setting wins

@@ -102,6 +102,33 @@ def test_cross_encoder_rescoring_carries_scores(tiny_data, tiny_st, tmp_path):
     assert again.pool.fingerprint() == pool.fingerprint()
 
 
+def test_dropped_negatives_are_replaced_by_default(tiny_data, tiny_st):
+    """A denoising cross-encoder scores 3 x num_negatives candidates by default, so the ones it drops
+    are replaced by the next it keeps; rescore_candidates = num_negatives replaces none."""
+    import torch
+
+    from embedray.mining.config import REFILL
+    from embedray.models.cross_encoder import load_cross_encoder
+
+    torch.manual_seed(0)
+    ce = load_cross_encoder("tiny-bert", num_labels=1, max_length=64)
+    ce_cfg = CrossEncoderConfig(denoise_margin=0.0)
+    assert MiningConfig(k=20, num_negatives=3).candidates_per_query == REFILL * 3
+    assert MiningConfig(k=5, num_negatives=3, range_min=1).candidates_per_query == 4  # the rank window's size
+    refilled = _mine(tiny_data, tiny_st, cross_encoder=ce, ce_cfg=ce_cfg)
+    plain = _mine(tiny_data, tiny_st, cfg={"rescore_candidates": 3}, cross_encoder=ce, ce_cfg=ce_cfg)
+    assert refilled.counts["pairs_total"] == 8 * (REFILL * 3 + 1) and plain.counts["pairs_total"] == 8 * (3 + 1)
+    assert plain.counts["negatives_removed"] > 0  # the random head drops some of the top 3
+    assert refilled.counts["negatives_kept"] > plain.counts["negatives_kept"]
+    for qid, negs in plain.pool.negatives.items():
+        kept = [d for d, _ in refilled.pool.negatives[qid]]
+        assert [d for d, _ in negs] == kept[:len(negs)]  # the same survivors first, then replacements
+        assert len(kept) <= 3
+    # Scoring without denoising (distillation targets) takes num_negatives candidates only.
+    scored = _mine(tiny_data, tiny_st, cross_encoder=ce, ce_cfg=ce_cfg, denoise=False)
+    assert scored.counts["pairs_total"] == 8 * (3 + 1) and scored.counts["negatives_removed"] == 0
+
+
 def test_nothing_to_mine_is_an_error(tiny_data, tiny_st):
     with pytest.raises(ValueError, match="nothing to mine"):
         mine(tiny_data.corpus, tiny_data.queries, {}, tiny_st, MiningConfig(k=5, num_negatives=2))
