@@ -387,19 +387,19 @@ def main() -> int:
     # The cross-encoder is trained (and handed to every run, for its gate verdict) only when a run
     # denoises with it; without, no run sees one.
     ce = out / "cross-encoder" if any(map(denoising, runs)) else None
-    trained = _saved(ce / RESULT_FILE) if ce else None
-    if ce and (ce / "config.json").is_file() and (a.rerun or trained is None or not _same_args(p, a, trained["args"])):
-        shutil.rmtree(ce)  # trained with other arguments (or --rerun): train it again
     if ce is None:
         print("no run denoises: no cross-encoder", flush=True)
-    elif not (ce / "config.json").is_file():
-        job = _job(a, data_dir, out, "cross-encoder-prep", None)
-        t0 = time.perf_counter()
-        data = load_training_data(job.data)
-        base_cross_encoder(job, data, ce, out)
-        print(f"cross-encoder trained in {time.perf_counter() - t0:.0f} s", flush=True)
-        write_json_atomic({"args": _run_args(a)}, ce / RESULT_FILE)
-    if ce:
+    else:
+        trained = _saved(ce / RESULT_FILE)
+        if (ce / "config.json").is_file() and (a.rerun or trained is None or not _same_args(p, a, trained["args"])):
+            shutil.rmtree(ce)  # trained with other arguments (or --rerun): train it again
+        if not (ce / "config.json").is_file():
+            job = _job(a, data_dir, out, "cross-encoder-prep", None)
+            t0 = time.perf_counter()
+            data = load_training_data(job.data)
+            base_cross_encoder(job, data, ce, out)
+            print(f"cross-encoder trained in {time.perf_counter() - t0:.0f} s", flush=True)
+            write_json_atomic({"args": _run_args(a)}, ce / RESULT_FILE)
         rerank = {}
         for split in ("dev", "test"):
             r = evaluate_reranker(str(ce), load_beir(data_dir, split, missing_docs="keep"), base[f"{split}_run"],

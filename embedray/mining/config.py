@@ -139,7 +139,7 @@ class MiningConfig:
         by default ``REFILL`` × ``num_negatives`` within the rank window)."""
         if self.rescore_candidates is not None:
             return self.rescore_candidates
-        return max(self.num_negatives, min(REFILL * self.num_negatives, self.window_end - self.range_min))
+        return min(REFILL * self.num_negatives, self.window_end - self.range_min)  # validated >= num_negatives
 
 
 @dataclass

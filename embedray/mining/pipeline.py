@@ -142,7 +142,8 @@ def mine_negatives(query_ids: Sequence[str], query_emb: np.ndarray, positives: P
         doc_ids: ids of the rows of ``doc_emb``.
         doc_emb: ``(num_docs, dim)`` normalised corpus embeddings; also gives the positives'
             scores for the margin rules (else the scores of positives found by the search).
-        n: negatives to select per query (default ``cfg.candidates_per_query``).
+        n: negatives to select per query (default ``cfg.num_negatives``; a denoising cross-encoder
+            gets ``cfg.candidates_per_query``, to replace the ones it drops).
         version: version number stored in a newly built index.
 
     Returns:
@@ -165,7 +166,7 @@ def mine_negatives(query_ids: Sequence[str], query_emb: np.ndarray, positives: P
     t = time.perf_counter()
     pos_scores = _positive_scores(query_ids, query_emb, pos_sets, scores, cand_ids, doc_ids, doc_emb)
     selection: Selection = select_negatives(scores, cand_ids, pos_sets, query_ids, cfg,
-                                            pos_scores=pos_scores, n=n or cfg.candidates_per_query)
+                                            pos_scores=pos_scores, n=n or cfg.num_negatives)
     negatives = {}
     for row, qid in enumerate(query_ids):
         row_scores = dict(zip(cand_ids[row], scores[row].tolist()))

@@ -74,6 +74,7 @@ def test_mine_negatives_from_a_prebuilt_index(tiny_data, tiny_st):
     from_index = mine_negatives(qids, q, tiny_data.qrels, cfg, index=index)
     from_emb = mine_negatives(qids, q, tiny_data.qrels, cfg, doc_ids=ids, doc_emb=d)
     assert from_index.negatives.keys() == from_emb.negatives.keys()
+    assert all(len(negs) == 2 for negs in from_emb.negatives.values())  # num_negatives: no cross-encoder here
     for qid in qids:
         assert [x for x, _ in from_index.negatives[qid]] == [x for x, _ in from_emb.negatives[qid]]
         pos = min(from_emb.pos_scores[qid].values())
