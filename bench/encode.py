@@ -3,7 +3,8 @@
 Texts: a fixed sample of ``--docs`` documents of a BEIR corpus (default SciFact's abstracts,
 title + text as evaluation encodes them), truncated at ``--max-len`` 256 tokens. Every variant
 encodes the same texts at batch ``--batch-size``; the variants take turns for ``--rounds``
-rounds after a warm-up each (median per variant), so a busy neighbour slows all of them alike.
+rounds after a warm-up each (median per variant), the peers in their own processes included, so
+a busy neighbour or the machine's drift slows all of them alike.
 
 - ``st fp32``: ``SentenceTransformer(folder).encode`` as installed (fp32, the default);
 - ``st bf16 autocast``: the same call under ``torch.autocast("cpu", torch.bfloat16)``;
@@ -38,11 +39,15 @@ The GEMM peak is measured in the same run: the best of ``2048 x 2048`` matmuls i
 transformer, from its config, padding not counted) divided by the bf16 peak (int8 counts the
 same FLOPs against the bf16 peak).
 
+With ``--profile``, OpenVINO's performance counters of embedray's fastest OpenVINO variant over one
+more pass: the share of its inference time per node type / kernel (where the time goes, e.g.
+the attention block against the projections).
+
 Printed: the table, then ``ratio vs_st_fp32`` (embedray's fastest variant / st fp32),
 ``ratio vs_st_best`` (the same / the fastest sentence-transformers variant that ran) and
 ``ratio of_peak``.
 
-Run:  .venv/bin/python bench/encode.py [--data ../shared/datasets/scifact] [--json out.json]
+Run:  .venv/bin/python bench/encode.py [--data ../shared/datasets/scifact] [--profile] [--json out.json]
       (bash bench/peer_venvs.sh st-onnx st-openvino first for the ONNX and OpenVINO peers)
 """
 from __future__ import annotations
@@ -71,16 +76,18 @@ PEER_VENVS = Path(os.environ.get("PEER_VENVS", "/tmp/embedray-peer-venvs"))
 #: The peers run in their own virtualenvs (``bench/peer_venvs.sh NAME``), each by its script.
 OUT_OF_PROCESS = {"st onnx int8": "st-onnx", "st openvino": "st-openvino", "st openvino int8": "st-openvino"}
 
-#: The timing both out-of-process peers end with: warm-up, then the median of ``rounds``.
+#: How every out-of-process peer ends: a warm-up, ``ready``, then one timed pass per ``round`` line
+#: on its stdin (so that its rounds take turns with the in-process variants').
 ST_TIMING = r"""
 model.max_seq_length = int(max_len)
 model.encode(texts[:int(batch)], batch_size=int(batch))
-rates = []
-for _ in range(int(rounds)):
+print("ready", flush=True)
+for line in sys.stdin:
+    if line.strip() != "round":
+        break
     start = time.perf_counter()
     model.encode(texts, batch_size=int(batch))
-    rates.append(len(texts) / (time.perf_counter() - start))
-print(json.dumps({"docs_per_s": statistics.median(rates)}))
+    print(json.dumps({"docs_per_s": len(texts) / (time.perf_counter() - start)}), flush=True)
 """
 
 #: How every out-of-process peer starts: its arguments, the texts, a copy of the folder to export into.
@@ -88,7 +95,7 @@ ST_SETUP = r"""
 import json, shutil, statistics, sys, time
 from pathlib import Path
 import sentence_transformers as st
-src, work, texts_file, batch, rounds, threads, max_len = sys.argv[1:8]
+src, work, texts_file, batch, threads, max_len = sys.argv[1:7]
 import torch; torch.set_num_threads(int(threads))
 texts = json.loads(Path(texts_file).read_text())
 folder = Path(work) / "model"
@@ -144,6 +151,36 @@ def _timed(fn) -> float:
     return time.perf_counter() - start
 
 
+def openvino_profile(model, texts: list[str], batch: int, max_len: int, top: int = 6) -> dict[str, float]:
+    """Where an OpenVINO-backed model's inference time goes: OpenVINO's own performance counters
+    over one pass of ``texts`` (the same graph and settings, compiled with ``PERF_COUNT``), as the
+    share of each node type / kernel, largest first."""
+    import collections
+
+    import numpy as np
+    import openvino as ov
+
+    from embedray.models.backends import pooled_graph
+
+    runner = model[0].auto_model
+    core = ov.Core()
+    graph = core.read_model(str(runner.path))
+    if runner.pooling is not None:
+        graph = pooled_graph(graph, runner.pooling)
+    request = core.compile_model(graph, "CPU", {**runner.props, "PERF_COUNT": True}).create_infer_request()
+    names = [p.get_any_name() for p in request.model_inputs]
+    spent: collections.Counter[str] = collections.Counter()
+    ordered = sorted(texts, key=len)
+    for i in range(0, len(ordered), batch):
+        enc = model.tokenizer(ordered[i:i + batch], truncation=True, max_length=max_len, padding=True,
+                              return_tensors="np")
+        request.infer({n: enc.get(n, np.zeros_like(enc["input_ids"])).astype(np.int64) for n in names})
+        for node in request.profiling_info:
+            spent[f"{node.node_type}/{node.exec_type}"] += node.real_time.total_seconds()
+    total = sum(spent.values()) or 1.0
+    return {k: round(v / total, 3) for k, v in spent.most_common(top)}
+
+
 def flop_per_text(config, n_tokens: int) -> float:
     """Forward FLOPs of a BERT-style encoder on one text of ``n_tokens`` (multiply-add = 2).
 
@@ -187,28 +224,64 @@ def load_variant(folder: Path, variant: str, max_len: int):
     return model, ctx
 
 
-def run_peer(variant: str, folder: Path, texts: list[str], batch: int, rounds: int, threads: int,
-             max_len: int, corpus: Path) -> float | str:
-    """docs/s of a sentence-transformers backend run in its own virtualenv, or why it can't run."""
-    venv = PEER_VENVS / OUT_OF_PROCESS[variant]
-    python = venv / "bin" / "python"
-    if not python.exists():
-        return f"no {venv} (bash bench/peer_venvs.sh {venv.name} builds it)"
-    with tempfile.TemporaryDirectory(prefix="embedray-bench-st-peer-") as tmp:
-        texts_file = Path(tmp) / "texts.json"
+class Peer:
+    """A sentence-transformers backend in its own virtualenv and process, timed one pass per
+    :meth:`round`; ``error`` says why it can't run (then it has no process)."""
+
+    def __init__(self, variant: str, folder: Path, texts: list[str], batch: int, threads: int, max_len: int,
+                 corpus: Path):
+        self.variant, self.proc, self.error = variant, None, None
+        venv = PEER_VENVS / OUT_OF_PROCESS[variant]
+        python = venv / "bin" / "python"
+        if not python.exists():
+            self.error = f"no {venv} (bash bench/peer_venvs.sh {venv.name} builds it)"
+            return
+        self.tmp = tempfile.TemporaryDirectory(prefix="embedray-bench-st-peer-")
+        work = Path(self.tmp.name)
+        texts_file = work / "texts.json"
         texts_file.write_text(json.dumps(texts))
         if variant == "st openvino int8":  # the corpus as a local datasets folder: column "text"
             from embedray.data.beir import iter_corpus
 
-            (Path(tmp) / "calibration").mkdir()
-            with open(Path(tmp) / "calibration" / "train.jsonl", "w", encoding="utf-8") as f:
+            (work / "calibration").mkdir()
+            with open(work / "calibration" / "train.jsonl", "w", encoding="utf-8") as f:
                 f.writelines(json.dumps({"text": d.text_for_model}) + "\n" for d in iter_corpus(corpus))
-        proc = subprocess.run([str(python), "-c", SCRIPTS[variant], str(folder), tmp, str(texts_file), str(batch),
-                               str(rounds), str(threads), str(max_len)], capture_output=True, text=True,
-                              env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}, timeout=3600)
-    if proc.returncode != 0:
-        return "failed: " + (proc.stderr.strip().splitlines() or ["?"])[-1]
-    return float(json.loads(proc.stdout.strip().splitlines()[-1])["docs_per_s"])
+        self.stderr = open(work / "stderr.log", "w+", encoding="utf-8")
+        self.proc = subprocess.Popen(
+            [str(python), "-c", SCRIPTS[variant], str(folder), str(work), str(texts_file), str(batch), str(threads),
+             str(max_len)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr, text=True,
+            env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"})
+        while (line := self.proc.stdout.readline()) and line.strip() != "ready":
+            pass
+        if not line:
+            self._fail()
+
+    def _fail(self) -> None:
+        self.proc.wait(timeout=60)
+        self.stderr.seek(0)
+        self.error = "failed: " + (self.stderr.read().strip().splitlines() or ["?"])[-1]
+        self.close()
+
+    def round(self) -> float | None:
+        """docs/s of one timed pass over the texts (``None`` once it has failed)."""
+        if self.proc is None:
+            return None
+        self.proc.stdin.write("round\n")
+        self.proc.stdin.flush()
+        while line := self.proc.stdout.readline():
+            if line.startswith("{"):
+                return float(json.loads(line)["docs_per_s"])
+        self._fail()
+        return None
+
+    def close(self) -> None:
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                self.proc.stdin.close()
+                self.proc.wait(timeout=60)
+            self.proc = None
+            self.stderr.close()
+            self.tmp.cleanup()
 
 
 def main() -> int:
@@ -221,6 +294,9 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--threads", type=int, default=2, help="intra-op threads of every variant")
     p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of: " + ", ".join(VARIANTS))
+    p.add_argument("--profile", action="store_true",
+                   help="also print where embedray's fastest OpenVINO variant spends its inference time "
+                        "(OpenVINO's performance counters, share per node type / kernel)")
     p.add_argument("--json", help="also write the results here")
     a = p.parse_args()
 
@@ -248,12 +324,8 @@ def main() -> int:
 
     skipped: dict[str, str] = {}
     docs_s: dict[str, float] = {}
-    for variant in (v for v in variants if v in OUT_OF_PROCESS):
-        got = run_peer(variant, folder, texts, a.batch_size, a.rounds, a.threads, a.max_len, corpus)
-        if isinstance(got, str):
-            skipped[variant] = got
-        else:
-            docs_s[variant] = round(got, 1)
+    peers = [Peer(v, folder, texts, a.batch_size, a.threads, a.max_len, corpus) for v in variants
+             if v in OUT_OF_PROCESS]
     in_process = [v for v in variants if v not in OUT_OF_PROCESS]
     tmp = tempfile.TemporaryDirectory(prefix="embedray-bench-encode-")
     exported = Path(tmp.name) / "model"
@@ -270,12 +342,24 @@ def main() -> int:
     for model, ctx in models.values():
         with ctx():
             model.encode(texts[:a.batch_size], batch_size=a.batch_size)  # warm-up
-    times: dict[str, list[float]] = {v: [] for v in in_process}
-    for _ in range(a.rounds):
+    times: dict[str, list[float]] = {v: [] for v in [p.variant for p in peers] + in_process}
+    for _ in range(a.rounds):  # each round: every peer's pass, then every in-process variant's
+        for peer in peers:
+            if (rate := peer.round()) is not None:
+                times[peer.variant].append(rate)
         for variant, (model, ctx) in models.items():
             with ctx():
                 times[variant].append(len(texts) / _timed(lambda: model.encode(texts, batch_size=a.batch_size)))
-    docs_s.update({v: round(statistics.median(t), 1) for v, t in times.items()})
+    for peer in peers:
+        peer.close()
+        if peer.error:
+            skipped[peer.variant] = peer.error
+    docs_s.update({v: round(statistics.median(t), 1) for v, t in times.items() if v not in skipped})
+    profile: dict[str, float] = {}
+    openvino_run = [v for v in OURS if "openvino" in v and v in docs_s]
+    if a.profile and openvino_run:
+        profiled = max(openvino_run, key=docs_s.get)
+        profile = openvino_profile(models[profiled][0], texts, a.batch_size, a.max_len)
     tmp.cleanup()
 
     fastest = max((v for v in OURS if v in docs_s), key=docs_s.get)
@@ -295,6 +379,10 @@ def main() -> int:
             print(f"  {variant:22s} skipped: {skipped[variant]}")
     print(f"  {fastest} (embedray's fastest): {achieved:.0f} GFLOP/s of useful work = "
           f"{achieved / peak['bf16']:.1%} of the bf16 GEMM peak")
+    if profile:
+        print(f"  {profiled}: OpenVINO's inference time by node type / kernel (performance counters)")
+        for kind, share in profile.items():
+            print(f"    {kind:50s} {share:6.1%}")
     if "st fp32" in docs_s:
         print(f"ratio vs_st_fp32 {ours / docs_s['st fp32']:.3f}")
     if best:
@@ -305,6 +393,7 @@ def main() -> int:
             "model": a.model, "docs": len(texts), "max_len": a.max_len, "batch_size": a.batch_size,
             "threads": a.threads, "gemm_gflops": peak, "docs_per_s": docs_s, "skipped": skipped,
             "st_best": best, "embedray_fastest": fastest, "embedray_gflops": round(achieved, 1),
+            "openvino_profile": profile,
             "ratio": {"vs_st_fp32": round(ours / docs_s["st fp32"], 3) if "st fp32" in docs_s else None,
                       "vs_st_best": round(ours / st[best], 3) if best else None,
                       "of_peak": round(achieved / peak["bf16"], 3)}}, indent=2))

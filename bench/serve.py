@@ -6,10 +6,12 @@ For each server in turn (the baseline, infinity-emb, then embedray in its defaul
 ``auto``: OpenVINO on a converted copy where the CPU has bf16 units), the same on torch, behind
 Ray Serve's proxy with ``--replicas``, and with those replicas on their own ports; never two at
 once), a closed-loop load generator keeps ``c`` requests in flight (c = 1, 8, 32), each request
-embedding one text from a fixed, seeded mix of short and long texts, and records embeddings/s
-and the p50/p99 request latency. It prints a table per embedray layout with the
-embedray/baseline ratios, then ``ratio vs_st_fastapi_c32`` (embedray as ``embedray serve MODEL``
-runs it, over the baseline's embeddings/s at c=32), ``ratio p99_vs_st_fastapi_c32`` (its p99
+embedding one text from a fixed, seeded mix of short and long texts, and records embeddings/s,
+the p50/p99 request latency and its own CPU time per request (aiohttp, bodies serialised up
+front: the client shares the cores with the server under test, so it is kept light; ``--client
+httpx`` for the heavier httpx client). It prints a table per embedray layout with the
+embedray/baseline ratios, then ``ratio vs_st_fastapi_c32`` (embedray as ``embedray serve
+MODEL`` runs it, over the baseline's embeddings/s at c=32), ``ratio p99_vs_st_fastapi_c32`` (its p99
 over the baseline's; below 1 is better), ``ratio default_vs_torch_c32`` (the default layout
 over the same on torch) and ``ratio vs_infinity_c32`` (over infinity-emb
 serving the same folder on the CPU, torch engine, from the virtualenv ``bench/peer_venvs.sh``
@@ -89,33 +91,61 @@ def run_baseline_server(port: int, model_dir: str) -> None:
 # -- load generation -----------------------------------------------------------------------------
 
 async def load(urls: str | list[str], texts: list[str], concurrency: int, n_requests: int,
-               extra: dict | None = None) -> dict[str, float]:
+               extra: dict | None = None, client: str = "aiohttp") -> dict[str, float]:
     """Closed loop: ``concurrency`` workers send ``n_requests`` single-text requests in total
-    (worker i to ``urls[i % len(urls)]``: client-side balancing over several replica ports)."""
+    (worker i to ``urls[i % len(urls)]``: client-side balancing over several replica ports).
+
+    The client shares the machine with the server under test, so by default it is kept light:
+    aiohttp's C HTTP parser, request bodies serialised once up front, responses parsed with
+    orjson. ``client="httpx"`` is the heavier httpx client, for comparison. Its CPU time per
+    request is reported (``client_cpu_ms_per_req``)."""
+    import aiohttp
+    import orjson
+
     urls = [urls] if isinstance(urls, str) else urls
+    bodies = [orjson.dumps({"input": t, **(extra or {})}) for t in texts]
+    headers = {"content-type": "application/json"}
     latencies: list[float] = []
     errors = 0
     next_i = 0
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(timeout=120, limits=limits) as client:
+
+    async def post_aiohttp(session, url: str, body: bytes) -> tuple[int, bytes]:
+        async with session.post(url, data=body, headers=headers) as r:
+            return r.status, await r.read()
+
+    async def post_httpx(session, url: str, body: bytes) -> tuple[int, bytes]:
+        r = await session.post(url, json=orjson.loads(body))
+        return r.status_code, r.content
+
+    if client == "httpx":
+        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+        session, post = httpx.AsyncClient(timeout=120, limits=limits), post_httpx
+    else:
+        session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency),
+                                        timeout=aiohttp.ClientTimeout(total=120))
+        post = post_aiohttp
+    cpu0 = time.process_time()
+    async with session:
         async def worker(url: str):
             nonlocal next_i, errors
             while next_i < n_requests:
                 i = next_i
                 next_i += 1
                 t0 = time.perf_counter()
-                r = await client.post(url, json={"input": texts[i % len(texts)], **(extra or {})})
+                status, body = await post(session, url, bodies[i % len(bodies)])
                 latencies.append(time.perf_counter() - t0)
-                if r.status_code != 200 or not r.json()["data"]:
+                if status != 200 or not orjson.loads(body)["data"]:
                     errors += 1
 
         start = time.perf_counter()
         await asyncio.gather(*[worker(urls[w % len(urls)]) for w in range(concurrency)])
         wall = time.perf_counter() - start
+    cpu = time.process_time() - cpu0
     latencies.sort()
     return {"embeddings_per_s": len(latencies) / wall, "p50_ms": 1000 * statistics.median(latencies),
             "p99_ms": 1000 * latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))],
-            "requests": len(latencies), "errors": errors, "wall_s": wall}
+            "requests": len(latencies), "errors": errors, "wall_s": wall,
+            "client_cpu_ms_per_req": 1000 * cpu / max(1, len(latencies))}
 
 
 def wait_healthy(url: str, timeout_s: float = 300) -> None:
@@ -130,16 +160,22 @@ def wait_healthy(url: str, timeout_s: float = 300) -> None:
     raise TimeoutError(f"{url} not healthy after {timeout_s}s")
 
 
+#: The load generator's HTTP client (``--client``).
+CLIENT = {"name": "aiohttp"}
+
+
 def measure(name: str, url: str | list[str], texts: list[str], levels: list[int], requests: dict[int, int],
             warmup: int, route: str = "/v1/embeddings", extra: dict | None = None) -> dict[int, dict[str, float]]:
     routes = [u + route for u in ([url] if isinstance(url, str) else url)]
-    asyncio.run(load(routes, texts, 8, warmup, extra))
+    client = CLIENT["name"]
+    asyncio.run(load(routes, texts, 8, warmup, extra, client))
     out = {}
     for c in levels:
-        out[c] = asyncio.run(load(routes, texts, c, requests[c], extra))
+        out[c] = asyncio.run(load(routes, texts, c, requests[c], extra, client))
         r = out[c]
         print(f"  {name:9s} c={c:<3d} {r['embeddings_per_s']:8.1f} emb/s  p50 {r['p50_ms']:7.1f} ms  "
-              f"p99 {r['p99_ms']:7.1f} ms  ({r['requests']} req, {r['errors']} errors)", flush=True)
+              f"p99 {r['p99_ms']:7.1f} ms  ({r['requests']} req, {r['errors']} errors, "
+              f"client {r['client_cpu_ms_per_req']:.2f} ms CPU/req)", flush=True)
     return out
 
 
@@ -259,16 +295,21 @@ def main(argv: list[str] | None = None) -> int:
                    help="model inside the HTTP replicas (default) or a separate Embedder deployment")
     p.add_argument("--layout", choices=["default", "torch", "proxy", "direct", "all"], default="all",
                    help="default: what `embedray serve MODEL` does here (the replica on the port itself, "
-                        "all cores, backend auto); torch: the same with --backend torch; proxy: --replicas behind Ray Serve's proxy; direct: the same replicas "
-                        "on their own ports (--direct-port); all: each in turn (default: %(default)s)")
+                        "all cores, backend auto); torch: the same with --backend torch; proxy: --replicas "
+                        "behind Ray Serve's proxy; direct: the same replicas on their own ports (--direct-port); "
+                        "all: each in turn (default: %(default)s)")
     p.add_argument("--max-batch-tokens", type=int, default=8192)
     p.add_argument("--batch-wait-s", type=float, default=0.005)
     p.add_argument("--infinity-venv", type=Path,
                    default=Path(os.environ.get("PEER_VENVS", "/tmp/embedray-peer-venvs")) / "infinity",
                    help="virtualenv with infinity-emb (bash bench/peer_venvs.sh builds it; "
                         "skipped with a message where it is missing) (default: %(default)s)")
+    p.add_argument("--client", choices=["aiohttp", "httpx"], default="aiohttp",
+                   help="the load generator's HTTP client: aiohttp (light) or httpx (heavier, for comparison) "
+                        "(default: %(default)s)")
     p.add_argument("--json", type=Path, help="also write the results here")
     args = p.parse_args(argv)
+    CLIENT["name"] = args.client
 
     from embedray.models.bundled import resolve_model
 
@@ -276,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     levels = [int(c) for c in args.levels.split(",")]
     requests = {c: max(20, args.requests // 4) if c == 1 else args.requests for c in levels}
     texts = make_texts(512)
-    print(f"model {args.model} ({model_dir}); {os.cpu_count()} CPUs; one text per request; "
+    print(f"model {args.model} ({model_dir}); {os.cpu_count()} CPUs; one text per request; {args.client} client; "
           f"load average {os.getloadavg()[0]:.1f}", flush=True)
     results = {"baseline": bench_baseline(model_dir, texts, levels, requests, args.warmup)}
     if args.baseline_1t:
@@ -321,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, value in ratios.items():
         print(f"ratio {name} {value:.3f}")
     if args.json:
-        args.json.write_text(json.dumps({"model": args.model, "results": results,
+        args.json.write_text(json.dumps({"model": args.model, "client": args.client, "results": results,
                                          "ratio": {k: round(v, 3) for k, v in ratios.items()}}, indent=2))
     return 0
 

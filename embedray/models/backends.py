@@ -8,7 +8,10 @@ with onnxruntime in place of the Hugging Face transformer; ``openvino`` runs
 matrix units; ``fp32`` forces f32), or its statically quantized int8 file
 ``openvino/openvino_model_qint8_quantized.xml``. Everything else is the folder's own sentence-transformers
 pipeline, loaded as usual: tokenizer, max sequence length, prompts, Pooling, a rotation
-``Dense``, ``Normalize``.
+``Dense``, ``Normalize``. The ``openvino`` backend also runs the Pooling inside the compiled graph
+when it is mean or CLS pooling over all tokens (:func:`graph_pooling`): the runtime then hands back
+one vector per text instead of every token's hidden state, which it would otherwise convert to
+fp32 and copy out for sentence-transformers to pool.
 
 Written here because sentence-transformers' own ``backend="onnx"`` goes through optimum-onnx,
 whose newest release (0.1.0) needs ``transformers<4.58`` and fails to import under the
@@ -47,6 +50,8 @@ OPENVINO_EXTRA = "pip install -c constraints.txt -e '.[onnx,openvino]'  (or: mak
 INT8_MIN_NDCG_RATIO = 0.99
 #: What the exported graph reads and returns: optimum's feature-extraction names.
 OUTPUT_NAME = "last_hidden_state"
+#: The output of an OpenVINO graph with the Pooling built in (:func:`pooled_graph`).
+POOLED_NAME = "sentence_embedding"
 
 
 class MissingExtraError(ValueError):
@@ -215,9 +220,12 @@ class OvTransformer(torch.nn.Module):
             precision hint (``bf16`` runs the matrix units, activations and weights in bf16, with
             its own fp32 normalisation layers; ``f32`` keeps the graph in fp32). The hidden states
             come out in fp32 either way.
+        pooling: ``mean`` / ``cls`` to pool inside the graph (:func:`pooled_graph`): the output is
+            then one fp32 vector per text; ``None`` returns every token's hidden state.
     """
 
-    def __init__(self, path: str | Path, config, threads: int = 0, precision: str = "auto"):
+    def __init__(self, path: str | Path, config, threads: int = 0, precision: str = "auto",
+                 pooling: str | None = None):
         super().__init__()
         import openvino as ov
 
@@ -232,10 +240,15 @@ class OvTransformer(torch.nn.Module):
                  "PERFORMANCE_HINT": "LATENCY"}
         if threads > 0:
             props["INFERENCE_NUM_THREADS"] = int(threads)
-        self.compiled = core.compile_model(core.read_model(str(path)), "CPU", props)
+        graph = core.read_model(str(path))
+        self.pooling = pooling
+        if pooling is not None:
+            graph = pooled_graph(graph, pooling)
+        self.props = props
+        self.compiled = core.compile_model(graph, "CPU", props)
         self.request = self.compiled.create_infer_request()
         self.input_names = [p.get_any_name() for p in self.compiled.inputs]
-        self.output = self.compiled.output(OUTPUT_NAME)
+        self.output = self.compiled.output(OUTPUT_NAME if pooling is None else POOLED_NAME)
         self.config = config
         self.path = Path(path)
         self._lock = threading.Lock()  # one infer request: one call at a time
@@ -246,8 +259,72 @@ class OvTransformer(torch.nn.Module):
 
         feeds = _feeds(self.input_names, input_ids, attention_mask, token_type_ids)
         with self._lock:
-            hidden = self.request.infer(feeds)[self.output].copy()  # (batch, seq, hidden), fp32
-        return BaseModelOutput(last_hidden_state=torch.from_numpy(hidden))
+            # (batch, seq, hidden), or (batch, hidden) with the pooling in the graph; fp32
+            out = self.request.infer(feeds)[self.output].copy()
+        return BaseModelOutput(last_hidden_state=torch.from_numpy(out))
+
+
+class _PooledInGraph(torch.nn.Module):
+    """Stands in for a Pooling module whose work the OpenVINO graph does: passes the features on."""
+
+    def __init__(self, pooling: torch.nn.Module):
+        super().__init__()
+        self._dim = (getattr(pooling, "get_embedding_dimension", None) or pooling.get_sentence_embedding_dimension)()
+
+    def forward(self, features: dict, **kwargs) -> dict:
+        return features
+
+    def get_sentence_embedding_dimension(self) -> int:
+        return self._dim
+
+    get_embedding_dimension = get_sentence_embedding_dimension
+
+
+def graph_pooling(model) -> str | None:
+    """``"mean"`` or ``"cls"`` where the model's Pooling (right after its Transformer) can run in
+    the OpenVINO graph with the same result; ``None`` keeps sentence-transformers' own.
+
+    That is: mean over every token the attention mask keeps, or the first token of
+    right-padded batches; prompts pooled with the text (``include_prompt``). Other modes (max,
+    weighted, last token, several at once) stay in sentence-transformers.
+    """
+    if len(model) < 2 or type(model[1]).__name__ != "Pooling":
+        return None
+    pooling = model[1]
+    mode = getattr(pooling, "pooling_mode", None)
+    if not getattr(pooling, "include_prompt", True) or mode not in ("mean", "cls"):
+        return None
+    if mode == "cls" and getattr(model.tokenizer, "padding_side", "right") != "right":
+        return None
+    return mode
+
+
+def pooled_graph(graph, pooling: str):
+    """``graph`` (optimum's feature-extraction outputs) with ``pooling`` applied to its hidden
+    states, in fp32: one output, ``sentence_embedding`` (batch, hidden).
+
+    ``mean``: the sum of the hidden states the attention mask keeps over their count (at least
+    1e-9), as sentence-transformers' Pooling computes it; ``cls``: the first token's.
+    """
+    import openvino as ov
+    import openvino.opset13 as ops
+
+    hidden = ops.convert(graph.output(OUTPUT_NAME).get_node().input_value(0), "f32")  # (batch, seq, hidden)
+    axis1 = ops.constant(np.array([1], dtype=np.int64))
+    if pooling == "mean":
+        (mask_in,) = [p for p in graph.get_parameters() if "attention_mask" in p.output(0).get_names()]
+        mask = ops.unsqueeze(ops.convert(mask_in, "f32"), ops.constant(np.array([2], dtype=np.int64)))
+        total = ops.reduce_sum(ops.multiply(hidden, mask), axis1)
+        count = ops.maximum(ops.reduce_sum(mask, axis1), ops.constant(np.array(1e-9, dtype=np.float32)))
+        pooled = ops.divide(total, count)
+    elif pooling == "cls":
+        first, axis = (ops.constant(np.array(v, dtype=np.int64)) for v in (0, 1))
+        pooled = ops.gather(hidden, first, axis)
+    else:
+        raise ValueError(f"pooling {pooling!r}: the graph pools mean or cls")
+    result = ops.result(pooled)
+    result.output(0).get_tensor().set_names({POOLED_NAME})
+    return ov.Model([result], graph.get_parameters(), graph.get_friendly_name())
 
 
 def load_sentence_model(model_dir: str | Path, backend: str = "torch", onnx_file: str = ONNX_FILE,
@@ -269,7 +346,9 @@ def load_sentence_model(model_dir: str | Path, backend: str = "torch", onnx_file
     Returns:
         The model, with ``embedray_backend`` (``torch`` / ``onnx`` / ``openvino``) and, for onnx and
         openvino, ``embedray_precision`` (``fp32`` / ``int8`` / ``bf16``) and ``embedray_onnx_file``
-        (the file run) set.
+        (the file run) set; for openvino, ``embedray_graph_pooling`` (``mean`` / ``cls`` where the
+        graph pools, its Pooling module then a pass-through; ``None``). Such a model encodes; it is
+        not one to save.
     """
     from sentence_transformers import SentenceTransformer
 
@@ -292,8 +371,13 @@ def load_sentence_model(model_dir: str | Path, backend: str = "torch", onnx_file
         _swap_transformer(model, OrtTransformer(path, _hf_config(model, path, backend), threads))
         model.embedray_precision = onnx_precision(path.name)
     elif backend == "openvino":
-        runner = OvTransformer(path, _hf_config(model, path, backend), threads, precision)
+        pooling = graph_pooling(model)
+        runner = OvTransformer(path, _hf_config(model, path, backend), threads, precision, pooling=pooling)
         _swap_transformer(model, runner)
+        if pooling is not None:
+            model[0].module_output_name = POOLED_NAME  # the graph returns pooled vectors
+            model._modules[list(model._modules)[1]] = _PooledInGraph(model[1])
+        model.embedray_graph_pooling = pooling
         model.embedray_precision = "int8" if "int8" in path.name else runner.precision
     if backend != "torch":
         model.embedray_onnx_file = f"{path.parent.name}/{path.name}" if backend == "openvino" else path.name

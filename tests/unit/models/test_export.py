@@ -71,6 +71,21 @@ def test_onnx_embeddings_match_torch_and_keep_the_rotation(exported, rotated, ti
     assert not np.allclose(fp32.encode(TEXTS), unrotated, atol=1e-3)  # the Dense rotation ran
 
 
+def test_openvino_pools_in_the_graph_and_keeps_the_rotation(exported, rotated, tiny_bert_dir, tmp_path):
+    """The OpenVINO graph does the mean pooling; the rotation Dense and Normalize still run after it."""
+    pytest.importorskip("openvino")
+    out = tmp_path / "tiny-ov"
+    shutil.copytree(exported[0], out)
+    export_model(out, fmt="openvino")
+    expected = SentenceTransformer(str(rotated), device="cpu").encode(TEXTS)  # (n, 32)
+    model = load_sentence_model(out, "openvino", precision="fp32")
+    assert _types(model) == ["Transformer", "_PooledInGraph", "Dense", "Normalize"]
+    assert model.embedray_graph_pooling == "mean"
+    np.testing.assert_allclose(model.encode(TEXTS), expected, atol=1e-5)
+    unrotated = SentenceTransformer(str(tiny_bert_dir), device="cpu").encode(TEXTS)
+    assert not np.allclose(model.encode(TEXTS), unrotated, atol=1e-3)  # the Dense rotation ran
+
+
 def test_export_in_place_replaces_the_old_export(exported, tmp_path):
     folder = tmp_path / "m"
     shutil.copytree(exported[0], folder)

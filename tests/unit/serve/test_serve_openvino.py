@@ -67,6 +67,30 @@ def test_openvino_matches_torch_in_fp32_and_rounds_in_bf16(ov_model):
         np.testing.assert_allclose(bf16.encode(TEXTS), expected, atol=1e-5)
 
 
+@pytest.mark.parametrize("pooling,include_prompt,in_graph", [
+    ("mean", True, "mean"), ("cls", True, "cls"), ("max", True, None), ("mean", False, None)])
+def test_the_graph_pools_what_sentence_transformers_would(ov_model, tmp_path, pooling, include_prompt, in_graph):
+    """Mean and CLS pooling over all tokens run inside the OpenVINO graph, with the embeddings
+    sentence-transformers computes (padded batches of different lengths, with a prompt); other
+    poolings stay in sentence-transformers."""
+    out, _ = ov_model
+    folder = tmp_path / f"tiny-ov-{pooling}"
+    shutil.copytree(out, folder)
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps(
+        {"embedding_dimension": 32, "pooling_mode": pooling, "include_prompt": include_prompt}))
+    prompt = "query: "
+    expected = SentenceTransformer(str(folder), device="cpu").encode(TEXTS, prompt=prompt, batch_size=3)
+    model = load_sentence_model(folder, "openvino", precision="fp32")
+    assert model.embedray_graph_pooling == in_graph
+    assert (type(model[1]).__name__ == "_PooledInGraph") == (in_graph is not None)
+    assert model.get_sentence_embedding_dimension() == 32
+    got = model.encode(TEXTS, prompt=prompt, batch_size=3)
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    assert np.allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)  # Normalize still runs after it
+    if in_graph is not None:
+        assert model[0].auto_model.output.get_any_name() == "sentence_embedding"
+
+
 def test_auto_picks_openvino_where_the_cpu_has_bf16_units(ov_model, matryoshka_model):
     out, _ = ov_model
     want = "openvino" if cpu_bf16_is_fast() else "onnx"
