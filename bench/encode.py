@@ -92,7 +92,7 @@ for line in sys.stdin:
 
 #: How every out-of-process peer starts: its arguments, the texts, a copy of the folder to export into.
 ST_SETUP = r"""
-import json, shutil, statistics, sys, time
+import json, shutil, sys, time
 from pathlib import Path
 import sentence_transformers as st
 src, work, texts_file, batch, threads, max_len = sys.argv[1:7]
@@ -157,10 +157,9 @@ def openvino_profile(model, texts: list[str], batch: int, max_len: int, top: int
     share of each node type / kernel, largest first."""
     import collections
 
-    import numpy as np
     import openvino as ov
 
-    from embedray.models.backends import pooled_graph
+    from embedray.models.backends import _feeds, pooled_graph
 
     runner = model[0].auto_model
     core = ov.Core()
@@ -173,8 +172,8 @@ def openvino_profile(model, texts: list[str], batch: int, max_len: int, top: int
     ordered = sorted(texts, key=len)
     for i in range(0, len(ordered), batch):
         enc = model.tokenizer(ordered[i:i + batch], truncation=True, max_length=max_len, padding=True,
-                              return_tensors="np")
-        request.infer({n: enc.get(n, np.zeros_like(enc["input_ids"])).astype(np.int64) for n in names})
+                              return_tensors="pt")
+        request.infer(_feeds(names, enc["input_ids"], enc["attention_mask"], enc.get("token_type_ids")))
         for node in request.profiling_info:
             spent[f"{node.node_type}/{node.exec_type}"] += node.real_time.total_seconds()
     total = sum(spent.values()) or 1.0

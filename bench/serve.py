@@ -114,7 +114,7 @@ async def load(urls: str | list[str], texts: list[str], concurrency: int, n_requ
             return r.status, await r.read()
 
     async def post_httpx(session, url: str, body: bytes) -> tuple[int, bytes]:
-        r = await session.post(url, json=orjson.loads(body))
+        r = await session.post(url, json=orjson.loads(body))  # httpx serialises it, as the earlier client did
         return r.status_code, r.content
 
     if client == "httpx":
