@@ -27,12 +27,14 @@ a busy neighbour or the machine's drift slows all of them alike.
   folder with only an int8 export;
 - ``embedray openvino``: ``embedray export --format openvino`` of the same copy, loaded with
   ``load_encoder(backend="openvino", precision="auto")`` (bf16 on a CPU with bf16 units) — what
-  ``embedray serve`` and ``embedray eval --backend openvino`` run on that export;
+  ``embedray eval --backend openvino`` runs on that export: static-shape copies of the graph for
+  the batch shapes that repeat (``OvTransformer``'s ``static_shapes``), compiled during the
+  warm-up; ``embedray serve`` runs the same file on the dynamic graph alone;
 - ``embedray openvino int8``: ``embedray export --format openvino --quantize int8 --calibration
   CORPUS`` of the same copy (calibrated on the corpus file, so without the retrieval check: its
   quality is measured by the export command on a BEIR folder, README), loaded with
-  ``load_encoder(backend="openvino", onnx_file="openvino_model_qint8_quantized.xml")`` — what
-  ``embedray serve`` runs by default where that check passed.
+  ``load_encoder(backend="openvino", onnx_file="openvino_model_qint8_quantized.xml")`` — the file
+  ``embedray serve`` runs by default where that check passed, here with static-shape copies as above.
 
 The GEMM peak is measured in the same run: the best of ``2048 x 2048`` matmuls in fp32 and bf16.
 ``of_peak`` is the useful work rate of embedray's fastest variant (tokens/s x FLOP/token of the
@@ -153,27 +155,41 @@ def _timed(fn) -> float:
 
 def openvino_profile(model, texts: list[str], batch: int, max_len: int, top: int = 6) -> dict[str, float]:
     """Where an OpenVINO-backed model's inference time goes: OpenVINO's own performance counters
-    over one pass of ``texts`` (the same graph and settings, compiled with ``PERF_COUNT``), as the
-    share of each node type / kernel, largest first."""
+    over one pass of ``texts`` (the same graph and settings, compiled with ``PERF_COUNT``; where the
+    model keeps static-shape copies, one per batch shape, padded as it pads), as the share of each
+    node type / kernel, largest first."""
     import collections
 
+    import numpy as np
     import openvino as ov
 
-    from embedray.models.backends import _feeds, pooled_graph
+    from embedray.models.backends import STATIC_LENGTH_MULTIPLE, _feeds, pooled_graph
 
     runner = model[0].auto_model
     core = ov.Core()
     graph = core.read_model(str(runner.path))
     if runner.pooling is not None:
         graph = pooled_graph(graph, runner.pooling)
-    request = core.compile_model(graph, "CPU", {**runner.props, "PERF_COUNT": True}).create_infer_request()
-    names = [p.get_any_name() for p in request.model_inputs]
+    props = {**runner.props, "PERF_COUNT": True}
+    requests: dict = {}
     spent: collections.Counter[str] = collections.Counter()
     ordered = sorted(texts, key=len)
     for i in range(0, len(ordered), batch):
         enc = model.tokenizer(ordered[i:i + batch], truncation=True, max_length=max_len, padding=True,
                               return_tensors="pt")
-        request.infer(_feeds(names, enc["input_ids"], enc["attention_mask"], enc.get("token_type_ids")))
+        rows, length = enc["input_ids"].shape
+        shape = (rows, -(-length // STATIC_LENGTH_MULTIPLE) * STATIC_LENGTH_MULTIPLE) if runner.static_shapes else None
+        if shape not in requests:
+            shaped = graph.clone()
+            if shape is not None:
+                shaped.reshape({p.get_any_name(): ov.PartialShape(list(shape)) for p in shaped.inputs})
+            requests[shape] = core.compile_model(shaped, "CPU", props).create_infer_request()
+        request = requests[shape]
+        feeds = _feeds([p.get_any_name() for p in request.model_inputs], enc["input_ids"], enc["attention_mask"],
+                       enc.get("token_type_ids"))
+        if shape is not None:
+            feeds = {k: np.pad(v, ((0, 0), (0, shape[1] - length))) for k, v in feeds.items()}
+        request.infer(feeds)
         for node in request.profiling_info:
             spent[f"{node.node_type}/{node.exec_type}"] += node.real_time.total_seconds()
     total = sum(spent.values()) or 1.0

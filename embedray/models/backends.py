@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import importlib.util
 import threading
+import time
 import warnings
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +54,15 @@ INT8_MIN_NDCG_RATIO = 0.99
 OUTPUT_NAME = "last_hidden_state"
 #: The output of an OpenVINO graph with the Pooling built in (:func:`pooled_graph`).
 POOLED_NAME = "sentence_embedding"
+#: A static-shape OpenVINO copy's length is a multiple of this (:class:`OvTransformer`): a few
+#: padded tokens, against one compiled copy per length.
+STATIC_LENGTH_MULTIPLE = 8
+#: Static-shape copies an encoder of :func:`load_encoder` keeps. A corpus encode sends its
+#: length-sorted batches shape after shape, so a few suffice; each copy holds its own buffers for
+#: its shape, so memory grows with each one kept.
+ENCODE_STATIC_SHAPES = 4
+#: Seconds a batch shape runs on the dynamic graph before it gets a static-shape copy.
+STATIC_AFTER_S = 1.0
 
 
 class MissingExtraError(ValueError):
@@ -222,10 +233,18 @@ class OvTransformer(torch.nn.Module):
             come out in fp32 either way.
         pooling: ``mean`` / ``cls`` to pool inside the graph (:func:`pooled_graph`): the output is
             then one fp32 vector per text; ``None`` returns every token's hidden state.
+        static_shapes: how many batch shapes get a copy of the graph compiled for that one shape
+            (OpenVINO's CPU kernels run a fixed shape faster than the dynamic graph). A batch's
+            length is padded up to a multiple of :data:`STATIC_LENGTH_MULTIPLE` (masked tokens
+            change no text's output). A shape (rows, padded length) gets its copy once its batches
+            have spent :data:`STATIC_AFTER_S` on the dynamic graph (a copy compiles in a fraction
+            of that, and pays off only over many batches), the least recently used copy dropped
+            beyond ``static_shapes``. Repeated shapes are what a corpus encode sends (full batches
+            of length-sorted texts); 0 runs every batch on the dynamic graph.
     """
 
     def __init__(self, path: str | Path, config, threads: int = 0, precision: str = "auto",
-                 pooling: str | None = None):
+                 pooling: str | None = None, static_shapes: int = 0):
         super().__init__()
         import openvino as ov
 
@@ -248,20 +267,64 @@ class OvTransformer(torch.nn.Module):
         self.compiled = core.compile_model(graph, "CPU", props)
         self.request = self.compiled.create_infer_request()
         self.input_names = [p.get_any_name() for p in self.compiled.inputs]
-        self.output = self.compiled.output(OUTPUT_NAME if pooling is None else POOLED_NAME)
+        self.output_name = OUTPUT_NAME if pooling is None else POOLED_NAME
+        self.output = self.compiled.output(self.output_name)
         self.config = config
         self.path = Path(path)
+        if static_shapes < 0:
+            raise ValueError(f"static_shapes must be >= 0, got {static_shapes}")
+        self.static_shapes = int(static_shapes)
+        self._core, self._graph = core, graph
+        self._static: OrderedDict[tuple[int, int], object] = OrderedDict()  # shape → infer request, LRU last
+        self._spent: dict[tuple[int, int], float] = {}  # shape → seconds on the dynamic graph
+        # positions the model can embed: padding never goes past them
+        self._max_length = int(getattr(config, "max_position_embeddings", 0) or 0) or None
         self._lock = threading.Lock()  # one infer request: one call at a time
+
+    def _static_request(self, rows: int, length: int):
+        """The infer request of the static-shape copy for ``(rows, length)``, compiled once the
+        shape has spent :data:`STATIC_AFTER_S` on the dynamic graph; ``None`` until then. Call
+        under the lock."""
+        import openvino as ov
+
+        key = (rows, length)
+        if key in self._static:
+            self._static.move_to_end(key)
+            return self._static[key]
+        if self._spent.get(key, 0.0) < STATIC_AFTER_S:
+            return None
+        self._spent.pop(key, None)
+        graph = self._graph.clone()
+        graph.reshape({p.get_any_name(): ov.PartialShape([rows, length]) for p in graph.inputs})
+        self._static[key] = self._core.compile_model(graph, "CPU", self.props).create_infer_request()
+        if len(self._static) > self.static_shapes:
+            self._static.popitem(last=False)
+        return self._static[key]
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 token_type_ids: torch.Tensor | None = None, return_dict: bool = True):
         from transformers.modeling_outputs import BaseModelOutput
 
+        rows, length = input_ids.shape
+        padded = -(-length // STATIC_LENGTH_MULTIPLE) * STATIC_LENGTH_MULTIPLE
+        if self._max_length is not None:
+            padded = max(min(padded, self._max_length), length)
         feeds = _feeds(self.input_names, input_ids, attention_mask, token_type_ids)
         with self._lock:
-            # (batch, seq, hidden), or (batch, hidden) with the pooling in the graph; fp32
-            out = self.request.infer(feeds)[self.output].copy()
-        return BaseModelOutput(last_hidden_state=torch.from_numpy(out))
+            request = self._static_request(rows, padded) if self.static_shapes else None
+            if request is None:
+                t0 = time.perf_counter()
+                # (batch, seq, hidden), or (batch, hidden) with the pooling in the graph; fp32
+                out = self.request.infer(feeds)[self.output].copy()
+                if self.static_shapes:
+                    key = (rows, padded)
+                    self._spent[key] = self._spent.get(key, 0.0) + time.perf_counter() - t0
+            else:
+                feeds = {k: np.pad(v, ((0, 0), (0, padded - length))) for k, v in feeds.items()}  # zeros: masked
+                out = request.infer(feeds)[self.output_name].copy()
+                if out.ndim == 3:
+                    out = out[:, :length]  # the hidden states of the texts' own positions
+        return BaseModelOutput(last_hidden_state=torch.from_numpy(np.ascontiguousarray(out)))
 
 
 class _PooledInGraph(torch.nn.Module):
@@ -328,7 +391,8 @@ def pooled_graph(graph, pooling: str):
 
 
 def load_sentence_model(model_dir: str | Path, backend: str = "torch", onnx_file: str = ONNX_FILE,
-                        threads: int = 0, device: str | None = "cpu", precision: str = "auto"):
+                        threads: int = 0, device: str | None = "cpu", precision: str = "auto",
+                        static_shapes: int = 0):
     """A ``SentenceTransformer`` of ``model_dir`` whose transformer runs on ``backend``.
 
     Args:
@@ -342,6 +406,9 @@ def load_sentence_model(model_dir: str | Path, backend: str = "torch", onnx_file
         device: torch device; the onnx and openvino backends run on the CPU only.
         precision: the openvino backend's precision (``auto``: bf16 on a CPU with bf16 units);
             torch's is applied by the caller (:func:`use_precision`), onnx runs its file's own.
+        static_shapes: the openvino backend's static-shape copies (:class:`OvTransformer`): worth
+            it where batch shapes repeat, as in a corpus encode; 0 (dynamic only) for a server,
+            whose batches come in every shape.
 
     Returns:
         The model, with ``embedray_backend`` (``torch`` / ``onnx`` / ``openvino``) and, for onnx and
@@ -372,7 +439,8 @@ def load_sentence_model(model_dir: str | Path, backend: str = "torch", onnx_file
         model.embedray_precision = onnx_precision(path.name)
     elif backend == "openvino":
         pooling = graph_pooling(model)
-        runner = OvTransformer(path, _hf_config(model, path, backend), threads, precision, pooling=pooling)
+        runner = OvTransformer(path, _hf_config(model, path, backend), threads, precision, pooling=pooling,
+                               static_shapes=static_shapes)
         _swap_transformer(model, runner)
         if pooling is not None:
             model[0].module_output_name = POOLED_NAME  # the graph returns pooled vectors
@@ -416,7 +484,8 @@ def load_encoder(name_or_path: str | Path, device: str | None = "cpu",
             fast), ``fp32`` or ``bf16`` (:mod:`embedray.models.precision`); pooling stays fp32.
         backend: ``torch``; ``onnx``: onnxruntime runs ``onnx/<onnx_file>`` of the folder (an
             ``embedray export``), in that file's precision; ``openvino``: the OpenVINO runtime runs
-            ``openvino/openvino_model.xml`` in ``precision`` (:func:`load_sentence_model`).
+            ``openvino/openvino_model.xml`` in ``precision`` (:func:`load_sentence_model`), with
+            static-shape copies for the batch shapes that repeat (``ENCODE_STATIC_SHAPES``).
         onnx_file: the ``onnx`` backend's file, ``model.onnx`` or ``model_qint8_avx512_vnni.onnx``;
             the ``openvino`` backend's ``openvino_model_qint8_quantized.xml`` for its int8 file.
 
@@ -431,7 +500,8 @@ def load_encoder(name_or_path: str | Path, device: str | None = "cpu",
         raise ValueError(f"precision bf16 applies to the torch and openvino backends; the onnx backend runs "
                          f"{onnx_file} in its own precision")
     if backend != "torch":
-        model = load_sentence_model(path, backend, onnx_file, device=device, precision=precision)
+        model = load_sentence_model(path, backend, onnx_file, device=device, precision=precision,
+                                    static_shapes=ENCODE_STATIC_SHAPES)
     else:
         model = SentenceTransformer(str(path), device=None if device in (None, "auto") else device,
                                     trust_remote_code=False, local_files_only=True)

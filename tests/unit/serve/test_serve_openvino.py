@@ -91,6 +91,41 @@ def test_the_graph_pools_what_sentence_transformers_would(ov_model, tmp_path, po
         assert model[0].auto_model.output.get_any_name() == "sentence_embedding"
 
 
+@pytest.mark.parametrize("pooling", ["mean", "max"])
+def test_static_shape_copies_give_the_dynamic_graphs_embeddings(ov_model, tmp_path, monkeypatch, pooling):
+    """Batches whose shape earned a static-shape copy run it, padded to a multiple of 8 tokens,
+    with the embeddings sentence-transformers computes (pooled in the graph, or hidden states cut
+    back to the batch's length for a pooling outside it); at most ``static_shapes`` copies."""
+    from embedray.models import backends
+
+    out, _ = ov_model
+    folder = tmp_path / f"tiny-ov-{pooling}"
+    shutil.copytree(out, folder)
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps({"embedding_dimension": 32, "pooling_mode": pooling}))
+    texts = TEXTS * 3
+    expected = SentenceTransformer(str(folder), device="cpu").encode(texts, batch_size=4)
+
+    model = load_sentence_model(folder, "openvino", precision="fp32", static_shapes=8)
+    runner = model[0].auto_model
+    model.encode(texts, batch_size=4)
+    assert not runner._static  # a tiny model's few batches are not worth a compile
+    monkeypatch.setattr(backends, "STATIC_AFTER_S", 0.0)  # now every shape is
+    for _ in range(2):
+        np.testing.assert_allclose(model.encode(texts, batch_size=4), expected, atol=1e-5)
+    shapes = set(runner._static)
+    assert shapes and all(rows <= 4 and length % backends.STATIC_LENGTH_MULTIPLE == 0 for rows, length in shapes)
+    assert any(length > 8 for _, length in shapes)
+
+    capped = load_sentence_model(folder, "openvino", precision="fp32", static_shapes=1)
+    np.testing.assert_allclose(capped.encode(texts, batch_size=4), expected, atol=1e-5)
+    assert len(capped[0].auto_model._static) == 1  # the most recent shape's copy
+
+    assert load_sentence_model(folder, "openvino", precision="fp32")[0].auto_model.static_shapes == 0  # serving
+    assert load_encoder(folder, backend="openvino")[0].auto_model.static_shapes == backends.ENCODE_STATIC_SHAPES
+    with pytest.raises(ValueError, match="static_shapes must be >= 0"):
+        load_sentence_model(folder, "openvino", static_shapes=-1)
+
+
 def test_auto_picks_openvino_where_the_cpu_has_bf16_units(ov_model, matryoshka_model):
     out, _ = ov_model
     want = "openvino" if cpu_bf16_is_fast() else "onnx"
