@@ -160,10 +160,9 @@ def openvino_profile(model, texts: list[str], batch: int, max_len: int, top: int
     node type / kernel, largest first."""
     import collections
 
-    import numpy as np
     import openvino as ov
 
-    from embedray.models.backends import STATIC_LENGTH_MULTIPLE, _feeds, pooled_graph
+    from embedray.models.backends import _feeds, pad_feeds, pooled_graph, static_length
 
     runner = model[0].auto_model
     core = ov.Core()
@@ -178,7 +177,7 @@ def openvino_profile(model, texts: list[str], batch: int, max_len: int, top: int
         enc = model.tokenizer(ordered[i:i + batch], truncation=True, max_length=max_len, padding=True,
                               return_tensors="pt")
         rows, length = enc["input_ids"].shape
-        shape = (rows, -(-length // STATIC_LENGTH_MULTIPLE) * STATIC_LENGTH_MULTIPLE) if runner.static_shapes else None
+        shape = (rows, static_length(length, runner._max_length)) if runner.static_shapes else None
         if shape not in requests:
             shaped = graph.clone()
             if shape is not None:
@@ -187,9 +186,7 @@ def openvino_profile(model, texts: list[str], batch: int, max_len: int, top: int
         request = requests[shape]
         feeds = _feeds([p.get_any_name() for p in request.model_inputs], enc["input_ids"], enc["attention_mask"],
                        enc.get("token_type_ids"))
-        if shape is not None:
-            feeds = {k: np.pad(v, ((0, 0), (0, shape[1] - length))) for k, v in feeds.items()}
-        request.infer(feeds)
+        request.infer(feeds if shape is None else pad_feeds(feeds, shape[1]))
         for node in request.profiling_info:
             spent[f"{node.node_type}/{node.exec_type}"] += node.real_time.total_seconds()
     total = sum(spent.values()) or 1.0

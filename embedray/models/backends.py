@@ -220,6 +220,18 @@ def _feeds(names: list[str], input_ids: torch.Tensor, attention_mask: torch.Tens
     return {name: given[name].cpu().numpy().astype(np.int64, copy=False) for name in names}
 
 
+def static_length(length: int, max_length: int | None = None) -> int:
+    """``length`` padded up to a multiple of :data:`STATIC_LENGTH_MULTIPLE`, never past
+    ``max_length`` (the positions the model embeds) unless ``length`` itself is."""
+    padded = -(-length // STATIC_LENGTH_MULTIPLE) * STATIC_LENGTH_MULTIPLE
+    return padded if max_length is None else max(min(padded, max_length), length)
+
+
+def pad_feeds(feeds: dict[str, np.ndarray], length: int) -> dict[str, np.ndarray]:
+    """The (rows, seq) inputs right-padded with zeros to ``length``: masked tokens, token type 0."""
+    return {k: np.pad(v, ((0, 0), (0, length - v.shape[1]))) for k, v in feeds.items()}
+
+
 class OvTransformer(torch.nn.Module):
     """An OpenVINO compiled model standing in for the Hugging Face model, like :class:`OrtTransformer`.
 
@@ -306,22 +318,18 @@ class OvTransformer(torch.nn.Module):
         from transformers.modeling_outputs import BaseModelOutput
 
         rows, length = input_ids.shape
-        padded = -(-length // STATIC_LENGTH_MULTIPLE) * STATIC_LENGTH_MULTIPLE
-        if self._max_length is not None:
-            padded = max(min(padded, self._max_length), length)
+        key = (rows, static_length(length, self._max_length))
         feeds = _feeds(self.input_names, input_ids, attention_mask, token_type_ids)
         with self._lock:
-            request = self._static_request(rows, padded) if self.static_shapes else None
+            request = self._static_request(*key) if self.static_shapes else None
             if request is None:
                 t0 = time.perf_counter()
                 # (batch, seq, hidden), or (batch, hidden) with the pooling in the graph; fp32
                 out = self.request.infer(feeds)[self.output].copy()
                 if self.static_shapes:
-                    key = (rows, padded)
                     self._spent[key] = self._spent.get(key, 0.0) + time.perf_counter() - t0
             else:
-                feeds = {k: np.pad(v, ((0, 0), (0, padded - length))) for k, v in feeds.items()}  # zeros: masked
-                out = request.infer(feeds)[self.output_name].copy()
+                out = request.infer(pad_feeds(feeds, key[1]))[self.output_name].copy()
                 if out.ndim == 3:
                     out = out[:, :length]  # the hidden states of the texts' own positions
         return BaseModelOutput(last_hidden_state=torch.from_numpy(np.ascontiguousarray(out)))
