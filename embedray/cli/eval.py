@@ -37,7 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="bundled model (minilm-l6, mpnet-base, tiny-bert) or a local "
                              "sentence-transformers folder; repeat to compare several")
     parser.add_argument("--data", required=True, metavar="BEIR_DIR",
-                        help="BEIR folder with corpus.jsonl, queries.jsonl and qrels/<split>.tsv")
+                        help="BEIR folder with corpus.jsonl, queries.jsonl and qrels/<split>.tsv, or its s3:// / "
+                             "gs:// / hdfs:// URI (mirrored once into $EMBEDRAY_CACHE/data)")
     parser.add_argument("--split", default=d.split, help="qrels split to score (default: %(default)s)")
     parser.add_argument("--k", type=int, default=d.k,
                         help="documents retrieved per query (default: %(default)s)")
@@ -87,10 +88,11 @@ def run(args: argparse.Namespace | dict[str, Any]) -> int:
     from embedray.atomic import write_json_atomic
     from embedray.data.beir import load_beir
     from embedray.data.errors import DataError
+    from embedray.data.remote import MIRROR_DIR, local_data
     from embedray.eval.report import format_table
     from embedray.eval.retrieval import evaluate_retrieval
     from embedray.models.backends import load_encoder
-    from embedray.models.bundled import UnknownModelError
+    from embedray.models.bundled import UnknownModelError, cache_dir
 
     a = dict(vars(args)) if isinstance(args, argparse.Namespace) else dict(args)
     try:
@@ -98,7 +100,8 @@ def run(args: argparse.Namespace | dict[str, Any]) -> int:
         models = [a["model"]] if isinstance(a.get("model"), str) else list(a.get("model") or [])
         if not models:
             raise ValueError("give at least one --model")
-        data = load_beir(a["data"], cfg.split, on_error="raise", missing_docs=cfg.missing_docs)
+        folder = local_data(a["data"], "--data", cache_dir() / MIRROR_DIR, not a.get("no_progress"))
+        data = load_beir(folder, cfg.split, on_error="raise", missing_docs=cfg.missing_docs)
         _say(f"{data.path}: {len(data.corpus)} documents, {len(data.qrels)} {cfg.split} queries")
         rows: dict[str, dict[str, Any]] = {}
         results: dict[str, Any] = {}

@@ -36,7 +36,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("--model", required=True, metavar="NAME_OR_DIR",
                         help="bi-encoder: bundled name (minilm-l6, mpnet-base, tiny-bert) or folder")
-    parser.add_argument("--data", required=True, metavar="BEIR_DIR", help="BEIR folder")
+    parser.add_argument("--data", required=True, metavar="BEIR_DIR",
+                        help="BEIR folder, or its s3:// / gs:// / hdfs:// URI (mirrored into $EMBEDRAY_CACHE/data)")
     parser.add_argument("--split", default="train", help="qrels split to mine for (default: train)")
     parser.add_argument("--output", required=True, metavar="JSONL", help="FlagEmbedding JSONL to write")
     parser.add_argument("--pool-output", metavar="JSON", help="also write the id-based negative pool")
@@ -121,14 +122,15 @@ def run(args: argparse.Namespace | dict[str, Any]) -> int:
     """
     from embedray.data.beir import load_beir
     from embedray.data.errors import DataError
-    from embedray.models.bundled import UnknownModelError
+    from embedray.data.remote import MIRROR_DIR, local_data
+    from embedray.models.bundled import UnknownModelError, cache_dir
 
     defaults = vars(add_arguments(argparse.ArgumentParser()).parse_args(
         ["--model", "-", "--data", "-", "--output", "-"]))
     a = {**defaults, **(vars(args) if isinstance(args, argparse.Namespace) else dict(args))}
     try:
         cfg, ce_cfg = _configs(a)
-        data = load_beir(a["data"], a["split"])
+        data = load_beir(local_data(a["data"], "--data", cache_dir() / MIRROR_DIR), a["split"])
         summary = _mine_split(a, data, cfg, ce_cfg)
     except (UnknownModelError, FileNotFoundError, DataError, ValueError) as e:
         print(f"embedray mine: error: {e}", file=sys.stderr)

@@ -85,6 +85,10 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
               if f.name not in _SPECIAL and hasattr(args, f.name)}
     if values.get("model_name") is None:
         values["model_name"] = _display_name(args.model_dir)
+    if values.get("corpus"):
+        from embedray.data.remote import MIRROR_DIR, local_data
+
+        values["corpus"] = local_data(values["corpus"], "--corpus", cache_dir() / MIRROR_DIR)
     return ServeConfig(model_dir=str(resolve_model(args.model_dir)), **values)
 
 

@@ -27,8 +27,20 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return p
 
 
+def _localize(cfg, storage: str) -> None:
+    """Point the config's data URIs (``s3://…``) at their mirrors under ``storage/.data``,
+    which every node of a cluster shares (:mod:`embedray.data.remote`)."""
+    from pathlib import Path
+
+    from embedray.data.remote import MIRROR_DIR, localize
+
+    for line in localize(cfg, Path(storage).expanduser() / MIRROR_DIR).lines():
+        print(line, flush=True)
+
+
 def run(args: argparse.Namespace) -> int:
     job = load_config(TrainJobConfig, args.config, args.overrides)
+    _localize(job, job.cluster.storage_path)
     if args.local:
         from embedray.pipeline.runtime import LocalRuntime
         runtime = LocalRuntime()

@@ -126,7 +126,9 @@ class DataConfig:
     """Where the training and evaluation data live (see ``embedray data``)."""
 
     path: str = "data/debian"
-    """A BEIR folder (corpus.jsonl, queries.jsonl, qrels/); ``train_pairs`` and eval splits refer to it."""
+    """A BEIR folder (corpus.jsonl, queries.jsonl, qrels/); ``train_pairs`` and eval splits refer to it.
+    This and the other data paths may be ``s3://`` (``gs://``, ``hdfs://``) URIs: the job's driver
+    mirrors them under ``cluster.storage_path/.data`` first (:mod:`embedray.data.remote`)."""
     train_pairs: str | None = None
     """JSONL of ``{"query_id", "pos_id", "neg_ids"?}``; None = built from ``qrels/<train_split>.tsv``."""
     train_labels: str | None = None

@@ -1,0 +1,201 @@
+"""Data named by an ``s3://`` URI, served by a local S3 server (moto's, on 127.0.0.1): mirrored
+once, copied again only where the source changed, and read by ``embedray eval`` and
+``embedray train`` as the same folder on disk would be."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import boto3
+import pytest
+
+from embedray.data.remote import _relative, is_uri, localize, mirror, plain_path, redact
+from embedray.pipeline.fingerprint import files_identity
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    """A local S3 endpoint and the ``AWS_*`` settings that point pyarrow and boto3 at it."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = tmp_path_factory.mktemp("moto") / "server.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                                stdout=out, stderr=subprocess.STDOUT)
+    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+           "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_EC2_METADATA_DISABLED": "true"}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), 0.2).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise RuntimeError(f"the S3 server did not start: {log.read_text()[-2000:]}")
+                time.sleep(0.1)
+        client = boto3.client("s3")
+        client.create_bucket(Bucket="corpora")
+        yield client, env
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def upload(client, folder: Path, prefix: str) -> None:
+    for f in sorted(folder.rglob("*")):
+        if f.is_file():
+            client.upload_file(str(f), "corpora", f"{prefix}/{f.relative_to(folder).as_posix()}")
+
+
+def test_uris_and_paths():
+    assert is_uri("s3://bucket/x") and is_uri("gs://b/x") and is_uri("hdfs://nn:8020/x")
+    assert not is_uri("data/x") and not is_uri("/abs/x") and not is_uri(None) and not is_uri("C:\\data")
+    assert not is_uri("file:///tmp/x") and plain_path("file:///tmp/a%20b") == "/tmp/a b"
+    assert redact("s3://AKIA:s3cret@bucket/x") == "s3://bucket/x"
+    assert str(_relative("b/data", "b/data/qrels/dev.tsv", "s3://b/data")) == "qrels/dev.tsv"
+    for bad in ("b/data/../etc/passwd", "b/other/x", "b/data/" + ".embedray-mirror.json"):
+        with pytest.raises(ValueError, match="can't be mirrored"):
+            _relative("b/data", bad, "s3://b/data")
+
+
+def test_a_folder_is_mirrored_once_and_follows_its_source(s3, topic_beir, tmp_path):
+    client, _ = s3
+    upload(client, topic_beir, "beir-a")
+    uri, root = "s3://corpora/beir-a", tmp_path / "mirrors"
+    first = mirror(uri, root, "data.path", progress=False)
+    local = first.local
+    assert local.name == "beir-a" and local.parent.parent == root.resolve()
+    names = sorted(f.relative_to(local).as_posix() for f in local.rglob("*") if f.is_file())
+    assert names == sorted(f.relative_to(topic_beir).as_posix() for f in topic_beir.rglob("*") if f.is_file())
+    for name in names:
+        assert (local / name).read_bytes() == (topic_beir / name).read_bytes(), name
+    assert (first.files, first.downloaded, first.removed) == (len(names), len(names), 0)
+
+    again = mirror(uri, root, "data.path", progress=False)
+    assert (again.local, again.downloaded) == (local, 0)
+    identity = files_identity([local], root=local)  # what a pipeline's resume check compares
+    size_before = (local / "corpus.jsonl").stat().st_size
+
+    # The source changes: one file rewritten, one deleted; only those are touched.
+    corpus = (topic_beir / "corpus.jsonl").read_text()
+    client.put_object(Bucket="corpora", Key="beir-a/corpus.jsonl",
+                      Body=(corpus + '{"_id": "extra", "text": "a new document"}\n').encode())
+    client.delete_object(Bucket="corpora", Key="beir-a/qrels/dev.tsv")
+    changed = mirror(uri, root, "data.path", progress=False)
+    assert (changed.downloaded, changed.removed, changed.files) == (1, 1, len(names) - 1)
+    assert (local / "corpus.jsonl").read_text().endswith('"a new document"}\n')
+    assert (local / "corpus.jsonl").stat().st_size != size_before
+    changed_identity = files_identity([local], root=local)
+    assert changed_identity["corpus.jsonl"] != identity["corpus.jsonl"] and "qrels/dev.tsv" not in changed_identity
+    assert changed_identity["queries.jsonl"] == identity["queries.jsonl"]
+    assert not (local / "qrels" / "dev.tsv").exists() and (local / "qrels" / "train.tsv").is_file()
+    manifest = json.loads((local.parent / ".embedray-mirror.json").read_text())
+    assert manifest["uri"] == uri and "qrels/dev.tsv" not in manifest["files"]
+    assert "1 downloaded" in changed.summary() and "1 removed" in changed.summary()
+
+
+def test_missing_and_empty_sources_name_the_setting(s3, tmp_path):
+    client, _ = s3
+    with pytest.raises(ValueError, match=r"^data\.train_pairs: s3://corpora/nothing/pairs\.jsonl: not found"):
+        mirror("s3://corpora/nothing/pairs.jsonl", tmp_path, "data.train_pairs", progress=False)
+    with pytest.raises(ValueError, match=r"^data\.path: s3://no-such-bucket/x: "):
+        mirror("s3://no-such-bucket/x", tmp_path, "data.path", progress=False)
+    client.put_object(Bucket="corpora", Key="hollow/")
+    with pytest.raises(ValueError, match="an empty folder"):
+        mirror("s3://corpora/hollow", tmp_path, "data.path", progress=False)
+
+
+def test_localize_rewrites_every_data_setting_of_a_pipeline(s3, topic_beir, tmp_path):
+    from embedray.pipeline.config import PipelineConfig, TaskConfig
+    from embedray.training.config import DataConfig
+
+    client, _ = s3
+    upload(client, topic_beir, "beir-b")
+    flag = tmp_path / "train.jsonl"
+    flag.write_text('{"query": "q", "pos": ["p"]}\n')
+    client.upload_file(str(flag), "corpora", "flag/train.jsonl")
+    cfg = PipelineConfig()
+    cfg.data.path = "s3://corpora/beir-b"
+    cfg.prepare.flag_train = "s3://corpora/flag/train.jsonl"
+    cfg.prepare.flag_test = f"file://{flag}"
+    cfg.teacher.tasks = [TaskConfig(name="other", data=DataConfig(path="s3://corpora/beir-b", dev_split=None))]
+    done = localize(cfg, tmp_path / "m", progress=False)
+    assert set(done.mirrors) == {"data.path", "prepare.flag_train", "teacher.tasks[other].data.path"}
+    assert cfg.data.path == cfg.teacher.tasks[0].data.path == str(done.mirrors["data.path"].local)
+    assert done.mirrors["data.path"] is done.mirrors["teacher.tasks[other].data.path"]  # copied once
+    assert Path(cfg.prepare.flag_train).read_text() == flag.read_text()
+    assert cfg.prepare.flag_test == str(flag)
+    assert all(line.startswith("[embedray] ") and "s3://corpora/" in line for line in done.lines())
+
+
+def _cli(args: list[str], env: dict, home: Path) -> subprocess.CompletedProcess:
+    full = {**os.environ, **env, "HOME": str(home), "EMBEDRAY_CACHE": str(home / "cache"), "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "embedray.cli", *args], env=full, cwd=REPO,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_eval_reads_an_s3_folder_as_the_local_one(s3, topic_beir, tmp_path):
+    client, env = s3
+    upload(client, topic_beir, "beir-c")
+    out = {}
+    for name, data in (("local", str(topic_beir)), ("s3", "s3://corpora/beir-c")):
+        r = _cli(["eval", "--model", "tiny-bert", "--data", data, "--split", "test", "--no-progress",
+                  "--output", str(tmp_path / f"{name}.json")], env, tmp_path / "home")
+        assert r.returncode == 0, r.stderr[-3000:]
+        out[name] = json.loads((tmp_path / f"{name}.json").read_text())["results"]["tiny-bert"]["metrics"]
+        if name == "s3":
+            assert "[embedray] --data: s3://corpora/beir-c → " in r.stderr and "downloaded" in r.stderr
+            assert str(tmp_path / "home" / "cache" / ".data") in r.stderr
+    assert out["s3"] == out["local"] and out["s3"]["ndcg@10"] > 0
+    r = _cli(["eval", "--model", "tiny-bert", "--data", "s3://corpora/missing"], env, tmp_path / "home")
+    assert r.returncode == 2 and "--data: s3://corpora/missing: not found" in r.stderr
+
+
+def test_serve_reads_its_corpus_from_s3(s3, topic_beir, tmp_path, monkeypatch, capsys):
+    from embedray.cli import build_parser
+    from embedray.cli.serve import config_from_args
+
+    client, _ = s3
+    client.upload_file(str(topic_beir / "corpus.jsonl"), "corpora", "serve/corpus.jsonl")
+    monkeypatch.setenv("EMBEDRAY_CACHE", str(tmp_path / "cache"))
+    args, _ = build_parser().parse_known_args(["serve", "tiny-bert", "--corpus", "s3://corpora/serve/corpus.jsonl"])
+    corpus = Path(config_from_args(args).corpus)
+    assert corpus.parent.parent == tmp_path / "cache" / ".data" and corpus.name == "corpus.jsonl"
+    assert corpus.read_bytes() == (topic_beir / "corpus.jsonl").read_bytes()
+    assert "[embedray] --corpus: s3://corpora/serve/corpus.jsonl → " in capsys.readouterr().err
+
+
+def test_train_reads_its_corpus_and_parquet_pairs_from_s3(s3, parquet_beir, tmp_path):
+    client, env = s3
+    upload(client, parquet_beir, "parquet")
+    recipe = tmp_path / "job.yaml"
+    storage = tmp_path / "runs"
+    recipe.write_text(
+        "data: {path: s3://corpora/parquet, train_pairs: s3://corpora/parquet/train_pairs.parquet, "
+        "dev_split: dev}\n"
+        "model: {name_or_path: tiny-bert}\n"
+        "train: {max_steps: 2, batch_size: 4, num_negatives: 0, negatives: none, eval_every: 0, "
+        "checkpoint_every: 2, max_doc_length: 32, num_threads: 1}\n"
+        f"cluster: {{num_workers: 1, storage_path: {storage}, run_name: s3-run}}\n")
+    r = _cli(["train", str(recipe), "--local"], env, tmp_path / "home")
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    assert "[embedray] data.path: s3://corpora/parquet → " + str(storage / ".data") in r.stdout
+    assert "[embedray] data.train_pairs: s3://corpora/parquet/train_pairs.parquet → " in r.stdout
+    summary = json.loads(r.stdout[r.stdout.index("{"):])
+    assert summary["steps"] == 2 and summary["train_pairs"] == 32
