@@ -17,7 +17,7 @@ from typing import ClassVar, Literal
 from embedray.losses.config import LossConfig
 from embedray.mining.config import CrossEncoderConfig, MiningConfig
 from embedray.models.config import ModelConfig
-from embedray.training.config import ClusterConfig, DataConfig, DistillConfig, TrainConfig, check_resources
+from embedray.training.config import ClusterConfig, DataConfig, DistillConfig, TrainConfig, check_resources, refuse_uri
 
 
 @dataclass
@@ -437,6 +437,7 @@ class PipelineConfig:
     RENAMED: ClassVar[dict[str, str]] = {"teacher_loss": "teacher.loss", "teacher_train": "teacher.train"}
 
     def __post_init__(self) -> None:
+        self.output_dir = refuse_uri("output_dir", self.output_dir)
         _mine_with_the_model_prompts(self.mining, self.teacher.model)
         source = self.student.score_source
         if source in ("cross_encoder", "fused") and (self.refresh.mode == "off" or not self.refresh.denoise):

@@ -194,6 +194,19 @@ class ClusterConfig:
         check_resources("cluster.stage_resources", self.stage_resources)
         if self.stage_cpus < 0 or (self.stage_gpus != "auto" and not self.stage_gpus >= 0):
             raise ValueError("cluster.stage_cpus and cluster.stage_gpus must be >= 0")
+        self.storage_path = refuse_uri("cluster.storage_path", self.storage_path)
+
+
+def refuse_uri(setting: str, value: str) -> str:
+    """``value`` as a path (``file:///x`` → ``/x``); a URI of another filesystem is refused: a
+    run's own folder must be a mounted path, as it is memory-mapped and written by renames."""
+    from embedray.data.remote import is_uri, plain_path, redact
+
+    if is_uri(value):
+        raise ValueError(f"{setting}: {redact(value)} is a URI; a run's folder must be a path (local, or a "
+                         "filesystem mounted at the same path on every node: NFS, a shared disk, a FUSE mount of "
+                         "the bucket). Data settings may be URIs: they are mirrored under it")
+    return plain_path(value)
 
 
 @dataclass

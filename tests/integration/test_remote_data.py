@@ -74,6 +74,18 @@ def test_uris_and_paths():
             _relative("b/data", bad, "s3://b/data")
 
 
+def test_a_runs_own_folder_may_not_be_a_uri():
+    from embedray.config import ConfigError, load_config
+    from embedray.pipeline.config import PipelineConfig
+    from embedray.training.config import ClusterConfig
+
+    with pytest.raises(ValueError, match=r"^cluster\.storage_path: s3://bucket/runs is a URI; .*must be a path"):
+        ClusterConfig(storage_path="s3://KEY:SECRET@bucket/runs")
+    with pytest.raises((ValueError, ConfigError), match=r"output_dir: gs://b/runs is a URI"):
+        load_config(PipelineConfig, None, ["output_dir=gs://b/runs"])
+    assert ClusterConfig(storage_path="file:///tmp/runs").storage_path == "/tmp/runs"
+
+
 def test_a_folder_is_mirrored_once_and_follows_its_source(s3, topic_beir, tmp_path):
     client, _ = s3
     upload(client, topic_beir, "beir-a")
