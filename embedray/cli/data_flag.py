@@ -15,9 +15,10 @@ DESCRIPTION = ("Every pos/neg text becomes one corpus document (ids from the tex
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register the flags of ``embedray data flag``."""
     parser.add_argument("out_dir", type=Path, help="folder to write the BEIR dataset into")
-    parser.add_argument("--train", type=Path, required=True, help="FlagEmbedding JSONL to train on")
-    parser.add_argument("--dev", type=Path, default=None, help="FlagEmbedding JSONL held out for dev")
-    parser.add_argument("--test", type=Path, default=None, help="FlagEmbedding JSONL held out for the test split")
+    # Each file may be an s3:// / gs:// / hdfs:// URI, mirrored once into $EMBEDRAY_CACHE/data.
+    parser.add_argument("--train", required=True, help="FlagEmbedding JSONL to train on (a path or an s3:// URI)")
+    parser.add_argument("--dev", default=None, help="FlagEmbedding JSONL held out for dev")
+    parser.add_argument("--test", default=None, help="FlagEmbedding JSONL held out for the test split")
     parser.add_argument("--leakage", choices=["drop", "keep", "error"], default="drop",
                         help="held-out queries that are also training queries (default: drop)")
     parser.add_argument("--on-error", choices=["raise", "skip"], default="raise",
@@ -28,10 +29,13 @@ def run(args: argparse.Namespace) -> int:
     """Convert, print what was written; 0 on success, 1 on an input error."""
     from embedray.data import DataError, SkipReport
     from embedray.data.flag import write_flag_folder
+    from embedray.data.remote import MIRROR_DIR, local_data
+    from embedray.models.bundled import cache_dir
 
-    files = {s: f for s, f in (("train", args.train), ("dev", args.dev), ("test", args.test)) if f}
     report = SkipReport()
     try:
+        files = {s: Path(local_data(f, f"--{s}", cache_dir() / MIRROR_DIR))
+                 for s, f in (("train", args.train), ("dev", args.dev), ("test", args.test)) if f}
         stats = write_flag_folder(files, args.out_dir, leakage=args.leakage, on_error=args.on_error, report=report)
     except (DataError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

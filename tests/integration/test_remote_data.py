@@ -211,3 +211,24 @@ def test_train_reads_its_corpus_and_parquet_pairs_from_s3(s3, parquet_beir, tmp_
     assert "[embedray] data.train_pairs: s3://corpora/parquet/train_pairs.parquet → " in r.stdout
     summary = json.loads(r.stdout[r.stdout.index("{"):])
     assert summary["steps"] == 2 and summary["train_pairs"] == 32
+
+
+def test_data_flag_converts_files_from_s3(s3, tmp_path, monkeypatch, capsys):
+    from embedray.cli import main
+
+    client, _ = s3
+    fixtures = REPO / "tests" / "fixtures" / "flag"
+    for split in ("train", "test"):
+        client.upload_file(str(fixtures / f"{split}.jsonl"), "corpora", f"flag-cli/{split}.jsonl")
+    monkeypatch.setenv("EMBEDRAY_CACHE", str(tmp_path / "cache"))
+    assert main(["data", "flag", str(tmp_path / "remote"), "--train", "s3://corpora/flag-cli/train.jsonl",
+                 "--test", "s3://corpora/flag-cli/test.jsonl"]) == 0
+    remote = capsys.readouterr()
+    assert "[embedray] --train: s3://corpora/flag-cli/train.jsonl → " in remote.err
+    assert main(["data", "flag", str(tmp_path / "local"), "--train", str(fixtures / "train.jsonl"),
+                 "--test", str(fixtures / "test.jsonl")]) == 0
+    assert remote.out.splitlines()[:-1] == capsys.readouterr().out.splitlines()[:-1]  # all but the "wrote" line
+    for name in ("corpus.jsonl", "queries.jsonl", "train_pairs.jsonl", "qrels/test.tsv"):
+        assert (tmp_path / "remote" / name).read_bytes() == (tmp_path / "local" / name).read_bytes(), name
+    assert main(["data", "flag", str(tmp_path / "x"), "--train", "s3://corpora/flag-cli/nope.jsonl"]) == 1
+    assert "--train: s3://corpora/flag-cli/nope.jsonl: not found" in capsys.readouterr().err
