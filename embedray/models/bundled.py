@@ -10,9 +10,12 @@ import importlib.metadata
 import json
 import os
 import shutil
+import sys
 import tempfile
 import zipfile
 from pathlib import Path
+
+from embedray.data.remote import MIRROR_DIR, is_uri, mirror, plain_path
 
 # Set before transformers / huggingface_hub are imported anywhere in this process: a hub id
 # that slipped through would otherwise hang on network retries instead of failing fast.
@@ -39,7 +42,10 @@ def cache_dir() -> Path:
 
 
 def resolve_model(name_or_path: str | os.PathLike) -> Path:
-    """Return the local folder of a bundled model name or an existing model folder.
+    """Return the local folder of a bundled model name or an existing model folder, or of a
+    model folder named by an ``s3://`` (``gs://``, ``hdfs://``) URI, mirrored into
+    ``$EMBEDRAY_CACHE/data`` (:func:`embedray.data.remote.mirror`: copied again only where the
+    source changed).
 
     Raises:
         UnknownModelError: at once (no network) for anything else, listing the bundled names.
@@ -52,7 +58,15 @@ def resolve_model(name_or_path: str | os.PathLike) -> Path:
     if name == "tiny-bert" or name.startswith("tiny-bert@"):
         seed = int(name.split("@", 1)[1]) if "@" in name else 0
         return build_tiny_bert(seed=seed)
-    path = Path(name).expanduser()
+    if is_uri(name):  # s3://, gs://, hdfs://: mirrored once into this machine's cache
+        try:
+            mirrored = mirror(name, cache_dir() / MIRROR_DIR, "model")
+        except ValueError as e:
+            raise UnknownModelError(str(e)) from None
+        if mirrored.downloaded or mirrored.removed:
+            print(f"[embedray] model: {mirrored.summary()}", file=sys.stderr, flush=True)
+        name = str(mirrored.local)
+    path = Path(plain_path(name)).expanduser()
     if path.is_dir():
         if not any((path / f).exists() for f in ("config.json", "modules.json")):
             raise UnknownModelError(f"{path.resolve()}: a folder but not a model "
@@ -60,7 +74,7 @@ def resolve_model(name_or_path: str | os.PathLike) -> Path:
         return path.resolve()
     names = ", ".join(f"'{k}' ({v})" for k, v in BUNDLED.items())
     raise UnknownModelError(
-        f"unknown model {name!r}: not a bundled model and not a local folder. "
+        f"unknown model {name!r}: not a bundled model, a local folder or an s3:// / gs:// / hdfs:// URI of one. "
         f"Bundled models: {names}. Model hubs are not used; pass a local folder for anything else.")
 
 

@@ -232,3 +232,31 @@ def test_data_flag_converts_files_from_s3(s3, tmp_path, monkeypatch, capsys):
         assert (tmp_path / "remote" / name).read_bytes() == (tmp_path / "local" / name).read_bytes(), name
     assert main(["data", "flag", str(tmp_path / "x"), "--train", "s3://corpora/flag-cli/nope.jsonl"]) == 1
     assert "--train: s3://corpora/flag-cli/nope.jsonl: not found" in capsys.readouterr().err
+
+
+def test_a_model_folder_on_s3_loads_and_serves_as_the_local_one(s3, tmp_path, monkeypatch, capsys):
+    import numpy as np
+
+    from embedray.cli import build_parser
+    from embedray.cli.serve import config_from_args
+    from embedray.models.backends import load_encoder
+    from embedray.models.bundled import UnknownModelError, resolve_model
+
+    client, _ = s3
+    monkeypatch.setenv("EMBEDRAY_CACHE", str(tmp_path / "cache"))
+    local = resolve_model("tiny-bert")
+    upload(client, local, "models/tiny")
+    uri = "s3://corpora/models/tiny"
+    mirrored = resolve_model(uri)
+    assert mirrored.parent.parent == tmp_path / "cache" / ".data" and mirrored.name == "tiny"
+    assert "[embedray] model: s3://corpora/models/tiny → " in capsys.readouterr().err
+    assert resolve_model(uri) == mirrored and capsys.readouterr().err == ""  # nothing to copy: nothing said
+    texts = ["debian package tools", "a second text"]
+    a = load_encoder(str(local), "cpu", precision="fp32", backend="torch").encode(texts)
+    b = load_encoder(uri, "cpu", precision="fp32", backend="torch").encode(texts)
+    np.testing.assert_array_equal(a, b)
+    args, _ = build_parser().parse_known_args(["serve", uri])
+    cfg = config_from_args(args)
+    assert cfg.model_dir == str(mirrored) and cfg.model_name == "tiny"
+    with pytest.raises(UnknownModelError, match="s3://corpora/models/none: not found"):
+        resolve_model("s3://corpora/models/none")
