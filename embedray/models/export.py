@@ -44,6 +44,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from embedray.data.remote import is_uri, redact
 from embedray.models.backends import (INT8_FILE, ONNX_DIR, ONNX_FILE, OPENVINO_DIR,
                                       OPENVINO_FILE, OPENVINO_INT8_FILE, OUTPUT_NAME, has_openvino_export,
                                       load_sentence_model, require_onnx, require_openvino)
@@ -128,6 +129,8 @@ def export_model(model: str | Path, out: str | Path | None = None, fmt: str = "o
     if out is None and (str(model) in BUNDLED or str(model).startswith("tiny-bert@")):
         raise ValueError(f"{model!r} is a bundled model (its folder belongs to an installed package or the "
                          "cache): pass --out DIR for the exported copy")
+    if out is None and is_uri(str(model)):
+        raise ValueError(f"{redact(str(model))}: a URI (its local copy is a cache): pass --out DIR for the exported copy")
     require_onnx()
     _require_exporter()
     if fmt == "openvino":

@@ -260,3 +260,10 @@ def test_a_model_folder_on_s3_loads_and_serves_as_the_local_one(s3, tmp_path, mo
     assert cfg.model_dir == str(mirrored) and cfg.model_name == "tiny"
     with pytest.raises(UnknownModelError, match="s3://corpora/models/none: not found"):
         resolve_model("s3://corpora/models/none")
+
+
+def test_exporting_a_model_named_by_a_uri_needs_an_out_folder():
+    from embedray.models.export import export_model
+
+    with pytest.raises(ValueError, match="s3://corpora/models/tiny: a URI .*pass --out DIR"):
+        export_model("s3://KEY:SECRET@corpora/models/tiny", None, "onnx")
