@@ -15,7 +15,7 @@ DESCRIPTION = ("Every pos/neg text becomes one corpus document (ids from the tex
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register the flags of ``embedray data flag``."""
     parser.add_argument("out_dir", type=Path, help="folder to write the BEIR dataset into")
-    # Each file may be an s3:// / gs:// / hdfs:// URI, mirrored once into $EMBEDRAY_CACHE/data.
+    # Each file may be an s3:// / gs:// / hdfs:// URI, mirrored once into $EMBEDRAY_CACHE/.data.
     parser.add_argument("--train", required=True, help="FlagEmbedding JSONL to train on (a path or an s3:// URI)")
     parser.add_argument("--dev", default=None, help="FlagEmbedding JSONL held out for dev")
     parser.add_argument("--test", default=None, help="FlagEmbedding JSONL held out for the test split")

@@ -38,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                              "sentence-transformers folder; repeat to compare several")
     parser.add_argument("--data", required=True, metavar="BEIR_DIR",
                         help="BEIR folder with corpus.jsonl, queries.jsonl and qrels/<split>.tsv, or its s3:// / "
-                             "gs:// / hdfs:// URI (mirrored once into $EMBEDRAY_CACHE/data)")
+                             "gs:// / hdfs:// URI (mirrored once into $EMBEDRAY_CACHE/.data)")
     parser.add_argument("--split", default=d.split, help="qrels split to score (default: %(default)s)")
     parser.add_argument("--k", type=int, default=d.k,
                         help="documents retrieved per query (default: %(default)s)")

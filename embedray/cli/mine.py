@@ -37,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--model", required=True, metavar="NAME_OR_DIR",
                         help="bi-encoder: bundled name (minilm-l6, mpnet-base, tiny-bert) or folder")
     parser.add_argument("--data", required=True, metavar="BEIR_DIR",
-                        help="BEIR folder, or its s3:// / gs:// / hdfs:// URI (mirrored into $EMBEDRAY_CACHE/data)")
+                        help="BEIR folder, or its s3:// / gs:// / hdfs:// URI (mirrored into $EMBEDRAY_CACHE/.data)")
     parser.add_argument("--split", default="train", help="qrels split to mine for (default: train)")
     parser.add_argument("--output", required=True, metavar="JSONL", help="FlagEmbedding JSONL to write")
     parser.add_argument("--pool-output", metavar="JSON", help="also write the id-based negative pool")

@@ -4,7 +4,7 @@ Every reader of the project takes local paths: a corpus is memory-mapped, counte
 validated row by row, and a run re-reads it at each resume. So a URI is mirrored once into a
 local folder, which then stands in for it everywhere: for a training job or a pipeline that
 folder is under ``cluster.storage_path`` / ``output_dir`` (``.data/``), which every node of a
-cluster already shares; for a one-off command it is under ``$EMBEDRAY_CACHE/data``.
+cluster already shares; for a one-off command it is under ``$EMBEDRAY_CACHE/.data``.
 
 The mirror copies what is there: a folder (a BEIR folder, say) recursively, or one file. A file
 is downloaded again only when its size or modification time changed; files gone from the source
@@ -210,7 +210,7 @@ def localize(cfg: Any, root: str | Path, progress: bool = True) -> Localized:
 
 def local_data(value: str, setting: str, root: str | Path, progress: bool = True) -> str:
     """``value`` itself, or the local mirror of a URI under ``root`` (for commands that have no
-    run folder: ``embedray eval``, ``serve``, ``mine`` mirror into ``$EMBEDRAY_CACHE/data``)."""
+    run folder: ``embedray eval``, ``serve``, ``mine`` mirror into ``$EMBEDRAY_CACHE/.data``)."""
     if not is_uri(value):
         return plain_path(value)
     m = mirror(value, root, setting, progress)

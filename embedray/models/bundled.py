@@ -44,7 +44,7 @@ def cache_dir() -> Path:
 def resolve_model(name_or_path: str | os.PathLike) -> Path:
     """Return the local folder of a bundled model name or an existing model folder, or of a
     model folder named by an ``s3://`` (``gs://``, ``hdfs://``) URI, mirrored into
-    ``$EMBEDRAY_CACHE/data`` (:func:`embedray.data.remote.mirror`: copied again only where the
+    ``$EMBEDRAY_CACHE/.data`` (:func:`embedray.data.remote.mirror`: copied again only where the
     source changed).
 
     Raises:

@@ -21,7 +21,7 @@ class ServeConfig:
         corpus: BEIR folder (its ``corpus.jsonl`` is read) or a JSONL file of ``{_id,title,text}``;
             indexed with FAISS at start-up for ``/search``. ``None``: ``/search`` answers 404.
             ``embedray serve --corpus`` also takes an ``s3://`` (``gs://``, ``hdfs://``) URI of
-            either, mirrored once into ``$EMBEDRAY_CACHE/data``.
+            either, mirrored once into ``$EMBEDRAY_CACHE/.data``.
         index: a saved index over ``corpus`` built with this model (a ``VectorIndex`` folder or an
             ``IndexStore`` root with ``LATEST``, e.g. from a pipeline run); loaded instead of
             encoding the corpus at start-up.
