@@ -52,8 +52,17 @@ def worker_resources(job) -> dict[str, float]:
             **job.cluster.resources_per_worker}
 
 
+def refresher_gpus(job) -> tuple[float, float]:
+    """``(the refresher actor's GPUs, its Ray Data encoder's)``. With ``refresh.ray_data_encode``
+    the two split ``refresh.num_gpus`` in half and share a GPU: the actor holds its share while
+    the encoder runs, so an encoder asking for the whole of it would wait forever for the GPU its
+    own refresher holds."""
+    gpus = float(job.refresh.num_gpus) if job.refresh.num_gpus != "auto" else 0.0
+    return (gpus / 2, gpus / 2) if job.refresh.ray_data_encode and gpus else (gpus, 0.0)
+
+
 def refresher_resources(job) -> dict[str, float]:
-    """The refresher actor's request."""
+    """The refresher's request (its actor's and its Ray Data encoder's GPUs together)."""
     gpus = job.refresh.num_gpus if job.refresh.num_gpus != "auto" else 0.0
     return {"CPU": job.refresh.num_cpus, **({"GPU": gpus} if gpus else {}), **job.refresh.resources}
 

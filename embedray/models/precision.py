@@ -35,9 +35,15 @@ def cpu_bf16_is_fast() -> bool:
 def bf16_is_fast(device: torch.device | str) -> bool:
     """Whether bf16 pays on ``device``: a CUDA GPU that supports it, or a CPU with bf16 units."""
     device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if device.type == "cuda":  # native bf16 (Ampere and later), not the emulation older GPUs offer
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
     return device.type == "cpu" and cpu_bf16_is_fast()
+
+
+def available_device() -> torch.device:
+    """The GPU this process was given (Ray hides the others from it, and every GPU from a task
+    that asked for none), else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def resolve_precision(precision: str, device: torch.device | str = "cpu") -> Literal["fp32", "bf16"]:

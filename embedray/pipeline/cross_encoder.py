@@ -9,6 +9,7 @@ from embedray.eval.retrieval import evaluate_retrieval
 from embedray.mining.cache import doc_key, encode_with_cache, live_model_key
 from embedray.mining.pipeline import doc_text
 from embedray.models.encoder import BiEncoder, unquantised
+from embedray.models.precision import available_device
 from embedray.training.cross_encoder import evaluate_reranker, train_cross_encoder
 from embedray.training.distill import GATE_FILE
 from embedray.training.loop import make_encode_fn
@@ -36,7 +37,7 @@ def dev_check(job, ce_dir: Path, run_dir: Path, targets: list) -> dict | None:
     depth = job.cross_encoder.dev_rerank_depth
     if not depth:
         return None
-    model = BiEncoder.from_config(unquantised(job.model)).eval()  # the bi-encoder that mined pool v1
+    model = BiEncoder.from_config(unquantised(job.model)).eval().to(available_device())  # the one that mined pool v1
     model.precision = job.mining.precision
     weights_fp = live_model_key(model)
     reports = {}

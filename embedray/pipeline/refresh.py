@@ -30,6 +30,7 @@ from embedray.mining.pool import NegativePool
 from embedray.mining.store import PoolStore
 from embedray.models.cross_encoder import load_cross_encoder
 from embedray.models.encoder import BiEncoder, load_snapshot, unquantised
+from embedray.models.precision import available_device
 from embedray.pipeline.config import RefreshConfig
 from embedray.pipeline.cross_encoder import GATE_FILE, dev_check, gate, train_base_cross_encoder
 from embedray.training.data import training_examples
@@ -184,7 +185,8 @@ class NegativeRefresher:
         if cross_encoder and job.refresh.denoise:
             self.cross_encoder = load_cross_encoder(cross_encoder, max_length=job.cross_encoder.max_length,
                                                     precision=job.cross_encoder.precision)
-        self.model = BiEncoder.from_config(unquantised(job.model)).eval()
+        # On the actor's GPU when it has one (refresh.num_gpus): every refresh re-encodes with it.
+        self.model = BiEncoder.from_config(unquantised(job.model)).eval().to(available_device())
         self.model.precision = job.mining.precision
         # factory(live BiEncoder, doc prompt) -> texts → embeddings for cache misses (e.g. a Ray Data actor pool)
         self.encode_corpus_factory = encode_corpus_factory

@@ -28,6 +28,7 @@ from embedray.models.backends import load_encoder
 from embedray.models.bundled import resolve_model
 from embedray.models.config import ModelConfig
 from embedray.models.encoder import BiEncoder
+from embedray.models.precision import available_device
 from embedray.models import rotation
 from embedray.models import student as students  # module attributes: looked up at each call
 from embedray.pipeline.config import PipelineConfig, TrainJobConfig
@@ -58,6 +59,11 @@ STAGE_READS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "export": (("data.test_split", "data.dev_split", "export"), ("student", "evaluate")),
     "report": (("data.test_split",), ("baseline", "teacher", "student", "evaluate", "export")),
 }
+
+
+def _device() -> str:
+    """Where a stage encodes: the GPU its Ray task was given (``cluster.stage_gpus``), else the CPU."""
+    return str(available_device())
 
 
 def say(msg: str) -> None:
@@ -346,7 +352,7 @@ class Pipeline:
             row = {"split": t.data.test_split, "queries": len(data.qrels)}
             for label, path in models.items():
                 if label not in loaded:
-                    loaded[label] = load_encoder(str(path), precision=c.eval.precision)
+                    loaded[label] = load_encoder(str(path), _device(), precision=c.eval.precision)
                 res = evaluate_retrieval(loaded[label], data, k=100, batch_size=c.eval.batch_size, query_prompt=q,
                                          doc_prompt=d, show_progress=False)
                 row[label] = res.metrics
@@ -428,6 +434,7 @@ class Pipeline:
         # A folder the pipeline wrote holds merged weights: encoded in full precision, whatever
         # the teacher trained with (a QLoRA teacher's base model too: as the refresher encodes it).
         model = BiEncoder.from_config(replace(c.teacher.model, name_or_path=str(name_or_path), finetune="full")).eval()
+        model.to(_device())
         model.precision = c.eval.precision  # part of the cache key: as the stages that share it encode
         return cached_doc_embeddings(model, c.teacher.model, c.mining.doc_prompt,
                                      self._test_data().corpus if corpus is None else corpus,
@@ -469,7 +476,7 @@ class Pipeline:
                         speed: bool = True):
         """Test-split metrics + encode speed of one model (``speed=False``: measured by the
         caller); with ``keep``, also its :class:`EvalResult` (run and document embeddings)."""
-        model = load_encoder(str(name_or_path), precision=self.cfg.eval.precision)
+        model = load_encoder(str(name_or_path), _device(), precision=self.cfg.eval.precision)
         res = evaluate_retrieval(model, self._test_data(), k=100, batch_size=self.cfg.eval.batch_size,
                                  query_prompt=self.cfg.teacher.model.query_prompt, doc_prompt=self.cfg.teacher.model.doc_prompt,
                                  show_progress=False, truncate_dim=truncate_dim, corpus_embeddings=corpus_embeddings,
@@ -486,8 +493,9 @@ class Pipeline:
         documents: a warm-up each, then ``rounds`` timed passes taken in turns (model A, B, A, B:
         a slower minute of the machine slows all of them), best pass per model."""
         docs = [d.text_for_model for d in list(self._test_data().corpus.values())[:n]]
-        loaded = {k: load_encoder(str(m), precision=self.cfg.eval.precision) if isinstance(m, (str, Path)) else m
-                  for k, m in models.items()}
+        device = _device()
+        loaded = {k: load_encoder(str(m), device, precision=self.cfg.eval.precision)
+                  if isinstance(m, (str, Path)) else m for k, m in models.items()}
         for model in loaded.values():
             model.encode(docs[:32], batch_size=self.cfg.eval.batch_size)
         best = dict.fromkeys(loaded, float("inf"))
@@ -520,7 +528,7 @@ class Pipeline:
         """:func:`evaluate_reranker` of the cross-encoder on the trained teacher's dev top-``depth``."""
         c = self.cfg
         dev = load_beir(self.data_dir, c.data.dev_split, missing_docs="keep")
-        model = load_encoder(str(teacher), precision=c.eval.precision)
+        model = load_encoder(str(teacher), _device(), precision=c.eval.precision)
         first = evaluate_retrieval(model, dev, k=max(depth, 10), batch_size=c.eval.batch_size,
                                    query_prompt=c.teacher.model.query_prompt, doc_prompt=c.teacher.model.doc_prompt,
                                    show_progress=False, corpus_embeddings=self._teacher_docs(teacher, dev.corpus))

@@ -45,8 +45,10 @@ def write_state(folder: Path, *, model_state: dict, optimizer_state: dict | None
     then that rank's manifest, each file fsynced before it and the folder after it."""
     folder.mkdir(parents=True, exist_ok=True)
     own = [f"rng_rank{rank}.pt"]
+    # The CUDA generator of this rank's own GPU (the current device): a restarted worker group may
+    # see another set of the node's GPUs, so the states of all of them could not be put back.
     torch.save({"torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+                "cuda_current": torch.cuda.get_rng_state() if torch.cuda.is_available() else None},
                folder / own[0])
     if rank == 0:
         save_file({k: v.detach().contiguous().cpu() for k, v in model_state.items()},
@@ -152,8 +154,22 @@ def check_resumable(folder: Path, trainer_state: dict, *, world_size: int | None
 def restore_rng(rng: dict | None) -> None:
     if rng:
         torch.set_rng_state(rng["torch"])
-        if rng.get("cuda") and torch.cuda.is_available():
+        if not torch.cuda.is_available():
+            return
+        if rng.get("cuda_current") is not None:
+            torch.cuda.set_rng_state(rng["cuda_current"])
+        elif rng.get("cuda") and len(rng["cuda"]) == torch.cuda.device_count():  # an older checkpoint's: every GPU's
             torch.cuda.set_rng_state_all(rng["cuda"])
+
+
+def loadable_model_state(module: torch.nn.Module, state: dict) -> dict:
+    """``state`` without what ``module.load_state_dict`` can't take back: a 4-bit (QLoRA) base
+    layer saves its quantisation state beside its weight (``….weight.absmax``, ``….weight.quant_map``,
+    ``….weight.quant_state.…``) but loads the packed weight alone, which holds the same values.
+    Any other unknown key is left in, for the load to refuse."""
+    own = {n for n, _ in module.named_parameters()} | {n for n, _ in module.named_buffers()}
+    return {k: v for k, v in state.items()
+            if k in own or not (".weight." in k and k.rsplit(".weight.", 1)[0] + ".weight" in own)}
 
 
 def save_local(run_dir: Path, step: int, num_to_keep: int, **state) -> Path:

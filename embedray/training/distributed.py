@@ -9,11 +9,19 @@ def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
+def collective_device() -> torch.device:
+    """Where a collective's tensors must live: the current CUDA device under NCCL (it has no CPU
+    transport), else the CPU (gloo)."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def mean_across_workers(value: float) -> float:
     """Average a scalar over all workers (for logging the global loss)."""
     if not is_distributed():
         return value
-    t = torch.tensor([value], dtype=torch.float64)
+    t = torch.tensor([value], dtype=torch.float64, device=collective_device())
     dist.all_reduce(t)
     return float(t.item()) / dist.get_world_size()
 
@@ -22,7 +30,7 @@ def broadcast_flag(flag: bool) -> bool:
     """Rank 0's decision (e.g. early stop) for everyone."""
     if not is_distributed():
         return flag
-    t = torch.tensor([int(flag)])
+    t = torch.tensor([int(flag)], device=collective_device())
     dist.broadcast(t, src=0)
     return bool(t.item())
 
@@ -36,7 +44,7 @@ def broadcast_int(value: int) -> int:
     """Rank 0's integer (e.g. the negative-pool version to use from this step on) for everyone."""
     if not is_distributed():
         return value
-    t = torch.tensor([int(value)], dtype=torch.int64)
+    t = torch.tensor([int(value)], dtype=torch.int64, device=collective_device())
     dist.broadcast(t, src=0)
     return int(t.item())
 

@@ -30,6 +30,7 @@ import torch.distributed.nn.functional as dist_autograd
 from torch import Tensor
 
 from embedray.losses.infonce import GatherFn
+from embedray.training.distributed import collective_device
 
 _MAX_DIMS = 7  # shapes travel as a fixed-size vector (ndim, *shape, -1 padding)
 
@@ -103,7 +104,7 @@ def ddp_loss_scale(local_rows: int) -> float:
     """
     if not is_distributed():
         return 1.0
-    counts = torch.tensor([float(local_rows)], device=_device())
+    counts = torch.tensor([float(local_rows)], device=collective_device())
     dist.all_reduce(counts)
     return dist.get_world_size() * local_rows / counts.item()
 
@@ -132,10 +133,3 @@ def _gather_rows(tensor: Tensor) -> list[int]:
         described = ", ".join(f"rank {r}: {tuple(s[1:s[0] + 1])}" for r, s in enumerate(shapes_list))
         raise ValueError(f"cannot gather across workers: shapes differ beyond dim 0 ({described})")
     return [s[1] for s in shapes_list]
-
-
-def _device() -> torch.device:
-    """The device collectives need: the current CUDA device under NCCL, else the CPU."""
-    if dist.get_backend() == "nccl":
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")

@@ -158,6 +158,8 @@ def train(model_cfg: ModelConfig, loss_cfg: LossConfig, train_cfg: TrainConfig, 
         set_dropout(core, dropouts.pop())
     # bf16 working weights, fp32 masters for the optimizer: converted before DDP wraps the model.
     weight_dtype = resolve_weight_dtype(tc.weight_dtype, core.precision, session.device, model_cfg.finetune)
+    if weight_dtype == "bf16":
+        core.to(session.device)  # the masters are made where the weights will train (a GPU's grads meet them there)
     masters = MasterWeights(core) if weight_dtype == "bf16" else None
     full_state = masters.state_dict if masters else core.state_dict  # what checkpoints and snapshots hold
     model = session.prepare_model(core)
@@ -199,7 +201,8 @@ def train(model_cfg: ModelConfig, loss_cfg: LossConfig, train_cfg: TrainConfig, 
     if sharded:
         state["rows_digest"] = shard.digest
     if (saved := session.restore(seed=tc.seed)) is not None:
-        (masters or core).load_state_dict({k: v for k, v in saved["model"].items() if not k.startswith(LOSS_PREFIX)})
+        (masters or core).load_state_dict(ckpt.loadable_model_state(core, {
+            k: v for k, v in saved["model"].items() if not k.startswith(LOSS_PREFIX)}))
         for t in loop_tasks:
             prefix = _loss_prefix(t.name)
             t.loss_fn.load_state_dict({k[len(prefix):]: v for k, v in saved["model"].items() if k.startswith(prefix)})
@@ -360,8 +363,9 @@ def _loop_task(i, spec, examples, data, core, teacher, tc, session, tok_len, sha
         label_names = None
     if needs.labels and not label_names:
         raise ValueError(f"{where}loss.name: classification trains on labelled rows: set data.train_labels")
+    # A loss's own parameters (a classifier head, a distillation projection) live on the model's device.
     loss_fn = build_objective(loss_cfg, gather_fn=gather_fn_for_loss(), student_dim=core.embedding_dim,
-                              teacher_dim=teacher.dim if teacher else None, labels=label_names)
+                              teacher_dim=teacher.dim if teacher else None, labels=label_names).to(session.device)
     seed = tc.seed + i  # the first task's batches are a single-task run's
     try:
         plan = BatchPlan(rows, rows.pos_chars if sharded else tok_len, batch_size=tc.batch_size,

@@ -43,6 +43,19 @@ def test_requests_carry_cpus_gpus_and_custom_resources():
     assert placement.refresher_resources(job) == {"CPU": 0.5, "GPU": 1.0, "head": 1}
 
 
+def test_a_ray_data_encoder_shares_the_refreshers_gpu():
+    # The encoder's actors start while the refresher holds its GPU: they split it rather than wait for it.
+    alone = placement.resolve(_job(), {"CPU": 8, "GPU": 3})
+    assert placement.refresher_gpus(alone) == (1.0, 0.0)
+    pooled = placement.resolve(_job(refresh={"ray_data_encode": True}), {"CPU": 8, "GPU": 3})
+    assert placement.refresher_gpus(pooled) == (0.5, 0.5)
+    assert placement.refresher_resources(pooled)["GPU"] == 1.0  # what check_fits counts: the two together
+    shared = placement.resolve(_job(refresh={"ray_data_encode": True, "num_gpus": 0.5}), {"GPU": 2})
+    assert placement.refresher_gpus(shared) == (0.25, 0.25)
+    cpu = placement.resolve(_job(refresh={"ray_data_encode": True}), {"CPU": 8})
+    assert placement.refresher_gpus(cpu) == (0.0, 0.0)
+
+
 def test_shortfalls_are_named_with_their_settings():
     have = {"CPU": 2, "GPU": 1, "trainer": 1}
     placement.check_fits(placement.resolve(_job(cluster={"cpus_per_worker": 0.75}), have), have)
