@@ -126,6 +126,14 @@ def _faiss():
     return faiss
 
 
+def _gpu_ordinal() -> int:
+    """The GPU to put an index on: torch's current device where torch has picked one (a Ray Train
+    worker's own GPU, while its node's other GPUs stay visible to it), else the first visible one."""
+    import torch
+
+    return torch.cuda.current_device() if torch.cuda.is_available() and torch.cuda.is_initialized() else 0
+
+
 def _want_gpu(use_gpu: UseGpu) -> bool:
     if use_gpu is False:
         return False
@@ -277,7 +285,7 @@ class VectorIndex:
             return index
         faiss = _faiss()
         try:
-            return faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
+            return faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), _gpu_ordinal(), index)
         except RuntimeError as e:  # e.g. HNSW has no GPU implementation
             if use_gpu is True:
                 raise

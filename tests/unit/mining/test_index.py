@@ -178,7 +178,7 @@ class FakeGpuFaiss:
     """faiss with a pretend GPU: 'moving' an index clones it (HNSW refuses, as in faiss-gpu)."""
 
     def __init__(self, real):
-        self._real, self.moved = real, []
+        self._real, self.moved, self.devices = real, [], []
 
     def __getattr__(self, name):
         return getattr(self._real, name)
@@ -190,6 +190,7 @@ class FakeGpuFaiss:
         return object()
 
     def index_cpu_to_gpu(self, res, device, index):
+        self.devices.append(device)
         if "HNSW" in type(index).__name__:
             raise RuntimeError("HNSW has no GPU implementation")
         clone = self._real.clone_index(index)
@@ -220,3 +221,18 @@ def test_gpu_path_is_used_when_a_gpu_is_seen(corpus, tmp_path, monkeypatch):
     cpu = VectorIndex.build(x, ids, use_gpu=False)
     assert cpu._index is cpu._cpu_index
     assert VectorIndex.load(ivf.save(tmp_path / "g"), use_gpu=False).search(q, 5)[1] == want.search(q, 5)[1]
+
+
+def test_an_index_goes_to_torchs_current_gpu(corpus, monkeypatch):
+    # In a Ray Train worker the node's GPUs are all visible; the worker's own is torch's current one.
+    import torch
+
+    x, ids, _ = corpus
+    fake = FakeGpuFaiss(index_mod._faiss())
+    monkeypatch.setattr(index_mod, "_faiss", lambda: fake)
+    VectorIndex.build(x, ids)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 2)
+    VectorIndex.build(x, ids)
+    assert fake.devices == [0, 2]
