@@ -151,8 +151,12 @@ def build_tiny_bert(seed: int = 0, hidden: int = 32, layers: int = 2) -> Path:
     if (target / "modules.json").exists():
         return target
     import torch
-    from sentence_transformers import SentenceTransformer, models
+    from sentence_transformers import SentenceTransformer
     from transformers import AutoTokenizer, BertConfig, BertModel
+    try:  # sentence-transformers' module classes moved in v5; the old path warns
+        from sentence_transformers.sentence_transformer import modules as models
+    except ImportError:
+        from sentence_transformers import models
 
     tokenizer = AutoTokenizer.from_pretrained(_minilm_path())
     config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=hidden, num_hidden_layers=layers,
