@@ -96,7 +96,7 @@ def _open_source(uri: str, setting: str):
 
 def _relative(base: str, path: str, uri: str) -> PurePosixPath:
     """``path`` below ``base``, refused when it would leave the mirror's folder."""
-    rel = PurePosixPath(path[len(base):].lstrip("/")) if path.startswith(base) else None
+    rel = PurePosixPath(path[len(base) + 1:]) if path.startswith(base.rstrip("/") + "/") else None
     if rel is None or not rel.parts or rel.is_absolute() or any(p in ("..", ".") for p in rel.parts) \
             or rel.name == MANIFEST:
         raise ValueError(f"{redact(uri)}: the object {path!r} has a name that can't be mirrored into a folder")

@@ -69,7 +69,7 @@ def test_uris_and_paths():
     assert not is_uri("file:///tmp/x") and plain_path("file:///tmp/a%20b") == "/tmp/a b"
     assert redact("s3://AKIA:s3cret@bucket/x") == "s3://bucket/x"
     assert str(_relative("b/data", "b/data/qrels/dev.tsv", "s3://b/data")) == "qrels/dev.tsv"
-    for bad in ("b/data/../etc/passwd", "b/other/x", "b/data/" + ".embedray-mirror.json"):
+    for bad in ("b/data/../etc/passwd", "b/other/x", "b/database/x", "b/data/" + ".embedray-mirror.json"):
         with pytest.raises(ValueError, match="can't be mirrored"):
             _relative("b/data", bad, "s3://b/data")
 
