@@ -481,7 +481,8 @@ class Pipeline:
                                  query_prompt=self.cfg.teacher.model.query_prompt, doc_prompt=self.cfg.teacher.model.doc_prompt,
                                  show_progress=False, truncate_dim=truncate_dim, corpus_embeddings=corpus_embeddings,
                                  return_embeddings=keep)
-        dim = truncate_dim or model.get_sentence_embedding_dimension()
+        dim = truncate_dim or (getattr(model, "get_embedding_dimension", None)
+                               or model.get_sentence_embedding_dimension)()  # renamed in sentence-transformers 6
         docs_per_s = self._encode_speeds({"model": model})["model"] if speed else None
         say(f"  {Path(str(name_or_path)).name} (dim {dim}): nDCG@10 {res.metrics['ndcg@10']:.4f}"
              + (f", {docs_per_s:.0f} docs/s" if speed else ""))
