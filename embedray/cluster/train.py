@@ -21,7 +21,7 @@ import ray.train
 import ray.train.torch
 import torch
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-from ray.train.torch import TorchTrainer
+from ray.train.torch import TorchConfig, TorchTrainer
 
 from embedray.cluster import placement, shared
 from embedray.cluster.refresh import RefreshHooks, start_refresher
@@ -181,6 +181,7 @@ def run_training(job, on_step: list[Callable[[int, Any], None]] | None = None,
         train_loop_per_worker=_worker,
         train_loop_config={"job": to_dict(job), "run_dir": str(run_dir), "skipped": data.report, "on_step": list(on_step or []),
                            **({"hooks_factory": hooks_factory} if hooks_factory else {})},
+        torch_config=TorchConfig(timeout_s=job.cluster.collective_timeout_s),
         scaling_config=ScalingConfig(num_workers=job.cluster.num_workers, use_gpu=job.cluster.use_gpu,
                                      resources_per_worker=placement.worker_resources(job)),
         run_config=RunConfig(name=job.cluster.run_name, storage_path=str(run_dir.parent),

@@ -182,6 +182,9 @@ class ClusterConfig:
     """Worker-group restarts Ray Train may do after a worker dies."""
     num_to_keep: int = 2
     """Checkpoints kept (the newest ones)."""
+    collective_timeout_s: int = 7200
+    """Longest a training worker waits in a collective (gloo or NCCL) before the run fails, e.g.
+    while rank 0 evaluates dev alone on a large corpus (Ray's own default is 1800 s)."""
 
     def __post_init__(self) -> None:
         if self.num_workers < 1:
@@ -190,6 +193,8 @@ class ClusterConfig:
             raise ValueError("cluster.cpus_per_worker must be > 0")
         if self.num_to_keep < 1:
             raise ValueError("cluster.num_to_keep must be >= 1")
+        if self.collective_timeout_s < 60:
+            raise ValueError(f"cluster.collective_timeout_s must be >= 60 seconds, got {self.collective_timeout_s}")
         check_resources("cluster.resources_per_worker", self.resources_per_worker)
         check_resources("cluster.stage_resources", self.stage_resources)
         if self.stage_cpus < 0 or (self.stage_gpus != "auto" and not self.stage_gpus >= 0):

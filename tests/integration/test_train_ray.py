@@ -29,6 +29,20 @@ def _job(beir, storage, name, **over):
     return build_config(TrainJobConfig, cfg)
 
 
+def _record_collective_timeout(out):
+    """An ``on_step`` hook: each worker writes its process group's collective timeout once."""
+    def hook(done, log):
+        import ray.train
+        import torch
+        import torch.distributed as dist
+
+        if done == 1:
+            backend = dist.distributed_c10d._get_default_group()._get_backend(torch.device("cpu"))
+            rank = ray.train.get_context().get_world_rank()
+            (out / f"timeout-rank{rank}").write_text(str(backend.options._timeout.total_seconds()))
+    return hook
+
+
 def _steps(run_dir):
     return json.loads((run_dir / "detailed_training_logs.json").read_text())["steps"]
 
@@ -36,8 +50,11 @@ def _steps(run_dir):
 def test_worker_kill_and_resubmit_resume_exactly(local_ray, topic_beir, tmp_path):
     from embedray.cluster.train import run_training
 
-    ref = run_training(_job(topic_beir, tmp_path, "ref"))
+    ref = run_training(_job(topic_beir, tmp_path, "ref", cluster__collective_timeout_s=4321),
+                       on_step=[_record_collective_timeout(tmp_path)])
     assert ref["steps"] == 9
+    # Each worker's process group waits cluster.collective_timeout_s in a collective (Ray's default: 1800).
+    assert sorted(p.read_text() for p in tmp_path.glob("timeout-rank*")) == ["4321.0", "4321.0"]
     reference = [r["loss"] for r in _steps(tmp_path / "ref")]
 
     # 1) rank 1 SIGKILLs itself after step 6; FailureConfig restarts the group from checkpoint 4.

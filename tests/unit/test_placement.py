@@ -85,6 +85,7 @@ def test_shortfalls_are_named_with_their_settings():
     ("cluster", {"resources_per_worker": {"trainer": -1}}, "trainer: must be >= 0"),
     ("refresh", {"resources": {"CPU": 1}}, "refresh.resources: CPU has its own setting"),
     ("refresh", {"num_gpus": -0.5}, "refresh.num_gpus must be >= 0"),
+    ("cluster", {"collective_timeout_s": 5}, "cluster.collective_timeout_s must be >= 60 seconds, got 5"),
 ])
 def test_bad_resource_settings(section, values, match):
     with pytest.raises(ConfigError, match=match):
