@@ -71,11 +71,13 @@ class Mirrored:
     removed: int = 0
 
     def summary(self) -> str:
-        size = next(f"{self.bytes / d:.1f} {u}" for d, u in ((1e9, "GB"), (1e6, "MB"), (1e3, "kB"), (1, "B"))
-                    if self.bytes >= d or d == 1)
         return (f"{redact(self.uri)} → {self.local} ({self.files} file{'s' * (self.files != 1)}, "
-                f"{size}; {self.downloaded} downloaded, {self.files - self.downloaded} "
+                f"{_size(self.bytes)}; {self.downloaded} downloaded, {self.files - self.downloaded} "
                 f"unchanged{f', {self.removed} removed' if self.removed else ''})")
+
+
+def _size(n: int) -> str:
+    return next(f"{n / d:.1f} {u}" for d, u in ((1e9, "GB"), (1e6, "MB"), (1e3, "kB"), (1, "B")) if n >= d or d == 1)
 
 
 def _open_source(uri: str, setting: str):
@@ -160,6 +162,97 @@ def mirror(uri: str, root: str | Path, setting: str = "data", progress: bool = T
                     os.utime(local, ns=(f.mtime_ns, f.mtime_ns))
         write_json_atomic({"uri": redact(uri), "files": {rel: [f.size, f.mtime_ns] for rel, f in files.items()}},
                           manifest_path)
+    return done
+
+
+@dataclass
+class Published:
+    """What one :func:`publish` call did."""
+
+    local: Path
+    dest: str
+    files: int = 0
+    bytes: int = 0
+    removed: int = 0
+
+    def summary(self) -> str:
+        return (f"{self.local} → {redact(self.dest)} ({self.files} file{'s' * (self.files != 1)}, "
+                f"{_size(self.bytes)}{f'; {self.removed} left from the last publish removed' if self.removed else ''})")
+
+
+#: Written last into a published folder: what it holds, so that the next publish may replace it.
+PUBLISHED = ".embedray-published.json"
+
+
+def _publish_target(dest: str, setting: str):
+    """``(filesystem, folder, {name: file info})`` of a publish destination, refused when it is a
+    file or holds files that no publish wrote."""
+    import pyarrow.fs as pafs
+
+    target = dest if is_uri(dest) else str(Path(plain_path(dest)).expanduser().resolve())
+    try:
+        fs, root = pafs.FileSystem.from_uri(target)
+        info = fs.get_file_info(root)
+        root = root.rstrip("/")
+        if info.type == pafs.FileType.File:
+            raise ValueError(f"{setting}: {redact(dest)}: a file, not a folder")
+        there = {} if info.type == pafs.FileType.NotFound else {
+            str(_relative(root, f.path, dest)): f for f in fs.get_file_info(pafs.FileSelector(root, recursive=True))
+            if f.type == pafs.FileType.File}
+    except OSError as e:
+        raise ValueError(f"{setting}: {redact(dest)}: cannot be opened ({e})") from None
+    except ValueError as e:
+        raise ValueError(str(e) if str(e).startswith(setting) else f"{setting}: {redact(dest)}: {e}") from None
+    if there and PUBLISHED not in there:
+        raise ValueError(f"{setting}: {redact(dest)}: holds {len(there)} files no earlier publish wrote "
+                         f"(e.g. {sorted(there)[0]}); name an empty or new destination")
+    return fs, root, there
+
+
+def check_publishable(dest: str, setting: str = "publish") -> None:
+    """Raise now what :func:`publish` would raise about ``dest`` later (nothing is written)."""
+    _publish_target(dest, setting)
+
+
+def publish(local: str | Path, dest: str, setting: str = "publish", progress: bool = True) -> Published:
+    """Copy the folder ``local`` to ``dest`` (a URI, or a path), for another machine to load.
+
+    What an earlier publish wrote there is replaced (files it held that ``local`` lacks are
+    deleted); a destination that holds other files is refused, so nothing else is overwritten.
+    The manifest :data:`PUBLISHED` goes last: a folder without it is incomplete.
+
+    Raises:
+        ValueError: naming ``setting``, for a destination that can't be opened or written, or
+            that holds files no publish wrote.
+    """
+    from tqdm import tqdm
+
+    local = Path(local).resolve()
+    fs, root, there = _publish_target(dest, setting)
+    files = sorted(p for p in local.rglob("*") if p.is_file()
+                   and not any(part.startswith(".") for part in p.relative_to(local).parts))
+    done = Published(local, dest, files=len(files), bytes=sum(f.stat().st_size for f in files))
+    try:
+        if PUBLISHED in there:  # from now until the new one is written, the folder is incomplete
+            fs.delete_file(f"{root}/{PUBLISHED}")
+        with tqdm(total=done.bytes, unit="B", unit_scale=True, desc=f"publish {setting}",
+                  disable=not progress, file=sys.stderr, mininterval=2.0) as bar:
+            for f in files:
+                rel = f.relative_to(local).as_posix()
+                fs.create_dir(f"{root}/{rel}".rsplit("/", 1)[0], recursive=True)
+                with open(f, "rb") as src, fs.open_output_stream(f"{root}/{rel}") as out:
+                    while chunk := src.read(CHUNK):
+                        out.write(chunk)
+                        bar.update(len(chunk))
+        kept = {f.relative_to(local).as_posix() for f in files}
+        for rel in sorted(set(there) - kept - {PUBLISHED}):
+            fs.delete_file(f"{root}/{rel}")
+            done.removed += 1
+        manifest = {"files": {f.relative_to(local).as_posix(): f.stat().st_size for f in files}}
+        with fs.open_output_stream(f"{root}/{PUBLISHED}") as out:
+            out.write(json.dumps(manifest, indent=2).encode())
+    except OSError as e:
+        raise ValueError(f"{setting}: {redact(dest)}: writing failed ({e})") from None
     return done
 
 

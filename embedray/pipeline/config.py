@@ -405,6 +405,10 @@ class ExportStageConfig:
     the file is written unchecked and served only on request. Needs the ``[openvino]`` extra."""
     calibration_samples: int = 300
     """Corpus texts the int8 file's activation ranges are calibrated on."""
+    publish: str | None = None
+    """Also copy the finished model folder there: a URI (``s3://bucket/models/student``, ``gs://``,
+    ``hdfs://``) or a path, for ``embedray serve`` elsewhere to load. What an earlier publish wrote
+    there is replaced; a destination holding other files is refused."""
 
     def __post_init__(self) -> None:
         if self.calibration_samples < 1:

@@ -22,6 +22,7 @@ from embedray.config import to_dict
 from embedray.data.beir import beir_file, held_out_leakage, iter_corpus, load_beir
 from embedray.data.debian import DEFAULT_LISTS_DIR, build_debian, find_translation_files
 from embedray.data.flag import write_flag_folder
+from embedray.data.remote import check_publishable, publish, redact
 from embedray.eval.retrieval import evaluate_retrieval
 from embedray.mining.store import PoolStore
 from embedray.models.backends import load_encoder
@@ -82,6 +83,8 @@ class Pipeline:
             else self.run / "data"
         self.fingerprints: dict[str, str] = {}  # stage → fingerprint (see plan)
         self.stages = [s for s in ALL_STAGES if s != "pretrain" or cfg.pretrain is not None]
+        if cfg.export.publish:  # a destination that can't take the model: said now, not after training
+            check_publishable(cfg.export.publish, "export.publish")
         if cfg.export.openvino_int8:  # said now, not after the training stages
             from embedray.models.backends import require_onnx, require_openvino
             from embedray.models.export import require_nncf
@@ -377,6 +380,10 @@ class Pipeline:
         if target.exists():
             shutil.rmtree(target)
         staging.rename(target)
+        if self.cfg.export.publish:
+            published = publish(target, self.cfg.export.publish, "export.publish")
+            say(f"  export: published {published.summary()}")
+            result["published"] = redact(self.cfg.export.publish)
         return {"model": str(target), **result}
 
     def _export_openvino_int8(self, folder: Path) -> dict:

@@ -267,3 +267,58 @@ def test_exporting_a_model_named_by_a_uri_needs_an_out_folder():
 
     with pytest.raises(ValueError, match="s3://corpora/models/tiny: a URI .*pass --out DIR"):
         export_model("s3://KEY:SECRET@corpora/models/tiny", None, "onnx")
+
+
+def test_a_pipeline_publishes_its_model_for_another_machine_to_serve(s3, topic_beir, tmp_path, monkeypatch, capsys):
+    import shutil
+
+    import numpy as np
+
+    from embedray.config import build_config
+    from embedray.data.remote import PUBLISHED, check_publishable, publish
+    from embedray.models.backends import load_encoder
+    from embedray.models.bundled import resolve_model
+    from embedray.pipeline.config import PipelineConfig
+    from embedray.pipeline.stages import Pipeline
+
+    client, _ = s3
+    monkeypatch.setenv("EMBEDRAY_CACHE", str(tmp_path / "cache"))
+    dest = "s3://corpora/published/student"
+
+    def pipeline(publish_to):
+        return Pipeline(build_config(PipelineConfig, {
+            "name": "pub", "output_dir": str(tmp_path / "runs"), "prepare": {"source": "beir"},
+            "data": {"path": str(topic_beir)}, "student": {"pca_rotation": False},
+            "export": {"publish": publish_to}}, "test"))
+
+    upload(client, topic_beir, "not-a-model")
+    with pytest.raises(ValueError, match=r"export\.publish: s3://corpora/not-a-model: holds 5 files no earlier "
+                                         r"publish wrote \(e\.g\. corpus\.jsonl\)"):
+        pipeline("s3://corpora/not-a-model")  # said before any stage runs
+    run = pipeline(dest)
+    shutil.copytree(resolve_model("tiny-bert"), run.run / "student" / "final")
+    row = {"ndcg@10": 0.5, "recall@100": 0.9, "mrr@10": 0.45, "docs_per_s": 100.0, "dim": 32}
+    (run.run / "test_results.json").write_text(json.dumps({"trained teacher": row, "distilled student": row}))
+    result = run.stage_export()
+    assert result["published"] == dest
+    assert f"export: published {run.run / 'model'} → {dest} (" in capsys.readouterr().out
+    keys = {o["Key"] for o in client.list_objects_v2(Bucket="corpora", Prefix="published/student/")["Contents"]}
+    local = sorted(p.relative_to(run.run / "model").as_posix() for p in (run.run / "model").rglob("*") if p.is_file())
+    assert {k for k in keys if not k.endswith("/")} == {f"published/student/{n}" for n in [*local, PUBLISHED]}
+
+    # Elsewhere: served from the URI, the very embeddings of the run's folder.
+    texts = ["debian package tools", "a second text"]
+    np.testing.assert_array_equal(load_encoder(dest, "cpu", precision="fp32").encode(texts),
+                                  load_encoder(str(run.run / "model"), "cpu", precision="fp32").encode(texts))
+
+    # A second publish replaces the first: what the new folder lacks is deleted from the destination.
+    (run.run / "model" / "README.md").unlink(missing_ok=True)
+    (run.run / "model" / "extra.txt").write_text("x")
+    again = publish(run.run / "model", dest, progress=False)
+    keys = {o["Key"] for o in client.list_objects_v2(Bucket="corpora", Prefix="published/student/")["Contents"]}
+    assert "published/student/extra.txt" in keys and "published/student/README.md" not in keys
+    assert again.removed == ("README.md" in local)
+    check_publishable(dest)  # a destination a publish wrote may be written again
+    # A path works as a destination too.
+    published = publish(run.run / "model", str(tmp_path / "models" / "student"), progress=False)
+    assert (tmp_path / "models" / "student" / PUBLISHED).is_file() and published.files == len(local)
