@@ -30,7 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="embedray", description="Train, distill and serve text embedding models on Ray.",
         epilog="Run 'embedray COMMAND --help' for a command's options. Models: bundled names "
-               "(see 'embedray models') or local folders; nothing is downloaded.")
+               "(see 'embedray models'), local folders, or s3:// / gs:// / hdfs:// URIs of folders (mirrored "
+               "once into $EMBEDRAY_CACHE/.data); no model hub is used.")
     parser.add_argument("--version", action="version", version=f"embedray {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

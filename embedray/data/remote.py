@@ -60,20 +60,28 @@ def redact(uri: str) -> str:
 
 
 @dataclass
-class Mirrored:
-    """What one :func:`mirror` call did."""
+class Copied:
+    """What one :func:`mirror` or :func:`publish` call did."""
 
-    uri: str
-    local: Path
+    source: str
+    """A URI or a folder."""
+    target: str
     files: int = 0
     bytes: int = 0
-    downloaded: int = 0
+    copied: int = 0
+    """Files written (a mirror skips the unchanged ones; a publish writes all)."""
     removed: int = 0
+    """Files the source no longer has, deleted from the target."""
+
+    @property
+    def local(self) -> Path:
+        """A mirror's local copy (a folder or a file)."""
+        return Path(self.target)
 
     def summary(self) -> str:
-        return (f"{redact(self.uri)} → {self.local} ({self.files} file{'s' * (self.files != 1)}, "
-                f"{_size(self.bytes)}; {self.downloaded} downloaded, {self.files - self.downloaded} "
-                f"unchanged{f', {self.removed} removed' if self.removed else ''})")
+        return (f"{redact(self.source)} → {redact(self.target)} ({self.files} file{'s' * (self.files != 1)}, "
+                f"{_size(self.bytes)}; {self.copied} copied, {self.files - self.copied} unchanged"
+                f"{f', {self.removed} removed' if self.removed else ''})")
 
 
 def _size(n: int) -> str:
@@ -105,7 +113,7 @@ def _relative(base: str, path: str, uri: str) -> PurePosixPath:
     return rel
 
 
-def mirror(uri: str, root: str | Path, setting: str = "data", progress: bool = True) -> Mirrored:
+def mirror(uri: str, root: str | Path, setting: str = "data", progress: bool = True) -> Copied:
     """Copy ``uri`` (a folder or one file) below ``root``; return where it is and what was copied.
 
     The copy is ``root/<hash of the URI>/<its name>``, a folder or a file. Processes
@@ -140,8 +148,8 @@ def mirror(uri: str, root: str | Path, setting: str = "data", progress: bool = T
         todo = {rel: f for rel, f in files.items()
                 if known.get(rel) != [f.size, f.mtime_ns] or f.mtime_ns is None or not (dest / rel).is_file()
                 or (dest / rel).stat().st_size != f.size}
-        done = Mirrored(uri, home / name if info.type == pafs.FileType.File else dest,
-                        files=len(files), bytes=sum(f.size or 0 for f in files.values()), downloaded=len(todo))
+        done = Copied(uri, str(home / name if info.type == pafs.FileType.File else dest),
+                      files=len(files), bytes=sum(f.size or 0 for f in files.values()), copied=len(todo))
         for rel in set(known) - set(files):  # gone from the source
             (dest / rel).unlink(missing_ok=True)
             done.removed += 1
@@ -163,21 +171,6 @@ def mirror(uri: str, root: str | Path, setting: str = "data", progress: bool = T
         write_json_atomic({"uri": redact(uri), "files": {rel: [f.size, f.mtime_ns] for rel, f in files.items()}},
                           manifest_path)
     return done
-
-
-@dataclass
-class Published:
-    """What one :func:`publish` call did."""
-
-    local: Path
-    dest: str
-    files: int = 0
-    bytes: int = 0
-    removed: int = 0
-
-    def summary(self) -> str:
-        return (f"{self.local} → {redact(self.dest)} ({self.files} file{'s' * (self.files != 1)}, "
-                f"{_size(self.bytes)}{f'; {self.removed} left from the last publish removed' if self.removed else ''})")
 
 
 #: Written last into a published folder: what it holds, so that the next publish may replace it.
@@ -214,7 +207,7 @@ def check_publishable(dest: str, setting: str = "publish") -> None:
     _publish_target(dest, setting)
 
 
-def publish(local: str | Path, dest: str, setting: str = "publish", progress: bool = True) -> Published:
+def publish(local: str | Path, dest: str, setting: str = "publish", progress: bool = True) -> Copied:
     """Copy the folder ``local`` to ``dest`` (a URI, or a path), for another machine to load.
 
     What an earlier publish wrote there is replaced (files it held that ``local`` lacks are
@@ -231,7 +224,7 @@ def publish(local: str | Path, dest: str, setting: str = "publish", progress: bo
     fs, root, there = _publish_target(dest, setting)
     files = sorted(p for p in local.rglob("*") if p.is_file()
                    and not any(part.startswith(".") for part in p.relative_to(local).parts))
-    done = Published(local, dest, files=len(files), bytes=sum(f.stat().st_size for f in files))
+    done = Copied(str(local), dest, files=len(files), bytes=sum(f.stat().st_size for f in files), copied=len(files))
     try:
         if PUBLISHED in there:  # from now until the new one is written, the folder is incomplete
             fs.delete_file(f"{root}/{PUBLISHED}")
@@ -260,7 +253,7 @@ def publish(local: str | Path, dest: str, setting: str = "publish", progress: bo
 class Localized:
     """The URIs a config named, each replaced by its mirror."""
 
-    mirrors: dict[str, Mirrored] = field(default_factory=dict)
+    mirrors: dict[str, Copied] = field(default_factory=dict)
     """setting → what was mirrored for it."""
 
     def lines(self) -> list[str]:
@@ -276,7 +269,7 @@ def localize(cfg: Any, root: str | Path, progress: bool = True) -> Localized:
     """Mirror every data URI of a job or pipeline config below ``root`` and point the config at
     the mirrors, in place (a URI met twice is copied once)."""
     out = Localized()
-    done: dict[str, Mirrored] = {}
+    done: dict[str, Copied] = {}
 
     def walk(node: Any, where: str) -> None:
         if isinstance(node, list):

@@ -63,7 +63,7 @@ def resolve_model(name_or_path: str | os.PathLike) -> Path:
             mirrored = mirror(name, cache_dir() / MIRROR_DIR, "model")
         except ValueError as e:
             raise UnknownModelError(str(e)) from None
-        if mirrored.downloaded or mirrored.removed:
+        if mirrored.copied or mirrored.removed:
             print(f"[embedray] model: {mirrored.summary()}", file=sys.stderr, flush=True)
         name = str(mirrored.local)
     path = Path(plain_path(name)).expanduser()

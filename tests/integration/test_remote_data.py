@@ -97,10 +97,10 @@ def test_a_folder_is_mirrored_once_and_follows_its_source(s3, topic_beir, tmp_pa
     assert names == sorted(f.relative_to(topic_beir).as_posix() for f in topic_beir.rglob("*") if f.is_file())
     for name in names:
         assert (local / name).read_bytes() == (topic_beir / name).read_bytes(), name
-    assert (first.files, first.downloaded, first.removed) == (len(names), len(names), 0)
+    assert (first.files, first.copied, first.removed) == (len(names), len(names), 0)
 
     again = mirror(uri, root, "data.path", progress=False)
-    assert (again.local, again.downloaded) == (local, 0)
+    assert (again.local, again.copied) == (local, 0)
     identity = files_identity([local], root=local)  # what a pipeline's resume check compares
     size_before = (local / "corpus.jsonl").stat().st_size
 
@@ -110,7 +110,7 @@ def test_a_folder_is_mirrored_once_and_follows_its_source(s3, topic_beir, tmp_pa
                       Body=(corpus + '{"_id": "extra", "text": "a new document"}\n').encode())
     client.delete_object(Bucket="corpora", Key="beir-a/qrels/dev.tsv")
     changed = mirror(uri, root, "data.path", progress=False)
-    assert (changed.downloaded, changed.removed, changed.files) == (1, 1, len(names) - 1)
+    assert (changed.copied, changed.removed, changed.files) == (1, 1, len(names) - 1)
     assert (local / "corpus.jsonl").read_text().endswith('"a new document"}\n')
     assert (local / "corpus.jsonl").stat().st_size != size_before
     changed_identity = files_identity([local], root=local)
@@ -119,7 +119,7 @@ def test_a_folder_is_mirrored_once_and_follows_its_source(s3, topic_beir, tmp_pa
     assert not (local / "qrels" / "dev.tsv").exists() and (local / "qrels" / "train.tsv").is_file()
     manifest = json.loads((local.parent / ".embedray-mirror.json").read_text())
     assert manifest["uri"] == uri and "qrels/dev.tsv" not in manifest["files"]
-    assert "1 downloaded" in changed.summary() and "1 removed" in changed.summary()
+    assert "1 copied" in changed.summary() and "1 removed" in changed.summary()
 
 
 def test_missing_and_empty_sources_name_the_setting(s3, tmp_path):
@@ -172,7 +172,7 @@ def test_eval_reads_an_s3_folder_as_the_local_one(s3, topic_beir, tmp_path):
         assert r.returncode == 0, r.stderr[-3000:]
         out[name] = json.loads((tmp_path / f"{name}.json").read_text())["results"]["tiny-bert"]["metrics"]
         if name == "s3":
-            assert "[embedray] --data: s3://corpora/beir-c → " in r.stderr and "downloaded" in r.stderr
+            assert "[embedray] --data: s3://corpora/beir-c → " in r.stderr and "copied" in r.stderr
             assert str(tmp_path / "home" / "cache" / ".data") in r.stderr
     assert out["s3"] == out["local"] and out["s3"]["ndcg@10"] > 0
     r = _cli(["eval", "--model", "tiny-bert", "--data", "s3://corpora/missing"], env, tmp_path / "home")
