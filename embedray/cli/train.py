@@ -27,7 +27,7 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return p
 
 
-def _localize(cfg, storage: str) -> None:
+def localize_data(cfg, storage: str) -> None:
     """Point the config's data URIs (``s3://…``) at their mirrors under ``storage/.data``,
     which every node of a cluster shares (:mod:`embedray.data.remote`)."""
     from pathlib import Path
@@ -40,7 +40,7 @@ def _localize(cfg, storage: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     job = load_config(TrainJobConfig, args.config, args.overrides)
-    _localize(job, job.cluster.storage_path)
+    localize_data(job, job.cluster.storage_path)
     if args.local:
         from embedray.pipeline.runtime import LocalRuntime
         runtime = LocalRuntime()

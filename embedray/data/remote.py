@@ -88,6 +88,13 @@ def _size(n: int) -> str:
     return next(f"{n / d:.1f} {u}" for d, u in ((1e9, "GB"), (1e6, "MB"), (1e3, "kB"), (1, "B")) if n >= d or d == 1)
 
 
+def _pump(src, out, bar) -> None:
+    """Copy one open stream into another in :data:`CHUNK` reads, advancing the progress bar."""
+    while chunk := src.read(CHUNK):
+        out.write(chunk)
+        bar.update(len(chunk))
+
+
 def _open_source(uri: str, setting: str):
     import pyarrow.fs as pafs
 
@@ -161,9 +168,7 @@ def mirror(uri: str, root: str | Path, setting: str = "data", progress: bool = T
                 local.parent.mkdir(parents=True, exist_ok=True)
                 try:
                     with fs.open_input_stream(f.path) as src, atomic_open(local, binary=True) as out:
-                        while chunk := src.read(CHUNK):
-                            out.write(chunk)
-                            bar.update(len(chunk))
+                        _pump(src, out, bar)
                 except OSError as e:
                     raise ValueError(f"{setting}: {redact(uri)}: reading {rel} failed ({e})") from None
                 if f.mtime_ns is not None:  # the file's identity (size, mtime) follows the source's
@@ -234,9 +239,7 @@ def publish(local: str | Path, dest: str, setting: str = "publish", progress: bo
                 rel = f.relative_to(local).as_posix()
                 fs.create_dir(f"{root}/{rel}".rsplit("/", 1)[0], recursive=True)
                 with open(f, "rb") as src, fs.open_output_stream(f"{root}/{rel}") as out:
-                    while chunk := src.read(CHUNK):
-                        out.write(chunk)
-                        bar.update(len(chunk))
+                    _pump(src, out, bar)
         kept = {f.relative_to(local).as_posix() for f in files}
         for rel in sorted(set(there) - kept - {PUBLISHED}):
             fs.delete_file(f"{root}/{rel}")
