@@ -24,8 +24,9 @@ each version aside (``v7.tmp-*``), renames it to ``v7/`` and only then moves the
 pointer (temp file + ``os.replace``). A reader that follows ``LATEST`` never sees a half-written
 index, and a crash anywhere before the pointer moves leaves the previous version in place.
 
-faiss-gpu is optional: with ``use_gpu="auto"`` an index moves to GPU 0 when the installed faiss
+faiss-gpu is optional: with ``use_gpu="auto"`` an index moves to the current GPU when the installed faiss
 reports a GPU (``faiss.get_num_gpus() > 0``) and stays on CPU otherwise; nothing changes on CPU.
+The CPU index stays beside a GPU copy and answers the searches deeper than faiss-gpu's k limit.
 """
 from __future__ import annotations
 
@@ -48,6 +49,9 @@ log = logging.getLogger(__name__)
 Metric = Literal["ip", "l2"]
 UseGpu = bool | Literal["auto"]
 IndexType = Literal["flat", "int8", "binary"]
+#: The largest k faiss-gpu's k-selection takes; a deeper search of a GPU index runs on its CPU copy.
+GPU_MAX_K = 2048
+
 #: The accepted ``index_type`` values (for configs that validate them).
 INDEX_TYPES: tuple[str, ...] = ("flat", "int8", "binary")
 #: Newest ``meta.json`` format read here. Format 2 adds binary indexes (``vectors.npy``); flat and
@@ -208,6 +212,7 @@ class VectorIndex:
         self._vectors = vectors  # fp32 rows for rescoring (binary only): an array or a memmap
         self._cpu_index = index
         self._index = self._to_device(index, use_gpu) if self.index_type == "flat" else index
+        self._deep_k_said = False
         self._apply_search_params()
 
     # -- building -----------------------------------------------------------------------------
@@ -293,15 +298,19 @@ class VectorIndex:
             return index
 
     def _apply_search_params(self) -> None:
+        """Set nprobe / efSearch on the searched index and, where that is a GPU copy, on the CPU
+        index too (it answers the searches deeper than the GPU's :data:`GPU_MAX_K`)."""
         factory = self.meta.get("factory", "")
         if self.index_type == "binary" or not ("IVF" in factory or "HNSW" in factory):
             return
         faiss = _faiss()
-        params = faiss.GpuParameterSpace() if self._index is not self._cpu_index else faiss.ParameterSpace()
-        if "IVF" in factory:
-            params.set_index_parameter(self._index, "nprobe", int(self.meta.get("nprobe", 32)))
-        if "HNSW" in factory and self._index is self._cpu_index:
-            params.set_index_parameter(self._index, "efSearch", int(self.meta.get("hnsw_ef_search", 128)))
+        on_gpu = self._index is not self._cpu_index
+        for index, params in ((self._cpu_index, faiss.ParameterSpace()),
+                              *(((self._index, faiss.GpuParameterSpace()),) if on_gpu else ())):
+            if "IVF" in factory:
+                params.set_index_parameter(index, "nprobe", int(self.meta.get("nprobe", 32)))
+            if "HNSW" in factory and index is self._cpu_index:
+                params.set_index_parameter(index, "efSearch", int(self.meta.get("hnsw_ef_search", 128)))
 
     # -- querying -----------------------------------------------------------------------------
     @property
@@ -378,11 +387,22 @@ class VectorIndex:
         if self.index_type == "binary":
             scores, pos = self._search_binary(q, k)
         else:
-            dist, pos = self._index.search(q, k)  # (m, k) each
+            dist, pos = self._searcher(k).search(q, k)  # (m, k) each
             scores = -dist if self.meta["metric"] == "l2" else dist.copy()
         scores[pos < 0] = -np.inf
         ids = [[self.ids[p] for p in row if p >= 0] for row in pos]
         return scores, ids
+
+    def _searcher(self, k: int):
+        """The index that answers a top-``k`` search: the GPU copy, or the CPU index where ``k``
+        is beyond what faiss-gpu selects (it raises there)."""
+        if self._index is self._cpu_index or k <= GPU_MAX_K:
+            return self._index
+        if not self._deep_k_said:
+            log.info("top-%d is deeper than faiss-gpu searches (%d): such searches run on the CPU index",
+                     k, GPU_MAX_K)
+            self._deep_k_said = True
+        return self._cpu_index
 
     def _search_binary(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Hamming top ``k * rescore_factor`` candidates, reranked by exact fp32 score; top ``k``."""

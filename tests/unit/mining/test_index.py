@@ -236,3 +236,31 @@ def test_an_index_goes_to_torchs_current_gpu(corpus, monkeypatch):
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 2)
     VectorIndex.build(x, ids)
     assert fake.devices == [0, 2]
+
+
+def test_a_search_deeper_than_faiss_gpu_selects_runs_on_the_cpu_index(corpus, monkeypatch, caplog):
+    # faiss-gpu raises for k above its selection limit (2048); the CPU index, with the same nprobe, answers.
+    x, ids, q = corpus
+    fake = FakeGpuFaiss(index_mod._faiss())
+    monkeypatch.setattr(index_mod, "_faiss", lambda: fake)
+    monkeypatch.setattr(index_mod, "GPU_MAX_K", 8)
+    ivf = VectorIndex.build(x, ids, "IVF16,Flat", nprobe=3)
+    want = VectorIndex.build(x, ids, "IVF16,Flat", nprobe=3, use_gpu=False)
+    on_gpu, real = [], ivf._index.search
+
+    def gpu_search(queries, k):
+        if k > 8:
+            raise RuntimeError("Error: 'k > 0 && k <= GPU_MAX_SELECTION_K' failed")
+        on_gpu.append(k)
+        return real(queries, k)
+
+    ivf._index.search = gpu_search
+    assert ivf.search(q, 8)[1] == want.search(q, 8)[1] and on_gpu == [8]
+    with caplog.at_level("INFO", logger=index_mod.__name__):
+        for _ in range(2):
+            got, exp = ivf.search(q, 50), want.search(q, 50)
+            assert got[1] == exp[1] and np.array_equal(got[0], exp[0])
+    assert on_gpu == [8]
+    assert sum("deeper than faiss-gpu" in r.message for r in caplog.records) == 1
+    # the CPU index searches with the configured nprobe, not faiss's default of 1
+    assert ivf._cpu_index.nprobe == 3
