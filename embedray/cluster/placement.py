@@ -61,8 +61,17 @@ def refresher_gpus(job) -> tuple[float, float]:
     return (gpus / 2, gpus / 2) if job.refresh.ray_data_encode and gpus else (gpus, 0.0)
 
 
+def refresher_cpus(job) -> tuple[float, float]:
+    """``(the refresher actor's CPUs, its Ray Data encoder's)``: ``refresh.num_cpus`` split in half
+    with ``refresh.ray_data_encode``, as :func:`refresher_gpus` splits GPUs, so the two together ask
+    for what the run's resource check counted; an encoder asking for the whole of it on top of the
+    actor's share could wait for CPUs the cluster never frees while the trainers run."""
+    cpus = float(job.refresh.num_cpus)
+    return (cpus / 2, cpus / 2) if job.refresh.ray_data_encode else (cpus, 0.0)
+
+
 def refresher_resources(job) -> dict[str, float]:
-    """The refresher's request (its actor's and its Ray Data encoder's GPUs together)."""
+    """The refresher's request (its actor's and its Ray Data encoder's CPUs and GPUs together)."""
     gpus = job.refresh.num_gpus if job.refresh.num_gpus != "auto" else 0.0
     return {"CPU": job.refresh.num_cpus, **({"GPU": gpus} if gpus else {}), **job.refresh.resources}
 

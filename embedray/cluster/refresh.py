@@ -79,7 +79,7 @@ def _ray_data_encoder(job):
         # On the CPU: the encoder's actor may have no GPU to receive a CUDA tensor on.
         weights = {k: v.cpu() for k, v in model.to_sentence_transformer().state_dict().items()}
         return ray_encode_fn(resolve_model(job.model.name_or_path), batch_size=job.mining.batch_size,
-                             num_actors=1, num_cpus_per_actor=job.refresh.num_cpus,
+                             num_actors=1, num_cpus_per_actor=placement.refresher_cpus(job)[1],
                              num_gpus=placement.refresher_gpus(job)[1], state_dict=weights,
                              prompt=doc_prompt, precision=job.mining.precision)
     return factory
@@ -92,7 +92,7 @@ def start_refresher(job, run_dir: Path, before_publish=None):
     :meth:`~RefresherActor.prepare` the run's cross-encoder and pool v1. A ``static`` run's actor
     is gone once pool v1 is published: training only reads it."""
     actor_cls = ray.remote(RefresherActor).options(
-        num_cpus=job.refresh.num_cpus, num_gpus=placement.refresher_gpus(job)[0],
+        num_cpus=placement.refresher_cpus(job)[0], num_gpus=placement.refresher_gpus(job)[0],
         resources=job.refresh.resources or None,
         max_restarts=job.refresh.max_restarts,
         max_task_retries=1,  # a refresh cut short by a crash is redone once on the restarted actor

@@ -36,7 +36,8 @@ class RefreshConfig:
     max_restarts: int = 2
     """Times Ray restarts a crashed refresher actor (training keeps the last good pool meanwhile)."""
     num_cpus: float = 0.25
-    """CPUs reserved for the refresher actor (fractional: training workers hold the rest)."""
+    """CPUs reserved for the refresher actor (fractional: training workers hold the rest); with
+    ``ray_data_encode`` the actor and its Ray Data encoder take half each."""
     niceness: int | Literal["idle"] = 10
     """``async`` mode: how much the refresher's process yields the CPU to the training workers
     beside it: added to every one of its threads' Unix ``nice`` value (Ray starts its workers at

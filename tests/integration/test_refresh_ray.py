@@ -87,3 +87,20 @@ def test_sync_refresh_resumes_exactly_after_a_worker_is_killed(local_ray, topic_
     assert [e["version"] for e in reused] == [3]  # step 6's pool, mined by the killed attempt
     print(f"uninterrupted {t_ref:.1f} s, killed + resumed {t_killed:.1f} s")
     assert ref["steps"] == 10
+
+
+@pytest.mark.timeout(300)
+def test_a_ray_data_encoder_fits_in_what_the_refresher_asked_for(local_ray, topic_beir, tmp_path):
+    # 2 CPUs: the workers take 1.5, the refresher 0.5. Its Ray Data encoder shares that 0.5 with
+    # the actor; asking for 0.5 more, it would wait for CPUs the trainers never free, and a sync
+    # refresh (training waits for it) would hang.
+    from embedray.cluster.train import run_training
+
+    job = sync_refresh_job(topic_beir, tmp_path, "rd", cluster={"cpus_per_worker": 0.75},
+                           train={"max_steps": 6},
+                           refresh={"ray_data_encode": True, "num_cpus": 0.5, "every": 3})
+    summary = run_training(job)
+    logs = json.loads((tmp_path / "rd" / "detailed_training_logs.json").read_text())
+    done = [e for e in logs["events"] if e["kind"] == "refresh" and not e.get("failed")]
+    assert summary["steps"] == 6 and len(done) >= 1
+    assert max(r["pool_version"] for r in logs["steps"]) >= 2  # a refreshed pool came into use

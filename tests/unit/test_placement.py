@@ -56,6 +56,15 @@ def test_a_ray_data_encoder_shares_the_refreshers_gpu():
     assert placement.refresher_gpus(cpu) == (0.0, 0.0)
 
 
+def test_a_ray_data_encoder_shares_the_refreshers_cpus():
+    # The two together ask for refresh.num_cpus, what check_fits counts; alone, the actor has all of it.
+    alone = placement.resolve(_job(refresh={"num_cpus": 1}), {"CPU": 8})
+    assert placement.refresher_cpus(alone) == (1.0, 0.0)
+    pooled = placement.resolve(_job(refresh={"num_cpus": 1, "ray_data_encode": True}), {"CPU": 8})
+    assert placement.refresher_cpus(pooled) == (0.5, 0.5)
+    assert placement.refresher_resources(pooled)["CPU"] == sum(placement.refresher_cpus(pooled))
+
+
 def test_shortfalls_are_named_with_their_settings():
     have = {"CPU": 2, "GPU": 1, "trainer": 1}
     placement.check_fits(placement.resolve(_job(cluster={"cpus_per_worker": 0.75}), have), have)
