@@ -55,6 +55,11 @@ class RefreshConfig:
     """Encode the corpus with a Ray Data actor pool instead of inside the refresher."""
     keep_indexes: int = 2
     """Published FAISS index versions kept on disk."""
+    sync_timeout_s: float = 3600.0
+    """``sync`` mode: the longest training waits for one refresh. Past it, training goes on with
+    the pool it has and takes the refreshed one when it arrives, as ``async`` does (a refresher
+    that can't be scheduled, or is stuck waiting for resources, must not stall the run for good).
+    Keep it below ``cluster.collective_timeout_s``: the other workers wait for rank 0 meanwhile."""
     reencode: float = 1.0
     """Share of the rest of the corpus each refresh re-encodes with the new weights besides the
     documents near the training queries (their candidates in the last refresh and their
@@ -68,6 +73,8 @@ class RefreshConfig:
             raise ValueError(f"refresh.niceness must be in 0..19 or 'idle', got {self.niceness!r}")
         if not 0 < self.reencode <= 1:
             raise ValueError(f"refresh.reencode must be in (0, 1], got {self.reencode}")
+        if self.sync_timeout_s <= 0:
+            raise ValueError(f"refresh.sync_timeout_s must be > 0, got {self.sync_timeout_s}")
         if self.num_cpus < 0 or self.max_restarts < 0:
             raise ValueError("refresh.num_cpus and refresh.max_restarts must be >= 0")
         if self.num_gpus != "auto" and self.num_gpus < 0:

@@ -20,7 +20,7 @@ IGNORED_FIELDS = frozenset({
     "cluster.storage_path", "cluster.run_name", "cluster.cpus_per_worker", "cluster.max_failures",
     "cluster.num_to_keep", "refresh.num_cpus", "refresh.max_restarts", "refresh.keep_indexes",
     "refresh.ray_data_encode", "cluster.resources_per_worker", "refresh.num_gpus", "refresh.resources",
-    "cluster.collective_timeout_s",
+    "cluster.collective_timeout_s", "refresh.sync_timeout_s",
 })
 # Leaf names ignored wherever they are (teacher.train.*, student.train.*): an exact resume makes
 # the checkpoint cadence irrelevant, and threads and logging change no result.

@@ -284,6 +284,10 @@ def _mining_counts(pool: NegativePool, results: list, previous: NegativePool | N
             **{k: total("timings", k) for k in ("encode_s", "index_s", "search_s", "rescore_s")}}
 
 
+#: Seconds between the notes that training waits for a ``sync`` refresh.
+SYNC_NOTE_S = 60.0
+
+
 class RefreshDriver:
     """Rank 0's side of the loop: every ``refresh.every`` steps it hands a snapshot of the weights
     to a refresher (an actor or a local object), never waits in ``async`` mode, and logs each
@@ -291,14 +295,22 @@ class RefreshDriver:
 
     ``submit(step, weights) -> handle``; ``ready(handle) -> bool``; ``result(handle) -> dict``
     (raises if the refresher died: training carries on with the last good pool).
+
+    In ``sync`` mode it says every :data:`SYNC_NOTE_S` seconds that training waits, and stops
+    waiting after ``refresh.sync_timeout_s``: the refresh then lands when it is done, as in
+    ``async`` mode, and its record says ``sync_timed_out``.
     """
 
-    def __init__(self, refresh: RefreshConfig, submit, ready, result, mode: str | None = None):
+    def __init__(self, refresh: RefreshConfig, submit, ready, result, mode: str | None = None,
+                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep):
         self.every, self.mode = refresh.every, mode or refresh.mode
+        self.sync_timeout_s = refresh.sync_timeout_s
         self.submit, self.ready, self.result = submit, ready, result
+        self.clock, self.sleep = clock, sleep
         self.pending = None
         self.skipped = 0
         self.failures = 0
+        self.timed_out: set[int] = set()  # snapshot steps whose sync wait ran out
         self.history: list[dict] = []
 
     def snapshot(self, step: int, weights: Callable[[], dict]) -> None:
@@ -309,8 +321,25 @@ class RefreshDriver:
             self.skipped += 1  # the previous refresh is still running: never queue a backlog
             return
         self.pending = (step, self.submit(step, weights()))
-        while self.mode == "sync" and not self.ready(self.pending[1]):
-            time.sleep(0.2)  # sync: training waits; on_step then logs the result at this step
+        if self.mode == "sync":
+            self._wait(step)  # training waits; on_step then logs the result at this step
+
+    def _wait(self, step: int) -> None:
+        start = self.clock()
+        noted = start
+        while not self.ready(self.pending[1]):
+            now = self.clock()
+            if now - start >= self.sync_timeout_s:
+                self.timed_out.add(step)
+                print(f"[embedray] step {step}: the sync refresh is not done after {now - start:.0f} s "
+                      f"(refresh.sync_timeout_s); training goes on with the pool it has and takes the refreshed "
+                      "one when it arrives", flush=True)
+                return
+            if now - noted >= SYNC_NOTE_S:
+                noted = now
+                print(f"[embedray] step {step}: training waits for the sync refresh ({now - start:.0f} s so far; "
+                      f"it gives up waiting at {self.sync_timeout_s:.0f} s)", flush=True)
+            self.sleep(0.2)
 
     def on_step(self, step: int, log) -> None:
         if self.pending is not None and self.ready(self.pending[1]):
@@ -325,6 +354,8 @@ class RefreshDriver:
             self.failures += 1
             record = {"failed": True, "error": f"{type(e).__name__}: {e}"[:500], "snapshot_step": snap,
                       "finished_step": step, "failures": self.failures}
+        if snap in self.timed_out:
+            record["sync_timed_out"] = True
         self.history.append(record)
         if log is not None:
             log.event("refresh", step, record)
