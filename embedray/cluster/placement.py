@@ -57,8 +57,7 @@ def refresher_gpus(job) -> tuple[float, float]:
     the two split ``refresh.num_gpus`` in half and share a GPU: the actor holds its share while
     the encoder runs, so an encoder asking for the whole of it would wait forever for the GPU its
     own refresher holds."""
-    gpus = float(job.refresh.num_gpus) if job.refresh.num_gpus != "auto" else 0.0
-    return (gpus / 2, gpus / 2) if job.refresh.ray_data_encode and gpus else (gpus, 0.0)
+    return _shared_with_encoder(job, float(job.refresh.num_gpus) if job.refresh.num_gpus != "auto" else 0.0)
 
 
 def refresher_cpus(job) -> tuple[float, float]:
@@ -66,8 +65,12 @@ def refresher_cpus(job) -> tuple[float, float]:
     with ``refresh.ray_data_encode``, as :func:`refresher_gpus` splits GPUs, so the two together ask
     for what the run's resource check counted; an encoder asking for the whole of it on top of the
     actor's share could wait for CPUs the cluster never frees while the trainers run."""
-    cpus = float(job.refresh.num_cpus)
-    return (cpus / 2, cpus / 2) if job.refresh.ray_data_encode else (cpus, 0.0)
+    return _shared_with_encoder(job, float(job.refresh.num_cpus))
+
+
+def _shared_with_encoder(job, amount: float) -> tuple[float, float]:
+    """``amount`` split in half between the refresher actor and its Ray Data encoder, or all the actor's."""
+    return (amount / 2, amount / 2) if job.refresh.ray_data_encode and amount else (amount, 0.0)
 
 
 def refresher_resources(job) -> dict[str, float]:

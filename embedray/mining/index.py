@@ -304,9 +304,10 @@ class VectorIndex:
         if self.index_type == "binary" or not ("IVF" in factory or "HNSW" in factory):
             return
         faiss = _faiss()
-        on_gpu = self._index is not self._cpu_index
-        for index, params in ((self._cpu_index, faiss.ParameterSpace()),
-                              *(((self._index, faiss.GpuParameterSpace()),) if on_gpu else ())):
+        targets = [(self._cpu_index, faiss.ParameterSpace())]
+        if self._index is not self._cpu_index:
+            targets.append((self._index, faiss.GpuParameterSpace()))
+        for index, params in targets:
             if "IVF" in factory:
                 params.set_index_parameter(index, "nprobe", int(self.meta.get("nprobe", 32)))
             if "HNSW" in factory and index is self._cpu_index:
