@@ -89,6 +89,9 @@ class KillTeacherRuntime:
     def call(self, label, fn, *args, cluster, run_dir):
         return self.inner.call(label, fn, *args, cluster=cluster, run_dir=run_dir)
 
+    def check(self, jobs, cluster):
+        return self.inner.check(jobs, cluster)
+
 
 def main(argv: list[str]) -> int:
     from embedray.config import load_config

@@ -47,9 +47,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--max-seq-length", type=int, default=d.max_seq_length, metavar="N",
                         help="tokens per text (default: the model folder's own, e.g. 256 for MiniLM)")
     parser.add_argument("--query-prompt", "--query-prefix", default=d.query_prompt, metavar="STR",
-                        help="text prepended to every query, e.g. 'query: ' (default: none)")
+                        help="text prepended to every query, e.g. 'query: ' (default: the model's own query prompt, "
+                             "if it has one, else none)")
     parser.add_argument("--doc-prompt", "--doc-prefix", default=d.doc_prompt, metavar="STR",
-                        help="text prepended to every document, e.g. 'passage: ' (default: none)")
+                        help="text prepended to every document, e.g. 'passage: ' (default: the model's own document "
+                             "prompt, if it has one, else none)")
     parser.add_argument("--ignore-identical-ids", choices=("auto", "on", "off"),
                         default=d.ignore_identical_ids,
                         help="drop a query's own id from its ranking; auto = when at least half "

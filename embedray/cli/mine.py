@@ -9,6 +9,7 @@ import argparse
 import json
 import sys
 import tempfile
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -129,8 +130,12 @@ def run(args: argparse.Namespace | dict[str, Any]) -> int:
         ["--model", "-", "--data", "-", "--output", "-"]))
     a = {**defaults, **(vars(args) if isinstance(args, argparse.Namespace) else dict(args))}
     try:
+        if a["split"] == "test":
+            raise ValueError("--split test: mine writes training data, and the test split only measures; "
+                             "mine train (or dev)")
         cfg, ce_cfg = _configs(a)
-        data = load_beir(local_data(a["data"], "--data", cache_dir() / MIRROR_DIR), a["split"])
+        a["data"] = str(local_data(a["data"], "--data", cache_dir() / MIRROR_DIR))  # --eval-split reads it too
+        data = load_beir(a["data"], a["split"])
         summary = _mine_split(a, data, cfg, ce_cfg)
     except (UnknownModelError, FileNotFoundError, DataError, ValueError) as e:
         print(f"embedray mine: error: {e}", file=sys.stderr)
@@ -170,10 +175,14 @@ def _mine_split(a: dict[str, Any], data, cfg: MiningConfig, ce_cfg: CrossEncoder
         if a.get("train_cross_encoder"):
             ce, summary["cross_encoder"] = _train_ce(a, data, common, ce_cfg)
         res = mine(data.corpus, data.queries, data.qrels, cross_encoder=ce, ce_cfg=ce_cfg, **common)
-    n = _write_flag(res.pool, data, a["output"], with_scores=ce is not None)
+    n, left_out = _write_flag(res.pool, data, a["output"], with_scores=ce is not None, prompt=cfg.query_prompt)
+    if left_out:
+        _say(f"{sum(left_out.values())} {data.split} queries left out of {a['output']}: "
+             + ", ".join(f"{reason} {count}" for reason, count in left_out.items()))
     if a.get("pool_output"):
         res.pool.save(a["pool_output"])
-    summary.update({"output": str(Path(a["output"]).resolve()), "rows": n, **res.telemetry()})
+    summary.update({"output": str(Path(a["output"]).resolve()), "rows": n, "left_out": dict(left_out),
+                    **res.telemetry()})
     return summary
 
 
@@ -214,24 +223,34 @@ def _eval_reranker(a: dict[str, Any], ce_path: Path, common: dict, precision: st
     return result
 
 
-def _write_flag(pool, data, path: str | Path, with_scores: bool) -> int:
-    """Write the pool as FlagEmbedding JSONL (texts; scores when a cross-encoder gave them)."""
+def _write_flag(pool, data, path: str | Path, with_scores: bool, prompt: str = "") -> tuple[int, Counter]:
+    """Write the pool as FlagEmbedding JSONL (texts; scores when a cross-encoder gave them; the
+    query prompt the queries were mined with as each row's ``prompt``). Returns the rows written
+    and the queries left out by reason."""
     from embedray.data.flag import FlagExample, write_flag_jsonl
 
+    left_out: Counter = Counter()
+
     def rows():
-        for qid, negs in pool.negatives.items():
+        for qid in data.qrels:
+            negs = pool.negatives.get(qid)
+            if negs is None:
+                left_out["no positive judgement"] += 1
+                continue
             pos_ids = [d for d, rel in data.qrels.get(qid, {}).items() if rel > 0 and d in data.corpus]
             if with_scores:  # positives the cross-encoder scored, in qrels order
                 pos_ids = [d for d in pos_ids if d in pool.positive_scores.get(qid, {})]
             if not pos_ids:
+                left_out["no positive " + ("the cross-encoder scored" if with_scores else "in the corpus")] += 1
                 continue
             yield FlagExample(
                 query=data.queries[qid], pos=[data.corpus[d].text_for_model for d in pos_ids],
                 neg=[data.corpus[d].text_for_model for d, _ in negs],
                 pos_scores=[pool.positive_scores[qid][d] for d in pos_ids] if with_scores else None,
-                neg_scores=[float(s) for _, s in negs] if with_scores else None)
+                neg_scores=[float(s) for _, s in negs] if with_scores else None,
+                prompt=prompt or None)
 
-    return write_flag_jsonl(rows(), path)
+    return write_flag_jsonl(rows(), path), left_out
 
 
 def _say(msg: str) -> None:

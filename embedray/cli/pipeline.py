@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from embedray.cli.train import add_job_arguments, localize_data
+from embedray.cluster.shared import check_output_kept
 from embedray.config import load_config
 from embedray.pipeline.config import PipelineConfig
 
@@ -20,6 +21,7 @@ def run(args: argparse.Namespace) -> int:
     from embedray.pipeline.stages import Pipeline, say
 
     cfg = load_config(PipelineConfig, args.config, args.overrides)
+    check_output_kept("output_dir", str(cfg.output_dir))
     localize_data(cfg, cfg.output_dir)
     report = Pipeline(cfg, RayRuntime()).run_all()
     say(f"report: {report['paths']['report_md']}")

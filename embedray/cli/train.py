@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from embedray.cluster.shared import check_output_kept
 from embedray.config import load_config
 from embedray.pipeline.config import TrainJobConfig
 
@@ -40,6 +41,7 @@ def localize_data(cfg, storage: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     job = load_config(TrainJobConfig, args.config, args.overrides)
+    check_output_kept("cluster.storage_path", str(job.cluster.storage_path))
     localize_data(job, job.cluster.storage_path)
     if args.local:
         from embedray.pipeline.runtime import LocalRuntime

@@ -18,8 +18,34 @@ from pathlib import Path
 from embedray.atomic import write_text_atomic
 
 PROBE_FILE = ".embedray-shared-probe"
+#: Ray unpacks a job's ``--working-dir`` into ``…/runtime_resources/working_dir_files/_ray_pkg_<hash>``.
+RAY_COPY_PARENT, RAY_COPY_PREFIX = "working_dir_files", "_ray_pkg_"
 #: Longest the per-node probe tasks may take (they need no CPU, so a busy node still runs them).
 PROBE_TIMEOUT_S = 120.0
+
+
+def ray_job_copy(cwd: str | Path | None = None) -> Path | None:
+    """The folder of Ray's copy of a job's ``--working-dir`` that ``cwd`` lies in, else ``None``."""
+    here = Path(cwd or os.getcwd()).resolve()
+    for folder in (here, *here.parents):
+        if folder.name.startswith(RAY_COPY_PREFIX) and folder.parent.name == RAY_COPY_PARENT:
+            return folder
+    return None
+
+
+def check_output_kept(setting: str, value: str, cwd: str | Path | None = None) -> None:
+    """Raise ``ValueError`` when output ``value`` would land in Ray's copy of the job's working
+    directory: Ray unpacks ``ray job submit --working-dir .`` into a temporary folder of its own and
+    runs the driver there, so a relative ``runs`` would put the run's results (and the checkpoints
+    a re-submission resumes from) where the user never finds them and Ray deletes them."""
+    if "://" in value:
+        return
+    copy = ray_job_copy(Path(cwd or os.getcwd()) / Path(value).expanduser())
+    if copy is not None:
+        raise ValueError(
+            f"{setting}: {value!r} lies in Ray's temporary copy of the job's working directory ({copy}), "
+            f"so the run's results would be lost with it: give an absolute path, e.g. {setting}=$PWD/{value} "
+            "on the `ray job submit` line (a folder every node shares, on a cluster)")
 
 
 def paths_to_share(job) -> dict[str, str]:

@@ -215,6 +215,26 @@ class RayRuntime:
     def call(self, label: str, fn: Callable, *args, cluster, run_dir: Path) -> Any:
         return run_stage_task(label, fn, *args, cluster=cluster, run_dir=run_dir)
 
+    def check(self, jobs: dict[str, Any], cluster) -> None:
+        """Each training stage's workers and refresher, and the stage tasks, against the cluster's
+        totals, all named in one error: a recipe for GPUs submitted to a CPU cluster stops here,
+        not after the stages before the first that needs one."""
+        ensure_ray()
+        have = ray.cluster_resources()
+        problems = []
+        for stage, job in jobs.items():
+            try:
+                placement.check_fits(placement.resolve(job, have), have)
+            except ValueError as e:
+                problems.append(f"{stage}: {e}")
+        if cluster is not None:
+            try:
+                stage_request(cluster, have)
+            except ValueError as e:
+                problems.append(str(e))
+        if problems:
+            raise ValueError("\n".join(problems))
+
 
 def stage_request(cluster, have: dict[str, float]) -> dict[str, Any]:
     """The Ray options of a stage task: ``cluster.stage_cpus`` / ``stage_gpus`` (``auto``: 1 when

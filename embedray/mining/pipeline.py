@@ -275,6 +275,8 @@ def mine(corpus: Mapping[str, Document | str], queries: Mapping[str, str], posit
     cands = mine_negatives(enc.query_ids, enc.query_emb, pos, cfg, doc_ids=enc.doc_ids,
                            doc_emb=enc.doc_emb, n=n, version=version)
     meta = {"config": asdict(cfg), "weights_fingerprint": weights_fp, "k": cfg.k}
+    if cands.index is not None:  # what a server checks before it searches with a saved index
+        cands.index.meta.update(model=weights_fp, doc_prompt=cfg.doc_prompt)
     pool = cands.to_pool(version, meta)
     stats = {"negatives_removed": 0, "pairs_scored": 0, "pairs_total": 0, "rescore_s": 0.0}
     if cross_encoder is not None:

@@ -35,6 +35,10 @@ class Runtime(Protocol):
 
     def call(self, label: str, fn: Callable, *args, cluster, run_dir: Path) -> Any: ...
 
+    def check(self, jobs: dict[str, Any], cluster) -> None:
+        """Raise ``ValueError`` now, before any stage runs, for what this runtime cannot place:
+        each training stage's job (``jobs``: stage → job) and the stage work of ``cluster``."""
+
 
 class LocalRuntime:
     """The loop in this process: one worker, refreshes inline at their snapshot steps; stage work
@@ -45,6 +49,9 @@ class LocalRuntime:
 
     def call(self, label: str, fn: Callable, *args, cluster, run_dir: Path) -> Any:
         return fn(*args)
+
+    def check(self, jobs: dict[str, Any], cluster) -> None:
+        """Nothing to place: everything runs in this process."""
 
 
 def run_local(job, hooks: Hooks | None = None, on_step: list[OnStep] | None = None) -> dict:

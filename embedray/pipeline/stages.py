@@ -115,6 +115,8 @@ class Pipeline:
         config = to_dict(self.cfg)
         write_json_atomic(config, self.run / "pipeline_config.json")
         plan = self.plan(config)
+        self.runtime.check(self._placed_jobs(plan), self.cfg.cluster if any(
+            plan[s] != "skip" for s in ENCODING_STAGES) else None)
         for stage in (s for s in self.stages if plan[s] == "redo"):
             self._set_aside(stage)
         for stage in self.stages:
@@ -582,6 +584,14 @@ class Pipeline:
         return {**after, "rerank_depth": self.cfg.eval.rerank_depth, "before_rerank_ndcg@10": report["before"]["ndcg@10"],
                 **({"fusion_alpha": alpha, "cross_encoder_alone_ndcg@10": report["after"]["ndcg@10"]}
                    if alpha is not None else {})}
+
+    def _placed_jobs(self, plan: dict[str, str]) -> dict[str, TrainJobConfig]:
+        """What each training stage that will run asks the cluster for (its workers; the teacher's
+        refresher too): only ``cluster`` and ``refresh`` matter, so no stage's inputs are needed."""
+        refresh = {"teacher": self.cfg.refresh}
+        return {stage: TrainJobConfig(cluster=self._cluster(stage),
+                                      refresh=copy.deepcopy(refresh.get(stage, replace(self.cfg.refresh, mode="off"))))
+                for stage in ("pretrain", "teacher", "student") if stage in self.stages and plan[stage] != "skip"}
 
     def _cluster(self, stage: str):
         return replace(self.cfg.cluster, storage_path=str(self.run), run_name=stage)

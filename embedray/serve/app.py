@@ -350,7 +350,7 @@ class _Service:
             if value is not None and value > self.cfg.max_top_k:
                 raise ApiError(422, f"{name}: {value} is more than the limit of {self.cfg.max_top_k}",
                                "top_k_too_large")
-        prompt = self.prompt(None, req.prompt_name, default_role="query")
+        prompt = self.prompt(req.input_type, req.prompt_name, default_role="query")
         self.check_texts([req.query], "query")
         lengths = await self.token_lengths([prompt + req.query], req.truncate, "query")
         top_k = req.top_k or min(10, self.cfg.max_top_k)

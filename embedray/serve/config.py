@@ -22,9 +22,10 @@ class ServeConfig:
             indexed with FAISS at start-up for ``/search``. ``None``: ``/search`` answers 404.
             ``embedray serve --corpus`` also takes an ``s3://`` (``gs://``, ``hdfs://``) URI of
             either, mirrored once into ``$EMBEDRAY_CACHE/.data``.
-        index: a saved index over ``corpus`` built with this model (a ``VectorIndex`` folder or an
-            ``IndexStore`` root with ``LATEST``, e.g. from a pipeline run); loaded instead of
-            encoding the corpus at start-up.
+        index: a folder for the index over ``corpus``: when it holds one (a ``VectorIndex`` folder
+            or an ``IndexStore`` root with ``LATEST``) built with this model's weights and document
+            prompt, it is loaded instead of encoding the corpus (an index from other weights is
+            refused); else the corpus is encoded at start-up and its index saved there.
         index_type: how the corpus index built at start-up stores vectors: ``flat`` (exact fp32),
             ``int8`` (FAISS scalar quantizer, 4x smaller) or ``binary`` (sign bits, 32x smaller,
             top candidates rescored with the fp32 vectors). A saved ``index`` keeps the type it
@@ -176,8 +177,11 @@ class ServeConfig:
             if self.corpus is None:
                 raise ValueError("index: needs a corpus (--corpus) whose documents it indexes")
             index = Path(self.index).expanduser()
-            if not index.is_dir():
+            if index.exists() and not index.is_dir():
                 raise ValueError(f"index: {index} is not a folder (a saved VectorIndex or an IndexStore)")
+            if not index.exists() and not index.parent.is_dir():
+                raise ValueError(f"index: {index.parent} does not exist (the index is saved in {index.name}/ "
+                                 "at the first start)")
             self.index = str(index.resolve())
         from embedray.mining.index import INDEX_TYPES
 

@@ -38,11 +38,22 @@ def load_corpus(path: str | Path) -> list[Document]:
     return docs
 
 
-def load_index(path: str | Path, docs: list[Document], dim: int):
+def has_index(path: str | Path) -> bool:
+    """Whether ``path`` holds a saved index (a ``VectorIndex`` folder or an ``IndexStore`` root)."""
+    path = Path(path).expanduser()
+    return (path / "meta.json").is_file() or (path / "LATEST").is_file()
+
+
+def load_index(path: str | Path, docs: list[Document], dim: int, model: str | None = None,
+               doc_prompt: str | None = None):
     """Load a saved index (a ``VectorIndex`` folder or an ``IndexStore`` root with ``LATEST``).
 
     The index must have been built with the served model over this corpus: its ids must all be
-    corpus ids and its dimension the model's.
+    corpus ids, its dimension the model's and, where its ``meta.json`` records them (every index
+    embedray builds does), the weights it was encoded with must be ``model`` (a weights
+    fingerprint; a precision suffix such as ``.bf16`` is ignored) and its document prompt
+    ``doc_prompt``. An index from other weights (e.g. a refresher's, of a training snapshot) has
+    the right shape and would return wrong rankings without an error.
     """
     from embedray.mining.index import IndexStore, VectorIndex
 
@@ -58,6 +69,19 @@ def load_index(path: str | Path, docs: list[Document], dim: int):
     unknown = [i for i in index.ids if i not in known]
     if unknown:
         raise ValueError(f"{path}: {len(unknown)} index ids are not in the corpus (e.g. {unknown[0]!r})")
+    recorded = index.meta.get("model")
+    fix = ("give --index a new folder instead: the server builds an index for this model at its first "
+           "start, saves it there and loads it at the next")
+    if model is not None and recorded is not None and recorded.split(".")[0] != model.split(".")[0]:
+        raise ValueError(f"{path}: built with other weights (fingerprint {recorded[:12]}…) than the served "
+                         f"model's ({model[:12]}…), e.g. a training snapshot's: its rankings would not match "
+                         f"this model's queries; {fix}")
+    if recorded is not None and doc_prompt is not None and index.meta.get("doc_prompt", "") != doc_prompt:
+        raise ValueError(f"{path}: its documents were encoded with the prompt {index.meta.get('doc_prompt', '')!r}, "
+                         f"the served model's document prompt is {doc_prompt!r}; {fix}")
+    if recorded is None:
+        log.warning("%s records no model it was built with: served unchecked (it must come from the "
+                    "served model's weights)", path)
     return index
 
 

@@ -18,7 +18,7 @@ import numpy as np
 from embedray.models.precision import use_precision
 from embedray.models.prompts import model_prompts, role_prompt
 from embedray.serve.batching import Part, padded_chunks
-from embedray.serve.corpus import CorpusIndex, Hit, load_corpus, load_index
+from embedray.serve.corpus import CorpusIndex, Hit, has_index, load_corpus, load_index
 
 log = logging.getLogger(__name__)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -104,6 +104,7 @@ class EmbedderCore:
 
         if torch_threads > 0:
             torch.set_num_threads(torch_threads)
+        self.source_dir = Path(model_dir)  # the weights a saved corpus index is checked against
         self.converted = backend == "openvino" and not has_openvino_export(model_dir)
         if self.converted:
             from embedray.models.export import converted_openvino
@@ -130,20 +131,39 @@ class EmbedderCore:
             self.corpus = self._index_corpus(corpus, index, index_type)
 
     def _index_corpus(self, corpus: str | Path, index: str | Path | None, index_type: str) -> CorpusIndex:
+        """The corpus's index: loaded from ``index`` when that folder holds one built with this
+        model, else encoded now (and saved to ``index``, when given, for the next start)."""
+        from embedray.mining.cache import folder_fingerprint
+
         docs = load_corpus(corpus)
+        prompt = role_prompt(self.prompts, self.default_prompt_name, "document")
+        model = None
         if index is not None:
-            loaded = load_index(index, docs, self.dim)
+            try:
+                model = folder_fingerprint(self.source_dir)
+            except ValueError:  # no safetensors files (an ONNX-only folder): nothing to check against
+                log.warning("%s has no safetensors weights: the index in %s is not checked against them",
+                            self.source_dir, index)
+        if index is not None and has_index(index):
+            loaded = load_index(index, docs, self.dim, model=model, doc_prompt=prompt)
             log.info("loaded %s index of %d documents from %s", loaded.index_type, len(loaded), index)
             if loaded.index_type != index_type:
                 log.warning("index %s is a %s index; serving it as saved (index_type=%s applies only "
                             "to an index built at start-up)", index, loaded.index_type, index_type)
             return CorpusIndex(docs, index=loaded)
-        prompt = role_prompt(self.prompts, self.default_prompt_name, "document")
         texts = [prompt + d.text_for_model for d in docs]
         lengths = [min(n, self.max_seq_length) for n in self.counter.count(texts)]
         (emb,) = self.encode_parts([Part(texts, lengths, list(range(len(texts))))])  # (n_docs, dim)
         log.info("indexed %d documents from %s", len(docs), corpus)
-        return CorpusIndex(docs, emb, index_type=index_type)
+        built = CorpusIndex(docs, emb, index_type=index_type)
+        if index is not None:
+            built.index.meta.update(model=model, doc_prompt=prompt)
+            try:
+                built.index.save(index, overwrite=Path(index).is_dir() and not any(Path(index).iterdir()))
+                log.info("saved the %s index to %s: the next start loads it", built.index_type, index)
+            except FileExistsError:  # another replica saved it first
+                pass
+        return built
 
     def encode_parts(self, parts: Sequence[Part]) -> list[np.ndarray]:
         """Encode a batch of parts; returns one ``(len(part.texts), dim)`` float32 array per part.

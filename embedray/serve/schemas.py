@@ -7,9 +7,9 @@ by the app, not here, so that they answer 413 with the configured values.
 """
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class _Request(BaseModel):
@@ -20,6 +20,15 @@ class EmbeddingRequest(_Request):
     """``POST /v1/embeddings``: the OpenAI schema, plus ``truncate``, ``input_type`` and ``prompt_name``."""
 
     input: str | list[str] = Field(description="A text or a list of texts (token-id input is not supported).")
+
+    @field_validator("input", mode="before")
+    @classmethod
+    def _no_token_ids(cls, value: Any) -> Any:
+        """Token ids (the OpenAI schema allows them) are of another model's tokenizer: said plainly."""
+        if isinstance(value, list) and any(isinstance(x, (int, list)) and not isinstance(x, bool) for x in value):
+            raise ValueError("token ids are not accepted, send the texts (LangChain's OpenAIEmbeddings sends "
+                             "token ids unless check_embedding_ctx_length=False)")
+        return value
     model: str | None = Field(None, description="Served model name (see /info); checked when given.")
     encoding_format: Literal["float", "base64"] = Field(
         "float", description="float: JSON numbers; base64: little-endian float32 bytes, base64-encoded.")
@@ -79,6 +88,9 @@ class SearchRequest(_Request):
     rerank_top_n: int | None = Field(None, ge=1, description="Candidates to rerank (default: "
                                                              "max(top_k, 20), at most max_top_k).")
     truncate: bool = Field(False, description="Truncate a query longer than the model's max tokens.")
+    input_type: Literal["query", "document", "search_query", "search_document"] | None = Field(
+        None, description="Encode the query with the model's query prompt (the default) or, to find the "
+                          "documents most like a document, with its document prompt.")
     prompt_name: str | None = Field(None, description="The prompt the query is encoded with (see /info "
                                                       "'prompts'); default: the model's query prompt.")
 

@@ -150,6 +150,8 @@ class DataConfig:
     def __post_init__(self) -> None:
         if self.dev_split is not None and self.dev_split == self.test_split:
             raise ValueError("data.dev_split must not be the test split: the test split is only reported")
+        if self.train_split == self.test_split:
+            raise ValueError("data.train_split must not be the test split: the test split is only reported")
         if self.max_train_pairs is not None and self.max_train_pairs < 1:
             raise ValueError(f"data.max_train_pairs must be >= 1 or null (all pairs), got {self.max_train_pairs}")
 

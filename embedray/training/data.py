@@ -25,6 +25,10 @@ class TrainingData:
     dev: RetrievalData | None
     report: SkipReport = field(default_factory=SkipReport)
     """Rows skipped under ``on_error: skip``; :func:`training_examples` adds the training pairs' to it."""
+    test_queries: frozenset[str] = frozenset()
+    """Ids of the queries judged in the test split: a training row may not name one."""
+    test_qrels: str = ""
+    """The file ``test_queries`` come from, for the error that names one."""
 
     def doc_text(self, doc_id: str) -> str:
         return self.corpus[doc_id].text_for_model
@@ -51,7 +55,10 @@ def load_training_data(cfg: DataConfig) -> TrainingData:
                 positives.setdefault(qid, set()).add(did)
         if split == cfg.dev_split:
             dev = judged_split(rows, corpus, queries, qrels, split, cfg.on_error, "keep", report)
-    return TrainingData(corpus, queries, positives, dev, report)
+    test = root / "qrels" / f"{cfg.test_split}.tsv"
+    # only ids: the test split's own bad lines are for its evaluation to report
+    test_queries = frozenset(qid for _, qid, _, _ in iter_qrels(test, "skip", None)) if test.exists() else frozenset()
+    return TrainingData(corpus, queries, positives, dev, report, test_queries, f"qrels/{cfg.test_split}.tsv")
 
 
 def pairs_source(cfg: DataConfig) -> Path:
@@ -143,6 +150,10 @@ def _example(row: dict, data: TrainingData, source: Path, where: int | str) -> E
     scores = _row_scores(row, negs, source, where)
     if qid not in data.queries:
         raise DataError(source, where, "query_id", f"unknown query id {qid!r} (not in queries.jsonl)")
+    if qid in data.test_queries:
+        raise DataError(source, where, "query_id",
+                        f"query {qid!r} is judged in the test split ({data.test_qrels}): training on it would "
+                        "make the test figures meaningless")
     for field_name, did in [("pos_id", pid), *((f"neg_ids[{j}]", n) for j, n in enumerate(negs))]:
         if did not in data.corpus:
             raise DataError(source, where, field_name, f"unknown document id {did!r} (not in corpus.jsonl)")

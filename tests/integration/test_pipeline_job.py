@@ -98,3 +98,12 @@ def test_pipeline_artifacts_and_resume_after_kill(ray_head, topic_beir, tmp_path
     assert (run / ".stale" / "teacher" / "teacher" / "checkpoint-000008").is_dir()
     after = fingerprints()
     assert [s for s in before if before[s] != after[s]] == ["teacher", "student", "evaluate", "export", "report"]
+
+
+def test_a_relative_output_dir_under_ray_job_submit_stops_before_any_stage(ray_head, topic_beir):
+    # `--working-dir .` runs the driver in Ray's own copy of the folder: `runs` would be lost there
+    job = _submit(ray_head, f"data.path={topic_beir}", "output_dir=runs")
+    assert job.returncode != 0
+    assert "output_dir: 'runs' lies in Ray's temporary copy of the job's working directory" in job.stdout, \
+        job.stdout[-2000:]
+    assert "output_dir=$PWD/runs" in job.stdout and "[embedray pipeline] prepare" not in job.stdout

@@ -80,3 +80,27 @@ def test_a_stage_task_gets_the_gpu_and_the_resources_it_asks_for(ray_with_resour
                                          r"Ray cluster has 0"):
         run_stage_task("evaluate", placement.where, cluster=ClusterConfig(stage_resources={"fast": 1}),
                        run_dir=tmp_path)
+
+
+def test_a_pipeline_names_what_the_cluster_can_not_place_before_any_stage(ray_with_resources, topic_beir,
+                                                                         tmp_path, capsys):
+    """A recipe for more GPUs than the cluster has stops before `prepare`, naming every training
+    stage and the stage tasks, instead of after the stages before the first that needs them."""
+    from pathlib import Path
+
+    from embedray.cluster.train import RayRuntime
+    from embedray.config import load_config
+    from embedray.pipeline.config import PipelineConfig
+    from embedray.pipeline.stages import Pipeline
+
+    recipe = Path(__file__).resolve().parents[2] / "jobs" / "configs" / "tiny-test.yaml"
+    cfg = load_config(PipelineConfig, str(recipe), [f"data.path={topic_beir}", f"output_dir={tmp_path}",
+                                                    "cluster.use_gpu=true", "cluster.stage_gpus=2"])
+    with pytest.raises(ValueError) as e:
+        Pipeline(cfg, RayRuntime()).run_all()
+    lines = str(e.value).splitlines()
+    need = "GPU: this run needs 2 (cluster.num_workers 2 × cluster.use_gpu) but the Ray cluster has 1"
+    assert lines[0] == "teacher: the Ray cluster cannot place this run:" and lines[1].strip() == need
+    assert "student: the Ray cluster cannot place this run:" in lines and "pretrain" not in str(e.value)
+    assert "GPU: a stage task needs 2 (cluster.stage_gpus) but the Ray cluster has 1" in str(e.value)
+    assert not (tmp_path / "tiny" / "stages").exists() and "prepare: running" not in capsys.readouterr().out

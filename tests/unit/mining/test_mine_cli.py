@@ -66,3 +66,24 @@ def test_bad_config_is_exit_code_2(beir_dir, tmp_path, capsys):
     assert code == 2
     assert "num_negatives" in capsys.readouterr().err
     assert run_mine({"model": "tiny-bert", "data": str(tmp_path / "nope"), "output": "x"}) == 2
+
+
+def test_mine_keeps_the_prompt_counts_what_it_leaves_out_and_refuses_the_test_split(beir_dir, tmp_path, capsys):
+    import shutil
+
+    judged = tmp_path / "judged"  # q6 judged in train only as not relevant: no row, counted
+    shutil.copytree(beir_dir, judged)
+    with open(judged / "qrels" / "train.tsv", "a") as f:
+        f.write("q6\td0\t0\n")
+    out = tmp_path / "hn.jsonl"
+    code = run_mine(_args("--model", "tiny-bert", "--data", str(judged), "--output", str(out), "--k", "10",
+                          "--num-negatives", "3", "--query-prompt", "query: "))
+    assert code == 0
+    rows = list(iter_flag_jsonl(out))
+    assert len(rows) == 6 and {r.prompt for r in rows} == {"query: "}
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["left_out"] == {"no positive judgement": 1}
+    assert f"1 train queries left out of {out}: no positive judgement 1" in captured.err
+    assert run_mine(_args("--model", "tiny-bert", "--data", str(judged), "--output", str(out),
+                          "--split", "test")) == 2
+    assert "--split test: mine writes training data" in capsys.readouterr().err

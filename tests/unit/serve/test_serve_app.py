@@ -334,6 +334,16 @@ def test_prompts_travel_to_embeddings_search_and_info(make_client, prompted_mode
     r = client.post("/search", json={"query": doc, "top_k": 5, "prompt_name": "document"})
     assert {h["id"]: h["score"] for h in r.json()["results"]}["zst"] == pytest.approx(1.0, abs=1e-5)
     error_shape(client.post("/search", json={"query": doc, "prompt_name": "nope"}), 422, "unknown_prompt")
+    # input_type on /search: a document as the query finds the documents most like it
+    for input_type, score in (("document", 1.0), ("search_document", 1.0), ("query", expected)):
+        r = client.post("/search", json={"query": doc, "top_k": 5, "input_type": input_type})
+        assert {h["id"]: h["score"] for h in r.json()["results"]}["zst"] == pytest.approx(score, abs=1e-5)
+    error_shape(client.post("/search", json={"query": doc, "input_type": "document", "prompt_name": "query"}),
+                422, "conflicting_prompt")
+    # token ids (the OpenAI schema allows them) belong to another tokenizer: refused, saying what to send
+    for ids in ([101, 2023, 102], [[101, 2023], [101]]):
+        err = error_shape(client.post("/v1/embeddings", json={"input": ids}), 422, "validation_error")
+        assert "token ids are not accepted, send the texts" in err["message"]
 
     info = client.get("/info").json()
     assert info["prompts"] == {"query": "query: ", "document": "passage: ",

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -86,3 +87,36 @@ def test_saved_index_is_loaded_instead_of_encoding(tiny_model, corpus_file, tmp_
     VectorIndex.build(np.ones((1, 32), dtype=np.float32), ["nope"], use_gpu=False).save(tmp_path / "alien")
     with pytest.raises(ValueError, match="not in the corpus"):
         load_index(tmp_path / "alien", docs, 32)
+
+
+def test_an_index_folder_is_filled_at_the_first_start_and_checked_against_the_model(tiny_model, corpus_file,
+                                                                                     tmp_path, caplog):
+    import logging
+
+    from embedray.mining.cache import folder_fingerprint
+    from embedray.serve.batching import Part
+    from embedray.serve.corpus import load_index
+    from embedray.serve.embedder import EmbedderCore
+
+    caplog.set_level(logging.INFO)
+    first = EmbedderCore(tiny_model, corpus=corpus_file, index=tmp_path / "idx")
+    meta = json.loads((tmp_path / "idx" / "meta.json").read_text())
+    assert meta["model"] == folder_fingerprint(tiny_model) and meta["doc_prompt"] == ""
+    assert "saved the flat index to" in caplog.text
+    caplog.clear()
+    again = EmbedderCore(tiny_model, corpus=corpus_file, index=tmp_path / "idx")
+    assert "loaded flat index" in caplog.text and "indexed" not in caplog.text
+    q = ["zstd compression"]
+    ((query,),) = first.encode_parts([Part(q, first.counter.count(q), [0])])
+    assert [h.id for h in again.search(query, 3)] == [h.id for h in first.search(query, 3)]
+    docs = load_corpus(corpus_file)
+    # other weights (a training snapshot's, say), or another document prompt: refused, saying what to do
+    for key, value, match in (("model", "0123456789abcdef.bf16", "built with other weights"),
+                              ("doc_prompt", "passage: ", "encoded with the prompt 'passage: '")):
+        bad = tmp_path / f"bad-{key}"
+        shutil.copytree(tmp_path / "idx", bad)
+        (bad / "meta.json").write_text(json.dumps({**meta, key: value}))
+        with pytest.raises(ValueError, match=match + ".*give --index a new folder"):
+            load_index(bad, docs, again.dim, model=meta["model"], doc_prompt="")
+    # the same weights encoded in bf16 are the same model
+    load_index(tmp_path / "idx", docs, again.dim, model=meta["model"] + ".bf16", doc_prompt="")

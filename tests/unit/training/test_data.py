@@ -120,3 +120,28 @@ def test_local_run_reports_the_skips_in_its_summary(topic_beir, tmp_path, capsys
         skipped = report["data_skipped"]
         assert skipped["total"] == 3 and sum(skipped["by_reason"].values()) == 3
         assert [e.split(": ")[0] for e in skipped["examples"]] == [f"{pairs}:{n}" for n in (3, 4, 6)]
+
+
+def test_a_training_row_with_a_test_query_is_refused_or_counted(topic_beir, tmp_path):
+    # q5 and q11 are judged in topic_beir's qrels/test.tsv (q4 in dev, which may train)
+    pairs = write_pairs(tmp_path / "pairs.jsonl", [{"query_id": "q0", "pos_id": "d0"},
+                                                   {"query_id": "q5", "pos_id": "d5"},
+                                                   {"query_id": "q4", "pos_id": "d4"},
+                                                   {"query_id": "q11", "pos_id": "d0"}])
+    cfg = DataConfig(path=str(topic_beir), train_pairs=str(pairs))
+    with pytest.raises(DataError, match=rf"^{pairs}:2: field 'query_id': query 'q5' is judged in the test split "
+                                        r"\(qrels/test.tsv\)"):
+        training_examples(cfg, load_training_data(cfg))
+    cfg = DataConfig(path=str(topic_beir), train_pairs=str(pairs), on_error="skip")
+    data = load_training_data(cfg)
+    assert [e.query_id for e in training_examples(cfg, data, data.report)] == ["q0", "q4"]
+    assert data.report.as_dict()["by_reason"] == {"query is judged in the test split": 2}
+    # another test split name moves the line
+    cfg = DataConfig(path=str(topic_beir), train_pairs=str(pairs), test_split="dev", dev_split=None)
+    with pytest.raises(DataError, match=r":3: field 'query_id': query 'q4' is judged in the test split \(qrels/dev"):
+        training_examples(cfg, load_training_data(cfg))
+
+
+def test_the_test_split_can_not_be_the_training_split():
+    with pytest.raises(ValueError, match="data.train_split must not be the test split"):
+        DataConfig(path="x", train_split="test")
