@@ -86,6 +86,9 @@ class TrainConfig:
     """Steps between progress-bar/TensorBoard updates (every step goes to the JSON log)."""
     eval_every: int = 0
     """Steps between dev evaluations (nDCG@10); 0 = only before and after training."""
+    eval_on_refresh: bool = False
+    """Also evaluate dev each time training switches to a refreshed negative pool (at that step,
+    before it trains on the pool): the training plot then has an nDCG@10 point at every refresh."""
     eval_max_queries: int | None = 500
     """Dev queries used for evaluation during training (None = all)."""
     early_stop_patience: int = 0

@@ -61,3 +61,39 @@ class RunLogger:
         if self.writer is not None:
             self.flush()
             self.writer.close()
+
+
+def summary_markdown(summary: dict, run_dir: Path) -> str:
+    """``training_summary_report.md``: the run's summary (:func:`embedray.training.loop` writes
+    the JSON) for people: steps, time, data, loss, the dev split before and after, plots."""
+    run_dir = Path(run_dir)
+
+    def rel(path: str) -> str:
+        p = Path(path)
+        return str(p.relative_to(run_dir)) if p.is_relative_to(run_dir) else p.name
+
+    skipped = summary.get("data_skipped") or {}
+    rows = [("steps", f"{summary['steps']} ({summary['steps_this_session']} this session)"),
+            ("wall time", f"{summary['wall_s']:.0f} s this session, {summary['pairs_per_s']:.1f} pairs/s"),
+            ("training pairs", f"{summary['train_pairs']} ({skipped.get('total', 0)} rows skipped)"),
+            ("final loss", "n/a" if summary.get("final_loss") is None else f"{summary['final_loss']:.4f}"),
+            ("model", f"`{rel(summary['final_model'])}/` (SentenceTransformer loads it)")]
+    lines = [f"# Training summary: {run_dir.name}", "", "| | |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows), ""]
+    before, after = summary.get("dev_before"), summary.get("dev_after")
+    lines += ["## Dev split", ""]
+    if before and after:
+        metrics = [k for k, v in after.items() if isinstance(v, float) and isinstance(before.get(k), float)]
+        lines += [f"| metric | before (step {before.get('step', 0)}) | after (step {summary['steps']}) | change |",
+                  "|---|---:|---:|---:|"]
+        lines += [f"| {k} | {before[k]:.4f} | {after[k]:.4f} | {after[k] - before[k]:+.4f} |" for k in metrics]
+        lines += ["", f"{after.get('num_queries', '?')} dev queries; best nDCG@10 during training: "
+                      f"{summary['best_dev_ndcg@10']:.4f}." if summary.get("best_dev_ndcg@10") is not None
+                  else f"{after.get('num_queries', '?')} dev queries."]
+    else:
+        lines += ["No dev figures: the run has no dev split (`data.dev_split`), or it was not evaluated."]
+    if skipped.get("total"):
+        lines += ["", "## Skipped rows", "", *(f"- {reason}: {n}" for reason, n in skipped["by_reason"].items()),
+                  *(f"- e.g. `{e}`" for e in skipped.get("examples", [])[:3])]
+    if summary.get("plots"):
+        lines += ["", "## Plots", "", *(f"![{Path(p).stem}]({rel(p)})" for p in summary["plots"])]
+    return "\n".join(lines) + "\n"

@@ -19,7 +19,7 @@ from typing import Any, Callable
 import torch
 from tqdm.auto import tqdm
 
-from embedray.atomic import write_json_atomic
+from embedray.atomic import write_json_atomic, write_text_atomic
 from embedray.losses import build_objective, set_dropout
 from embedray.losses.infonce import ids_to_tensor
 from embedray.losses.config import LossConfig
@@ -35,7 +35,7 @@ from embedray.training.distill import (Teacher, candidate_cosines, fused_targets
 from embedray.training.distributed import average_gradients, barrier, broadcast_flag, broadcast_int, mean_across_workers
 from embedray.training.gather import gather_fn_for_loss
 from embedray.training.grad_cache import CachedEmbeddings, backward_through_model, embed_without_graph
-from embedray.training.logs import RunLogger
+from embedray.training.logs import RunLogger, summary_markdown
 from embedray.training.master_weights import MasterWeights, resolve_weight_dtype
 from embedray.training.optim import adamw
 from embedray.training.plots import plot_run
@@ -256,7 +256,10 @@ def train(model_cfg: ModelConfig, loss_cfg: LossConfig, train_cfg: TrainConfig, 
     step, t_start = start_step, time.perf_counter()
     for step in range(start_step, tc.max_steps):
         if hooks.pool_version and hooks.load_pool:
-            _maybe_switch_pool(hooks, pool_samplers, state, log, step, rank0)
+            switched = _maybe_switch_pool(hooks, pool_samplers, state, log, step, rank0)
+            if switched and step > 0 and tc.eval_on_refresh and hooks.evaluate is not None and rank0:
+                log.event("dev", step, {**_evaluate(hooks.evaluate, core, "step", masters),
+                                        "pool_version": state["pool_version"]})
         t0 = time.perf_counter()
         total, step_tasks = 0.0, []
         for micro in range(tc.grad_accum):
@@ -465,9 +468,9 @@ def _not_finite(loss: float, step: int, tc: TrainConfig, saved: int | None) -> s
             + ". Lower train.lr, set train.max_grad_norm, or train with train.precision: fp32")
 
 
-def _maybe_switch_pool(hooks, samplers, state, log, step, rank0) -> None:
+def _maybe_switch_pool(hooks, samplers, state, log, step, rank0) -> bool:
     """Switch ``samplers`` to the newest pool this step boundary may use (same version on every
-    rank), and record the switch (step, version) in the checkpointed state."""
+    rank), and record the switch (step, version) in the checkpointed state; whether it switched."""
     version = broadcast_int(hooks.pool_version(step) if rank0 else 0)
     if version > state["pool_version"]:
         negatives, meta, scores = hooks.load_pool(version)
@@ -478,6 +481,8 @@ def _maybe_switch_pool(hooks, samplers, state, log, step, rank0) -> None:
         snap = meta.get("snapshot_step")
         log.event("pool", step, {"version": version, "queries": len(negatives),
                                  "staleness_steps": None if snap is None else step - snap})
+        return True
+    return False
 
 
 def _evaluate(evaluate, core, when: str, masters: MasterWeights | None = None) -> dict[str, float]:
@@ -528,4 +533,5 @@ def _finish(core, loop_tasks, matryoshka_dims, tc, hooks, data, log, state, run_
     write_json_atomic(summary, run_dir / "training_summary_report.json")
     log.close()
     summary["plots"] = [str(p) for p in plot_run(run_dir)]
+    write_text_atomic(summary_markdown(summary, run_dir), run_dir / "training_summary_report.md")
     return summary

@@ -120,6 +120,9 @@ def test_local_run_reports_the_skips_in_its_summary(topic_beir, tmp_path, capsys
         skipped = report["data_skipped"]
         assert skipped["total"] == 3 and sum(skipped["by_reason"].values()) == 3
         assert [e.split(": ")[0] for e in skipped["examples"]] == [f"{pairs}:{n}" for n in (3, 4, 6)]
+    md = (tmp_path / "runs" / "skips" / "training_summary_report.md").read_text()
+    assert "| training pairs | 6 (3 rows skipped) |" in md and "No dev figures: the run has no dev split" in md
+    assert "- unknown document id: 1" in md and f"- e.g. `{pairs}:3: field 'pos_id'" in md
 
 
 def test_a_training_row_with_a_test_query_is_refused_or_counted(topic_beir, tmp_path):

@@ -35,6 +35,12 @@ def test_outputs_and_exact_resume_after_crash(topic_beir, tmp_path):
         assert (run / name).exists(), name
     assert list((run / "runs").glob("events.out.tfevents*"))
     assert ref["steps"] == 8 and ref["dev_before"]["ndcg@10"] >= 0
+    # the same summary for people: before/after on dev from the JSON's own figures, and the plots
+    md = (run / "training_summary_report.md").read_text()
+    before, after = ref["dev_before"]["ndcg@10"], ref["dev_after"]["ndcg@10"]
+    assert md.startswith("# Training summary: ref\n") and "| steps | 8 (8 this session) |" in md
+    assert f"| ndcg@10 | {before:.4f} | {after:.4f} | {after - before:+.4f} |" in md
+    assert "![training](plots/training.png)" in md and (run / "plots" / "training.png").exists()
 
     with pytest.raises(Crash):
         run_local(_job(topic_beir, tmp_path, "crashy"), Hooks(on_step=[crash_at(5)]))

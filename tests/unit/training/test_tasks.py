@@ -160,7 +160,7 @@ def test_refresh_mines_each_task_in_its_own_corpus_and_resumes_exactly(topic_bei
                                "max_length": 48, "dev_rerank_depth": 5, "denoise_margin": -1.0}}
 
     def job(name):
-        return _job(tasks, tmp_path, name, extra)
+        return _job(tasks, tmp_path, name, extra, eval_on_refresh=True)
 
     ref = run_local(job("ref"))
     run = tmp_path / "ref"
@@ -188,12 +188,26 @@ def test_refresh_mines_each_task_in_its_own_corpus_and_resumes_exactly(topic_bei
     assert max(r["pool_version"] for r in logs["steps"]) >= 2  # the loop switched to a refreshed pool
     assert ref["steps"] == 10
 
+    def dev_at_each_refresh(events):
+        """train.eval_on_refresh: a dev evaluation at the step of each switch to a refreshed pool."""
+        switches = [e for e in events if e["kind"] == "pool" and e["step"] > 0]
+        devs = {e["step"]: e for e in events if e["kind"] == "dev" and "pool_version" in e}
+        assert switches and sorted(devs) == [e["step"] for e in switches]
+        assert all(devs[e["step"]]["pool_version"] == e["version"] and 0 <= devs[e["step"]]["ndcg@10"] <= 1
+                   for e in switches)
+        return [(s, round(d["ndcg@10"], 6)) for s, d in sorted(devs.items())]
+
+    ref_devs = dev_at_each_refresh(logs["events"])
+
     with pytest.raises(Crash):
         run_local(job("crashy"), on_step=[crash_at(6)])
     run_local(job("crashy"))
     again = _steps(tmp_path / "crashy")
     assert [r["pool_version"] for r in again] == [r["pool_version"] for r in logs["steps"]]
     assert [r["loss"] for r in again] == pytest.approx([r["loss"] for r in logs["steps"]], abs=1e-6)
+    # the evaluations leave training as it was: the resumed run evaluates the same models
+    crashy = json.loads((tmp_path / "crashy" / "detailed_training_logs.json").read_text())["events"]
+    assert dev_at_each_refresh(crashy) == ref_devs
 
 
 def test_a_task_distills_from_the_job_teacher(topic_beir, second_beir, labels, tmp_path):
