@@ -237,7 +237,7 @@ def _write_flag(pool, data, path: str | Path, with_scores: bool, prompt: str = "
             if negs is None:
                 left_out["no positive judgement"] += 1
                 continue
-            pos_ids = [d for d, rel in data.qrels.get(qid, {}).items() if rel > 0 and d in data.corpus]
+            pos_ids = [d for d, rel in data.qrels[qid].items() if rel > 0 and d in data.corpus]
             if with_scores:  # positives the cross-encoder scored, in qrels order
                 pos_ids = [d for d in pos_ids if d in pool.positive_scores.get(qid, {})]
             if not pos_ids:

@@ -588,9 +588,8 @@ class Pipeline:
     def _placed_jobs(self, plan: dict[str, str]) -> dict[str, TrainJobConfig]:
         """What each training stage that will run asks the cluster for (its workers; the teacher's
         refresher too): only ``cluster`` and ``refresh`` matter, so no stage's inputs are needed."""
-        refresh = {"teacher": self.cfg.refresh}
-        return {stage: TrainJobConfig(cluster=self._cluster(stage),
-                                      refresh=copy.deepcopy(refresh.get(stage, replace(self.cfg.refresh, mode="off"))))
+        return {stage: TrainJobConfig(cluster=self._cluster(stage), refresh=replace(
+                    self.cfg.refresh, mode=self.cfg.refresh.mode if stage == "teacher" else "off"))
                 for stage in ("pretrain", "teacher", "student") if stage in self.stages and plan[stage] != "skip"}
 
     def _cluster(self, stage: str):

@@ -20,15 +20,6 @@ class EmbeddingRequest(_Request):
     """``POST /v1/embeddings``: the OpenAI schema, plus ``truncate``, ``input_type`` and ``prompt_name``."""
 
     input: str | list[str] = Field(description="A text or a list of texts (token-id input is not supported).")
-
-    @field_validator("input", mode="before")
-    @classmethod
-    def _no_token_ids(cls, value: Any) -> Any:
-        """Token ids (the OpenAI schema allows them) are of another model's tokenizer: said plainly."""
-        if isinstance(value, list) and any(isinstance(x, (int, list)) and not isinstance(x, bool) for x in value):
-            raise ValueError("token ids are not accepted, send the texts (LangChain's OpenAIEmbeddings sends "
-                             "token ids unless check_embedding_ctx_length=False)")
-        return value
     model: str | None = Field(None, description="Served model name (see /info); checked when given.")
     encoding_format: Literal["float", "base64"] = Field(
         "float", description="float: JSON numbers; base64: little-endian float32 bytes, base64-encoded.")
@@ -42,6 +33,15 @@ class EmbeddingRequest(_Request):
     prompt_name: str | None = Field(
         None, description="A prompt of the model by name (see /info 'prompts'), e.g. a task's "
                           "'<task>-query'. Neither field: the model's default prompt.")
+
+    @field_validator("input", mode="before")
+    @classmethod
+    def _no_token_ids(cls, value: Any) -> Any:
+        """Token ids (the OpenAI schema allows them) are of another model's tokenizer: said plainly."""
+        if isinstance(value, list) and any(isinstance(x, (int, list)) and not isinstance(x, bool) for x in value):
+            raise ValueError("token ids are not accepted, send the texts (LangChain's OpenAIEmbeddings sends "
+                             "token ids unless check_embedding_ctx_length=False)")
+        return value
 
 
 class ModelEntry(BaseModel):

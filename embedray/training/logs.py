@@ -86,9 +86,10 @@ def summary_markdown(summary: dict, run_dir: Path) -> str:
         lines += [f"| metric | before (step {before.get('step', 0)}) | after (step {summary['steps']}) | change |",
                   "|---|---:|---:|---:|"]
         lines += [f"| {k} | {before[k]:.4f} | {after[k]:.4f} | {after[k] - before[k]:+.4f} |" for k in metrics]
-        lines += ["", f"{after.get('num_queries', '?')} dev queries; best nDCG@10 during training: "
-                      f"{summary['best_dev_ndcg@10']:.4f}." if summary.get("best_dev_ndcg@10") is not None
-                  else f"{after.get('num_queries', '?')} dev queries."]
+        note = f"{after.get('num_queries', '?')} dev queries"
+        if summary.get("best_dev_ndcg@10") is not None:
+            note += f"; best nDCG@10 during training: {summary['best_dev_ndcg@10']:.4f}"
+        lines += ["", note + "."]
     else:
         lines += ["No dev figures: the run has no dev split (`data.dev_split`), or it was not evaluated."]
     if skipped.get("total"):
